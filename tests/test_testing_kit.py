@@ -1,0 +1,45 @@
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+from trl_rubric.testing import make_rubric_rows
+
+
+def test_tiny_model_reloads_with_chat_template_and_special_tokens(tiny_model_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 10_000 <= n_params <= 1_000_000
+    assert model.config.vocab_size == len(tok)
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+
+
+def test_tiny_model_trains_two_steps_with_trl_grpo(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(make_rubric_rows(8))
+
+    def length_reward(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict().items()}
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+    )
+    trainer = GRPOTrainer(model=tiny_model_path, reward_funcs=length_reward, args=args, train_dataset=dataset)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in before)

@@ -1,0 +1,218 @@
+"""The judge protocol: `RubricJudge.grade(prompt, response, rubric) -> Grade`, and batch grading."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rubric import Rubric
+
+
+@dataclass
+class JudgeUsage:
+    """What one grading cost: judge requests, retries, tokens and wall time."""
+
+    calls: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+
+    def add(self, other: JudgeUsage) -> None:
+        self.calls += other.calls
+        self.attempts += other.attempts
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.latency_s += other.latency_s
+
+
+@dataclass
+class Grade:
+    """A judge's verdicts on one response.
+
+    Attributes:
+        verdicts: One per criterion, in rubric order: `True` met, `False` not met, `None` unknown.
+        score: [`Rubric.score`] of the verdicts (weighted), or `None` when nothing usable is known.
+        unweighted_score: The same with every criterion counting +1 / -1.
+        raw: The judge's raw output (concatenated for per-criterion mode).
+        usage: Requests, retries, tokens and latency spent on this grade.
+        error: Why some verdicts are unknown, if any are.
+    """
+
+    verdicts: list[bool | None]
+    score: float | None
+    unweighted_score: float | None = None
+    raw: str | None = None
+    usage: JudgeUsage = field(default_factory=JudgeUsage)
+    error: str | None = None
+
+    @classmethod
+    def from_verdicts(cls, rubric: Rubric, verdicts: Sequence[bool | None], **kwargs: Any) -> Grade:
+        verdicts = list(verdicts)
+        return cls(
+            verdicts=verdicts,
+            score=rubric.score(verdicts),
+            unweighted_score=rubric.score(verdicts, weighted=False),
+            **kwargs,
+        )
+
+    @property
+    def num_unknown(self) -> int:
+        return sum(v is None for v in self.verdicts)
+
+    @property
+    def failed(self) -> bool:
+        """True when the grade carries no score: the judge could not be used for this response."""
+        return self.score is None
+
+
+def prompt_to_text(prompt: Any) -> str:
+    """Flatten a string or a list of chat messages into the text a judge reads."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence):
+        parts = []
+        for message in prompt:
+            content = message.get("content", "")
+            if isinstance(content, list):  # multimodal content blocks
+                content = " ".join(block.get("text", "") for block in content if isinstance(block, dict))
+            parts.append(f"{message.get('role', 'user')}: {content}")
+        return "\n".join(parts)
+    return str(prompt)
+
+
+def completion_to_text(completion: Any) -> str:
+    """A TRL completion (string, or list of assistant messages) as plain text."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[0], dict):
+        return "".join(str(m.get("content", "")) for m in completion)
+    return str(completion)
+
+
+@dataclass
+class JudgeStats:
+    """Running totals over a judge's lifetime; readers take differences between snapshots."""
+
+    grades: int = 0
+    calls: int = 0
+    retries: int = 0
+    failures: int = 0
+    unknown_verdicts: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+    def snapshot(self) -> JudgeStats:
+        return JudgeStats(**vars(self))
+
+    def since(self, earlier: JudgeStats) -> JudgeStats:
+        return JudgeStats(**{k: v - getattr(earlier, k) for k, v in vars(self).items()})
+
+
+class RubricJudge(ABC):
+    """Grades a response against a rubric. Subclasses implement [`RubricJudge._grade`].
+
+    A judge never raises on a bad answer from its backend: it retries where that makes sense, then returns a `Grade`
+    whose affected verdicts are `None` (and whose score is `None` if nothing is known). `stats` counts it all.
+    """
+
+    #: Identifies the judge in cache keys, logs and model cards (never a secret).
+    name: str = "judge"
+    #: Default bound on concurrent `grade` calls in `grade_many`.
+    max_concurrency: int = 8
+
+    def __init__(self) -> None:
+        self.stats = JudgeStats()
+        self._stats_lock = threading.Lock()
+
+    @abstractmethod
+    async def _grade(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
+        """Grade one response; implementations fill `usage` and may leave verdicts `None`."""
+
+    async def grade(self, prompt: Any, response: str, rubric: Any) -> Grade:
+        """Grade `response` to `prompt` against `rubric` (anything [`Rubric.from_any`] reads)."""
+        rubric = Rubric.from_any(rubric)
+        grade = await self._grade(prompt, completion_to_text(response), rubric)
+        self._record(grade)
+        return grade
+
+    def _record(self, grade: Grade) -> None:
+        with self._stats_lock:
+            s = self.stats
+            s.grades += 1
+            s.failures += int(grade.failed)
+            s.unknown_verdicts += grade.num_unknown
+            if grade.usage.cached:
+                s.cache_hits += 1
+            else:
+                s.calls += grade.usage.calls
+                s.retries += max(0, grade.usage.attempts - grade.usage.calls)
+                s.prompt_tokens += grade.usage.prompt_tokens
+                s.completion_tokens += grade.usage.completion_tokens
+                s.latency_s += grade.usage.latency_s
+
+    async def grade_many(
+        self,
+        prompts: Sequence[Any],
+        responses: Sequence[str],
+        rubrics: Sequence[Any],
+        max_concurrency: int | None = None,
+        progress: bool = False,
+    ) -> list[Grade]:
+        """Grade many responses concurrently, at most `max_concurrency` at a time, keeping the input order."""
+        if not (len(prompts) == len(responses) == len(rubrics)):
+            raise ValueError(
+                f"grade_many got {len(prompts)} prompts, {len(responses)} responses and {len(rubrics)} rubrics"
+            )
+        limit = asyncio.Semaphore(max_concurrency or self.max_concurrency)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), desc=f"grading ({self.name})", unit="resp")
+
+        async def one(p, r, rb):
+            async with limit:
+                grade = await self.grade(p, r, rb)
+            if bar is not None:
+                bar.update(1)
+            return grade
+
+        try:
+            return list(await asyncio.gather(*(one(p, r, rb) for p, r, rb in zip(prompts, responses, rubrics))))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def grade_many_sync(self, prompts, responses, rubrics, **kwargs) -> list[Grade]:
+        """Blocking [`grade_many`], usable from scripts and notebooks (runs a private event loop in a thread)."""
+        return run_sync(self.grade_many(prompts, responses, rubrics, **kwargs))
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from sync code, even if the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
