@@ -1,0 +1,1 @@
+"""Entry points of the `trl-rubric` commands; each module has `main(argv) -> int`."""

@@ -1,0 +1,72 @@
+"""The RGSD teacher: its rubric-conditioned context, and the model that reads it.
+
+This module holds the teacher *context* (how a prompt and its rubric become the teacher's prompt). The teacher
+*models* (base / ema / live / separate) are built in [`build_teacher`].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rubric import Rubric
+
+#: Default teacher context, following the structure of the RGSD paper (arXiv 2606.12507) in our own words: the
+#: question, the numbered criteria presented as hidden evaluation criteria, then an instruction to answer on its own
+#: without referring to them.
+DEFAULT_TEACHER_PROMPT_TEMPLATE = (
+    "{prompt}\n\n"
+    "Hidden evaluation criteria (the reader will not see these):\n"
+    "{rubric}\n\n"
+    "Answer the question above on your own. Let the criteria guide what a good answer contains, "
+    "but do not mention, quote or refer to them."
+)
+
+
+def _check_template(template: str) -> None:
+    for placeholder in ("{prompt}", "{rubric}"):
+        if placeholder not in template:
+            raise ValueError(f"teacher_prompt_template must contain {placeholder}; got {template!r}")
+
+
+def build_teacher_prompt(
+    prompt: str | list[dict[str, Any]],
+    rubric: Any,
+    template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
+    render_style: str = "numbered",
+) -> str | list[dict[str, Any]]:
+    """The teacher's view of a prompt: the student's prompt with the rendered rubric woven in by `template`.
+
+    A plain-string prompt becomes `template.format(prompt=..., rubric=...)`. For chat messages the rubric goes into
+    the last user turn; system and earlier turns are kept unchanged.
+
+    Args:
+        prompt: The student's prompt, a string or a list of `{role, content}` messages.
+        rubric: Anything [`Rubric.from_any`] reads.
+        template: Text with `{prompt}` and `{rubric}` placeholders.
+        render_style: How the rubric is rendered (see [`Rubric.render`]).
+    """
+    _check_template(template)
+    rendered = Rubric.from_any(rubric).render(render_style)
+
+    def fill(text: str) -> str:
+        # str.replace, not str.format: prompts and rubrics often contain braces (JSON, LaTeX, code).
+        return template.replace("{prompt}", text).replace("{rubric}", rendered)
+
+    if isinstance(prompt, str):
+        return fill(prompt)
+    messages = [dict(m) for m in prompt]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        raise ValueError(f"conversational prompt has no user turn to put the rubric in: {prompt!r}")
+    content = messages[last_user]["content"]
+    if isinstance(content, list):  # multimodal blocks: extend the last text block
+        blocks = [dict(b) for b in content]
+        text_idx = max((i for i, b in enumerate(blocks) if b.get("type") == "text"), default=None)
+        if text_idx is None:
+            blocks.append({"type": "text", "text": fill("")})
+        else:
+            blocks[text_idx]["text"] = fill(blocks[text_idx]["text"])
+        messages[last_user]["content"] = blocks
+    else:
+        messages[last_user]["content"] = fill(content)
+    return messages

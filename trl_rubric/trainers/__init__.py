@@ -1,0 +1,1 @@
+"""Trainers: `RGSDTrainer` and `RubricGRPOTrainer`, both `trl.GRPOTrainer` subclasses."""
