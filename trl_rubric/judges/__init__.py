@@ -1,14 +1,39 @@
 """Rubric judges: the `RubricJudge` protocol and its backends."""
 
-from .base import Grade, JudgeStats, JudgeUsage, RubricJudge, completion_to_text, prompt_to_text, run_sync
+from .base import (
+    Grade,
+    JudgeStats,
+    JudgeUnavailableError,
+    JudgeUsage,
+    RubricJudge,
+    completion_to_text,
+    prompt_to_text,
+    run_sync,
+)
+from .cache import GradeCache
+from .factory import JudgeArguments, build_judge
+from .llm import ChatRubricJudge, JudgeBackendError
+from .openai_judge import OpenAIJudge
+from .prompts import JUDGE_MODES, PROMPT_VERSION
 from .rule import RuleJudge
+from .transformers_judge import TransformersJudge
 
 __all__ = [
+    "JUDGE_MODES",
+    "PROMPT_VERSION",
+    "ChatRubricJudge",
     "Grade",
+    "GradeCache",
+    "JudgeArguments",
+    "JudgeBackendError",
     "JudgeStats",
+    "JudgeUnavailableError",
     "JudgeUsage",
+    "OpenAIJudge",
     "RubricJudge",
     "RuleJudge",
+    "TransformersJudge",
+    "build_judge",
     "completion_to_text",
     "prompt_to_text",
     "run_sync",

@@ -42,6 +42,9 @@ class Grade:
         raw: The judge's raw output (concatenated for per-criterion mode).
         usage: Requests, retries, tokens and latency spent on this grade.
         error: Why some verdicts are unknown, if any are.
+        rating: Set only by judges in implicit mode (one holistic rating for the whole rubric): the rating mapped to
+            [0, 1]. Then `score` and `unweighted_score` both equal it and every verdict is `None`, because the judge
+            gave no per-criterion verdicts; such a grade is complete, not failed.
     """
 
     verdicts: list[bool | None]
@@ -50,6 +53,7 @@ class Grade:
     raw: str | None = None
     usage: JudgeUsage = field(default_factory=JudgeUsage)
     error: str | None = None
+    rating: float | None = None
 
     @classmethod
     def from_verdicts(cls, rubric: Rubric, verdicts: Sequence[bool | None], **kwargs: Any) -> Grade:
@@ -61,8 +65,16 @@ class Grade:
             **kwargs,
         )
 
+    @classmethod
+    def from_rating(cls, rubric: Rubric, rating: float | None, **kwargs: Any) -> Grade:
+        """An implicit-mode grade: one rating in [0, 1] (or `None` if the judge gave none), no per-criterion verdicts."""
+        return cls(verdicts=[None] * len(rubric), score=rating, unweighted_score=rating, rating=rating, **kwargs)
+
     @property
     def num_unknown(self) -> int:
+        """Verdicts the judge should have given but did not (always 0 for a rated implicit-mode grade)."""
+        if self.rating is not None:
+            return 0
         return sum(v is None for v in self.verdicts)
 
     @property
@@ -116,6 +128,10 @@ class JudgeStats:
         return JudgeStats(**{k: v - getattr(earlier, k) for k, v in vars(self).items()})
 
 
+class JudgeUnavailableError(RuntimeError):
+    """The judge backend did not answer a start-up probe; raised before training or evaluation starts."""
+
+
 class RubricJudge(ABC):
     """Grades a response against a rubric. Subclasses implement [`RubricJudge._grade`].
 
@@ -128,13 +144,30 @@ class RubricJudge(ABC):
     #: Default bound on concurrent `grade` calls in `grade_many`.
     max_concurrency: int = 8
 
+    #: Attributes that cannot or must not be pickled (locks, live network clients); rebuilt lazily after unpickling.
+    _transient: tuple[str, ...] = ("_stats_lock",)
+
     def __init__(self) -> None:
         self.stats = JudgeStats()
+        self._stats_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._transient}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._stats_lock = threading.Lock()
 
     @abstractmethod
     async def _grade(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
         """Grade one response; implementations fill `usage` and may leave verdicts `None`."""
+
+    async def probe(self) -> None:  # noqa: B027 - optional hook; most judges have nothing to probe
+        """Check that the backend answers before a long job starts; raise a clear error if not. No-op by default."""
+
+    def probe_sync(self) -> None:
+        """Blocking [`probe`]."""
+        run_sync(self.probe())
 
     async def grade(self, prompt: Any, response: str, rubric: Any) -> Grade:
         """Grade `response` to `prompt` against `rubric` (anything [`Rubric.from_any`] reads)."""
@@ -186,7 +219,9 @@ class RubricJudge(ABC):
             return grade
 
         try:
-            return list(await asyncio.gather(*(one(p, r, rb) for p, r, rb in zip(prompts, responses, rubrics))))
+            return list(
+                await asyncio.gather(*(one(p, r, rb) for p, r, rb in zip(prompts, responses, rubrics, strict=True)))
+            )
         finally:
             if bar is not None:
                 bar.close()

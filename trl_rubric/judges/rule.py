@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from ..rubric import Criterion, Rubric
 from .base import Grade, JudgeUsage, RubricJudge
 
-Check = Callable[[str], Union[bool, None]]
-RuleSpec = Union[Check, Mapping[str, Any], str]
+Check = Callable[[str], bool | None]
+RuleSpec = Check | Mapping[str, Any] | str
 
 _WORD = re.compile(r"[\w']+")
 
@@ -23,7 +23,7 @@ def _spec_check(spec: Mapping[str, Any]) -> Check:
     """Build a check from a spec dict with exactly one of the known keys."""
     if len(spec) != 1:
         raise ValueError(f"rule spec {dict(spec)!r} must have exactly one key")
-    (kind, arg), = spec.items()
+    ((kind, arg),) = spec.items()
     if kind == "contains":
         word = str(arg).lower()
         return lambda r: word in _words(r) if _WORD.fullmatch(word) else word in r.lower()
@@ -75,7 +75,9 @@ class RuleJudge(RubricJudge):
 
     name = "rule"
 
-    def __init__(self, rules: Mapping[str, RuleSpec] | None = None, resolver: Callable[[Criterion], Check | None] | None = None):
+    def __init__(
+        self, rules: Mapping[str, RuleSpec] | None = None, resolver: Callable[[Criterion], Check | None] | None = None
+    ):
         super().__init__()
         self.rules = {k: self._compile(v) for k, v in (rules or {}).items()}
         self.resolver = resolver

@@ -1,0 +1,170 @@
+"""`JudgeArguments`: the judge settings shared by training and evaluation configs, and `build_judge(args)`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .base import RubricJudge
+from .prompts import JUDGE_MODES
+
+JUDGE_BACKENDS = ("openai", "transformers", "rule")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class JudgeArguments:
+    r"""
+    Settings of the rubric judge. Mixed into [`RubricGRPOConfig`] and the evaluation config, so that `--judge_*` flags
+    and recipe keys mean the same everywhere.
+
+    Parameters:
+        > Parameters that control the judge
+
+        judge_backend (`str`, *optional*, defaults to `"openai"`):
+            Which judge grades responses: `"openai"` (any OpenAI-compatible endpoint: vLLM, SGLang, OpenAI),
+            `"transformers"` (a local model loaded from `judge_model`) or `"rule"` (deterministic checks read from the
+            criteria's `rule:<kind>:<arg>` tags; no model).
+        judge_model (`str` or `None`, *optional*, defaults to `None`):
+            The judge model: the name the server expects (`openai`) or a path / Hub id (`transformers`). Required by
+            both.
+        judge_base_url (`str` or `None`, *optional*, defaults to `"http://localhost:8000/v1"`):
+            Endpoint root for the `openai` backend. Several endpoints, comma-separated (`"http://h1:8000/v1,
+            http://h2:8000/v1"`) or as a YAML list, are used round-robin.
+        judge_api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
+            Name of the environment variable that holds the API key. Only the name is stored in configs; if the
+            variable is unset, a placeholder key is sent (local vLLM servers need none).
+        judge_mode (`str`, *optional*, defaults to `"batched"`):
+            `"batched"`: one request returns a verdict for every criterion. `"per_criterion"`: one request per
+            criterion (more requests, sometimes more accurate). `"implicit"`: one 1-10 rating for the whole rubric,
+            mapped to [0, 1], with no per-criterion verdicts.
+        judge_max_concurrency (`int`, *optional*, defaults to `32`):
+            Most judge requests in flight at once (for `transformers`: the generation batch size).
+        judge_timeout (`float`, *optional*, defaults to `60.0`):
+            Seconds one judge request may take before it is retried.
+        judge_max_retries (`int`, *optional*, defaults to `3`):
+            Extra attempts per request after a timeout, connection error, 429/5xx, or an answer that cannot be parsed.
+            After that the verdicts are unknown (the reward is NaN and excluded), never 0.
+        judge_max_tokens (`int`, *optional*, defaults to `1024`):
+            Cap on the length of the judge's answer.
+        judge_temperature (`float`, *optional*, defaults to `0.0`):
+            Sampling temperature of the judge (`openai` backend).
+        judge_cache_dir (`str` or `None`, *optional*, defaults to `None`):
+            Folder for an on-disk cache of complete grades, safe to share between processes. Useful for evaluation
+            and reruns; during training responses rarely repeat.
+        judge_probe (`bool`, *optional*, defaults to `True`):
+            Check at start-up that every judge endpoint answers, and stop with a clear error if one does not, instead
+            of discovering it after the model has loaded.
+    """
+
+    judge_backend: Literal["openai", "transformers", "rule"] = field(
+        default="openai",
+        metadata={
+            "help": "Judge backend: 'openai' (OpenAI-compatible endpoint), 'transformers' (local model) or 'rule'."
+        },
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "Judge model: name served by the endpoint (openai) or path / Hub id (transformers)."},
+    )
+    judge_base_url: str | None = field(
+        default="http://localhost:8000/v1",
+        metadata={"help": "Judge endpoint root; several comma-separated URLs are used round-robin."},
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={
+            "help": "NAME of the environment variable holding the judge API key (the key itself is never stored)."
+        },
+    )
+    judge_mode: Literal["batched", "per_criterion", "implicit"] = field(
+        default="batched",
+        metadata={"help": "'batched' (all verdicts in one request), 'per_criterion' or 'implicit' (one 1-10 rating)."},
+    )
+    judge_max_concurrency: int = field(
+        default=32, metadata={"help": "Most judge requests in flight at once (transformers: batch size)."}
+    )
+    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds one judge request may take."})
+    judge_max_retries: int = field(
+        default=3, metadata={"help": "Extra attempts per judge request before its verdicts count as unknown."}
+    )
+    judge_max_tokens: int = field(default=1024, metadata={"help": "Cap on the length of the judge's answer."})
+    judge_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge (openai)."})
+    judge_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder for an on-disk cache of complete grades (multi-process safe)."}
+    )
+    judge_probe: bool = field(
+        default=True,
+        metadata={"help": "Check at start-up that the judge answers; fail fast with a clear error if not."},
+    )
+
+    def __post_init__(self):
+        if self.judge_backend not in JUDGE_BACKENDS:
+            raise ValueError(f"judge_backend is {self.judge_backend!r}; expected one of {JUDGE_BACKENDS}")
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"judge_mode is {self.judge_mode!r}; expected one of {JUDGE_MODES}")
+        if not isinstance(self.judge_api_key_env, str) or not _ENV_NAME.match(self.judge_api_key_env):
+            # Do not echo the value: someone may have pasted the key itself here.
+            raise ValueError(
+                "judge_api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key; "
+                "the value given is not a valid variable name and is not shown"
+            )
+        if int(self.judge_max_concurrency) < 1:
+            raise ValueError(f"judge_max_concurrency is {self.judge_max_concurrency!r}; expected an integer >= 1")
+        if float(self.judge_timeout) <= 0:
+            raise ValueError(f"judge_timeout is {self.judge_timeout!r}; expected a positive number of seconds")
+        if int(self.judge_max_retries) < 0:
+            raise ValueError(f"judge_max_retries is {self.judge_max_retries!r}; expected an integer >= 0")
+        if isinstance(self.judge_base_url, (list, tuple)):
+            # A YAML list arrives as a list; keep one canonical, CLI-compatible form.
+            self.judge_base_url = ",".join(str(u).strip() for u in self.judge_base_url)
+        # Cooperative: JudgeArguments is mixed in front of GRPOConfig, whose __post_init__ must still run.
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+def build_judge(args: JudgeArguments) -> RubricJudge:
+    """Build the judge that `args` describes.
+
+    Args:
+        args: A [`JudgeArguments`] or any config that inherits it (such as [`RubricGRPOConfig`]).
+
+    Raises:
+        ValueError: naming the field that is missing or wrong.
+    """
+    backend = args.judge_backend
+    if backend == "rule":
+        from .rule import RuleJudge
+
+        return RuleJudge()
+    if not args.judge_model:
+        raise ValueError(f"judge_backend={backend!r} needs judge_model (the judge model's name or path); it is unset")
+    if backend == "openai":
+        from .openai_judge import OpenAIJudge
+
+        return OpenAIJudge(
+            model=args.judge_model,
+            base_url=args.judge_base_url,
+            api_key_env=args.judge_api_key_env,
+            mode=args.judge_mode,
+            max_concurrency=args.judge_max_concurrency,
+            timeout=args.judge_timeout,
+            max_retries=args.judge_max_retries,
+            cache_dir=args.judge_cache_dir,
+            temperature=args.judge_temperature,
+            max_tokens=args.judge_max_tokens,
+        )
+    if backend == "transformers":
+        from .transformers_judge import TransformersJudge
+
+        return TransformersJudge(
+            args.judge_model,
+            mode=args.judge_mode,
+            max_new_tokens=args.judge_max_tokens,
+            batch_size=args.judge_max_concurrency,
+            max_retries=args.judge_max_retries,
+            cache_dir=args.judge_cache_dir,
+        )
+    raise ValueError(f"judge_backend is {backend!r}; expected one of {JUDGE_BACKENDS}")

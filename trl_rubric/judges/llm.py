@@ -1,0 +1,215 @@
+"""Shared machinery of judges that read a chat prompt and write text: grading modes, retries, parsing, cache.
+
+A backend ([`OpenAIJudge`], [`TransformersJudge`]) only implements `_chat(messages)`: one attempt at one request. This
+module turns attempts into grades: it builds the prompts for the chosen mode, retries transport failures with
+exponential backoff and jitter, re-asks when an answer cannot be parsed or leaves criteria out, and after the retry
+budget reports the affected verdicts as unknown (`None`), never as "not met".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..rubric import Rubric
+from .base import Grade, JudgeUsage, RubricJudge
+from .cache import GradeCache, cache_key
+from .parsing import parse_rating, parse_single_verdict, parse_verdicts
+from .prompts import (
+    JUDGE_MODES,
+    PROMPT_VERSION,
+    batched_messages,
+    implicit_messages,
+    per_criterion_messages,
+    rating_to_score,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatReply:
+    """What one successful request returned."""
+
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JudgeBackendError(Exception):
+    """One request failed in transport (timeout, refused connection, HTTP error).
+
+    Args:
+        message: What happened, naming the endpoint (never a credential).
+        retryable: Whether trying again may help (timeouts, connection errors, 408/409/429/5xx) or not (400, 401).
+        retry_after: Seconds the server asked us to wait, if it said.
+    """
+
+    def __init__(self, message: str, retryable: bool = True, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ChatRubricJudge(RubricJudge):
+    """Base class for LLM judges; subclasses implement [`ChatRubricJudge._chat`].
+
+    Args:
+        model_name: The judge model's name; part of the cache key and of logs.
+        mode: `"batched"` (one request returns every verdict), `"per_criterion"` (one request per criterion) or
+            `"implicit"` (one 1-10 rating for the whole rubric, mapped to [0, 1]; see [`Grade`]).
+        max_retries: Extra attempts per request after the first, for transport failures and for answers that cannot
+            be parsed or leave criteria out.
+        cache_dir: Folder for the on-disk grade cache; `None` disables caching.
+        max_concurrency: Bound on concurrent grades in [`RubricJudge.grade_many`].
+        backoff_base: First backoff delay in seconds after a transport failure; doubles on each retry.
+        backoff_max: Cap on one backoff delay, also on a server's `Retry-After`.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        mode: str = "batched",
+        max_retries: int = 3,
+        cache_dir: str | None = None,
+        max_concurrency: int = 8,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+    ):
+        super().__init__()
+        if mode not in JUDGE_MODES:
+            raise ValueError(f"judge mode is {mode!r}; expected one of {JUDGE_MODES}")
+        if int(max_retries) < 0:
+            raise ValueError(f"max_retries is {max_retries!r}; expected an integer >= 0")
+        if int(max_concurrency) < 1:
+            raise ValueError(f"max_concurrency is {max_concurrency!r}; expected an integer >= 1")
+        self.model_name = model_name
+        self.mode = mode
+        self.max_retries = int(max_retries)
+        self.max_concurrency = int(max_concurrency)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.cache = GradeCache(cache_dir) if cache_dir else None
+
+    @abstractmethod
+    async def _chat(self, messages: list[dict[str, str]]) -> ChatReply:
+        """Send one request and return the reply; raise [`JudgeBackendError`] if it failed in transport."""
+
+    def _backoff_delay(self, retry: int, retry_after: float | None) -> float:
+        # Exponential backoff with jitter, so that many workers hitting one overloaded server spread out.
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(float(retry_after), self.backoff_max))
+        return delay
+
+    async def _ask(self, messages: list[dict[str, str]], read: Callable[[str | None], str | None]):
+        """Send `messages` until `read(answer)` returns `None` (complete) or the retry budget is spent.
+
+        Returns:
+            `(usage, raw, problem)`: `problem` is `None` on success, else why the answer is (partly) unknown.
+        """
+        usage = JudgeUsage(calls=1)
+        raw, problem, retry_after, backoff = None, None, None, False
+        for attempt in range(self.max_retries + 1):
+            if attempt and backoff:
+                await asyncio.sleep(self._backoff_delay(attempt, retry_after))
+            usage.attempts += 1
+            start = time.perf_counter()
+            try:
+                reply = await self._chat(messages)
+            except JudgeBackendError as e:
+                usage.latency_s += time.perf_counter() - start
+                problem, retry_after, backoff = str(e), e.retry_after, True
+                logger.debug("judge %s attempt %d failed: %s", self.name, attempt + 1, problem)
+                if not e.retryable:
+                    break
+                continue
+            except Exception as e:  # a backend bug must not take training down; it is reported as unknown
+                usage.latency_s += time.perf_counter() - start
+                problem = f"{type(e).__name__}: {e}"
+                logger.warning("judge %s failed unexpectedly: %s", self.name, problem)
+                break
+            usage.latency_s += time.perf_counter() - start
+            usage.prompt_tokens += reply.prompt_tokens
+            usage.completion_tokens += reply.completion_tokens
+            raw, retry_after, backoff = reply.text, None, False
+            problem = read(reply.text)
+            if problem is None:
+                return usage, raw, None
+            logger.debug("judge %s attempt %d gave an unusable answer: %s", self.name, attempt + 1, problem)
+        return usage, raw, f"{problem} (after {usage.attempts} attempt{'s' * (usage.attempts != 1)})"
+
+    async def _grade(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
+        key = None
+        if self.cache is not None:
+            key = cache_key(self.model_name, PROMPT_VERSION, self.mode, prompt, response, rubric)
+            entry = self.cache.get(key)
+            if entry is not None:
+                usage = JudgeUsage(cached=True)
+                if self.mode == "implicit":
+                    return Grade.from_rating(rubric, entry["rating"], raw=entry.get("raw"), usage=usage)
+                return Grade.from_verdicts(rubric, entry["verdicts"], raw=entry.get("raw"), usage=usage)
+        if self.mode == "batched":
+            grade = await self._grade_batched(prompt, response, rubric)
+        elif self.mode == "per_criterion":
+            grade = await self._grade_per_criterion(prompt, response, rubric)
+        else:
+            grade = await self._grade_implicit(prompt, response, rubric)
+        if key is not None and grade.error is None:
+            # Only complete grades are stored: a failure must be asked again next time, not replayed.
+            entry = {"rating": grade.rating} if self.mode == "implicit" else {"verdicts": grade.verdicts}
+            await asyncio.to_thread(self.cache.put, key, {**entry, "raw": grade.raw})
+        return grade
+
+    async def _grade_batched(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
+        verdicts: list[bool | None] = [None] * len(rubric)
+
+        def read(text):
+            got, problems = parse_verdicts(text, len(rubric))
+            # Keep what earlier attempts established; a retry only has to fill the gaps.
+            for i, v in enumerate(got):
+                if verdicts[i] is None:
+                    verdicts[i] = v
+            missing = [i + 1 for i, v in enumerate(verdicts) if v is None]
+            return f"no verdict for criteria {missing}: {'; '.join(problems)}" if missing else None
+
+        usage, raw, problem = await self._ask(batched_messages(prompt, response, rubric), read)
+        return Grade.from_verdicts(rubric, verdicts, raw=raw, usage=usage, error=problem)
+
+    async def _grade_per_criterion(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
+        async def one(criterion):
+            box: list[bool | None] = [None]
+
+            def read(text):
+                box[0], problem = parse_single_verdict(text)
+                return problem
+
+            usage, raw, problem = await self._ask(per_criterion_messages(prompt, response, criterion), read)
+            return box[0], usage, raw, problem
+
+        results = await asyncio.gather(*(one(c) for c in rubric))
+        usage = JudgeUsage()
+        for _, u, _, _ in results:
+            usage.add(u)
+        errors = [f"criterion {i}: {p}" for i, (_, _, _, p) in enumerate(results, start=1) if p]
+        raw = "\n".join(f"[{i}] {r}" for i, (_, _, r, _) in enumerate(results, start=1))
+        return Grade.from_verdicts(
+            rubric, [v for v, *_ in results], raw=raw, usage=usage, error="; ".join(errors) or None
+        )
+
+    async def _grade_implicit(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
+        box: list[float | None] = [None]
+
+        def read(text):
+            box[0], problem = parse_rating(text)
+            return problem
+
+        usage, raw, problem = await self._ask(implicit_messages(prompt, response, rubric), read)
+        score = rating_to_score(box[0]) if box[0] is not None else None
+        return Grade.from_rating(rubric, score, raw=raw, usage=usage, error=problem)
