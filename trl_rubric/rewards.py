@@ -1,0 +1,273 @@
+"""`RubricReward`: a rubric judge as a TRL reward function, with optional policy-aware criterion reweighting.
+
+TRL calls a reward function with `prompts`, `completions` and every dataset column as keyword lists. `RubricReward`
+reads the rubric column, grades every completion with its judge (concurrently, on TRL's background event loop, since
+`__call__` is async), and returns one score per completion, or `None` where the judge gave no usable verdict: TRL turns
+`None` into NaN and leaves that completion out, so a judge failure never counts as a score of 0.
+
+**Criterion reweighting** (optional; the idea follows "POW3R", arXiv 2605.20164, whose exact formula is not public, so
+the one below is ours). Within the group of G rollouts of one prompt, a criterion that every rollout meets (saturated)
+or none meets (unreachable) says nothing about which rollout is better, yet it still dilutes the score differences of
+the criteria that do. For prompt `x` and criterion `k`:
+
+    p_k   = fraction of the group's rollouts that meet k (unknown verdicts left out)
+    s_k   = sqrt(p_k (1 - p_k))                                    spread in [0, 0.5]
+    S_k   = d * S_k(previous visit of x) + (1 - d) * s_k            EMA over visits (S_k = s_k on the first)
+    m     = max(mean_j S_j, floor)
+    f_k   = clip(max(S_k, floor) / m, lo, hi)                       factor; 1 for a criterion with no known verdict
+    w'_k  = w_k f_k * sum_{j in C(k)} |w_j| / sum_{j in C(k)} |w_j| f_j
+
+where `C(k)` is the criteria of `k`'s category (criteria without one form their own group), so each category keeps
+its total human weight and only the split inside it moves. The score is then [`Rubric.score`] with weights `w'`.
+`floor` keeps a saturated criterion from vanishing entirely and stops near-zero spreads from being blown up into large
+factors. In implicit judge mode there are no verdicts, so the rating is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .judges.base import Grade, RubricJudge, prompt_to_text
+from .rubric import PITFALL_POLARITIES, Rubric, RubricError
+
+
+@dataclass
+class ReweightingConfig:
+    """Parameters of policy-aware criterion reweighting (formula in the `trl_rubric.rewards` module docstring).
+
+    Args:
+        lo: Smallest factor a criterion's weight can be multiplied by.
+        hi: Largest factor.
+        floor: Floor on a criterion's spread and on the mean spread (spreads lie in [0, 0.5]).
+        ema_decay: Weight of the previous visit's spread in the moving average; 0 uses the current group only.
+    """
+
+    lo: float = 0.25
+    hi: float = 4.0
+    floor: float = 0.05
+    ema_decay: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.lo <= 1 <= self.hi:
+            raise ValueError(f"reweighting bounds lo={self.lo}, hi={self.hi}; expected 0 < lo <= 1 <= hi")
+        if not 0 < self.floor <= 0.5:
+            raise ValueError(f"reweighting floor is {self.floor}; expected 0 < floor <= 0.5 (spreads lie in [0, 0.5])")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"reweighting ema_decay is {self.ema_decay}; expected 0 <= ema_decay < 1")
+
+
+def criterion_spread(group_verdicts: Sequence[Sequence[bool | None]]) -> list[float | None]:
+    """Per criterion, `sqrt(p (1 - p))` over a group's rollouts, `p` the fraction meeting it.
+
+    Args:
+        group_verdicts: One row of verdicts per rollout (`None` = unknown), all rows of the same length.
+
+    Returns:
+        One spread per criterion, `None` where no rollout has a known verdict.
+    """
+    if not group_verdicts:
+        return []
+    spreads: list[float | None] = []
+    for column in zip(*group_verdicts, strict=True):
+        known = [v for v in column if v is not None]
+        if not known:
+            spreads.append(None)
+            continue
+        p = sum(known) / len(known)
+        spreads.append(math.sqrt(p * (1.0 - p)))
+    return spreads
+
+
+def ema_update(previous: float | None, current: float | None, decay: float) -> float | None:
+    """Exponential moving average step; a missing side leaves the other unchanged."""
+    if current is None:
+        return previous
+    if previous is None:
+        return current
+    return decay * previous + (1.0 - decay) * current
+
+
+def reweighting_factors(spreads: Sequence[float | None], lo: float, hi: float, floor: float) -> list[float]:
+    """`f_k = clip(max(S_k, floor) / max(mean_j S_j, floor), lo, hi)`; 1 where the spread is unknown."""
+    known = [s for s in spreads if s is not None]
+    if not known:
+        return [1.0] * len(spreads)
+    mean = max(sum(known) / len(known), floor)
+    return [1.0 if s is None else min(hi, max(lo, max(s, floor) / mean)) for s in spreads]
+
+
+def reweight(weights: Sequence[float], categories: Sequence[str | None], factors: Sequence[float]) -> list[float]:
+    """Multiply weights by factors, then rescale within each category so its total absolute weight is unchanged."""
+    total: dict[Any, float] = defaultdict(float)
+    scaled: dict[Any, float] = defaultdict(float)
+    for w, c, f in zip(weights, categories, factors, strict=True):
+        total[c] += abs(w)
+        scaled[c] += abs(w) * f
+    return [
+        w * f * (total[c] / scaled[c]) if scaled[c] > 0 else w
+        for w, c, f in zip(weights, categories, factors, strict=True)
+    ]
+
+
+def _group_bounds(keys: Sequence[str], size: int | None) -> list[tuple[int, int]]:
+    """Runs of equal consecutive keys (TRL lays out a prompt's rollouts contiguously), at most `size` long."""
+    bounds, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start] or (size and i - start == size):
+            bounds.append((start, i))
+            start = i
+    return bounds
+
+
+def _verdict_cell(grade: Grade) -> str:
+    if grade.rating is not None:
+        return f"rating {grade.rating:.2f}"
+    marks = {True: "yes", False: "no", None: "?"}
+    return " ".join(f"{i}:{marks[v]}" for i, v in enumerate(grade.verdicts, start=1))
+
+
+class RubricReward:
+    """Score completions against their rubrics with a judge; usable as a TRL `reward_funcs` entry.
+
+    Args:
+        judge: Any [`RubricJudge`].
+        weighted: Return the weighted score (HealthBench formula, default) or, if `False`, the unweighted one
+            (every criterion counts +1 or -1 by the sign of its weight).
+        reweighting: `None`/`False` for none, `True` for [`ReweightingConfig`] defaults, or a `ReweightingConfig`.
+        rubric_column: Dataset column holding each prompt's rubric (any form [`Rubric.from_any`] reads).
+        pitfall_polarity: How to sign RaR "Pitfall" criteria; see [`Rubric.from_any`].
+        num_generations: Rollouts per prompt. [`RubricGRPOTrainer`] sets it; without it, groups are runs of identical
+            consecutive prompts.
+        name: Name TRL shows in its reward metrics (`rewards/<name>/mean`).
+    """
+
+    def __init__(
+        self,
+        judge: RubricJudge,
+        weighted: bool = True,
+        reweighting: ReweightingConfig | bool | None = None,
+        rubric_column: str = "rubric",
+        pitfall_polarity: str = "as_is",
+        num_generations: int | None = None,
+        name: str = "rubric_judge",
+    ):
+        if not isinstance(judge, RubricJudge):
+            raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
+        if pitfall_polarity not in PITFALL_POLARITIES:
+            raise ValueError(f"pitfall_polarity is {pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
+        self.judge = judge
+        self.weighted = weighted
+        self.reweighting = ReweightingConfig() if reweighting is True else (reweighting or None)
+        self.rubric_column = rubric_column
+        self.pitfall_polarity = pitfall_polarity
+        self.num_generations = num_generations
+        # TRL names reward functions by `__name__` in metrics and the completions table.
+        self.__name__ = name
+        self._spread_ema: dict[tuple[str, str], float] = {}
+        #: Grades of the last call, and why the last unknown rewards were unknown (read by the trainer's logs).
+        self.last_grades: list[Grade] = []
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RubricReward(judge={self.judge!r}, weighted={self.weighted}, reweighting={self.reweighting})"
+
+    def _rubrics(self, kwargs: dict[str, Any], n: int) -> list[Rubric]:
+        if self.rubric_column not in kwargs:
+            columns = sorted(
+                k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric", "completion_ids")
+            )
+            raise KeyError(
+                f"RubricReward needs the dataset column {self.rubric_column!r}, but the reward function received only "
+                f"{columns}; add the column, set rubric_column=..., and keep remove_unused_columns=False"
+            )
+        raw = kwargs[self.rubric_column]
+        if len(raw) != n:
+            raise ValueError(f"column {self.rubric_column!r} has {len(raw)} values for {n} completions")
+        rubrics = []
+        for i, value in enumerate(raw):
+            try:
+                rubrics.append(Rubric.from_any(value, pitfall_polarity=self.pitfall_polarity))
+            except RubricError as e:
+                raise RubricError(f"completion {i}: column {self.rubric_column!r}: {e}") from None
+        return rubrics
+
+    def _base_weights(self, rubric: Rubric) -> list[float]:
+        return [c.weight if self.weighted else math.copysign(1.0, c.weight) for c in rubric]
+
+    def _reweighted_scores(
+        self, prompts: Sequence[Any], rubrics: list[Rubric], grades: list[Grade]
+    ) -> list[float | None]:
+        cfg = self.reweighting
+        keys = []
+        for prompt, rubric in zip(prompts, rubrics, strict=True):
+            text = prompt_to_text(prompt) + "\x00" + json.dumps(rubric.to_list(), sort_keys=True)
+            keys.append(hashlib.sha1(text.encode("utf-8")).hexdigest())
+        scores: list[float | None] = [None] * len(grades)
+        for start, end in _group_bounds(keys, self.num_generations):
+            rubric = rubrics[start]
+            spreads = criterion_spread([grades[i].verdicts for i in range(start, end)])
+            smoothed = []
+            for criterion, spread in zip(rubric, spreads, strict=True):
+                key = (keys[start], criterion.text)
+                value = ema_update(self._spread_ema.get(key), spread, cfg.ema_decay)
+                if value is not None:
+                    self._spread_ema[key] = value
+                smoothed.append(value)
+            factors = reweighting_factors(smoothed, cfg.lo, cfg.hi, cfg.floor)
+            weights = reweight(self._base_weights(rubric), [c.category for c in rubric], factors)
+            reweighted = Rubric(tuple(replace(c, weight=w) for c, w in zip(rubric, weights, strict=True)))
+            for i in range(start, end):
+                grade = grades[i]
+                scores[i] = grade.rating if grade.rating is not None else reweighted.score(grade.verdicts)
+        return scores
+
+    async def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+        """Grade every completion; return its score, or `None` where the judge gave nothing usable."""
+        rubrics = self._rubrics(kwargs, len(completions))
+        before = self.judge.stats.snapshot()
+        grades = await self.judge.grade_many(prompts, completions, rubrics)
+        if self.reweighting is not None:
+            rewards = self._reweighted_scores(prompts, rubrics, grades)
+        else:
+            rewards = [g.score if self.weighted else g.unweighted_score for g in grades]
+        self.last_grades = grades
+        errors = [g.error for g in grades if g.error]
+        self.last_error = errors[0] if errors else None
+        self._log(kwargs, rubrics, grades, rewards, self.judge.stats.since(before))
+        return rewards
+
+    def _log(self, kwargs, rubrics, grades, rewards, stats) -> None:
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
+        if log_metric is not None:
+            known = [r for r in rewards if r is not None]
+            if known:
+                log_metric("judge/score_mean", sum(known) / len(known))
+            log_metric("judge/unknown_frac", 1.0 - len(known) / max(1, len(rewards)))
+            met: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for rubric, grade in zip(rubrics, grades, strict=True):
+                for criterion, verdict in zip(rubric, grade.verdicts, strict=True):
+                    if verdict is not None:
+                        counts = met[criterion.category or "uncategorized"]
+                        counts[0] += int(verdict)
+                        counts[1] += 1
+            for category, (hits, total) in sorted(met.items()):
+                log_metric(f"judge/frac_met/{category}", hits / total)
+            log_metric("judge/calls", stats.calls)
+            log_metric("judge/failures", stats.failures)
+            log_metric("judge/retries", stats.retries)
+            log_metric("judge/unknown_verdicts", stats.unknown_verdicts)
+            log_metric("judge/cache_hits", stats.cache_hits)
+            log_metric("judge/prompt_tokens", stats.prompt_tokens)
+            log_metric("judge/completion_tokens", stats.completion_tokens)
+            if stats.calls + stats.retries:
+                # Per request attempt, so a slow judge shows up as such even when retries pile up.
+                log_metric("judge/latency_mean_s", stats.latency_s / (stats.calls + stats.retries))
+        if log_extra is not None:
+            log_extra("judge_verdicts", [_verdict_cell(g) for g in grades])
+            log_extra("judge_error", [(g.error or "")[:200] for g in grades])
