@@ -32,9 +32,7 @@ def test_rar_category_prefix_is_stripped_into_category():
     assert [c.weight for c in rubric] == [5.0, 3.0, 1.0, -2.0]
 
 
-@pytest.mark.parametrize(
-    "polarity,expected", [("as_is", -2.0), ("negative", -2.0), ("positive", 2.0)]
-)
+@pytest.mark.parametrize("polarity,expected", [("as_is", -2.0), ("negative", -2.0), ("positive", 2.0)])
 def test_rar_pitfall_polarity_is_a_setting(polarity, expected):
     rows = [dict(r) for r in RAR_ROWS]
     assert Rubric.from_any(rows, pitfall_polarity=polarity)[3].weight == expected
@@ -142,7 +140,10 @@ def test_render_styles():
     [
         ([], "rubric is empty"),
         ([{"text": "a", "weight": -1}], "no criterion with a positive weight"),
-        ([{"text": "a", "weight": 1}, {"text": "b", "weight": "high"}], "criterion 2 has weight 'high'; expected a number"),
+        (
+            [{"text": "a", "weight": 1}, {"text": "b", "weight": "high"}],
+            "criterion 2 has weight 'high'; expected a number",
+        ),
         ([{"criterion": "", "points": 1}], "criterion 1 has criterion ''"),
         ([{"foo": 1}], "criterion 1 has keys \\['foo'\\], which match no known rubric format"),
         ("not json", "not valid JSON"),

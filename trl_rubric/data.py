@@ -81,7 +81,9 @@ def _normalise_prompt(value: Any, index: int, column: str, conversational: bool,
                 raise RubricDatasetError(f"{where} message {j} is {dict(message)!r}; expected {{role, content}}")
             messages.append({"role": message["role"], "content": message["content"]})
         if messages[-1]["role"] != "user":
-            raise RubricDatasetError(f"{where} ends with a {messages[-1]['role']!r} turn; expected the last turn to be the user's")
+            raise RubricDatasetError(
+                f"{where} ends with a {messages[-1]['role']!r} turn; expected the last turn to be the user's"
+            )
         if not conversational:
             if len(messages) != 1:
                 raise RubricDatasetError(

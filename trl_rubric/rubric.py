@@ -196,7 +196,9 @@ class Rubric:
             raise RubricError("rubric is empty; expected at least one criterion")
         if not any(c.weight > 0 for c in self.criteria):
             weights = [c.weight for c in self.criteria]
-            raise RubricError(f"rubric has no criterion with a positive weight (weights {weights}); it cannot be scored")
+            raise RubricError(
+                f"rubric has no criterion with a positive weight (weights {weights}); it cannot be scored"
+            )
 
     def __len__(self) -> int:
         return len(self.criteria)
@@ -238,7 +240,9 @@ class Rubric:
             try:
                 obj = json.loads(obj)
             except json.JSONDecodeError as e:
-                raise RubricError(f"rubric string is not valid JSON ({e.msg} at position {e.pos}): {obj[:80]!r}") from None
+                raise RubricError(
+                    f"rubric string is not valid JSON ({e.msg} at position {e.pos}): {obj[:80]!r}"
+                ) from None
         if isinstance(obj, Mapping):
             # Some dumps wrap the list: {"rubrics": [...]} or {"criteria": [...]}.
             for key in ("rubrics", "rubric", "criteria"):

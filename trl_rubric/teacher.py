@@ -23,9 +23,10 @@ DEFAULT_TEACHER_PROMPT_TEMPLATE = (
 
 
 def _check_template(template: str) -> None:
-    for placeholder in ("{prompt}", "{rubric}"):
-        if placeholder not in template:
-            raise ValueError(f"teacher_prompt_template must contain {placeholder}; got {template!r}")
+    # `{rubric}` may be left out on purpose: a teacher that sees exactly the student's prompt is the no-rubric
+    # control (pure self-distillation), which should give zero loss with a live teacher.
+    if "{prompt}" not in template:
+        raise ValueError(f"teacher_prompt_template must contain {{prompt}}; got {template!r}")
 
 
 def build_teacher_prompt(
@@ -70,3 +71,32 @@ def build_teacher_prompt(
     else:
         messages[last_user]["content"] = fill(content)
     return messages
+
+
+TEACHER_MODEL_KINDS = ("base", "ema", "live")
+
+
+def teacher_shares_tokenizer(student_tokenizer, teacher_tokenizer) -> str | None:
+    """Why two tokenizers cannot share completion token ids, or `None` when they can.
+
+    The teacher scores the student's completion token ids as they are, so both models must map ids to the same
+    strings. Comparing the vocabularies is exact and cheap.
+    """
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab == t_vocab:
+        return None
+    only_student = sorted(set(s_vocab) - set(t_vocab))[:3]
+    differing = [tok for tok in s_vocab if tok in t_vocab and s_vocab[tok] != t_vocab[tok]][:3]
+    return (
+        f"the teacher's tokenizer differs from the student's ({len(t_vocab)} vs {len(s_vocab)} tokens; "
+        f"student-only tokens {only_student}, tokens with different ids {differing}). RGSD scores the student's "
+        "token ids with the teacher, so both must use the same tokenizer."
+    )
+
+
+def freeze(model):
+    """Put a model in eval mode with no trainable parameters (a teacher never receives gradients)."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model

@@ -132,7 +132,13 @@ def make_rubric_rows(n: int = 8, seed: int = 0, conversational: bool = False) ->
         topic = rng.choice(_WORDS)
         words = rng.sample(_WORDS, rng.randint(2, 4))
         rubric = [
-            {"text": f"mentions {w}", "weight": float(rng.randint(1, 5)), "category": "essential", "title": None, "tags": []}
+            {
+                "text": f"mentions {w}",
+                "weight": float(rng.randint(1, 5)),
+                "category": "essential",
+                "title": None,
+                "tags": [],
+            }
             for w in words
         ]
         if i % 3 == 0:
