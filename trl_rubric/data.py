@@ -181,7 +181,7 @@ def load_rubric_dataset(
         dataset = Dataset.from_list(
             [
                 {**{k: v for k, v in raw[i].items() if k not in dropped}, "prompt": p, "rubric": r}
-                for i, p, r in zip(keep, prompts, rubrics)
+                for i, p, r in zip(keep, prompts, rubrics, strict=True)
             ]
         )
     if num_samples is not None:
