@@ -1,0 +1,694 @@
+"""Token-level losses for Rubric-Guided Self-Distillation (RGSD, arXiv 2606.12507): divergences, clipping, masks.
+
+The student sees the prompt, the teacher sees the prompt plus the rubric, and both score the student's sampled
+completion. [`token_divergence`] turns their last hidden states and LM heads into one divergence per completion token
+without ever holding `[N, V]` logits:
+
+- `support="full"`: the whole vocabulary, through TRL's `ChunkedDivergenceFunction`, called on token chunks;
+- `support="topk"`: the teacher's (or student's) top-k tokens, optionally with a tail bucket for the leftover mass;
+- `support="sampled_token"`: the single-sample reverse-KL estimate on the sampled token (cheapest).
+
+Beta follows TRL and the RGSD paper: `beta=0` is the forward KL(teacher‖student), `beta=1` the reverse
+KL(student‖teacher), and `0 < beta < 1` the generalized JSD with mixture `m = (1 - beta) p_student + beta p_teacher`:
+`JSD_beta = beta KL(p_teacher‖m) + (1 - beta) KL(p_student‖m)`. (Liger-Kernel's beta runs the other way.)
+
+The rest are the small pieces the trainer applies around it: per-token clipping, the thinking-block and
+skip-first-tokens masks, non-finite detection, and GRPO-style reduction to a scalar.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+logger = logging.getLogger(__name__)
+
+Support = Literal["full", "topk", "sampled_token"]
+TopKSource = Literal["teacher", "student"]
+ClipMode = Literal["clamp", "scale"]
+
+SUPPORTS = ("full", "topk", "sampled_token")
+TOP_K_SOURCES = ("teacher", "student")
+CLIP_MODES = ("clamp", "scale")
+# GRPO loss types whose normalisation applies to any per-token loss. The others ("cispo", "sapo", "vespo") define
+# their own per-token policy-gradient objective on importance ratios, which a distillation loss does not have.
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+POLICY_ONLY_LOSS_TYPES = ("cispo", "sapo", "vespo")
+
+# Budget for one `[rows, vocab]` projection tile of `ChunkedLogProbFunction`, in elements per token of `chunk_size`
+_LOGPROB_MIN_VOCAB_CHUNK = 256
+
+_warned_sampled_token_beta = False
+
+
+@dataclass
+class TokenDivergence:
+    """Per-token outputs of [`token_divergence`], all of shape `[N]`.
+
+    Args:
+        divergence: Per-token divergence. Differentiable with respect to the student's hidden states, LM-head weight
+            and bias only; `0` (and no gradient) where `finite` is False.
+        student_logps: `log p_student(target)` (detached) when `target_ids` was given, else None.
+        teacher_logps: `log p_teacher(target)` (detached) when `target_ids` was given, else None.
+        entropy: Student entropy (detached) over the full vocabulary.
+        finite: False for tokens whose hidden states, target log-probs or divergence were not finite. Leave them out of
+            the loss (multiply the mask by it) and count them.
+    """
+
+    divergence: Tensor
+    student_logps: Tensor | None
+    teacher_logps: Tensor | None
+    entropy: Tensor | None
+    finite: Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Math: small pure functions on log-probabilities over a support (the last dimension)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def generalized_jsd(student_logps: Tensor, teacher_logps: Tensor, beta: float) -> Tensor:
+    """Beta-divergence between two distributions given as log-probabilities over the last dimension.
+
+    Same definition as TRL's `ChunkedDivergenceFunction` and `trl.experimental.sdft`'s `compute_divergence`.
+
+    Args:
+        student_logps: `[..., K]` log-probabilities of the student (each row sums to 1 in probability).
+        teacher_logps: `[..., K]` log-probabilities of the teacher.
+        beta: `0` = forward KL(teacher‖student), `1` = reverse KL(student‖teacher), in between the generalized JSD
+            `beta KL(p_teacher‖m) + (1 - beta) KL(p_student‖m)` with `m = (1 - beta) p_student + beta p_teacher`.
+
+    Returns:
+        `[...]` divergence per row.
+    """
+    if beta == 0.0:
+        return (teacher_logps.exp() * (teacher_logps - student_logps)).sum(-1)
+    if beta == 1.0:
+        return (student_logps.exp() * (student_logps - teacher_logps)).sum(-1)
+    log_m = torch.logaddexp(student_logps + math.log(1 - beta), teacher_logps + math.log(beta))
+    kl_teacher = (teacher_logps.exp() * (teacher_logps - log_m)).sum(-1)
+    kl_student = (student_logps.exp() * (student_logps - log_m)).sum(-1)
+    return beta * kl_teacher + (1 - beta) * kl_student
+
+
+def add_tail_bucket(logps: Tensor) -> Tensor:
+    """Append one category holding the probability mass left outside a top-k support.
+
+    Top-k log-probabilities sum to the captured mass `P <= 1`; the extra bucket `log(1 - P)` makes the support a proper
+    distribution, so the divergence on it approximates the full-vocabulary one. The same construction as
+    `trl.experimental.sdft`'s helper, which we do not import because `trl.experimental` warns on import.
+
+    Args:
+        logps: `[..., K]` true log-probabilities of the top-k tokens.
+
+    Returns:
+        `[..., K + 1]` log-probabilities.
+    """
+    # Keep the tail above ~1e-7 so log(tail) and its gradient stay finite when top-k holds all the mass
+    captured = torch.logsumexp(logps, dim=-1, keepdim=True).clamp(max=-1e-7)
+    return torch.cat([logps, torch.log(-torch.expm1(captured))], dim=-1)
+
+
+def renormalize(logps: Tensor) -> Tensor:
+    """Log-probabilities conditioned on the support: `logps - logsumexp(logps)` over the last dimension."""
+    return logps - torch.logsumexp(logps, dim=-1, keepdim=True)
+
+
+def sampled_token_reverse_kl(student_logps: Tensor, teacher_logps: Tensor) -> Tensor:
+    """Single-sample reverse-KL estimate on the sampled token, with the score-function gradient.
+
+    For `y ~ p_student`, `log p_s(y) - log p_t(y)` is an unbiased estimate of KL(student‖teacher). Its value is
+    returned as is; its gradient is the policy-gradient surrogate `(log p_s(y) - log p_t(y)).detach() * ∇ log p_s(y)`,
+    as in on-policy distillation, which is unbiased for the gradient of the reverse KL (the `∇ log p_s` inside the
+    expectation has mean zero).
+
+    Args:
+        student_logps: `[N]` `log p_student(y_t)`, differentiable.
+        teacher_logps: `[N]` `log p_teacher(y_t)`, no gradient needed.
+
+    Returns:
+        `[N]` estimate, with the surrogate gradient.
+    """
+    estimate = (student_logps - teacher_logps).detach()
+    # Adds 0 to the value and `estimate * ∇ log p_s` to the gradient
+    return estimate + estimate * (student_logps - student_logps.detach())
+
+
+def transform_logits(
+    logits: Tensor, temperature: float = 1.0, logit_scale: float = 1.0, final_logit_softcapping: float | None = None
+) -> Tensor:
+    """The logits a model samples from: scaled, soft-capped (`c * tanh(z / c)`), then divided by the temperature.
+
+    Same order as TRL's chunked kernels.
+    """
+    logits = logits * logit_scale
+    if final_logit_softcapping is not None:
+        logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
+    return logits / temperature
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Clipping and masks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def clip_token_divergence(divergence: Tensor, tau: float | None, mode: ClipMode = "clamp") -> tuple[Tensor, Tensor]:
+    """Bound each token's divergence at `tau`, so a few tokens the teacher finds very unlikely cannot dominate a step.
+
+    `"clamp"` (the OPSD-line default, tau = 0.05) replaces values above `tau` by `tau`; those tokens then give no
+    gradient. `"scale"` also reports `min(divergence, tau)` but keeps their gradient direction, scaled by
+    `tau / divergence` so its size is bounded.
+
+    Args:
+        divergence: Per-token divergence, any shape.
+        tau: Positive threshold, or None to leave the divergence unchanged.
+        mode: `"clamp"` or `"scale"`.
+
+    Returns:
+        `(clipped, clipped_mask)`: the clipped divergence and a bool tensor, True where the value exceeded `tau`.
+    """
+    if tau is None:
+        return divergence, torch.zeros_like(divergence, dtype=torch.bool)
+    if not tau > 0:
+        raise ValueError(f"clip tau={tau!r}: expected a positive number, or None to disable clipping")
+    if mode not in CLIP_MODES:
+        raise ValueError(f"clip mode={mode!r}: expected one of {CLIP_MODES}")
+    clipped_mask = divergence.detach() > tau
+    if mode == "clamp":
+        return torch.clamp(divergence, max=tau), clipped_mask
+    # tau > 0, so clipped tokens have a positive divergence and the factor keeps the gradient's sign
+    factor = torch.where(clipped_mask, tau / divergence.detach(), torch.ones_like(divergence))
+    return divergence * factor, clipped_mask
+
+
+def _find_subsequence(ids: Tensor, pattern: Tensor) -> Tensor:
+    # [B, T] bool, True where `pattern` starts at that position
+    batch, length = ids.shape
+    n = pattern.numel()
+    starts = torch.zeros((batch, length), dtype=torch.bool, device=ids.device)
+    if n <= length:
+        windows = ids.unfold(1, n, 1)  # [B, T - n + 1, n]
+        starts[:, : length - n + 1] = (windows == pattern).all(-1)
+    return starts
+
+
+def _as_id_tensor(ids: Sequence[int] | Tensor, name: str, device: torch.device) -> Tensor:
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).flatten()
+    if ids.numel() == 0:
+        raise ValueError(f"thinking_mask: {name} is empty; pass the token ids of the delimiter, e.g. tokenizer.encode")
+    return ids
+
+
+def thinking_mask(
+    completion_ids: Tensor,
+    start_ids: Sequence[int] | Tensor,
+    end_ids: Sequence[int] | Tensor,
+    *,
+    open_at_start: bool = False,
+) -> Tensor:
+    """Mask that leaves thinking blocks out of the loss: the teacher's reasoning there may quote the rubric.
+
+    Tokens from each start delimiter through its matching end delimiter (both inclusive) are False. A block that is
+    never closed runs to the end of the row. A start delimiter inside a block and an end delimiter outside one are
+    ordinary tokens.
+
+    Args:
+        completion_ids: `[B, T]` completion token ids.
+        start_ids: Token ids of the opening delimiter, e.g. `tokenizer.encode("<think>", add_special_tokens=False)`.
+        end_ids: Token ids of the closing delimiter, e.g. for `"</think>"`.
+        open_at_start: True when the prompt already opened the block (chat templates that end the generation prompt
+            with `<think>`), so each row starts inside it.
+
+    Returns:
+        `[B, T]` bool, True for tokens to keep.
+    """
+    start = _as_id_tensor(start_ids, "start_ids", completion_ids.device)
+    end = _as_id_tensor(end_ids, "end_ids", completion_ids.device)
+    starts = _find_subsequence(completion_ids, start).tolist()
+    ends = _find_subsequence(completion_ids, end).tolist()
+    keep = torch.ones(completion_ids.shape, dtype=torch.bool)
+    length = completion_ids.shape[1]
+    for row in range(completion_ids.shape[0]):
+        # Walk the row once; only delimiter positions matter, so this is cheap even for long rows
+        block_start = 0 if open_at_start else None
+        pos = 0
+        while pos < length:
+            if block_start is None:
+                if starts[row][pos]:
+                    block_start = pos
+                    pos += start.numel()
+                    continue
+            elif ends[row][pos]:
+                keep[row, block_start : pos + end.numel()] = False
+                block_start = None
+                pos += end.numel()
+                continue
+            pos += 1
+        if block_start is not None:
+            keep[row, block_start:] = False
+    return keep.to(completion_ids.device)
+
+
+def skip_first_tokens_mask(mask: Tensor, n: int) -> Tensor:
+    """Drop the first `n` completion tokens of each row from a `[B, T]` loss mask (`num_loss_tokens_to_skip`).
+
+    Completions are right-padded, so column `j` is the row's `j`-th token.
+    """
+    if n < 0:
+        raise ValueError(f"num_loss_tokens_to_skip={n}: expected 0 or more")
+    if n == 0:
+        return mask
+    kept = torch.arange(mask.shape[-1], device=mask.device) >= n
+    return mask & kept if mask.dtype == torch.bool else mask * kept.to(mask.dtype)
+
+
+def finite_token_mask(*tensors: Tensor | None, token_dims: int = 1) -> Tensor:
+    """True for tokens where every given per-token value is finite.
+
+    Args:
+        *tensors: Tensors whose first `token_dims` dimensions index tokens (e.g. `[N]` log-probs, `[N, H]` hidden
+            states); trailing dimensions are reduced. None entries are skipped.
+        token_dims: How many leading dimensions index tokens (2 for `[B, T]` or `[B, T, H]`).
+
+    Returns:
+        Bool tensor of the common token shape.
+    """
+    given = [t for t in tensors if t is not None]
+    if not given:
+        raise ValueError("finite_token_mask needs at least one tensor")
+    finite = None
+    for t in given:
+        ok = t.isfinite()
+        if ok.dim() > token_dims:
+            ok = ok.flatten(token_dims).all(-1)
+        finite = ok if finite is None else finite & ok
+    return finite
+
+
+def sanitize_hidden(hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero the rows of `[N, H]` hidden states that hold a NaN or inf, so the chunked kernels stay finite.
+
+    Gradients reaching the zeroed rows are zero, so they do not turn the LM-head gradient into NaN.
+
+    Returns:
+        `(clean_hidden, finite_rows)` with `finite_rows` `[N]` bool.
+    """
+    finite_rows = hidden.detach().isfinite().all(-1)
+    if bool(finite_rows.all()):
+        return hidden, finite_rows
+    return torch.where(finite_rows.unsqueeze(-1), hidden, hidden.new_zeros(())), finite_rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reduction (GRPO's loss_type normalisations)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def reduce_token_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    loss_type: str,
+    num_items_in_batch: Tensor | int | None = None,
+    max_completion_length: int | None = None,
+    *,
+    num_processes: int = 1,
+    gradient_accumulation_steps: int = 1,
+    steps_per_generation: int = 1,
+) -> Tensor:
+    """Reduce a `[B, T]` per-token loss to a scalar exactly as `GRPOTrainer._compute_loss` (TRL 1.16) does.
+
+    - `"grpo"`: mean over each sequence's tokens, then mean over sequences;
+    - `"bnpo"`: mean over all tokens of the local batch;
+    - `"dr_grpo"`: sum over all tokens / (B * max_completion_length);
+    - `"dapo"`: sum over all tokens / the token count of the whole generation batch across processes, rescaled to one
+      process and one accumulation window (`num_items_in_batch / num_processes * gradient_accumulation_steps /
+      steps_per_generation`);
+    - `"luspo"`: sum over each sequence's tokens, then mean over sequences.
+
+    All but `"dapo"` are divided by `gradient_accumulation_steps`, as TRL's trainer expects (`loss_is_scaled_for_ga`).
+    `"cispo"`, `"sapo"` and `"vespo"` change the per-token policy-gradient objective rather than its normalisation,
+    so they have no meaning for a distillation loss and raise.
+
+    Args:
+        per_token_loss: `[B, T]` loss per token.
+        mask: `[B, T]` bool or 0/1 mask of the tokens that count.
+        loss_type: One of `"grpo"`, `"bnpo"`, `"dr_grpo"`, `"dapo"`, `"luspo"`.
+        num_items_in_batch: Masked-token count of the generation batch summed over processes (the batch key of the same
+            name); required for `"dapo"`.
+        max_completion_length: Required for `"dr_grpo"`.
+        num_processes: `accelerator.num_processes`.
+        gradient_accumulation_steps: `trainer.current_gradient_accumulation_steps` in training, 1 in evaluation.
+        steps_per_generation: `args.steps_per_generation` in training, 1 in evaluation.
+
+    Returns:
+        Scalar loss.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * mask
+    if loss_type == "grpo":
+        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = masked.sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+        loss = masked.sum() / (per_token_loss.size(0) * max_completion_length)
+    elif loss_type == "dapo":
+        if num_items_in_batch is None:
+            raise ValueError(
+                "loss_type='dapo' needs num_items_in_batch (the batch's masked-token count across processes)"
+            )
+        items = torch.as_tensor(num_items_in_batch, dtype=per_token_loss.dtype, device=per_token_loss.device)
+        normalizer = items.clamp(min=1.0) / num_processes * gradient_accumulation_steps / steps_per_generation
+        return masked.sum() / normalizer
+    elif loss_type == "luspo":
+        loss = masked.sum(-1).mean()
+    elif loss_type in POLICY_ONLY_LOSS_TYPES:
+        raise ValueError(
+            f"loss_type={loss_type!r} reshapes GRPO's importance-ratio objective and has no distillation analogue; "
+            f"use one of {LOSS_TYPES}"
+        )
+    else:
+        raise ValueError(f"loss_type={loss_type!r} is unknown; use one of {LOSS_TYPES}")
+    return loss / gradient_accumulation_steps
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chunking machinery
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fp32_accumulator(param: Tensor | None) -> Tensor | None:
+    # Each token chunk returns its own LM-head gradient; autograd sums them in the parameter's dtype. In bf16 that
+    # rounds every partial sum, the bias TRL's kernels avoid by accumulating in fp32, so sum in fp32 and cast once.
+    if param is not None and param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+        return param.float()
+    return param
+
+
+def _token_chunks(n: int, chunk_size: int | None):
+    step = n if chunk_size is None else chunk_size
+    for start in range(0, n, max(step, 1)):
+        yield slice(start, min(start + step, n))
+
+
+def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # fp32 logits, as TRL's kernels do, so the log-softmax is not rounded to bf16
+    logits = hidden.float() @ weight.float().t()
+    return logits + bias.float() if bias is not None else logits
+
+
+def _target_logps(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    temperature: float,
+    logit_scale: float,
+    softcap: float | None,
+    chunk_size: int | None,
+    outputs: tuple[str, ...] = (),
+    grad: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    # One `ChunkedLogProbFunction` call. It tiles `[min(N, 4096), vocab_chunk]`; pick the vocabulary chunk so a tile
+    # holds about `chunk_size * V` elements, the same budget as the divergence.
+    n, vocab = hidden.shape[0], weight.shape[0]
+    rows = max(min(n, 4096), 1)
+    budget = vocab if chunk_size is None else chunk_size * vocab // rows
+    vocab_chunk = min(vocab, max(_LOGPROB_MIN_VOCAB_CHUNK, budget))
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        logps, entropy, *_ = ChunkedLogProbFunction.apply(
+            hidden, weight, bias, targets, temperature, vocab_chunk, softcap, logit_scale, outputs
+        )
+    return logps, entropy
+
+
+def _topk_student_divergence(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    student_bias: Tensor | None,
+    support_ids: Tensor,
+    teacher_support_logps: Tensor,
+    beta: float,
+    tail: bool,
+    temperature: float,
+    logit_scale: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor]:
+    # Run under activation checkpointing: the [chunk, V] student logits are rebuilt in backward, not kept
+    logits = transform_logits(
+        _project(student_hidden, student_weight, student_bias), temperature, logit_scale, softcap
+    )
+    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+    support_logps = logits.gather(-1, support_ids) - log_z
+    support_logps = add_tail_bucket(support_logps) if tail else renormalize(support_logps)
+    with torch.no_grad():
+        logps = logits - log_z
+        entropy = -(logps.exp() * logps).sum(-1)
+    return generalized_jsd(support_logps, teacher_support_logps, beta), entropy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def token_divergence(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    student_bias: Tensor | None,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    teacher_bias: Tensor | None,
+    *,
+    beta: float = 0.5,
+    support: Support = "full",
+    target_ids: Tensor | None = None,
+    top_k: int = 20,
+    top_k_source: TopKSource = "teacher",
+    top_k_tail: bool = True,
+    temperature: float = 1.0,
+    chunk_size: int | None = 128,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_final_logit_softcapping: float | None = None,
+    teacher_final_logit_softcapping: float | None = None,
+) -> TokenDivergence:
+    """Per-token divergence between the student's and the teacher's next-token distributions, from hidden states.
+
+    Neither model's `[N, V]` logits are materialised: the work runs on `chunk_size` tokens at a time (at most
+    `[chunk_size, V]` logits per model). Rows whose hidden states are not finite are zeroed before the kernels and
+    reported in `finite`, with divergence 0 and no gradient. On CPU, chunks of 128 keep peak memory flat in N and
+    beat naive logits (see `docs/benchmarks.md`); with CUDA and Triton a larger `chunk_size`, or None for one call,
+    is faster.
+
+    Args:
+        student_hidden: `[N, H_s]` last hidden states of the student at the completion positions.
+        student_weight: `[V, H_s]` student LM head.
+        student_bias: `[V]` or None.
+        teacher_hidden: `[N, H_t]` teacher hidden states at the same positions. No gradient flows to the teacher.
+        teacher_weight: `[V, H_t]` teacher LM head (same vocabulary as the student).
+        teacher_bias: `[V]` or None.
+        beta: `0` = forward KL(teacher‖student), `1` = reverse KL(student‖teacher), in between the generalized JSD
+            `beta KL(p_teacher‖m) + (1 - beta) KL(p_student‖m)`, `m = (1 - beta) p_student + beta p_teacher`.
+            RGSD uses 0.5. Ignored by `"sampled_token"`, which is always the reverse-KL estimate.
+        support: `"full"` (whole vocabulary, TRL's chunked kernel), `"topk"` (top-k tokens, see `top_k*`) or
+            `"sampled_token"` (single-sample reverse-KL estimate on `target_ids`, with the score-function gradient
+            `(log p_s - log p_t).detach() * ∇ log p_s`; see [`sampled_token_reverse_kl`]).
+        target_ids: `[N]` sampled completion tokens. Needed for `"sampled_token"`; when given, the target log-probs of
+            both models are returned too.
+        top_k: Support size for `"topk"`.
+        top_k_source: Whose top-k tokens form the support: `"teacher"` or `"student"`.
+        top_k_tail: Add a bucket with the mass outside the top-k (approximates the full divergence); otherwise both
+            distributions are renormalised over the top-k.
+        temperature: Both distributions are `softmax(logits / temperature)`.
+        chunk_size: Tokens per chunk; None processes all tokens in one call.
+        student_logit_scale, teacher_logit_scale: Multipliers applied to the logits first (models with logit scaling).
+        student_final_logit_softcapping, teacher_final_logit_softcapping: `c` in `c * tanh(z / c)` (e.g. Gemma), or
+            None.
+
+    Returns:
+        A [`TokenDivergence`].
+    """
+    n = student_hidden.shape[0]
+    _check_inputs(
+        student_hidden, student_weight, teacher_hidden, teacher_weight, beta, support, target_ids, top_k, top_k_source
+    )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: expected a positive number of tokens, or None")
+
+    student_hidden, student_finite = sanitize_hidden(student_hidden)
+    teacher_hidden, teacher_finite = sanitize_hidden(teacher_hidden.detach())
+    teacher_weight = teacher_weight.detach()
+    teacher_bias = teacher_bias.detach() if teacher_bias is not None else None
+    weight, bias = _fp32_accumulator(student_weight), _fp32_accumulator(student_bias)
+    student_args = (temperature, student_logit_scale, student_final_logit_softcapping)
+    teacher_args = (temperature, teacher_logit_scale, teacher_final_logit_softcapping)
+
+    student_logps = teacher_logps = None
+    if support == "sampled_token":
+        _warn_sampled_token_beta(beta)
+        student_logps, entropy = _target_logps(
+            student_hidden, weight, bias, target_ids, *student_args, chunk_size, outputs=("entropy",), grad=True
+        )
+        teacher_logps, _ = _target_logps(
+            teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
+        )
+        divergence = sampled_token_reverse_kl(student_logps, teacher_logps)
+        student_logps, entropy = student_logps.detach(), entropy.detach()
+    else:
+        if target_ids is not None:
+            with torch.no_grad():
+                student_logps, _ = _target_logps(
+                    student_hidden.detach(),
+                    student_weight.detach(),
+                    _detach(student_bias),
+                    target_ids,
+                    *student_args,
+                    chunk_size,
+                )
+                teacher_logps, _ = _target_logps(
+                    teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
+                )
+        pieces, entropies = [], []
+        for rows in _token_chunks(n, chunk_size):
+            if support == "full":
+                div, ent = ChunkedDivergenceFunction.apply(
+                    student_hidden[rows],
+                    weight,
+                    bias,
+                    teacher_hidden[rows],
+                    teacher_weight,
+                    teacher_bias,
+                    float(beta),
+                    temperature,
+                    student_logit_scale,
+                    student_final_logit_softcapping,
+                    teacher_logit_scale,
+                    teacher_final_logit_softcapping,
+                )
+            else:
+                div, ent = _topk_chunk(
+                    student_hidden[rows],
+                    weight,
+                    bias,
+                    teacher_hidden[rows],
+                    teacher_weight,
+                    teacher_bias,
+                    beta,
+                    top_k,
+                    top_k_source,
+                    top_k_tail,
+                    student_args,
+                    teacher_args,
+                )
+            pieces.append(div)
+            entropies.append(ent.detach())
+        divergence = torch.cat(pieces) if len(pieces) != 1 else pieces[0]
+        entropy = torch.cat(entropies) if len(entropies) != 1 else entropies[0]
+
+    finite = student_finite & teacher_finite & finite_token_mask(divergence.detach(), student_logps, teacher_logps)
+    if not bool(finite.all()):
+        # where() sends a zero gradient to the dropped rows, so no NaN reaches the student
+        divergence = torch.where(finite, divergence, divergence.new_zeros(()))
+    return TokenDivergence(divergence, student_logps, teacher_logps, entropy, finite)
+
+
+def _topk_chunk(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    student_bias: Tensor | None,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    teacher_bias: Tensor | None,
+    beta: float,
+    top_k: int,
+    top_k_source: str,
+    tail: bool,
+    student_args: tuple,
+    teacher_args: tuple,
+) -> tuple[Tensor, Tensor]:
+    # The support and the teacher side carry no gradient: compute them once, outside the checkpointed region.
+    # Top-k of the logits is top-k of the log-probs, so no softmax is needed to pick the support.
+    with torch.no_grad():
+        teacher_logits = transform_logits(_project(teacher_hidden, teacher_weight, teacher_bias), *teacher_args)
+        if top_k_source == "teacher":
+            support_ids = teacher_logits.topk(top_k, dim=-1).indices
+        else:
+            student_logits = transform_logits(_project(student_hidden, student_weight, student_bias), *student_args)
+            support_ids = student_logits.topk(top_k, dim=-1).indices
+            del student_logits
+        teacher_support = teacher_logits.gather(-1, support_ids) - torch.logsumexp(teacher_logits, -1, keepdim=True)
+        teacher_support = add_tail_bucket(teacher_support) if tail else renormalize(teacher_support)
+        del teacher_logits
+    args = (student_hidden, student_weight, student_bias, support_ids, teacher_support, beta, tail, *student_args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:3]):
+        return checkpoint(_topk_student_divergence, *args, use_reentrant=False)
+    return _topk_student_divergence(*args)
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return t.detach() if t is not None else None
+
+
+def _warn_sampled_token_beta(beta: float) -> None:
+    global _warned_sampled_token_beta
+    if beta != 1.0 and not _warned_sampled_token_beta:
+        _warned_sampled_token_beta = True
+        logger.warning(
+            "support='sampled_token' always estimates the reverse KL(student‖teacher); beta=%s is ignored. "
+            "Set beta=1.0 to silence this, or use support='full' or 'topk' for a JSD.",
+            beta,
+        )
+
+
+def _check_inputs(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    beta: float,
+    support: str,
+    target_ids: Tensor | None,
+    top_k: int,
+    top_k_source: str,
+) -> None:
+    if support not in SUPPORTS:
+        raise ValueError(f"support={support!r}: expected one of {SUPPORTS}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta}: expected 0 <= beta <= 1 (0 = forward KL, 1 = reverse KL, between = JSD)")
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2:
+        raise ValueError(
+            f"hidden states must be [N, H]; got student {tuple(student_hidden.shape)}, "
+            f"teacher {tuple(teacher_hidden.shape)}. Flatten the completion tokens first."
+        )
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"student has {student_hidden.shape[0]} tokens but teacher has {teacher_hidden.shape[0]}; "
+            "both must score the same completion tokens"
+        )
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"student vocabulary {student_weight.shape[0]} != teacher vocabulary {teacher_weight.shape[0]}; "
+            "the teacher must share the student's tokenizer"
+        )
+    if student_weight.shape[1] != student_hidden.shape[1] or teacher_weight.shape[1] != teacher_hidden.shape[1]:
+        raise ValueError("LM-head weight must be [V, H] with H matching the hidden states")
+    if target_ids is not None and target_ids.shape != (student_hidden.shape[0],):
+        raise ValueError(f"target_ids must be [N]={student_hidden.shape[0]}; got {tuple(target_ids.shape)}")
+    if support == "sampled_token" and target_ids is None:
+        raise ValueError("support='sampled_token' needs target_ids (the sampled completion tokens)")
+    if support == "topk":
+        if top_k_source not in TOP_K_SOURCES:
+            raise ValueError(f"top_k_source={top_k_source!r}: expected one of {TOP_K_SOURCES}")
+        if not 1 <= top_k <= student_weight.shape[0]:
+            raise ValueError(f"top_k={top_k}: expected 1 <= top_k <= vocabulary size {student_weight.shape[0]}")
