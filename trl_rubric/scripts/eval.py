@@ -1,0 +1,333 @@
+"""`trl-rubric eval`: generate answers with a model, grade them against their rubrics, and write a report.
+
+    trl-rubric eval --model_name_or_path Qwen/Qwen3-0.6B --dataset_name data.jsonl \\
+        --judge_backend openai --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen3-8B \\
+        --n_samples 200 --output_dir eval_base
+
+Writes `results.json`, `report.md`, `responses.jsonl`, `score_by_category.png` and `length_histogram.png` into
+`--output_dir`. Every option can also come from a YAML recipe (`--config recipe.yaml`), with command-line overrides.
+The helpers here are shared with `trl-rubric gap`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..evaluation import EvaluationError
+
+COMMAND = "eval"
+
+
+@dataclass
+class EvalArguments:
+    """Options of `trl-rubric eval`, grouped as model, data, generation and report; each field's `help` says what it
+    changes. The judge's options (`--judge_backend`, `--judge_model`, ...) come from `JudgeArguments`.
+    """
+
+    # > Model
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model to evaluate: a local folder or a Hub id. A folder with adapter_config.json is loaded as a "
+            "PEFT (LoRA) adapter on its base model."
+        },
+    )
+    base_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Base model for an adapter; defaults to the base named in adapter_config.json."},
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata={"help": "Weights dtype; `auto` uses the checkpoint's."}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Device for the model (`cpu`, `cuda`, `cuda:1`); defaults to CUDA if available."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+    # > Data
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rubric dataset: a Hub id, a local .json/.jsonl/.parquet/.csv file or a save_to_disk folder "
+            "(anything load_rubric_dataset reads)."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration (subset) name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to evaluate on."})
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "Prompt column; detected (prompt, question, ...) if not given."}
+    )
+    rubric_column: str | None = field(
+        default=None, metadata={"help": "Rubric column; detected (rubric, rubrics, criteria) if not given."}
+    )
+    rubric_format: Literal["auto", "rar", "healthbench", "rubrichub", "researchrubrics", "normalized", "strings"] = (
+        field(default="auto", metadata={"help": "Rubric format; `auto` detects it from each criterion's keys."})
+    )
+    pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
+        default="as_is", metadata={"help": "How to sign RaR 'Pitfall' criteria (see Rubric.from_any)."}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System turn prepended to prompts that have none."}
+    )
+    n_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate a seeded random subset of this many prompts (all prompts if unset). The same seed "
+            "picks the same prompts, so checkpoints compare on the same questions."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed for the subset, the sampling and the bootstrap; same seed, same run."}
+    )
+
+    # > Generation
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature (1.0 matches training rollouts); 0 means greedy."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch (transformers)."})
+    use_vllm: bool = field(
+        default=False, metadata={"help": "Generate with vLLM (must be installed: pip install 'trl-rubric[vllm]')."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "Fraction of GPU memory vLLM may use (with --use_vllm)."}
+    )
+
+    # > Report
+    output_dir: str = field(default="trl-rubric-eval", metadata={"help": "Folder for results and charts."})
+    bootstrap_samples: int = field(
+        default=1000, metadata={"help": "Bootstrap resamples for confidence intervals; 0 disables them."}
+    )
+    confidence_level: float = field(default=0.95, metadata={"help": "Coverage of the confidence intervals."})
+    plots: bool = field(default=True, metadata={"help": "Write PNG charts (needs matplotlib: the `plot` extra)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+class UsageError(ValueError):
+    """A command line or recipe that cannot be parsed."""
+
+
+def _make_parser(prog: str, dataclass_types: list[type]):
+    from trl import TrlParser
+
+    class _Parser(TrlParser):
+        # argparse prints the whole usage block and calls sys.exit; a one-line error is easier to read and to test.
+        def error(self, message):
+            raise UsageError(f"{message} (see `{prog} --help`)")
+
+    return _Parser(dataclass_types=dataclass_types, prog=prog)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, OSError, ImportError]
+    try:
+        from ..judges.base import JudgeUnavailableError
+
+        errors.append(JudgeUnavailableError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 600 else text[:599] + "…"
+
+
+def run_command(command: str, argv: list[str] | None, args_type: type, body: Callable[[Any, Any], int]) -> int:
+    """Parse `argv` into `(args_type, JudgeArguments)` and run `body`, turning expected errors into one line and 2.
+
+    Set `TRL_RUBRIC_DEBUG=1` to get the traceback instead.
+    """
+    prog = f"trl-rubric {command}"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from ..judges.factory import JudgeArguments
+
+        parser = _make_parser(prog, [args_type, JudgeArguments])
+        script_args, judge_args = parser.parse_args_and_config(argv)
+        return int(body(script_args, judge_args) or 0)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        if os.environ.get("TRL_RUBRIC_DEBUG"):
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except StopIteration:
+        # `datasets` raises a bare StopIteration on an empty JSON Lines file.
+        print(f"{prog}: error: the dataset file is empty; expected rows with a prompt and a rubric", file=sys.stderr)
+        return 2
+
+
+def check_common_args(args: EvalArguments) -> None:
+    """Fail fast on options that would only break after the model has loaded."""
+    from ..evaluation import check_model_path
+
+    check_model_path(args.model_name_or_path)
+    if not args.dataset_name:
+        raise UsageError("no dataset given; pass --dataset_name <Hub id or local file>")
+    if args.n_samples is not None and args.n_samples < 1:
+        raise UsageError(f"--n_samples is {args.n_samples}; expected a positive number")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens is {args.max_new_tokens}; expected at least 1")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size is {args.batch_size}; expected at least 1")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature is {args.temperature}; expected 0 (greedy) or more")
+    if not 0 < args.confidence_level < 1:
+        raise UsageError(f"--confidence_level is {args.confidence_level}; expected a number in (0, 1)")
+
+
+def _empty_local_file(path: str) -> bool:
+    if not os.path.isfile(path) or os.path.getsize(path) > 1_000_000:
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().strip() in ("", "[]", "{}")
+
+
+def load_dataset_from_args(args: EvalArguments):
+    """The rubric dataset named by the options, validated row by row."""
+    from ..data import RubricDatasetError, load_rubric_dataset
+
+    if _empty_local_file(os.path.expanduser(args.dataset_name)):
+        raise RubricDatasetError(
+            f"dataset file {args.dataset_name!r} is empty; expected rows with a prompt and a rubric"
+        )
+    return load_rubric_dataset(
+        os.path.expanduser(args.dataset_name),
+        split=args.dataset_split,
+        format=args.rubric_format,
+        prompt_column=args.prompt_column,
+        rubric_column=args.rubric_column,
+        subset=args.dataset_config,
+        system_prompt=args.system_prompt,
+        pitfall_polarity=args.pitfall_polarity,
+    )
+
+
+def build_judge_from_args(judge_args):
+    """The judge, probed once (unless `--judge_probe false`) so that an unreachable endpoint fails before any
+    generation."""
+    from ..judges.factory import build_judge
+
+    judge = build_judge(judge_args)
+    probe = getattr(judge, "probe_sync", None)
+    if probe is not None and getattr(judge_args, "judge_probe", True):
+        probe()
+    return judge
+
+
+def _adapter_base(args: EvalArguments) -> tuple[str, str | None]:
+    """`(model to serve, adapter folder or None)` for vLLM."""
+    import json
+
+    path = os.path.expanduser(args.model_name_or_path)
+    config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config):
+        return path, None
+    with open(config, encoding="utf-8") as f:
+        base = args.base_model_name_or_path or json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise EvaluationError(f"{config} names no base_model_name_or_path; pass --base_model_name_or_path")
+    return base, path
+
+
+def load_generator_from_args(args: EvalArguments):
+    """`(model, tokenizer, generate_fn)`: a transformers model, or with --use_vllm no model and a vLLM generator."""
+    from ..evaluation import VLLMGenerator, load_model_and_tokenizer
+
+    if not args.use_vllm:
+        model, tokenizer = load_model_and_tokenizer(
+            args.model_name_or_path, args.base_model_name_or_path, args.dtype, args.device, args.trust_remote_code
+        )
+        return model, tokenizer, None
+    from transformers import AutoTokenizer
+
+    base, adapter = _adapter_base(args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter or base, trust_remote_code=args.trust_remote_code)
+    except OSError as e:
+        raise EvaluationError(f"cannot load the tokenizer of {args.model_name_or_path!r}: {_one_line(e)}") from None
+    generator = VLLMGenerator(
+        base,
+        tokenizer,
+        adapter=adapter,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        dtype=args.dtype,
+    )
+    return None, tokenizer, generator
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def run_eval(args: EvalArguments, judge_args) -> int:
+    """The body of `trl-rubric eval` once options are parsed."""
+    from ..evaluation import evaluate, select_examples, write_eval_outputs
+
+    check_common_args(args)
+    # Cheap checks first: a bad dataset or judge should not wait for a model to load.
+    dataset = select_examples(load_dataset_from_args(args), args.n_samples, args.seed)
+    judge = build_judge_from_args(judge_args)
+    model, tokenizer, generate_fn = load_generator_from_args(args)
+    result = evaluate(
+        model,
+        dataset,
+        judge,
+        tokenizer=tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
+        n_bootstrap=args.bootstrap_samples,
+        confidence_level=args.confidence_level,
+        progress=args.progress,
+        generate_fn=generate_fn,
+    )
+    result.config.update(
+        model_name_or_path=args.model_name_or_path,
+        dataset_name=args.dataset_name,
+        dataset_split=args.dataset_split,
+        judge_backend=getattr(judge_args, "judge_backend", None),
+        judge_model=getattr(judge_args, "judge_model", None),
+    )
+    files = write_eval_outputs(result, args.output_dir, plots=args.plots)
+    m = result.metrics
+    ci = m.weighted_score_ci
+    ci_text = f" ({round(100 * m.confidence_level)}% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    score = "n/a" if m.weighted_score is None else f"{m.weighted_score:.3f}"
+    unweighted = "n/a" if m.unweighted_score is None else f"{m.unweighted_score:.3f}"
+    mean_len = "n/a" if m.mean_length is None else f"{m.mean_length:.1f}"
+    print(f"weighted score {score}{ci_text} | unweighted {unweighted} | strict completion {_pct(m.strict_completion)}")
+    print(
+        f"length: mean {mean_len} tokens, median {m.median_length} | judge failures {_pct(m.judge_failure_rate)} "
+        f"| {m.n_examples} examples"
+    )
+    print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-rubric eval [--config recipe.yaml] [--option value ...]`; returns the exit code."""
+    return run_command(COMMAND, argv, EvalArguments, run_eval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

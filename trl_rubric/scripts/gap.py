@@ -1,0 +1,167 @@
+"""`trl-rubric gap`: the conditioning-gap preflight. Does the model do better when it sees the rubric?
+
+    trl-rubric gap --model_name_or_path Qwen/Qwen3-0.6B --dataset_name train.jsonl \\
+        --judge_backend openai --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen3-8B
+
+RGSD (Rubric-Guided Self-Distillation, arXiv 2606.12507) distills what the model does *with* the rubric in its context
+into the model *without* it, so it only helps when that difference, the conditioning gap, is large. This command runs
+the same model on a sample of the training set twice (student's view: prompt only; teacher's view: the RGSD teacher
+prompt), grades both answers with the same judge, and says whether RGSD is worth the GPU hours.
+
+Writes `results.json`, `report.md`, `responses.jsonl`, `length_histogram.png`, and the per-token view
+(`token_view.html`, `token_view.png`) into `--output_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE
+from .eval import (
+    EvalArguments,
+    UsageError,
+    build_judge_from_args,
+    check_common_args,
+    load_dataset_from_args,
+    load_generator_from_args,
+    run_command,
+)
+
+COMMAND = "gap"
+
+
+@dataclass
+class GapArguments(EvalArguments):
+    """Options of `trl-rubric gap`: those of `trl-rubric eval`, plus the teacher's context (the same fields as
+    `RGSDConfig`), the per-token view and the verdict thresholds.
+    """
+
+    n_samples: int | None = field(
+        default=64,
+        metadata={
+            "help": "Training prompts to sample (seeded); more prompts give a tighter interval on the gap, at the "
+            "cost of two generations and two gradings per prompt."
+        },
+    )
+    output_dir: str = field(default="trl-rubric-gap", metadata={"help": "Folder for results and charts."})
+    teacher_prompt_template: str = field(
+        default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
+        metadata={
+            "help": "Teacher context with {prompt} and {rubric} placeholders; use the one you will train RGSD with."
+        },
+    )
+    rubric_render_style: Literal["numbered", "weighted", "json"] = field(
+        default="numbered", metadata={"help": "How the rubric is written into the teacher context."}
+    )
+    n_token_views: int = field(
+        default=4,
+        metadata={
+            "help": "Student completions to show token by token, shaded by log p_teacher - log p_student "
+            "(token_view.html / .png); 0 skips it."
+        },
+    )
+    min_gap: float = field(
+        default=0.05,
+        metadata={"help": "Smallest gap (0-1 scale) for which RGSD is recommended; below it, GRPO with a judge is."},
+    )
+    max_length_ratio: float = field(
+        default=1.3,
+        metadata={"help": "Warn that the gap may be mere length when answers with the rubric are this much longer."},
+    )
+
+
+def run_gap(args: GapArguments, judge_args) -> int:
+    """The body of `trl-rubric gap` once options are parsed."""
+    from ..evaluation import (
+        conditioning_gap,
+        load_model_and_tokenizer,
+        select_examples,
+        token_logratio_view,
+        write_gap_outputs,
+    )
+
+    check_common_args(args)
+    if args.n_token_views < 0:
+        raise UsageError(f"--n_token_views is {args.n_token_views}; expected 0 or more")
+    for placeholder in ("{prompt}", "{rubric}"):
+        if placeholder not in args.teacher_prompt_template:
+            raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
+    dataset = select_examples(load_dataset_from_args(args), args.n_samples, args.seed)
+    judge = build_judge_from_args(judge_args)
+    model, tokenizer, generate_fn = load_generator_from_args(args)
+    result = conditioning_gap(
+        model,
+        dataset,
+        judge,
+        tokenizer=tokenizer,
+        teacher_prompt_template=args.teacher_prompt_template,
+        rubric_render_style=args.rubric_render_style,
+        n_samples=None,  # already sampled above
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
+        n_bootstrap=args.bootstrap_samples,
+        confidence_level=args.confidence_level,
+        min_gap=args.min_gap,
+        max_length_ratio=args.max_length_ratio,
+        progress=args.progress,
+        generate_fn=generate_fn,
+        n_token_views=args.n_token_views if model is not None else 0,
+    )
+    if args.use_vllm and args.n_token_views > 0:
+        # vLLM generated the answers; the per-token view needs plain forward passes of a transformers model.
+        model, tokenizer = load_model_and_tokenizer(
+            args.model_name_or_path, args.base_model_name_or_path, args.dtype, args.device, args.trust_remote_code
+        )
+        k = min(args.n_token_views, len(dataset))
+        result.token_views = token_logratio_view(
+            model,
+            tokenizer,
+            list(dataset["prompt"][:k]),
+            list(dataset["rubric"][:k]),
+            result.student_token_ids[:k],
+            teacher_prompt_template=args.teacher_prompt_template,
+            rubric_render_style=args.rubric_render_style,
+        )
+    result.settings.update(
+        model_name_or_path=args.model_name_or_path,
+        dataset_name=args.dataset_name,
+        dataset_split=args.dataset_split,
+        n_samples=args.n_samples,
+        judge_backend=getattr(judge_args, "judge_backend", None),
+        judge_model=getattr(judge_args, "judge_model", None),
+    )
+    files = write_gap_outputs(result, args.output_dir, plots=args.plots)
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    ci = result.gap_ci
+    print(
+        f"score without rubric {fmt(result.score_without_rubric)} | with rubric {fmt(result.score_with_rubric)} | "
+        f"gap {fmt(result.gap)}" + (f" (CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+    )
+    print(
+        f"mean length without rubric {fmt(result.mean_length_without_rubric)} tokens, with rubric "
+        f"{fmt(result.mean_length_with_rubric)} (ratio {fmt(result.length_ratio)}) | "
+        f"{result.n_paired} of {result.n_examples} prompts scored in both views"
+    )
+    for line in result.verdict:
+        print(line)
+    print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-rubric gap [--config recipe.yaml] [--option value ...]`; returns the exit code."""
+    return run_command(COMMAND, argv, GapArguments, run_gap)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
