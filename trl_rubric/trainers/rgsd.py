@@ -30,6 +30,7 @@ from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
 from .. import losses
+from ..model_card import RubricModelCardMixin
 from ..rubric import RENDER_STYLES, Rubric, RubricError
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
@@ -247,7 +248,7 @@ def _no_reward(prompts, completions, **kwargs):
     raise RuntimeError("RGSDTrainer's placeholder reward must never be called")
 
 
-class RGSDTrainer(GRPOTrainer):
+class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
     """Rubric-Guided Self-Distillation trainer: a [`~trl.GRPOTrainer`] whose loss distils a rubric-aware teacher.
 
     Takes the same arguments as `GRPOTrainer`, with `reward_funcs` optional, plus `teacher_model` (a path or a model
@@ -349,6 +350,12 @@ class RGSDTrainer(GRPOTrainer):
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
         self.teacher_model = self._build_teacher(teacher_model, quantization_config)
+        #: What scored the completions, as stated in model cards.
+        self.teacher_description = (
+            f"separate model {teacher_model if isinstance(teacher_model, str) else get_config_model_id(teacher_model.config)}"
+            if teacher_model is not None
+            else f"{args.teacher_model_kind} (the policy's own {'initial' if args.teacher_model_kind == 'base' else args.teacher_model_kind} weights)"
+        )
         self._thinking_ids = (
             (
                 self._tokenizer.encode(args.thinking_start, add_special_tokens=False),

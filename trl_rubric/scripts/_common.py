@@ -1,0 +1,196 @@
+"""What the training commands share: data arguments, model loading, multi-process relaunch and error reporting."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import RubricDatasetError
+from ..rubric import RubricError
+
+#: Options consumed by the launcher rather than by the training script.
+LAUNCH_OPTIONS = ("--accelerate_config", "--num_processes", "--main_process_port", "--num_machines", "--machine_rank")
+
+
+@dataclass
+class RubricDataArguments:
+    r"""
+    Where the rubric data comes from. Read by `trl-rubric rgsd`, `trl-rubric grpo` and the other commands.
+
+    Parameters:
+        > Parameters that control the dataset
+
+        dataset_name (`str` or `None`, *optional*, defaults to `None`):
+            Hub dataset id, local `.json`/`.jsonl`/`.parquet`/`.csv` file, or a `save_to_disk` folder.
+        dataset_config (`str` or `None`, *optional*, defaults to `None`):
+            Hub configuration (subset) name.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        dataset_test_split (`str` or `None`, *optional*, defaults to `None`):
+            Split to evaluate on during training (used when `eval_strategy` is not `"no"`).
+        dataset_format (`str`, *optional*, defaults to `"auto"`):
+            Rubric format: `auto`, `rar`, `healthbench`, `rubrichub`, `researchrubrics`, `normalized` or `strings`.
+        dataset_prompt_column (`str` or `None`, *optional*, defaults to `None`):
+            Source column of the prompt; detected (`prompt`, `question`, ...) when unset.
+        dataset_rubric_column (`str` or `None`, *optional*, defaults to `None`):
+            Source column of the rubric; detected (`rubric`, `rubrics`, `criteria`) when unset.
+        system_prompt (`str` or `None`, *optional*, defaults to `None`):
+            System turn added to every chat prompt that has none.
+        pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
+            How RaR "Pitfall" criteria are signed: `as_is`, `negative` or `positive`.
+        on_bad_rows (`str`, *optional*, defaults to `"raise"`):
+            `raise` stops at the first malformed row (naming it); `skip` drops malformed rows and reports how many.
+        max_train_samples (`int` or `None`, *optional*, defaults to `None`):
+            Train on the first N rows only.
+    """
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id, local file or save_to_disk folder."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration (subset) name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
+    dataset_format: str = field(
+        default="auto",
+        metadata={"help": "Rubric format: auto, rar, healthbench, rubrichub, researchrubrics, normalized, strings."},
+    )
+    dataset_prompt_column: str | None = field(default=None, metadata={"help": "Source column of the prompt."})
+    dataset_rubric_column: str | None = field(default=None, metadata={"help": "Source column of the rubric."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System turn added to chat prompts."})
+    pitfall_polarity: str = field(
+        default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
+    )
+    on_bad_rows: str = field(default="raise", metadata={"help": "raise (default) or skip malformed rows."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+
+
+class UsageError(Exception):
+    """A bad command line or recipe: reported in one line with exit code 2, without a traceback."""
+
+
+def load_datasets(data_args: RubricDataArguments, want_eval: bool):
+    """The train (and optional eval) datasets, normalised and validated row by row."""
+    from ..data import load_rubric_dataset
+
+    if not data_args.dataset_name:
+        raise UsageError("no dataset: set dataset_name (a Hub id, a local .jsonl/.json/.parquet file or a folder)")
+
+    def load(split, limit=None):
+        return load_rubric_dataset(
+            data_args.dataset_name,
+            split=split,
+            format=data_args.dataset_format,
+            prompt_column=data_args.dataset_prompt_column,
+            rubric_column=data_args.dataset_rubric_column,
+            subset=data_args.dataset_config,
+            system_prompt=data_args.system_prompt,
+            pitfall_polarity=data_args.pitfall_polarity,
+            on_error=data_args.on_bad_rows,
+            num_samples=limit,
+        )
+
+    train = load(data_args.dataset_train_split, data_args.max_train_samples)
+    evaluation = load(data_args.dataset_test_split) if want_eval and data_args.dataset_test_split else None
+    return train, evaluation
+
+
+def prepare_model_init(model_args, training_args) -> None:
+    """Fill `training_args.model_init_kwargs` from `ModelConfig`, as TRL's own scripts do."""
+    if not model_args.model_name_or_path:
+        raise UsageError("no model: set model_name_or_path (a Hub id or a local folder)")
+    path = model_args.model_name_or_path
+    if (path.startswith((".", "/", "~")) or os.sep in path.strip("/").replace("/", "", 1)) and not os.path.exists(
+        os.path.expanduser(path)
+    ):
+        raise UsageError(f"model_name_or_path {path!r} does not exist")
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = kwargs
+
+
+def split_launch_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate launcher options (`--accelerate_config`, `--num_processes`, ...) from the script's own."""
+    launch, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        name = arg.split("=", 1)[0]
+        if name in LAUNCH_OPTIONS:
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+            if value is None:
+                raise UsageError(f"{name} needs a value")
+            launch += [name, value]
+        else:
+            rest.append(arg)
+    return launch, rest
+
+
+def relaunch(module: str, launch: list[str], script_args: list[str]) -> int:
+    """Run `module` through `accelerate launch` with the launcher options, as `trl grpo` does."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    args = list(launch)
+    if "--accelerate_config" in args:
+        i = args.index("--accelerate_config")
+        path = args[i + 1]
+        if not os.path.isfile(path):
+            raise UsageError(f"--accelerate_config {path!r} is not a file (see recipes/accelerate/)")
+        args[i : i + 2] = ["--config_file", path]
+    launch_command(launch_command_parser().parse_args([*args, "-m", module, *script_args]))
+    return 0
+
+
+def run_command(
+    name: str,
+    module: str,
+    make_parser: Callable[[], Any],
+    build: Callable[..., Any],
+    execute: Callable[..., Any],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse `argv` with TRL's parser, relaunch under accelerate if asked, build, then execute.
+
+    Bad input found while parsing or in `build(*parsed)` (unknown options, wrong types, invalid config values, a
+    missing dataset or model, malformed rows, incompatible options) becomes one line,
+    `trl-rubric <name>: error: ...`, and exit code 2. Errors raised by `execute(built, *parsed)` (training itself)
+    propagate with their traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        launch, script_argv = split_launch_args(argv)
+        if launch and "LOCAL_RANK" not in os.environ:
+            return relaunch(module, launch, script_argv)
+        parser = make_parser()
+        *parsed, remaining = parser.parse_args_and_config(script_argv, return_remaining_strings=True)
+        if remaining:
+            unknown = [r for r in remaining if r.startswith("--")] or remaining
+            raise UsageError(f"unknown option(s) {unknown}; run `trl-rubric {name} --help` for the list")
+        built = build(*parsed)
+    except (UsageError, SetupError, RubricDatasetError, RubricError, ValueError, FileNotFoundError) as e:
+        print(f"trl-rubric {name}: error: {e}", file=sys.stderr)
+        return 2
+    return int(execute(built, *parsed) or 0)
+
+
+class SetupError(Exception):
+    """Wraps a `ValueError`/`TypeError`/`OSError` raised while building the trainer, before training starts."""
+
+
+def finish_training(trainer, training_args, data_args) -> None:
+    """Train, save, write the card and push, like TRL's scripts."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(
+            model_name=os.path.basename(os.path.normpath(training_args.output_dir)),
+            dataset_name=data_args.dataset_name,
+        )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.dataset_name)
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
