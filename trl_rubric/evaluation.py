@@ -248,13 +248,19 @@ class VLLMGenerator:
         self._vllm = vllm
         self.tokenizer = tokenizer
         self.adapter = adapter
+        lora_kwargs = {}
+        if adapter is not None:
+            with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
+                rank = int(json.load(f).get("r", 16))
+            # vLLM refuses adapters above its max_lora_rank (16 by default).
+            lora_kwargs = {"enable_lora": True, "max_lora_rank": max(16, rank)}
         self.llm = vllm.LLM(
             model=model_name_or_path,
             tokenizer=model_name_or_path,
             dtype=dtype,
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
-            enable_lora=adapter is not None,
+            **lora_kwargs,
         )
         self.sampling = vllm.SamplingParams(
             max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, seed=seed
@@ -874,12 +880,17 @@ def gap_verdict(
     pp = f"{100 * gap:+.1f}pp"
     ci = f" (CI {100 * gap_ci[0]:+.1f} to {100 * gap_ci[1]:+.1f}pp)" if gap_ci else ""
     uncertain = gap_ci is not None and gap_ci[0] <= 0
-    if gap < min_gap or uncertain:
-        why = "is small" if gap < min_gap else "is not clearly above 0"
+    if gap < min_gap:
         lines.append(
-            f"Conditioning gap {pp}{ci} {why} (threshold {100 * min_gap:.0f}pp): RGSD has little to distill here, "
-            "because the model barely does better when it sees the rubric. Consider GRPO with a judge "
-            "instead (`trl-rubric grpo`)."
+            f"Conditioning gap {pp}{ci} is below the {100 * min_gap:.0f}pp threshold: RGSD has little to distill "
+            "here, because the model barely does better when it sees the rubric. Consider GRPO with a judge instead "
+            "(`trl-rubric grpo`)."
+        )
+        recommend = False
+    elif uncertain:
+        lines.append(
+            f"Conditioning gap {pp}{ci} is not clearly above 0: on this sample RGSD may have little to distill here. "
+            "Sample more prompts (--n_samples) to tell, or consider GRPO with a judge instead (`trl-rubric grpo`)."
         )
         recommend = False
     else:
@@ -892,7 +903,8 @@ def gap_verdict(
     if warn:
         lines.append(
             f"Warning: with the rubric, answers are {length_ratio:.2f}x as long (threshold {max_length_ratio:.2f}x); "
-            "part of the gap may be mere length. Compare scores at matched lengths, or cap max_completion_length."
+            "part of the gap may be mere length. Read a few pairs in responses.jsonl, or rerun with a smaller "
+            "--max_new_tokens to compare at matched lengths."
         )
     return lines, recommend, warn
 
@@ -1235,8 +1247,9 @@ def _require_matplotlib():
 
 
 def _plain(text: str, limit: int) -> str:
-    # Matplotlib reads "$...$" as math; newlines would break the grid.
-    text = text.replace("\n", "\\n").replace("$", r"\$")
+    # Matplotlib reads "$...$" as math; newlines would break the grid; control characters have no glyph.
+    text = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
+    text = text.replace("$", r"\$")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -1350,18 +1363,18 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return str(value)
 
 
-def _group_table(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _group_table(title: str, groups: Mapping[str, Mapping[str, Any]], level: int = 2) -> list[str]:
     if not groups:
         return []
-    lines = [f"## {title}", "", "| group | criteria judged | met rate | polarity |", "|---|---:|---:|---|"]
+    lines = [f"{'#' * level} {title}", "", "| group | criteria judged | met rate | polarity |", "|---|---:|---:|---|"]
     for name, g in groups.items():
         name_md = name.replace("|", "\\|")
         lines.append(f"| {name_md} | {g['n']} | {_fmt(g['met_rate'], pct=True)} | {g['polarity']} |")
     return [*lines, ""]
 
 
-def metrics_markdown(metrics: EvalMetrics) -> list[str]:
-    """The metrics as Markdown table lines (used in `report.md`)."""
+def metrics_markdown(metrics: EvalMetrics, level: int = 2) -> list[str]:
+    """The metrics as Markdown table lines (used in `report.md`); breakdown headings at Markdown heading `level`."""
     ci = metrics.weighted_score_ci
     ci_text = f"{_fmt(ci[0])} – {_fmt(ci[1])}" if ci else "n/a"
     lines = [
@@ -1378,7 +1391,11 @@ def metrics_markdown(metrics: EvalMetrics) -> list[str]:
         f"| examples (scored) | {metrics.n_examples} ({metrics.n_scored}) |",
         "",
     ]
-    return lines + _group_table("By category", metrics.by_category) + _group_table("By tag", metrics.by_tag)
+    return [
+        *lines,
+        *_group_table("By category", metrics.by_category, level),
+        *_group_table("By tag", metrics.by_tag, level),
+    ]
 
 
 def _write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -1482,10 +1499,10 @@ def write_gap_outputs(
         "",
         "## Without the rubric",
         "",
-        *metrics_markdown(result.without_rubric.metrics),
+        *metrics_markdown(result.without_rubric.metrics, level=3),
         "## With the rubric",
         "",
-        *metrics_markdown(result.with_rubric.metrics),
+        *metrics_markdown(result.with_rubric.metrics, level=3),
     ]
     if token_views:
         lines += ["Per-token view: [token_view.html](token_view.html)", ""]

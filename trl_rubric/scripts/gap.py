@@ -147,9 +147,13 @@ def run_gap(args: GapArguments, judge_args) -> int:
         f"score without rubric {fmt(result.score_without_rubric)} | with rubric {fmt(result.score_with_rubric)} | "
         f"gap {fmt(result.gap)}" + (f" (CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
     )
+
+    def fmt_len(x):
+        return "n/a" if x is None else f"{x:.1f}"
+
     print(
-        f"mean length without rubric {fmt(result.mean_length_without_rubric)} tokens, with rubric "
-        f"{fmt(result.mean_length_with_rubric)} (ratio {fmt(result.length_ratio)}) | "
+        f"mean length without rubric {fmt_len(result.mean_length_without_rubric)} tokens, with rubric "
+        f"{fmt_len(result.mean_length_with_rubric)} (ratio {fmt(result.length_ratio)}) | "
         f"{result.n_paired} of {result.n_examples} prompts scored in both views"
     )
     for line in result.verdict:
