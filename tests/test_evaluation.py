@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -466,7 +467,16 @@ def test_console_script_runs_eval_in_a_subprocess(tiny_model_path, tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_model", "unknown_judge", "empty_dataset", "empty_list", "malformed_row", "unknown_flag", "no_dataset"],
+    [
+        "missing_model",
+        "unknown_judge",
+        "empty_dataset",
+        "empty_list",
+        "malformed_row",
+        "unknown_flag",
+        "no_dataset",
+        "vllm_not_installed",
+    ],
 )
 def test_bad_input_gives_one_line_error_and_exit_code_2(case, tiny_model_path, tmp_path, capsys):
     from trl_rubric.cli import main
@@ -481,6 +491,7 @@ def test_bad_input_gives_one_line_error_and_exit_code_2(case, tiny_model_path, t
         "malformed_row": "rubric row 1",
         "unknown_flag": "--frobnicate",
         "no_dataset": "--dataset_name",
+        "vllm_not_installed": "needs vLLM",
     }[case]
     extra = []
     if case == "missing_model":
@@ -501,6 +512,10 @@ def test_bad_input_gives_one_line_error_and_exit_code_2(case, tiny_model_path, t
         extra = ["--frobnicate", "1"]
     elif case == "no_dataset":
         del args["--dataset_name"]
+    elif case == "vllm_not_installed":
+        if importlib.util.find_spec("vllm") is not None:
+            pytest.skip("vLLM is installed here")
+        extra = ["--use_vllm", "true"]
     argv = [x for kv in args.items() for x in kv] + extra + ["--output_dir", str(tmp_path / "out")]
     for command in ("eval", "gap"):
         assert main([command, *argv]) == 2
@@ -525,3 +540,20 @@ def test_missing_model_in_a_subprocess_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "trl-rubric gap: error: model path" in proc.stderr
+
+
+def test_judge_that_scores_nothing_is_reported_and_exits_1(tiny_model_path, tmp_path, capsys):
+    from trl_rubric.cli import main
+
+    rows = rule_rows()
+    for row in rows:
+        for criterion in row["rubric"]:
+            criterion["tags"] = []  # no rule: the rule judge cannot grade anything
+    data = write_rows(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "eval"
+    argv = ["--model_name_or_path", tiny_model_path, "--dataset_name", data, "--judge_backend", "rule",
+            "--max_new_tokens", "2", "--n_samples", "2", "--output_dir", str(out), "--progress", "false"]  # fmt: skip
+    assert main(["eval", *argv]) == 1
+    assert "100.0% of grades have no score" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge_failure_rate"] == 1.0 and results["weighted_score"] is None

@@ -272,6 +272,19 @@ def load_generator_from_args(args: EvalArguments):
     return None, tokenizer, generator
 
 
+def warn_on_judge_failures(command: str, view: str, result) -> None:
+    """Tell the user, on stderr, when grades failed, with the judge's first error, since failures shrink the sample."""
+    rate = result.metrics.judge_failure_rate
+    if rate == 0:
+        return
+    first = next((e["judge_error"] for e in result.examples if e["failed"] and e["judge_error"]), None)
+    detail = f"; first error: {first}" if first else ""
+    print(
+        f"trl-rubric {command}: warning: {_pct(rate)} of grades{view} have no score and are left out{detail}",
+        file=sys.stderr,
+    )
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -309,6 +322,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         judge_model=getattr(judge_args, "judge_model", None),
     )
     files = write_eval_outputs(result, args.output_dir, plots=args.plots)
+    warn_on_judge_failures(COMMAND, "", result)
     m = result.metrics
     ci = m.weighted_score_ci
     ci_text = f" ({round(100 * m.confidence_level)}% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
@@ -321,11 +335,16 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         f"| {m.n_examples} examples"
     )
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
-    return 0
+    # A run that scored nothing (every grade failed) must not look like a success to scripts and CI.
+    return 0 if m.n_scored > 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`trl-rubric eval [--config recipe.yaml] [--option value ...]`; returns the exit code."""
+    """`trl-rubric eval [--config recipe.yaml] [--option value ...]`.
+
+    Returns:
+        The exit code: 0 on success, 1 when the judge scored no response, 2 on bad input.
+    """
     return run_command(COMMAND, argv, EvalArguments, run_eval)
 
 

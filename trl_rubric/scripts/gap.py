@@ -28,6 +28,7 @@ from .eval import (
     load_dataset_from_args,
     load_generator_from_args,
     run_command,
+    warn_on_judge_failures,
 )
 
 COMMAND = "gap"
@@ -138,6 +139,8 @@ def run_gap(args: GapArguments, judge_args) -> int:
         judge_model=getattr(judge_args, "judge_model", None),
     )
     files = write_gap_outputs(result, args.output_dir, plots=args.plots)
+    warn_on_judge_failures(COMMAND, " without the rubric", result.without_rubric)
+    warn_on_judge_failures(COMMAND, " with the rubric", result.with_rubric)
 
     def fmt(x):
         return "n/a" if x is None else f"{x:.3f}"
@@ -159,11 +162,16 @@ def run_gap(args: GapArguments, judge_args) -> int:
     for line in result.verdict:
         print(line)
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
-    return 0
+    # A run that measured nothing (every grade failed) must not look like a success to scripts and CI.
+    return 0 if result.gap is not None else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`trl-rubric gap [--config recipe.yaml] [--option value ...]`; returns the exit code."""
+    """`trl-rubric gap [--config recipe.yaml] [--option value ...]`.
+
+    Returns:
+        The exit code: 0 on success, 1 when no prompt could be scored in both views, 2 on bad input.
+    """
     return run_command(COMMAND, argv, GapArguments, run_gap)
 
 
