@@ -31,7 +31,7 @@ class RubricDataArguments:
             Split to train on.
         dataset_test_split (`str` or `None`, *optional*, defaults to `None`):
             Split to evaluate on during training (used when `eval_strategy` is not `"no"`).
-        dataset_format (`str`, *optional*, defaults to `"auto"`):
+        rubric_format (`str`, *optional*, defaults to `"auto"`):
             Rubric format: `auto`, `rar`, `healthbench`, `rubrichub`, `researchrubrics`, `normalized` or `strings`.
         dataset_prompt_column (`str` or `None`, *optional*, defaults to `None`):
             Source column of the prompt; detected (`prompt`, `question`, ...) when unset.
@@ -39,8 +39,6 @@ class RubricDataArguments:
             Source column of the rubric; detected (`rubric`, `rubrics`, `criteria`) when unset.
         system_prompt (`str` or `None`, *optional*, defaults to `None`):
             System turn added to every chat prompt that has none.
-        pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
-            How RaR "Pitfall" criteria are signed: `as_is`, `negative` or `positive`.
         on_bad_rows (`str`, *optional*, defaults to `"raise"`):
             `raise` stops at the first malformed row (naming it); `skip` drops malformed rows and reports how many.
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
@@ -51,16 +49,13 @@ class RubricDataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration (subset) name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
-    dataset_format: str = field(
+    rubric_format: str = field(
         default="auto",
         metadata={"help": "Rubric format: auto, rar, healthbench, rubrichub, researchrubrics, normalized, strings."},
     )
     dataset_prompt_column: str | None = field(default=None, metadata={"help": "Source column of the prompt."})
     dataset_rubric_column: str | None = field(default=None, metadata={"help": "Source column of the rubric."})
     system_prompt: str | None = field(default=None, metadata={"help": "System turn added to chat prompts."})
-    pitfall_polarity: str = field(
-        default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
-    )
     on_bad_rows: str = field(default="raise", metadata={"help": "raise (default) or skip malformed rows."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
 
@@ -69,8 +64,12 @@ class UsageError(Exception):
     """A bad command line or recipe: reported in one line with exit code 2, without a traceback."""
 
 
-def load_datasets(data_args: RubricDataArguments, want_eval: bool):
-    """The train (and optional eval) datasets, normalised and validated row by row."""
+def load_datasets(data_args: RubricDataArguments, want_eval: bool, pitfall_polarity: str = "as_is"):
+    """The train (and optional eval) datasets, normalised and validated row by row.
+
+    `pitfall_polarity` comes from the trainer's config (`RGSDConfig` / `RubricGRPOConfig`), so one field governs how
+    RaR pitfalls are signed everywhere.
+    """
     from ..data import load_rubric_dataset
 
     if not data_args.dataset_name:
@@ -80,12 +79,12 @@ def load_datasets(data_args: RubricDataArguments, want_eval: bool):
         return load_rubric_dataset(
             data_args.dataset_name,
             split=split,
-            format=data_args.dataset_format,
+            format=data_args.rubric_format,
             prompt_column=data_args.dataset_prompt_column,
             rubric_column=data_args.dataset_rubric_column,
             subset=data_args.dataset_config,
             system_prompt=data_args.system_prompt,
-            pitfall_polarity=data_args.pitfall_polarity,
+            pitfall_polarity=pitfall_polarity,
             on_error=data_args.on_bad_rows,
             num_samples=limit,
         )

@@ -1,8 +1,8 @@
 """`trl-rubric grpo`: GRPO with a rubric judge's reward, from a YAML recipe and/or command-line flags.
 
-    vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
-    trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
-    accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
+vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
+trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
+accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def make_parser():
 
     from ..trainers.rubric_grpo import RubricGRPOConfig
 
-    return TrlParser((RubricDataArguments, ExtraRewardArguments, RubricGRPOConfig, ModelConfig), prog="trl-rubric grpo")
+    return TrlParser(
+        (RubricDataArguments, ExtraRewardArguments, RubricGRPOConfig, ModelConfig), prog="trl-rubric grpo"
+    )
 
 
 def _import_reward(path: str):
@@ -59,7 +61,9 @@ def build_trainer(data_args, reward_args, training_args, model_args):
 
     prepare_model_init(model_args, training_args)
     extra = [_import_reward(p) for p in reward_args.extra_reward_funcs or []]
-    train, evaluation = load_datasets(data_args, want_eval=training_args.eval_strategy != "no")
+    train, evaluation = load_datasets(
+        data_args, want_eval=training_args.eval_strategy != "no", pitfall_polarity=training_args.pitfall_polarity
+    )
     try:
         return RubricGRPOTrainer(
             model=model_args.model_name_or_path,

@@ -34,7 +34,9 @@ def build_trainer(data_args, training_args, model_args):
             "teacher_model_kind=ema is not supported with use_peft yet; use teacher_model_kind=base "
             "(adapters disabled: no extra memory) or live"
         )
-    train, evaluation = load_datasets(data_args, want_eval=training_args.eval_strategy != "no")
+    train, evaluation = load_datasets(
+        data_args, want_eval=training_args.eval_strategy != "no", pitfall_polarity=training_args.pitfall_polarity
+    )
     try:
         return RGSDTrainer(
             model=model_args.model_name_or_path,

@@ -31,7 +31,7 @@ from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, 
 
 from .. import losses
 from ..model_card import RubricModelCardMixin
-from ..rubric import RENDER_STYLES, Rubric, RubricError
+from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
@@ -76,6 +76,9 @@ class RGSDConfig(GRPOConfig):
             How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
+        pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
+            How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
+            in the `weighted` and `json` render styles.
         max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
             Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
             whole training set before training starts. Teacher prompts are never truncated.
@@ -134,6 +137,9 @@ class RGSDConfig(GRPOConfig):
         default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
     )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
+    pitfall_polarity: str = field(
+        default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
+    )
     max_teacher_prompt_length: int | None = field(
         default=None,
         metadata={"help": "Longest teacher prompt in tokens; longer rows raise an error. Never truncated."},
@@ -220,6 +226,7 @@ class RGSDConfig(GRPOConfig):
         choice("distillation_top_k_source", ("teacher", "student"))
         choice("rubric_render_style", RENDER_STYLES)
         choice("token_clip_mode", ("clamp", "scale"))
+        choice("pitfall_polarity", PITFALL_POLARITIES)
         if not 0.0 <= self.distillation_beta <= 1.0:
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
         if not 0.0 <= self.distillation_weight <= 1.0:
@@ -426,7 +433,7 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
         prompts = []
         for x in inputs:
             try:
-                rubric = Rubric.from_any(x[args.rubric_column])
+                rubric = Rubric.from_any(x[args.rubric_column], pitfall_polarity=args.pitfall_polarity)
             except (RubricError, KeyError) as e:
                 raise ValueError(f"a training row has an unusable {args.rubric_column!r} column: {e}") from None
             prompts.append(
