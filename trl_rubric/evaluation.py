@@ -141,7 +141,7 @@ def generate_responses(
 
     Args:
         model: A causal LM (`PreTrainedModel`, or a PEFT model wrapping one).
-        tokenizer: Its tokenizer; its `padding_side` is set to left for the call and restored after.
+        tokenizer: Its tokenizer (left padding is applied here, whatever its `padding_side`).
         prompts: Strings or lists of chat messages.
         max_new_tokens: Budget per completion; completions that hit it are flagged in `Generations.truncated`.
         batch_size: Prompts per `generate` call.
