@@ -113,15 +113,25 @@ class UsageError(ValueError):
     """A command line or recipe that cannot be parsed."""
 
 
-def _make_parser(prog: str, dataclass_types: list[type]):
+def build_parser(command: str, args_type: type):
+    """A `TrlParser` for `(args_type, JudgeArguments)` whose errors raise [`UsageError`] instead of exiting."""
     from trl import TrlParser
+
+    from ..judges.factory import JudgeArguments
+
+    prog = f"trl-rubric {command}"
 
     class _Parser(TrlParser):
         # argparse prints the whole usage block and calls sys.exit; a one-line error is easier to read and to test.
         def error(self, message):
             raise UsageError(f"{message} (see `{prog} --help`)")
 
-    return _Parser(dataclass_types=dataclass_types, prog=prog)
+    return _Parser(dataclass_types=[args_type, JudgeArguments], prog=prog)
+
+
+def make_parser():
+    """The parser of `trl-rubric eval`: `parse_args_and_config()` returns `(EvalArguments, JudgeArguments)`."""
+    return build_parser(COMMAND, EvalArguments)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -140,18 +150,15 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 600 else text[:599] + "…"
 
 
-def run_command(command: str, argv: list[str] | None, args_type: type, body: Callable[[Any, Any], int]) -> int:
-    """Parse `argv` into `(args_type, JudgeArguments)` and run `body`, turning expected errors into one line and 2.
+def run_command(command: str, argv: list[str] | None, make_parser: Callable, body: Callable[[Any, Any], int]) -> int:
+    """Parse `argv` with `make_parser()` and run `body`, turning expected errors into one line and exit code 2.
 
     Set `TRL_RUBRIC_DEBUG=1` to get the traceback instead.
     """
     prog = f"trl-rubric {command}"
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from ..judges.factory import JudgeArguments
-
-        parser = _make_parser(prog, [args_type, JudgeArguments])
-        script_args, judge_args = parser.parse_args_and_config(argv)
+        script_args, judge_args = make_parser().parse_args_and_config(argv)
         return int(body(script_args, judge_args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
@@ -345,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code: 0 on success, 1 when the judge scored no response, 2 on bad input.
     """
-    return run_command(COMMAND, argv, EvalArguments, run_eval)
+    return run_command(COMMAND, argv, make_parser, run_eval)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .eval import (
     EvalArguments,
     UsageError,
     build_judge_from_args,
+    build_parser,
     check_common_args,
     load_dataset_from_args,
     load_generator_from_args,
@@ -72,6 +73,11 @@ class GapArguments(EvalArguments):
         default=1.3,
         metadata={"help": "Warn that the gap may be mere length when answers with the rubric are this much longer."},
     )
+
+
+def make_parser():
+    """The parser of `trl-rubric gap`: `parse_args_and_config()` returns `(GapArguments, JudgeArguments)`."""
+    return build_parser(COMMAND, GapArguments)
 
 
 def run_gap(args: GapArguments, judge_args) -> int:
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code: 0 on success, 1 when no prompt could be scored in both views, 2 on bad input.
     """
-    return run_command(COMMAND, argv, GapArguments, run_gap)
+    return run_command(COMMAND, argv, make_parser, run_gap)
 
 
 if __name__ == "__main__":
