@@ -113,3 +113,12 @@ def test_skip_mode_drops_bad_rows_and_warns(caplog):
     ds = load_rubric_dataset(rows, on_error="skip")
     assert len(ds) == 2
     assert "skipped 1 malformed rubric rows of 3" in caplog.text
+
+
+def test_empty_files_name_the_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "empty.json").write_text("[]")
+    assert "is empty" in _bad(str(tmp_path / "empty.jsonl"))
+    assert "is empty" in _bad(str(tmp_path / "empty.json"))
+    (tmp_path / "broken.jsonl").write_text('{"question": "q", "rubrics": [\n')
+    assert "cannot read dataset file" in _bad(str(tmp_path / "broken.jsonl"))

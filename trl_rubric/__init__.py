@@ -34,6 +34,17 @@ _EXPORTS = {
     "RubricReward": ".rewards",
     "DEFAULT_TEACHER_PROMPT_TEMPLATE": ".teacher",
     "build_teacher_prompt": ".teacher",
+    "evaluate": ".evaluation",
+    "conditioning_gap": ".evaluation",
+    "summarize": ".evaluation",
+    "generate_responses": ".evaluation",
+    "token_logratio_view": ".evaluation",
+    "load_model_and_tokenizer": ".evaluation",
+    "EvalResult": ".evaluation",
+    "EvalMetrics": ".evaluation",
+    "GapResult": ".evaluation",
+    "TokenView": ".evaluation",
+    "EvaluationError": ".evaluation",
     "RGSDConfig": ".trainers.rgsd",
     "RGSDTrainer": ".trainers.rgsd",
     "RubricGRPOConfig": ".trainers.rubric_grpo",
@@ -43,6 +54,10 @@ _EXPORTS = {
 __all__ = [
     "Criterion",
     "DEFAULT_TEACHER_PROMPT_TEMPLATE",
+    "EvalMetrics",
+    "EvalResult",
+    "EvaluationError",
+    "GapResult",
     "Grade",
     "JudgeArguments",
     "OpenAIJudge",
@@ -56,10 +71,17 @@ __all__ = [
     "RubricJudge",
     "RubricReward",
     "RuleJudge",
+    "TokenView",
     "TransformersJudge",
     "build_judge",
     "build_teacher_prompt",
+    "conditioning_gap",
+    "evaluate",
+    "generate_responses",
+    "load_model_and_tokenizer",
     "load_rubric_dataset",
+    "summarize",
+    "token_logratio_view",
 ]
 
 
@@ -77,6 +99,19 @@ def __dir__():
 
 if TYPE_CHECKING:
     from .data import RubricDatasetError, load_rubric_dataset
+    from .evaluation import (
+        EvalMetrics,
+        EvalResult,
+        EvaluationError,
+        GapResult,
+        TokenView,
+        conditioning_gap,
+        evaluate,
+        generate_responses,
+        load_model_and_tokenizer,
+        summarize,
+        token_logratio_view,
+    )
     from .judges.base import Grade, RubricJudge
     from .judges.factory import JudgeArguments, build_judge
     from .judges.openai_judge import OpenAIJudge

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import datasets
+import datasets.exceptions
 from datasets import Dataset, DatasetDict
 
 from .rubric import RUBRIC_FORMATS, Rubric, RubricError
@@ -46,10 +47,24 @@ def _load_raw(name_or_path: Any, split: str, subset: str | None) -> Dataset:
     if os.path.isfile(path):
         if ext not in _LOCAL_BUILDERS:
             raise RubricDatasetError(f"cannot read {path!r}: expected one of {sorted(_LOCAL_BUILDERS)}")
-        return datasets.load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split="train")
+        if os.path.getsize(path) == 0 or (ext == ".json" and _is_empty_json_list(path)):
+            raise RubricDatasetError(
+                f"dataset file {path!r} is empty; expected at least one row with a prompt and a rubric"
+            )
+        try:
+            return datasets.load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split="train")
+        except (ValueError, StopIteration, OSError, datasets.exceptions.DatasetsError) as e:
+            # The builders' own messages (schema casts, empty generators) do not say which file is at fault.
+            raise RubricDatasetError(f"cannot read dataset file {path!r}: {type(e).__name__}: {e}") from None
     if ext in _LOCAL_BUILDERS or path.startswith((".", "/", "~")):
         raise RubricDatasetError(f"dataset file {path!r} does not exist")
     return datasets.load_dataset(path, subset, split=split)
+
+
+def _is_empty_json_list(path: str) -> bool:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(64).strip()
+    return head.replace(" ", "").replace("\n", "") == "[]"
 
 
 def _pick_column(columns: Sequence[str], explicit: str | None, candidates: Sequence[str], what: str) -> str:

@@ -1,8 +1,8 @@
 """`trl-rubric grpo`: GRPO with a rubric judge's reward, from a YAML recipe and/or command-line flags.
 
-vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
-trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
-accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
+    vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
+    trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
+    accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
 """
 
 from __future__ import annotations
