@@ -1,0 +1,338 @@
+"""GRPO whose reward is a rubric judge: `RubricGRPOConfig` and `RubricGRPOTrainer`, drop-in for TRL's GRPO classes.
+
+The trainer only wires things together: the judge comes from `judges/` (`build_judge`), the reward from
+`rewards.py` (`RubricReward`). On top of GRPO it adds two guarantees about judge failures:
+
+- a completion the judge could not grade is left out of the update altogether (all its rewards become NaN, so TRL
+  gives it zero advantage and leaves it out of its group's baseline), instead of TRL's `nansum` counting the missing
+  judge reward as 0 next to other reward functions;
+- an optimizer step in which every completion is ungraded makes no update at all (gradients are dropped before the
+  optimizer runs, so neither the gradient nor Adam's momentum moves the weights), and is counted in the metric
+  `judge/all_unknown_steps` with a warning saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import get_config_model_id
+
+from ..judges.base import RubricJudge
+from ..judges.factory import JudgeArguments, build_judge
+from ..rewards import ReweightingConfig, RubricReward
+from ..rubric import PITFALL_POLARITIES, Rubric, RubricError
+
+logger = logging.getLogger(__name__)
+
+REWARD_AGGREGATIONS = ("weighted", "unweighted")
+SIGNAL_KEY = "rubric_has_signal"
+
+
+@dataclass
+class RubricGRPOConfig(JudgeArguments, GRPOConfig):
+    r"""
+    Configuration for [`RubricGRPOTrainer`]: every [`~trl.GRPOConfig`] field, the judge fields of [`JudgeArguments`]
+    (`judge_backend`, `judge_model`, `judge_base_url`, `judge_api_key_env`, `judge_mode`, `judge_max_concurrency`,
+    `judge_timeout`, `judge_max_retries`, `judge_max_tokens`, `judge_temperature`, `judge_cache_dir`, `judge_probe`),
+    and the fields below.
+
+    Parameters:
+        > Parameters that control the rubric reward
+
+        rubric_column (`str`, *optional*, defaults to `"rubric"`):
+            Dataset column holding each prompt's rubric, in any format [`Rubric.from_any`] reads.
+        pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
+            How to sign RaR "Pitfall" criteria: `"as_is"` keeps the data's weight, `"negative"` makes meeting the
+            pitfall cost points, `"positive"` makes avoiding it earn points. Sources disagree, so check your data.
+        reward_aggregation (`str`, *optional*, defaults to `"weighted"`):
+            `"weighted"`: sum of the weights of met criteria over the sum of positive weights. `"unweighted"`: the
+            same with every criterion counting +1 or -1.
+        rubric_reward_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the rubric reward when other `reward_funcs` are given and `reward_weights` lists weights for
+            those only. If `reward_weights` has one more entry than `reward_funcs`, its first entry is the rubric
+            reward's weight instead.
+
+        > Parameters that control criterion reweighting
+
+        criterion_reweighting (`bool`, *optional*, defaults to `False`):
+            Reweight criteria within each category by how much their verdicts vary across a prompt's rollouts, so
+            that criteria every rollout meets, or none does, stop diluting the reward (idea of arXiv 2605.20164; the
+            exact formula is in `trl_rubric.rewards`).
+        reweighting_lo (`float`, *optional*, defaults to `0.25`):
+            Smallest factor a criterion's weight can be multiplied by.
+        reweighting_hi (`float`, *optional*, defaults to `4.0`):
+            Largest factor a criterion's weight can be multiplied by.
+        reweighting_floor (`float`, *optional*, defaults to `0.05`):
+            Floor on a criterion's verdict spread (spreads lie in [0, 0.5]); keeps saturated criteria from vanishing.
+        reweighting_ema_decay (`float`, *optional*, defaults to `0.5`):
+            Weight of a prompt's previous spreads when it is seen again (next epoch); 0 uses the current group only.
+    """
+
+    rubric_column: str = field(
+        default="rubric", metadata={"help": "Dataset column holding each prompt's rubric (any known format)."}
+    )
+    pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
+        default="as_is",
+        metadata={"help": "Sign of RaR 'Pitfall' criteria: 'as_is', 'negative' (costs points) or 'positive'."},
+    )
+    reward_aggregation: Literal["weighted", "unweighted"] = field(
+        default="weighted",
+        metadata={"help": "'weighted' (points of met criteria / positive points) or 'unweighted' (+1/-1 each)."},
+    )
+    rubric_reward_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the rubric reward next to other reward_funcs."}
+    )
+    criterion_reweighting: bool = field(
+        default=False,
+        metadata={"help": "Reweight criteria by how much their verdicts vary across a prompt's rollouts."},
+    )
+    reweighting_lo: float = field(default=0.25, metadata={"help": "Smallest criterion reweighting factor."})
+    reweighting_hi: float = field(default=4.0, metadata={"help": "Largest criterion reweighting factor."})
+    reweighting_floor: float = field(
+        default=0.05, metadata={"help": "Floor on a criterion's verdict spread (spreads lie in [0, 0.5])."}
+    )
+    reweighting_ema_decay: float = field(
+        default=0.5, metadata={"help": "Weight of a prompt's previous spreads in the moving average."}
+    )
+
+    def __post_init__(self):
+        if self.reward_aggregation not in REWARD_AGGREGATIONS:
+            raise ValueError(
+                f"reward_aggregation is {self.reward_aggregation!r}; expected one of {REWARD_AGGREGATIONS}"
+            )
+        if self.pitfall_polarity not in PITFALL_POLARITIES:
+            raise ValueError(f"pitfall_polarity is {self.pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
+        if not self.rubric_column:
+            raise ValueError("rubric_column is empty; expected the name of the dataset column holding the rubrics")
+        self.reweighting_config()  # validates the reweighting fields, naming the bad one
+        super().__post_init__()  # JudgeArguments, then GRPOConfig
+
+    def reweighting_config(self) -> ReweightingConfig | None:
+        """The [`ReweightingConfig`] these fields describe, or `None` when reweighting is off."""
+        try:
+            config = ReweightingConfig(
+                lo=self.reweighting_lo,
+                hi=self.reweighting_hi,
+                floor=self.reweighting_floor,
+                ema_decay=self.reweighting_ema_decay,
+            )
+        except ValueError as e:
+            raise ValueError(f"reweighting_* fields: {e}") from None
+        return config if self.criterion_reweighting else None
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RubricGRPOConfig) if f.default is not dataclasses.MISSING}
+
+
+def _setting(args: Any, name: str) -> Any:
+    # A plain GRPOConfig (allowed when a judge is passed in) has none of our fields: use their defaults.
+    return getattr(args, name, _DEFAULTS[name])
+
+
+class _SkipUngradedSteps(TrainerCallback):
+    """Drops the gradients of an optimizer step in which no completion was graded, before the optimizer runs."""
+
+    def __init__(self, trainer: RubricGRPOTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if not trainer._window_has_signal:
+            scaler = getattr(trainer.accelerator, "scaler", None)
+            for param in trainer.model.parameters():
+                if param.grad is None:
+                    continue
+                if scaler is None:
+                    param.grad = None  # the optimizer skips parameters without a gradient: no step, no momentum
+                else:
+                    param.grad.zero_()  # fp16's GradScaler needs gradients to exist; zero them instead
+            trainer._all_unknown_steps += 1
+            logger.warning(
+                "step %d: the judge graded none of the completions (last judge error: %s); skipping this update "
+                "instead of training on missing rewards",
+                state.global_step + 1,
+                trainer.rubric_reward.last_error or "none reported",
+            )
+        trainer._window_has_signal = False
+
+
+class RubricGRPOTrainer(GRPOTrainer):
+    """GRPO with a rubric judge as its reward; a drop-in replacement for [`~trl.GRPOTrainer`].
+
+    Builds a [`RubricReward`] from the config's judge fields (or from `judge=`) and puts it first among the reward
+    functions; any `reward_funcs` you pass are kept after it, and `reward_weights` may list weights for yours only (the
+    rubric reward then gets `rubric_reward_weight`) or for all of them, rubric reward first. Everything else is
+    GRPO. The dataset needs a rubric column (`rubric_column`) next to `prompt`.
+
+    Args:
+        model: As for `GRPOTrainer`.
+        reward_funcs: Optional extra reward functions, as for `GRPOTrainer`.
+        args: A [`RubricGRPOConfig`]; a plain `GRPOConfig` is accepted when `judge` is given.
+        judge: A ready [`RubricJudge`] to use instead of building one from `args`.
+        **others: As for `GRPOTrainer`.
+    """
+
+    _tag_names = ["trl", "trl-rubric", "rubric-grpo"]
+    _name = "Rubric GRPO"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: GRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+        judge: RubricJudge | None = None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = RubricGRPOConfig(f"{model_name.split('/')[-1]}-RubricGRPO")
+        if not isinstance(args, RubricGRPOConfig) and judge is None:
+            raise TypeError(
+                f"RubricGRPOTrainer got a {type(args).__name__} and no judge; use RubricGRPOConfig (it has the judge_* "
+                "fields) or pass judge=..."
+            )
+        if args.remove_unused_columns:
+            raise ValueError(
+                f"remove_unused_columns=True would drop the {_setting(args, 'rubric_column')!r} column the judge "
+                "needs; set remove_unused_columns=False"
+            )
+        column = _setting(args, "rubric_column")
+        for name, dataset in _named_datasets(train_dataset, eval_dataset):
+            _validate_rubrics(dataset, column, name, _setting(args, "pitfall_polarity"))
+
+        if judge is None:
+            judge = build_judge(args)
+        if not isinstance(judge, RubricJudge):
+            raise TypeError(f"judge must be a RubricJudge; got {type(judge).__name__}")
+        if _setting(args, "judge_probe"):
+            judge.probe_sync()  # before the model loads: a dead judge should cost seconds, not a model load
+
+        reweighting = args.reweighting_config() if isinstance(args, RubricGRPOConfig) else None
+        self.judge = judge
+        self.rubric_reward = RubricReward(
+            judge,
+            weighted=_setting(args, "reward_aggregation") == "weighted",
+            reweighting=reweighting,
+            rubric_column=column,
+            pitfall_polarity=_setting(args, "pitfall_polarity"),
+            num_generations=args.num_generations,
+        )
+        user_funcs = (
+            [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        )
+        args.reward_weights = _reward_weights(
+            args.reward_weights, len(user_funcs), _setting(args, "rubric_reward_weight")
+        )
+        if reward_processing_classes is not None:
+            if not isinstance(reward_processing_classes, list):
+                reward_processing_classes = [reward_processing_classes]
+            reward_processing_classes = [None, *reward_processing_classes]
+
+        # Set before super().__init__, which may already call into our overrides.
+        self._window_has_signal = False
+        self._generation_has_signal = True
+        self._all_unknown_steps = 0
+        super().__init__(
+            model=model,
+            reward_funcs=[self.rubric_reward, *user_funcs],
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        self.add_callback(_SkipUngradedSteps(self))
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Column 0 is the rubric reward (gathered across processes, so every rank decides alike).
+        ungraded = torch.isnan(rewards[:, 0])
+        if rewards.shape[1] > 1 and ungraded.any():
+            rewards = rewards.clone()
+            rewards[ungraded] = torch.nan
+        self._generation_has_signal = bool((~torch.isnan(rewards)).any())
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        # Batch-first, so that GRPO's shuffling and splitting carry it to every micro-batch of this generation.
+        n = output["prompt_ids"].shape[0]
+        output[SIGNAL_KEY] = torch.full((n,), self._generation_has_signal, device=output["prompt_ids"].device)
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training and SIGNAL_KEY in inputs:
+            self._window_has_signal |= bool(inputs[SIGNAL_KEY].any())
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs["judge/all_unknown_steps"] = float(self._all_unknown_steps)
+        super().log(logs, start_time)
+
+
+def _reward_weights(weights: list[float] | None, num_user_funcs: int, rubric_weight: float) -> list[float] | None:
+    """Reward weights for `[rubric reward, *user funcs]` from weights given for the user funcs only, or for all."""
+    if weights is None:
+        return None if rubric_weight == 1.0 else [float(rubric_weight)] + [1.0] * num_user_funcs
+    weights = [float(w) for w in weights]
+    if len(weights) == num_user_funcs + 1:
+        return weights
+    if len(weights) == num_user_funcs:
+        return [float(rubric_weight), *weights]
+    raise ValueError(
+        f"reward_weights has {len(weights)} entries for {num_user_funcs} reward_funcs; give one per reward function "
+        f"({num_user_funcs}), or one more with the rubric reward's weight first ({num_user_funcs + 1})"
+    )
+
+
+def _named_datasets(train_dataset, eval_dataset):
+    if train_dataset is not None:
+        yield "train_dataset", train_dataset
+    if isinstance(eval_dataset, dict):
+        for key, dataset in eval_dataset.items():
+            yield f"eval_dataset[{key!r}]", dataset
+    elif eval_dataset is not None:
+        yield "eval_dataset", eval_dataset
+
+
+def _validate_rubrics(dataset, column: str, name: str, pitfall_polarity: str) -> None:
+    """Fail before training on a missing rubric column or a rubric that does not parse, naming the row."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # an IterableDataset without known features: checked batch by batch by the reward instead
+        return
+    if column not in columns:
+        raise ValueError(
+            f"{name} has no {column!r} column (columns: {columns}); RubricGRPOTrainer grades each completion against "
+            "its prompt's rubric. Add the column or set rubric_column=..."
+        )
+    for index, value in enumerate(dataset[column]):
+        try:
+            Rubric.from_any(value, pitfall_polarity=pitfall_polarity)
+        except RubricError as e:
+            raise RubricError(f"{name} row {index}: column {column!r}: {e}") from None
