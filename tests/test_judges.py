@@ -175,6 +175,14 @@ def test_transient_faults_recover_within_the_retry_budget(server, key_env):
     assert grade.usage.attempts == 4 and server.requests == 4
 
 
+def test_rejected_key_is_not_retried(server, key_env):
+    server.fault = "401"
+    judge = judge_for(server, max_retries=3)
+    grade = asyncio.run(judge.grade("q", "fever", RUBRIC))
+    assert grade.failed and "HTTP 401" in grade.error and SECRET not in grade.error
+    assert server.requests == 1 and grade.usage.attempts == 1
+
+
 def test_partial_answer_is_completed_by_a_retry(server, key_env):
     server.inject("missing")
     judge = judge_for(server, max_retries=1)

@@ -15,7 +15,7 @@ punctuation stripped) appears as a word in the response. "mentions fever" is met
 **Faults.** `server.fault = kind` applies to every request; `server.inject(kind, times=n)` to the next `n` requests
 only (injected faults are used first). Kinds:
 
-- `"500"`, `"429"`: that HTTP status (429 with `Retry-After: 0`);
+- `"500"`, `"429"`, `"401"`: that HTTP status (429 with `Retry-After: 0`; 401 is not worth retrying);
 - `"hang"`: answer nothing for `hang_s` seconds (longer than any sensible client timeout), then close;
 - `"malformed"`: a 200 whose message is not JSON;
 - `"missing"`: leave the last criterion out (per-criterion mode: an answer without `met`);
@@ -39,7 +39,7 @@ from typing import Any
 
 from .judges.prompts import CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, RESPONSE_HEADER
 
-FAULT_KINDS = ("500", "429", "hang", "malformed", "missing", "out_of_range", "duplicate")
+FAULT_KINDS = ("500", "429", "401", "hang", "malformed", "missing", "out_of_range", "duplicate")
 _WORD = re.compile(r"[\w']+")
 _CRITERION_LINE = re.compile(r"^\s*(\d+)\.\s*(?:\[[^\]]*\]\s*)?(.*\S)\s*$")
 
@@ -73,6 +73,8 @@ class _Server(ThreadingHTTPServer):
     # Hanging handlers must not keep stop() waiting.
     block_on_close = False
     allow_reuse_address = True
+    # The stdlib default backlog of 5 drops connections when many clients connect at once, as a judge client does.
+    request_queue_size = 256
 
 
 class FakeJudgeServer:
@@ -238,6 +240,9 @@ class FakeJudgeServer:
                     return
                 if fault == "500":
                     self._send(500, {"error": {"message": "injected server error", "type": "server_error"}})
+                    return
+                if fault == "401":
+                    self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
                     return
                 if fault == "429":
                     self._send(429, {"error": {"message": "injected rate limit"}}, {"Retry-After": "0"})
