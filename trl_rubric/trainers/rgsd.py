@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
-from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
+from trl.trainer.utils import RepeatSampler, create_model_from_path, get_config_model_id, pad, use_adapter
 
 from .. import losses
 from ..model_card import RubricModelCardMixin
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 DISTILLATION_SUPPORTS = ("full", "topk", "sampled_token")
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
+#: Per-process generation buffer, written only when a checkpoint falls inside a generation round.
+GENERATION_BUFFER_FILE = "rgsd_generation_buffer_{rank}.pt"
 
 
 @dataclass
@@ -250,6 +252,37 @@ class RGSDConfig(GRPOConfig):
             )
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose shuffle order depends on the epoch number, not on how often it was iterated.
+
+    TRL's sampler seeds one generator once and draws a fresh permutation at every `__iter__`, so epoch e's order is
+    the (e+1)-th draw. A run resumed from a checkpoint builds a new sampler whose first draw is epoch 0's order: after
+    resuming in epoch 1 or later, the rest of that epoch repeats some prompts and skips others, and the run drifts
+    from the uninterrupted one (seen in `tests/test_resume.py`). `Trainer` calls `set_epoch(epoch)` (through
+    accelerate's dataloader, also when it skips the batches already trained) before each epoch; here that re-seeds the
+    generator and replays the earlier draws, so epoch e gets the same order resumed or not, and the same order as
+    TRL's sampler in an uninterrupted run.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.shuffle or self.seed is None:
+            return  # unshuffled: nothing to restore; unseeded: no order to reproduce
+        self.generator.manual_seed(self.seed)
+        for _ in range(epoch):
+            torch.randperm(self.num_samples, generator=self.generator)
+
+    @classmethod
+    def like(cls, sampler: RepeatSampler) -> EpochSeededRepeatSampler:
+        return cls(
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+
 def _no_reward(prompts, completions, **kwargs):
     """Placeholder so GRPOTrainer accepts a run without rewards; RGSDTrainer never calls it."""
     raise RuntimeError("RGSDTrainer's placeholder reward must never be called")
@@ -454,6 +487,13 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
                         "truncated: shorten the rubric, raise the limit, or drop the row."
                     )
 
+    # ------------------------------------------------------------------ data order
+
+    def _get_train_sampler(self, dataset=None):
+        # Resumable data order; see EpochSeededRepeatSampler. Same order as GRPOTrainer's in an uninterrupted run.
+        sampler = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
+
     # ------------------------------------------------------------------ generation
 
     def _generate_and_score_completions(self, inputs):
@@ -649,18 +689,41 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
                     del self._metrics[mode][key]
         super().log(logs, start_time)
 
+    def _generate_every(self) -> int:
+        return self.args.steps_per_generation * self.num_iterations
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.teacher_model_kind == "ema" and self.teacher_model is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
             state = self.accelerator.get_state_dict(self.teacher_model)
             torch.save({k: v.detach().cpu() for k, v in state.items()}, os.path.join(folder, TEACHER_STATE_FILE))
+        # GRPOTrainer generates once every `steps_per_generation * num_iterations` micro-steps and trains on slices of
+        # that buffer in between; neither the buffer nor its step counter is in a checkpoint. A checkpoint inside a
+        # generation round would be resumed by generating afresh from the wrong dataloader batch and restarting the
+        # slice count at 0, so the resumed run trains on other completions than the interrupted one would have.
+        # Keep this process's buffer and counter (each process has its own slice of the batch).
+        if self._buffered_inputs is not None and self._step % self._generate_every() != 0:
+            os.makedirs(folder, exist_ok=True)
+            buffer = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()} for b in self._buffered_inputs]
+            torch.save(
+                {"step": self._step, "buffer": buffer},
+                os.path.join(folder, GENERATION_BUFFER_FILE.format(rank=self.args.process_index)),
+            )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.args.teacher_model_kind != "ema" or self.teacher_model is None:
+        if checkpoint is None:
+            return
+        buffer_path = os.path.join(checkpoint, GENERATION_BUFFER_FILE.format(rank=self.args.process_index))
+        if os.path.exists(buffer_path):
+            saved = torch.load(buffer_path, map_location="cpu", weights_only=True)
+            device = self.accelerator.device
+            self._step = saved["step"]
+            self._buffered_inputs = [
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in saved["buffer"]
+            ]
+        if self.args.teacher_model_kind != "ema" or self.teacher_model is None:
             return
         path = os.path.join(checkpoint, TEACHER_STATE_FILE)
         if not os.path.exists(path):
