@@ -319,3 +319,21 @@ def test_grpo_script_runs_with_only_the_class_names_changed(tmp_path, tiny_model
     assert trainer.reward_func_names == ["rubric_judge", "reward_len"]
     assert trainer.reward_weights.tolist() == [1.0, 2.0]
     assert trainer.judge.stats.calls == 4 and os.path.isdir(tmp_path / "out")
+
+
+def test_trl_methods_we_override_keep_their_signatures():
+    """Fails loudly if a TRL upgrade changes the private seams RubricGRPOTrainer overrides."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    expected = {
+        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+        "_generate_and_score_completions": ["self", "inputs"],
+        "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+        "log": ["self", "logs", "start_time"],
+    }
+    for name, params_ in expected.items():
+        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params_, name
+    init = list(inspect.signature(GRPOTrainer.__init__).parameters)
+    assert list(inspect.signature(RubricGRPOTrainer.__init__).parameters) == [*init, "judge"]
