@@ -25,6 +25,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
+from ..model_card import RubricModelCardMixin
 from ..rewards import ReweightingConfig, RubricReward
 from ..rubric import PITFALL_POLARITIES, Rubric, RubricError
 
@@ -162,7 +163,7 @@ class _SkipUngradedSteps(TrainerCallback):
         trainer._window_has_signal = False
 
 
-class RubricGRPOTrainer(GRPOTrainer):
+class RubricGRPOTrainer(RubricModelCardMixin, GRPOTrainer):
     """GRPO with a rubric judge as its reward; a drop-in replacement for [`~trl.GRPOTrainer`].
 
     Builds a [`RubricReward`] from the config's judge fields (or from `judge=`) and puts it first among the reward
