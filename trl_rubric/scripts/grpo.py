@@ -57,6 +57,7 @@ def _import_reward(path: str):
 def build_trainer(data_args, reward_args, training_args, model_args):
     from trl import get_peft_config, get_quantization_config
 
+    from ..judges.base import JudgeUnavailableError
     from ..trainers.rubric_grpo import RubricGRPOTrainer
 
     prepare_model_init(model_args, training_args)
@@ -74,7 +75,8 @@ def build_trainer(data_args, reward_args, training_args, model_args):
             peft_config=get_peft_config(model_args),
             quantization_config=get_quantization_config(model_args),
         )
-    except (ValueError, TypeError, OSError, ConnectionError) as e:
+    except (ValueError, TypeError, OSError, ConnectionError, JudgeUnavailableError) as e:
+        # JudgeUnavailableError (a RuntimeError): the start-up probe found no judge; a setup error, not a crash.
         raise SetupError(str(e)) from e
 
 

@@ -68,6 +68,10 @@ class RGSDConfig(GRPOConfig):
             EMA rate for `teacher_model_kind="ema"`: `teacher = (1 - rate) * teacher + rate * policy`.
         teacher_sync_steps (`int`, *optional*, defaults to `1`):
             Optimizer steps between EMA updates for `teacher_model_kind="ema"`.
+        teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            A separate, frozen teacher model (path or Hub id) with the student's tokenizer, e.g. a larger model of the
+            same family; as TRL's `GKDConfig`. The trainer's `teacher_model` argument takes precedence. Lets recipes
+            and the `trl-rubric rgsd` command use a separate teacher.
 
     > Parameters that control the teacher context
 
@@ -131,6 +135,10 @@ class RGSDConfig(GRPOConfig):
     )
     teacher_update_rate: float = field(default=0.05, metadata={"help": "EMA rate for teacher_model_kind='ema'."})
     teacher_sync_steps: int = field(default=1, metadata={"help": "Optimizer steps between EMA teacher updates."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Separate frozen teacher (path or Hub id) sharing the student's tokenizer; default: none."},
+    )
     teacher_prompt_template: str = field(
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
@@ -359,6 +367,8 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
                 f"hybrid mode (distillation_weight={args.distillation_weight}) needs group advantages, so "
                 f"num_generations must be at least 2; got {args.num_generations}."
             )
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
         if teacher_model is not None and args.teacher_model_kind != "base":
             raise ValueError(
                 f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
@@ -743,6 +753,9 @@ def _validate_rubric_column(dataset, column: str, name: str) -> None:
     """Fail before training when a row's rubric cannot be parsed, naming the row, the field and the problem."""
     if not isinstance(dataset, Dataset):
         return  # iterable datasets are checked row by row as they stream
+    if len(dataset) == 0:
+        # Otherwise Trainer "trains" for 0 steps and saves the untouched model without a word.
+        raise ValueError(f"{name} is empty; expected at least one row with a prompt and a {column!r}")
     if column not in dataset.column_names:
         raise ValueError(
             f"{name} has no {column!r} column (columns: {dataset.column_names}). RGSD needs a rubric per prompt; "
