@@ -1,0 +1,33 @@
+"""`trl-rubric demo --quick`: the offline world end to end, and a real learning check."""
+
+import json
+
+from trl_rubric.cli import main
+
+
+def test_demo_quick_learns_without_the_rubric_and_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRL_RUBRIC_CACHE", str(tmp_path / "cache"))
+    out_dir = tmp_path / "demo"
+    rc = main(["demo", "--quick", "--output_dir", str(out_dir), "--eval_samples", "2", "--curve_every", "15"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| weighted score, train prompts |" in printed
+    assert "| judge calls during training | - | 0 |" in printed
+
+    results = json.loads((out_dir / "results.json").read_text())
+    for key in ("base_score", "teacher_score", "rgsd_score", "heldout_base_score", "heldout_rgsd_score"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["train_judge_calls"] == 0
+    # the prepared model has a real conditioning gap ...
+    assert results["teacher_score"] > results["base_score"] + 0.05
+    # ... and RGSD moves the prompt-only student toward it (same sampling and judge for both)
+    assert results["rgsd_score"] > results["base_score_rescored"] + 0.03, results
+    assert [p["step"] for p in results["learning_curve"]] == [0, 15, 30]
+    assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "student" / "config.json").exists()
+
+
+def test_demo_rejects_unknown_options(capsys):
+    assert main(["demo", "--max_stepz", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trl-rubric demo: error: unknown option" in err and "Traceback" not in err

@@ -1,0 +1,307 @@
+"""`trl-rubric demo`: the offline rubric world, end to end, on CPU in a few minutes.
+
+1. prepare (or load from the cache) a tiny model pretrained on the toy world, which answers better when it sees
+   the rubric;
+2. measure that conditioning gap with the evaluation harness;
+3. train the rubric-blind student with RGSDTrainer (no judge during training);
+4. evaluate base and student on train and held-out prompts;
+5. print a table, write `results.json` and a learning-curve PNG.
+
+    trl-rubric demo                      # the full demo
+    trl-rubric demo --quick              # a smaller model and budget (CI)
+    trl-rubric demo --prepare            # only prepare the toy model and print its gap
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._common import UsageError
+
+
+@dataclass
+class DemoArguments:
+    r"""
+    Options of `trl-rubric demo`.
+
+    Parameters:
+        > Parameters that control the demo
+
+        output_dir (`str`, *optional*, defaults to `"trl-rubric-demo"`):
+            Where `results.json`, `learning_curve.png` and the trained student go.
+        quick (`bool`, *optional*, defaults to `False`):
+            A smaller toy model and a shorter training budget, for CI and a first look (about a minute).
+        prepare (`bool`, *optional*, defaults to `False`):
+            Only prepare (or load) the toy model and print its conditioning gap.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the world, the toy model and training.
+        max_steps (`int` or `None`, *optional*, defaults to `None`):
+            RGSD optimizer steps; default 60 (30 with `quick`).
+        learning_rate (`float`, *optional*, defaults to `2e-3`):
+            RGSD learning rate. The toy model is tiny and trained from scratch, so it takes a large one.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per RGSD step (one rollout each).
+        token_clip (`float` or `None`, *optional*, defaults to `None`):
+            Per-token divergence clip for the demo. Off by default: the toy teacher disagrees with the student by far
+            more than the 0.05 used on real models, and clamping would silence exactly those tokens.
+        eval_samples (`int`, *optional*, defaults to `4`):
+            Answers sampled per prompt when scoring (temperature 1, as in training).
+        curve_every (`int`, *optional*, defaults to `10`):
+            Steps between learning-curve points.
+    """
+
+    output_dir: str = field(default="trl-rubric-demo", metadata={"help": "Where results and the student go."})
+    quick: bool = field(default=False, metadata={"help": "Smaller model and budget (CI, first look)."})
+    prepare: bool = field(default=False, metadata={"help": "Only prepare the toy model and print its gap."})
+    seed: int = field(default=0, metadata={"help": "Seed of the world, the toy model and training."})
+    max_steps: int | None = field(default=None, metadata={"help": "RGSD optimizer steps (default 60, quick 30)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "RGSD learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per RGSD step (one rollout each)."})
+    token_clip: float | None = field(default=None, metadata={"help": "Per-token divergence clip (off by default)."})
+    eval_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt when scoring."})
+    curve_every: int = field(default=10, metadata={"help": "Steps between learning-curve points."})
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((DemoArguments,), prog="trl-rubric demo")
+
+
+def _repeat(dataset, n: int):
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([dataset] * n) if n > 1 else dataset
+
+
+def _score(model, tokenizer, dataset, judge, n: int, seed: int) -> dict[str, float]:
+    from ..evaluation import evaluate
+
+    result = evaluate(
+        model,
+        _repeat(dataset, n),
+        judge,
+        tokenizer=tokenizer,
+        max_new_tokens=24,
+        batch_size=64,
+        temperature=1.0,
+        seed=seed,
+        n_bootstrap=200,
+        progress=False,
+    )
+    m = result.metrics
+    return {"score": m.weighted_score, "strict": m.strict_completion, "length": m.mean_length}
+
+
+class _LearningCurve:
+    """Trainer callback: every `every` steps, the student's score on the train prompts (prompt only)."""
+
+    def __init__(self, tokenizer, dataset, judge, every: int, seed: int):
+        from transformers import TrainerCallback
+
+        self.points: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step % every == 0 or state.global_step == state.max_steps:
+                    outer.record(model, state.global_step)
+
+        self.callback = Callback()
+        self.tokenizer, self.dataset, self.judge, self.seed = tokenizer, dataset, judge, seed
+
+    def record(self, model, step: int) -> None:
+        was_training = model.training
+        model.eval()
+        point = _score(model, self.tokenizer, self.dataset, self.judge, n=1, seed=self.seed + step)
+        model.train(was_training)
+        self.points.append({"step": step, "seconds": time.perf_counter() - self.start, **point})
+
+
+def _plot(points: list[dict[str, float]], base: float, teacher: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "step", "optimizer step"), (axes[1], "seconds", "wall time (s)")):
+        ax.plot([p[key] for p in points], [p["score"] for p in points], marker="o", label="RGSD student (prompt only)")
+        ax.axhline(base, color="grey", linestyle="--", label="base, prompt only")
+        ax.axhline(teacher, color="green", linestyle=":", label="base shown the rubric (teacher)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("weighted rubric score (train prompts)")
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("trl-rubric demo: RGSD on the offline toy world")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[tuple[str, Any, Any]]) -> str:
+    lines = ["| | base | RGSD |", "|---|---|---|"]
+    for name, base, rgsd in rows:
+        lines.append(f"| {name} | {_fmt(base)} | {_fmt(rgsd)} |")
+    return "\n".join(lines)
+
+
+def run(args: DemoArguments) -> dict[str, Any]:
+    """Run the demo and return the results that `results.json` holds."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..evaluation import conditioning_gap
+    from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
+    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+
+    started = time.perf_counter()
+    max_steps = args.max_steps or (30 if args.quick else 60)
+    world = make_world(seed=args.seed)
+    train, heldout = world.train_dataset(), world.heldout_dataset()
+    print(f"[1/5] toy model ({'quick' if args.quick else 'full'} settings) ...", flush=True)
+    path = prepare_toy_model(seed=args.seed, quick=args.quick)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path)
+
+    print("[2/5] conditioning gap of the base model ...", flush=True)
+    gap = conditioning_gap(
+        base,
+        _repeat(train, args.eval_samples),
+        world.judge(),
+        tokenizer=tokenizer,
+        teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
+        rubric_render_style=TEACHER_RENDER_STYLE,
+        n_samples=None,
+        max_new_tokens=24,
+        batch_size=64,
+        temperature=1.0,
+        seed=args.seed,
+        n_bootstrap=200,
+        progress=False,
+    )
+    base_score, teacher_score = gap.score_without_rubric, gap.score_with_rubric
+    print(f"      without rubric {base_score:.3f}, with rubric {teacher_score:.3f}, gap {gap.gap:+.3f}", flush=True)
+    results: dict[str, Any] = {"model_path": path, "base_score": base_score, "teacher_score": teacher_score}
+    if args.prepare:
+        return results
+
+    print(f"[3/5] RGSD: {max_steps} steps of {args.batch_size} prompts, one rollout each, no judge ...", flush=True)
+    torch.manual_seed(args.seed)
+    config = RGSDConfig(
+        output_dir=os.path.join(args.output_dir, "student"),
+        use_cpu=True,
+        bf16=False,
+        seed=args.seed,
+        max_steps=max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=args.batch_size,
+        max_completion_length=24,
+        temperature=1.0,
+        token_clip=args.token_clip,
+        teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
+        rubric_render_style=TEACHER_RENDER_STYLE,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+    )
+    curve_judge = world.judge()
+    curve = _LearningCurve(tokenizer, train, curve_judge, every=args.curve_every, seed=args.seed)
+    trainer = RGSDTrainer(path, args=config, train_dataset=train, processing_class=tokenizer)
+    curve.record(trainer.model, 0)
+    trainer.add_callback(curve.callback)
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    # RGSD has no reward function: any judge call during training would have to come from one.
+    train_judge_calls = sum(
+        getattr(getattr(f, "judge", None), "stats", None).calls
+        for f in trainer.reward_funcs
+        if getattr(getattr(f, "judge", None), "stats", None) is not None
+    )
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    trainer.save_model(os.path.join(args.output_dir, "student"))
+
+    print("[4/5] evaluating base and student on train and held-out prompts ...", flush=True)
+    judge = world.judge()
+    student.eval()
+    scores = {
+        "base_train": _score(base, tokenizer, train, judge, args.eval_samples, args.seed + 1),
+        "rgsd_train": _score(student, tokenizer, train, judge, args.eval_samples, args.seed + 1),
+        "base_heldout": _score(base, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
+        "rgsd_heldout": _score(student, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
+    }
+    gap_size = teacher_score - base_score
+    closed = (scores["rgsd_train"]["score"] - base_score) / gap_size if gap_size > 0 else float("nan")
+    results.update(
+        rgsd_score=scores["rgsd_train"]["score"],
+        base_score_rescored=scores["base_train"]["score"],
+        heldout_base_score=scores["base_heldout"]["score"],
+        heldout_rgsd_score=scores["rgsd_heldout"]["score"],
+        base_strict=scores["base_train"]["strict"],
+        rgsd_strict=scores["rgsd_train"]["strict"],
+        base_mean_length=scores["base_train"]["length"],
+        rgsd_mean_length=scores["rgsd_train"]["length"],
+        gap_closed_fraction=closed,
+        train_judge_calls=train_judge_calls,
+        train_steps=max_steps,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        learning_curve=curve.points,
+        settings=asdict(args),
+    )
+
+    print("[5/5] results", flush=True)
+    table = _table(
+        [
+            ("weighted score, train prompts", scores["base_train"]["score"], scores["rgsd_train"]["score"]),
+            ("weighted score, held-out prompts", scores["base_heldout"]["score"], scores["rgsd_heldout"]["score"]),
+            ("strict completion, train", scores["base_train"]["strict"], scores["rgsd_train"]["strict"]),
+            ("mean length (tokens), train", scores["base_train"]["length"], scores["rgsd_train"]["length"]),
+            ("judge calls during training", "-", train_judge_calls),
+        ]
+    )
+    print(table)
+    print(
+        f"teacher (base shown the rubric): {teacher_score:.3f}. RGSD closed {closed:.0%} of the conditioning gap on "
+        f"train prompts in {train_seconds:.0f} s of training ({time.perf_counter() - started:.0f} s in all)."
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    _plot(curve.points, base_score, teacher_score, os.path.join(args.output_dir, "learning_curve.png"))
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"wrote {args.output_dir}/results.json, report.md and learning_curve.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        (args, remaining) = make_parser().parse_args_and_config(argv, return_remaining_strings=True)
+        if remaining:
+            raise UsageError(f"unknown option(s) {remaining}; run `trl-rubric demo --help` for the list")
+        if args.max_steps is not None and args.max_steps < 1:
+            raise UsageError(f"max_steps is {args.max_steps}; expected at least 1")
+    except (UsageError, ValueError) as e:
+        print(f"trl-rubric demo: error: {e}", file=sys.stderr)
+        return 2
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
