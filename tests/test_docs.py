@@ -274,6 +274,17 @@ def test_parser_reads_reasons_and_languages():
     assert blocks[3].code == "y = x\n"
 
 
+def test_every_recipe_is_documented():
+    listed = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
+    missing = [p.name for p in sorted((ROOT / "recipes").glob("*.yaml")) if f"`{p.name}`" not in listed]
+    missing += [
+        f"accelerate/{p.name}"
+        for p in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+        if f"`{p.name}`" not in listed
+    ]
+    assert not missing, f"docs/recipes.md does not list {missing}"
+
+
 def test_api_reference_is_current():
     spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
     gen_api = importlib.util.module_from_spec(spec)
