@@ -285,6 +285,43 @@ def test_every_recipe_is_documented():
     assert not missing, f"docs/recipes.md does not list {missing}"
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    in_code = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            base = _anchor(line.lstrip("#"))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_links_between_pages_resolve():
+    broken = []
+    for path in doc_pages():
+        text = path.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?(?:#([\w-]+))?\)", text):
+            if not target and not anchor:
+                continue
+            page = (path.parent / target) if target else path
+            if target and not page.exists():
+                if page.name != "benchmarks.md":  # assembled by the lead from docs/_fragments
+                    broken.append(f"{path.name} -> {target}")
+                continue
+            if anchor and anchor not in _anchors(page.read_text(encoding="utf-8")):
+                broken.append(f"{path.name} -> {target}#{anchor}")
+    assert not broken, f"links to missing pages or headings: {broken}"
+
+
 def test_api_reference_is_current():
     spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
     gen_api = importlib.util.module_from_spec(spec)
