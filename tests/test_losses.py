@@ -576,3 +576,15 @@ def test_reduce_token_loss_survives_fully_masked_rows():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
     assert reduce_token_loss(LOSS, mask, "grpo").item() == pytest.approx(1.5 / 2)
     assert reduce_token_loss(LOSS, torch.zeros_like(mask), "bnpo").item() == 0.0
+
+
+@pytest.mark.parametrize("support", ["full", "topk", "sampled_token"])
+def test_no_tokens_gives_an_empty_divergence_that_still_backpropagates(support):
+    # Every token can be masked out (e.g. the whole completion is inside <think>); the loss must still backward
+    student, teacher, _, _ = make_inputs(5, 60, 8)
+    student["hidden"] = student["hidden"][:0]
+    teacher["hidden"] = teacher["hidden"][:0]
+    out = fast(student, teacher, support=support, beta=1.0, target_ids=torch.zeros(0, dtype=torch.long), top_k=4)
+    assert out.divergence.shape == (0,) and out.finite.shape == (0,)
+    out.divergence.sum().backward()
+    assert student["weight"].grad is not None and not student["weight"].grad.any()

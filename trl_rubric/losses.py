@@ -18,6 +18,7 @@ skip-first-tokens masks, non-finite detection, and GRPO-style reduction to a sca
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Sequence
@@ -233,28 +234,29 @@ def thinking_mask(
     """
     start = _as_id_tensor(start_ids, "start_ids", completion_ids.device)
     end = _as_id_tensor(end_ids, "end_ids", completion_ids.device)
-    starts = _find_subsequence(completion_ids, start).tolist()
-    ends = _find_subsequence(completion_ids, end).tolist()
+    start_len, end_len = start.numel(), end.numel()
+    starts = _find_subsequence(completion_ids, start).cpu()
+    ends = _find_subsequence(completion_ids, end).cpu()
     keep = torch.ones(completion_ids.shape, dtype=torch.bool)
-    length = completion_ids.shape[1]
     for row in range(completion_ids.shape[0]):
-        # Walk the row once; only delimiter positions matter, so this is cheap even for long rows
-        block_start = 0 if open_at_start else None
-        pos = 0
-        while pos < length:
+        # Visit delimiter positions only, so long rows cost nothing extra
+        start_pos = starts[row].nonzero().flatten().tolist()
+        end_pos = ends[row].nonzero().flatten().tolist()
+        block_start, cursor = (0, 0) if open_at_start else (None, 0)
+        while True:
             if block_start is None:
-                if starts[row][pos]:
-                    block_start = pos
-                    pos += start.numel()
-                    continue
-            elif ends[row][pos]:
-                keep[row, block_start : pos + end.numel()] = False
+                i = bisect.bisect_left(start_pos, cursor)
+                if i == len(start_pos):
+                    break
+                block_start, cursor = start_pos[i], start_pos[i] + start_len
+            else:
+                j = bisect.bisect_left(end_pos, cursor)
+                if j == len(end_pos):
+                    keep[row, block_start:] = False
+                    break
+                cursor = end_pos[j] + end_len
+                keep[row, block_start:cursor] = False
                 block_start = None
-                pos += end.numel()
-                continue
-            pos += 1
-        if block_start is not None:
-            keep[row, block_start:] = False
     return keep.to(completion_ids.device)
 
 
@@ -390,14 +392,19 @@ def reduce_token_loss(
 def _fp32_accumulator(param: Tensor | None) -> Tensor | None:
     # Each token chunk returns its own LM-head gradient; autograd sums them in the parameter's dtype. In bf16 that
     # rounds every partial sum, the bias TRL's kernels avoid by accumulating in fp32, so sum in fp32 and cast once.
-    if param is not None and param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+    low_precision = param is not None and param.dtype in (torch.float16, torch.bfloat16)
+    if low_precision and param.requires_grad and torch.is_grad_enabled():
         return param.float()
     return param
 
 
 def _token_chunks(n: int, chunk_size: int | None):
+    if n == 0:
+        # One empty chunk, so an empty selection still returns a `[0]` divergence attached to the student's graph
+        yield slice(0, 0)
+        return
     step = n if chunk_size is None else chunk_size
-    for start in range(0, n, max(step, 1)):
+    for start in range(0, n, step):
         yield slice(start, min(start + step, n))
 
 
