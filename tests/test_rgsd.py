@@ -393,3 +393,19 @@ def test_rgsd_metrics_are_prefixed(tiny_model_path, tmp_path, caplog):
     keys = set().union(*(e.keys() for e in trainer.state.log_history))
     assert {"rgsd/loss", "rgsd/divergence", "rgsd/clipped_frac", "rgsd/teacher_logratio"} <= keys
     assert inspect.signature(RGSDTrainer.__init__).parameters["reward_funcs"].default is None
+
+
+def test_thinking_block_opened_by_the_prompt_is_masked_from_the_first_token():
+    class Stub:
+        _thinking_ids = ([7], [8])
+
+    prompts = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5], [1, 7, 3, 4, 8]])
+    prompt_mask = torch.ones_like(prompts)
+    prompt_mask[0, :2] = 0
+    completions = torch.tensor([[9, 9, 8, 4, 4], [9, 7, 9, 8, 4], [9, 9, 9, 9, 9]])
+    keep = RGSDTrainer._thinking_keep_mask(Stub(), prompts, prompt_mask, completions)
+    assert keep.tolist() == [
+        [False, False, False, True, True],  # prompt ends with <think>: reasoning until </think>
+        [True, False, False, False, True],  # ordinary block inside the completion
+        [True, True, True, True, True],  # the prompt closed its block: nothing to mask
+    ]

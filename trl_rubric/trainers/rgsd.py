@@ -16,7 +16,7 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import gather, is_peft_model
@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
-from trl.trainer.utils import RepeatSampler, create_model_from_path, get_config_model_id, pad, use_adapter
+from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
 from .. import losses
 from ..model_card import RubricModelCardMixin
@@ -39,13 +39,12 @@ from ..teacher import (
     freeze,
     teacher_shares_tokenizer,
 )
+from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_SUPPORTS = ("full", "topk", "sampled_token")
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
-#: Per-process generation buffer, written only when a checkpoint falls inside a generation round.
-GENERATION_BUFFER_FILE = "rgsd_generation_buffer_{rank}.pt"
 
 
 @dataclass
@@ -63,7 +62,8 @@ class RGSDConfig(GRPOConfig):
             Which weights score the completions. `"base"`: the frozen initial policy (the paper's choice; with a PEFT
             model, the same model with adapters disabled, so no copy). `"ema"`: an exponential moving average of the
             policy, updated every `teacher_sync_steps` with rate `teacher_update_rate`. `"live"`: the current policy
-            weights, without gradients. Ignored when a separate `teacher_model` is passed to the trainer.
+            weights, without gradients. A separate teacher (`teacher_model_name_or_path`, or `teacher_model=` on the
+            trainer) is always frozen and needs the default `"base"`.
         teacher_update_rate (`float`, *optional*, defaults to `0.05`):
             EMA rate for `teacher_model_kind="ema"`: `teacher = (1 - rate) * teacher + rate * policy`.
         teacher_sync_steps (`int`, *optional*, defaults to `1`):
@@ -129,7 +129,7 @@ class RGSDConfig(GRPOConfig):
         default=1,
         metadata={"help": "Completions sampled per prompt. RGSD needs one; hybrid mode needs at least 2."},
     )
-    teacher_model_kind: str = field(
+    teacher_model_kind: Literal["base", "ema", "live"] = field(
         default="base",
         metadata={"help": "Teacher weights: 'base' (frozen initial policy), 'ema' or 'live'."},
     )
@@ -143,11 +143,11 @@ class RGSDConfig(GRPOConfig):
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
     )
-    rubric_render_style: str = field(
+    rubric_render_style: Literal["numbered", "weighted", "json"] = field(
         default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
     )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
-    pitfall_polarity: str = field(
+    pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
         default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
     )
     max_teacher_prompt_length: int | None = field(
@@ -158,11 +158,11 @@ class RGSDConfig(GRPOConfig):
         default=0.5,
         metadata={"help": "0 = forward KL(teacher||student), 1 = reverse KL(student||teacher), between = JSD."},
     )
-    distillation_support: str = field(
+    distillation_support: Literal["full", "topk", "sampled_token"] = field(
         default="full", metadata={"help": "Divergence support: full, topk or sampled_token."}
     )
     distillation_top_k: int = field(default=20, metadata={"help": "k for distillation_support='topk'."})
-    distillation_top_k_source: str = field(
+    distillation_top_k_source: Literal["teacher", "student"] = field(
         default="teacher", metadata={"help": "Whose top-k forms the support: teacher or student."}
     )
     distillation_top_k_tail: bool = field(
@@ -174,7 +174,7 @@ class RGSDConfig(GRPOConfig):
     token_clip: float | None = field(
         default=0.05, metadata={"help": "Clamp each token's divergence at tau; None disables."}
     )
-    token_clip_mode: str = field(
+    token_clip_mode: Literal["clamp", "scale"] = field(
         default="clamp", metadata={"help": "clamp (no gradient above tau) or scale (gradient scaled by tau/div)."}
     )
     mask_thinking: bool = field(
@@ -260,43 +260,12 @@ class RGSDConfig(GRPOConfig):
             )
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's `RepeatSampler` whose shuffle order depends on the epoch number, not on how often it was iterated.
-
-    TRL's sampler seeds one generator once and draws a fresh permutation at every `__iter__`, so epoch e's order is
-    the (e+1)-th draw. A run resumed from a checkpoint builds a new sampler whose first draw is epoch 0's order: after
-    resuming in epoch 1 or later, the rest of that epoch repeats some prompts and skips others, and the run drifts
-    from the uninterrupted one (seen in `tests/test_resume.py`). `Trainer` calls `set_epoch(epoch)` (through
-    accelerate's dataloader, also when it skips the batches already trained) before each epoch; here that re-seeds the
-    generator and replays the earlier draws, so epoch e gets the same order resumed or not, and the same order as
-    TRL's sampler in an uninterrupted run.
-    """
-
-    def set_epoch(self, epoch: int) -> None:
-        if not self.shuffle or self.seed is None:
-            return  # unshuffled: nothing to restore; unseeded: no order to reproduce
-        self.generator.manual_seed(self.seed)
-        for _ in range(epoch):
-            torch.randperm(self.num_samples, generator=self.generator)
-
-    @classmethod
-    def like(cls, sampler: RepeatSampler) -> EpochSeededRepeatSampler:
-        return cls(
-            data_source=sampler.data_source,
-            mini_repeat_count=sampler.mini_repeat_count,
-            batch_size=sampler.batch_size,
-            repeat_count=sampler.repeat_count,
-            shuffle=sampler.shuffle,
-            seed=sampler.seed,
-        )
-
-
 def _no_reward(prompts, completions, **kwargs):
     """Placeholder so GRPOTrainer accepts a run without rewards; RGSDTrainer never calls it."""
     raise RuntimeError("RGSDTrainer's placeholder reward must never be called")
 
 
-class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
+class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     """Rubric-Guided Self-Distillation trainer: a [`~trl.GRPOTrainer`] whose loss distils a rubric-aware teacher.
 
     Takes the same arguments as `GRPOTrainer`, with `reward_funcs` optional, plus `teacher_model` (a path or a model
@@ -497,13 +466,6 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
                         "truncated: shorten the rubric, raise the limit, or drop the row."
                     )
 
-    # ------------------------------------------------------------------ data order
-
-    def _get_train_sampler(self, dataset=None):
-        # Resumable data order; see EpochSeededRepeatSampler. Same order as GRPOTrainer's in an uninterrupted run.
-        sampler = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
-
     # ------------------------------------------------------------------ generation
 
     def _generate_and_score_completions(self, inputs):
@@ -533,7 +495,7 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
         if "tool_mask" in output:
             loss_mask = loss_mask * output["tool_mask"]
         if self._thinking_ids is not None:
-            keep = losses.thinking_mask(output["completion_ids"], *self._thinking_ids)
+            keep = self._thinking_keep_mask(output["prompt_ids"], output["prompt_mask"], output["completion_ids"])
             thinking_tokens = self.accelerator.gather((loss_mask * (~keep)).sum()).sum()
             self._metrics[mode]["rgsd/thinking_frac"].append(
                 (thinking_tokens / self.accelerator.gather(loss_mask.sum()).sum().clamp(min=1)).item()
@@ -550,6 +512,22 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
         prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(1).float())
         self._metrics[mode]["rgsd/teacher_prompt_length"].append(prompt_lengths.mean().item())
         return output
+
+    def _thinking_keep_mask(self, prompt_ids, prompt_mask, completion_ids):
+        """Loss mask without thinking blocks; rows whose prompt already opened a block start inside it."""
+        start, end = self._thinking_ids
+        # Chat templates that end the generation prompt with the start delimiter (e.g. "<think>\n") leave the
+        # completion inside the block: a row is open when its prompt's last start comes after its last end.
+        real_prompts = prompt_ids.masked_fill(prompt_mask == 0, -1)
+        opened = losses.thinking_mask(real_prompts, start, end, open_at_start=False)
+        end_ids = torch.tensor(end, device=prompt_ids.device)
+        ends_closed = (prompt_ids[:, -len(end) :] == end_ids).all(dim=1)  # a block closed by the prompt's last tokens
+        open_rows = (~opened[:, -1]) & (prompt_mask[:, -1] == 1) & ~ends_closed
+        closed_keep = losses.thinking_mask(completion_ids, start, end, open_at_start=False)
+        if not open_rows.any():
+            return closed_keep
+        open_keep = losses.thinking_mask(completion_ids, start, end, open_at_start=True)
+        return torch.where(open_rows[:, None], open_keep, closed_keep)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rgsd_has_rewards:
@@ -699,41 +677,18 @@ class RGSDTrainer(RubricModelCardMixin, GRPOTrainer):
                     del self._metrics[mode][key]
         super().log(logs, start_time)
 
-    def _generate_every(self) -> int:
-        return self.args.steps_per_generation * self.num_iterations
-
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.teacher_model_kind == "ema" and self.teacher_model is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             state = self.accelerator.get_state_dict(self.teacher_model)
             torch.save({k: v.detach().cpu() for k, v in state.items()}, os.path.join(folder, TEACHER_STATE_FILE))
-        # GRPOTrainer generates once every `steps_per_generation * num_iterations` micro-steps and trains on slices of
-        # that buffer in between; neither the buffer nor its step counter is in a checkpoint. A checkpoint inside a
-        # generation round would be resumed by generating afresh from the wrong dataloader batch and restarting the
-        # slice count at 0, so the resumed run trains on other completions than the interrupted one would have.
-        # Keep this process's buffer and counter (each process has its own slice of the batch).
-        if self._buffered_inputs is not None and self._step % self._generate_every() != 0:
-            os.makedirs(folder, exist_ok=True)
-            buffer = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()} for b in self._buffered_inputs]
-            torch.save(
-                {"step": self._step, "buffer": buffer},
-                os.path.join(folder, GENERATION_BUFFER_FILE.format(rank=self.args.process_index)),
-            )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        buffer_path = os.path.join(checkpoint, GENERATION_BUFFER_FILE.format(rank=self.args.process_index))
-        if os.path.exists(buffer_path):
-            saved = torch.load(buffer_path, map_location="cpu", weights_only=True)
-            device = self.accelerator.device
-            self._step = saved["step"]
-            self._buffered_inputs = [
-                {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in saved["buffer"]
-            ]
-        if self.args.teacher_model_kind != "ema" or self.teacher_model is None:
+        if checkpoint is None or self.args.teacher_model_kind != "ema" or self.teacher_model is None:
             return
         path = os.path.join(checkpoint, TEACHER_STATE_FILE)
         if not os.path.exists(path):
