@@ -361,3 +361,20 @@ def test_rule_judge_grades_from_tags_and_reports_missing_rules_as_unknown():
     assert grade.verdicts == [True, True, None]
     assert grade.score == pytest.approx(1.0) and "no rule for criteria [3]" in grade.error
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_judges_grade_the_answer_not_the_reasoning():
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.judges.base import strip_thinking
+
+    assert strip_thinking("<think>fever is key</think>\nrest and fluids") == "rest and fluids"
+    assert strip_thinking("fever is key</think>rest") == "rest"  # template opened the block in the prompt
+    assert strip_thinking("<think>fever, fever, fever") == ""  # never answered
+    assert strip_thinking("plain answer") == "plain answer"
+    rubric = [{"text": "mentions fever", "weight": 1.0, "tags": ["rule:contains:fever"]}]
+    judge = RuleJudge()
+    [grade] = judge.grade_many_sync(["q"], ["<think>fever matters</think> drink water"], [rubric])
+    assert grade.verdicts == [False]
+    judge.strip_thinking = False
+    [grade] = judge.grade_many_sync(["q"], ["<think>fever matters</think> drink water"], [rubric])
+    assert grade.verdicts == [True]

@@ -107,6 +107,20 @@ def completion_to_text(completion: Any) -> str:
     return str(completion)
 
 
+def strip_thinking(text: str, start: str = "<think>", end: str = "</think>") -> str:
+    """The answer part of a response, without its reasoning.
+
+    Everything up to the last `end` delimiter is reasoning (this also covers chat templates that open the block in
+    the prompt, so the response holds only its end). A block that is opened and never closed means the model never
+    answered: the answer is what came before it, usually nothing. Text without delimiters is returned unchanged.
+    """
+    if end in text:
+        return text[text.rindex(end) + len(end) :].strip()
+    if start in text:
+        return text[: text.index(start)].strip()
+    return text
+
+
 @dataclass
 class JudgeStats:
     """Running totals over a judge's lifetime; readers take differences between snapshots."""
@@ -141,6 +155,10 @@ class RubricJudge(ABC):
 
     #: Identifies the judge in cache keys, logs and model cards (never a secret).
     name: str = "judge"
+    #: Grade only the answer of thinking models: drop `<think>...</think>` reasoning before grading.
+    strip_thinking: bool = True
+    #: The reasoning delimiters `strip_thinking` looks for.
+    thinking_delimiters: tuple[str, str] = ("<think>", "</think>")
     #: Default bound on concurrent `grade` calls in `grade_many`.
     max_concurrency: int = 8
 
@@ -170,9 +188,16 @@ class RubricJudge(ABC):
         run_sync(self.probe())
 
     async def grade(self, prompt: Any, response: str, rubric: Any) -> Grade:
-        """Grade `response` to `prompt` against `rubric` (anything [`Rubric.from_any`] reads)."""
+        """Grade `response` to `prompt` against `rubric` (anything [`Rubric.from_any`] reads).
+
+        With `strip_thinking` (the default), only the answer is graded: `<think>...</think>` reasoning is removed
+        first, since a thinking model's reasoning restates the question and would earn credit the answer did not.
+        """
         rubric = Rubric.from_any(rubric)
-        grade = await self._grade(prompt, completion_to_text(response), rubric)
+        text = completion_to_text(response)
+        if self.strip_thinking:
+            text = strip_thinking(text, *self.thinking_delimiters)
+        grade = await self._grade(prompt, text, rubric)
         self._record(grade)
         return grade
 
