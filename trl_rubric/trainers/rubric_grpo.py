@@ -28,6 +28,7 @@ from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
 from ..rewards import ReweightingConfig, RubricReward
 from ..rubric import PITFALL_POLARITIES, Rubric, RubricError
+from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class _SkipUngradedSteps(TrainerCallback):
         trainer._window_has_signal = False
 
 
-class RubricGRPOTrainer(RubricModelCardMixin, GRPOTrainer):
+class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     """GRPO with a rubric judge as its reward; a drop-in replacement for [`~trl.GRPOTrainer`].
 
     Builds a [`RubricReward`] from the config's judge fields (or from `judge=`) and puts it first among the reward
@@ -327,6 +328,9 @@ def _validate_rubrics(dataset, column: str, name: str, pitfall_polarity: str) ->
     columns = getattr(dataset, "column_names", None)
     if columns is None:  # an IterableDataset without known features: checked batch by batch by the reward instead
         return
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        # Otherwise Trainer "trains" for 0 steps and saves the untouched model without a word.
+        raise ValueError(f"{name} is empty; expected at least one row with a prompt and a {column!r}")
     if column not in columns:
         raise ValueError(
             f"{name} has no {column!r} column (columns: {columns}); RubricGRPOTrainer grades each completion against "
