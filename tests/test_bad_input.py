@@ -102,11 +102,19 @@ def test_empty_dataset_file_stops_the_cli(command, files, tiny_model_path, tmp_p
     assert "empty.jsonl" in line and "is empty" in line
 
 
-def test_empty_dataset_is_refused_by_the_rgsd_trainer(tiny_model_path, tmp_path):
-    args = RGSDConfig(str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=1)
+def test_empty_dataset_is_refused_by_both_trainers(tiny_model_path, tmp_path):
+    from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
+
+    empty = Dataset.from_dict({"prompt": [], "rubric": []})
+    settings = dict(use_cpu=True, bf16=False, report_to="none", max_steps=1)
     # Without the check, Trainer "trains" for 0 steps and returns as if all went well.
     with pytest.raises(ValueError, match="train_dataset is empty; expected at least one row"):
-        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_dict({"prompt": [], "rubric": []}))
+        RGSDTrainer(tiny_model_path, args=RGSDConfig(str(tmp_path), **settings), train_dataset=empty)
+    args = RubricGRPOConfig(
+        str(tmp_path), num_generations=2, per_device_train_batch_size=2, judge_backend="rule", **settings
+    )
+    with pytest.raises(ValueError, match="train_dataset is empty; expected at least one row"):
+        RubricGRPOTrainer(tiny_model_path, args=args, train_dataset=empty)
 
 
 def test_long_student_prompt_is_caught_by_the_teacher_limit_naming_the_row(files, tiny_model_path, tmp_path, capfd):

@@ -15,7 +15,8 @@ from datasets import Dataset
 
 from trl_rubric.testing import make_rubric_rows
 from trl_rubric.testing_judge import FakeJudgeServer
-from trl_rubric.trainers.rgsd import GENERATION_BUFFER_FILE, TEACHER_STATE_FILE, RGSDConfig, RGSDTrainer
+from trl_rubric.trainers.resume import GENERATION_BUFFER_FILE
+from trl_rubric.trainers.rgsd import TEACHER_STATE_FILE, RGSDConfig, RGSDTrainer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
 STEPS, CHECKPOINT = 6, 3
@@ -146,9 +147,9 @@ def test_resume_inside_a_generation_round_trains_on_the_buffered_completions(tin
 
 def test_resumed_rubric_grpo_run_sends_no_request_for_completions_already_graded(tiny_model_path, tmp_path):
     """A run checkpointed at step 3 went on to step 6, then died. Resumed from step 3, it regenerates the very same
-    completions for steps 4-6 (restored weights, optimizer and RNG), which the on-disk judge cache already holds;
-    only step 7 is new. A constant learning rate keeps steps 4-6 identical although max_steps grows to 7."""
-    rows = make_rubric_rows(16, conversational=True)  # 2 prompts per step: all 7 steps in the first epoch
+    completions for steps 4-6 (restored weights, optimizer, RNG and data order), which the on-disk judge cache already
+    holds; only step 7 is new. A constant learning rate keeps steps 4-6 identical although max_steps grows to 7."""
+    rows = make_rubric_rows(4, conversational=True)  # 2 prompts per step: the checkpoint at step 3 is in epoch 2
 
     def length(completions, **kwargs):  # varies within every group, so each step updates the weights
         return [len(c[0]["content"]) / 10 for c in completions]
@@ -209,3 +210,52 @@ def test_resumed_rubric_grpo_run_sends_no_request_for_completions_already_graded
     first_logs = {e["step"]: e for e in first.state.log_history if "judge/calls" in e}
     for step in (4, 5, 6):
         assert logs[step]["loss"] == pytest.approx(first_logs[step]["loss"], rel=1e-6, abs=1e-9)
+
+
+def test_resumed_rubric_grpo_run_matches_the_uninterrupted_run_inside_a_generation_round(tiny_model_path, tmp_path):
+    """RubricGRPO with steps_per_generation=2: the checkpoint at step 3 falls inside a generation round and inside
+    the second epoch. Graded by an in-process rule judge (response length parity), so every step has signal."""
+    from trl_rubric.judges import RuleJudge
+
+    def parity(criterion):
+        k = len(criterion.text) % 3 + 2
+        return lambda response: len(response) % k == 0
+
+    def args(output_dir):
+        return RubricGRPOConfig(
+            output_dir=str(output_dir),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            per_device_train_batch_size=4,
+            num_generations=2,
+            steps_per_generation=2,
+            max_completion_length=6,
+            max_steps=STEPS,
+            learning_rate=1e-2,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=CHECKPOINT,
+            seed=0,
+            disable_tqdm=True,
+        )
+
+    dataset = Dataset.from_list(make_rubric_rows(8, conversational=True))  # 4 prompts per round: 2 rounds per epoch
+    full = RubricGRPOTrainer(
+        tiny_model_path, args=args(tmp_path / "full"), train_dataset=dataset, judge=RuleJudge(resolver=parity)
+    )
+    full_rounds = recording(full)
+    full.train()
+    checkpoint = resume_copy(tmp_path / "full", tmp_path / "resumed")
+    assert (checkpoint / GENERATION_BUFFER_FILE.format(rank=0)).exists()
+    resumed = RubricGRPOTrainer(
+        tiny_model_path, args=args(tmp_path / "resumed"), train_dataset=dataset, judge=RuleJudge(resolver=parity)
+    )
+    resumed_rounds = recording(resumed)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed_rounds == full_rounds[2:]
+    full_losses, resumed_losses = losses_by_step(full), losses_by_step(resumed)
+    assert any(full_losses[s] != 0 for s in range(CHECKPOINT + 1, STEPS + 1)), "the steps compared must train"
+    for step in range(CHECKPOINT + 1, STEPS + 1):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-6, abs=1e-9), f"step {step}"
+    assert_same_state(resumed.model, full.model)
