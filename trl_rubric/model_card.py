@@ -60,6 +60,8 @@ def training_facts(trainer) -> dict[str, Any]:
         urls = [u for u in str(getattr(args, "judge_base_url", "") or "").split(",") if u.strip()]
         reward = next((f for f in getattr(trainer, "reward_funcs", []) if hasattr(f, "judge")), None)
         calls = reward.judge.stats.calls if reward is not None else None
+        # Summed over processes after training (RubricGRPOTrainer.train); the local count is one process's share.
+        calls = getattr(trainer, "judge_calls_total", calls)
         facts.update(
             method="GRPO + judge",
             method_long="GRPO with a rubric judge's reward",

@@ -292,6 +292,14 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        # Each process grades only its own slice, and the model card is written by the main process alone: total the
+        # judge calls over processes here, where every process still runs, so the card states the run's calls.
+        calls = torch.tensor(float(self.judge.stats.calls), device=self.accelerator.device)
+        self.judge_calls_total = int(self.accelerator.reduce(calls, reduction="sum").item())
+        return output
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
             logs["judge/all_unknown_steps"] = float(self._all_unknown_steps)
