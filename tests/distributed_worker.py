@@ -121,11 +121,16 @@ def run_grpo(model_path: str, out_dir: str, judge_url: str) -> dict:
     initial = weights_hash(trainer.model)
     trainer.train()
     stats = trainer.judge.stats
+    card = None
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card()  # the main process alone, as trl-rubric grpo does
+        card = open(os.path.join(args.output_dir, "README.md")).read()
     return {
         "prompts": seen,
         "judge_grades": stats.grades,
         "judge_calls": stats.calls,
         "judge_failures": stats.failures,
+        "card": card,
         "logs": [e for e in trainer.state.log_history if "judge/calls" in e],
         "initial_hash": initial,
         "hash": weights_hash(trainer.model),

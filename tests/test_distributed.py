@@ -96,3 +96,9 @@ def test_rubric_grpo_logs_and_final_weights_agree_across_ranks(ranks):
     assert [[e[k] for k in keys] for e in r0["logs"]] == [[e[k] for k in keys] for e in r1["logs"]]
     # log_metric values are averaged over processes: judge/calls is per process, not the total.
     assert all(e["judge/calls"] == PER_DEVICE for e in r0["logs"])
+
+
+def test_rubric_grpo_model_card_states_the_judge_calls_of_all_ranks(ranks):
+    r0, r1 = (r["grpo"] for r in ranks["results"])
+    assert r1["card"] is None and r0["card"] is not None
+    assert f"| train judge calls | {NPROC * STEPS * PER_DEVICE} |" in r0["card"], "not rank 0's share only"
