@@ -60,6 +60,11 @@ class RubricDataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
 
 
+#: `model_name_or_path: toy://quick` (or `toy://full`) and `dataset_name: toy://train` (or `toy://heldout`) use the
+#: offline toy world (see `trl_rubric.toy`), so a recipe can run anywhere without downloads.
+TOY_SCHEME = "toy://"
+
+
 class UsageError(Exception):
     """A bad command line or recipe: reported in one line with exit code 2, without a traceback."""
 
@@ -74,6 +79,8 @@ def load_datasets(data_args: RubricDataArguments, want_eval: bool, pitfall_polar
 
     if not data_args.dataset_name:
         raise UsageError("no dataset: set dataset_name (a Hub id, a local .jsonl/.json/.parquet file or a folder)")
+    if data_args.dataset_name.startswith(TOY_SCHEME):
+        return _toy_dataset(data_args.dataset_name), None
 
     def load(split, limit=None):
         return load_rubric_dataset(
@@ -94,10 +101,33 @@ def load_datasets(data_args: RubricDataArguments, want_eval: bool, pitfall_polar
     return train, evaluation
 
 
+def _toy_dataset(name: str):
+    from ..toy import make_world
+
+    split = name[len(TOY_SCHEME) :]
+    world = make_world(seed=0)
+    if split == "train":
+        return world.train_dataset()
+    if split == "heldout":
+        return world.heldout_dataset()
+    raise UsageError(f"dataset_name {name!r}: expected toy://train or toy://heldout")
+
+
+def _toy_model(name: str) -> str:
+    from ..toy import prepare_toy_model
+
+    size = name[len(TOY_SCHEME) :]
+    if size not in ("quick", "full"):
+        raise UsageError(f"model_name_or_path {name!r}: expected toy://quick or toy://full")
+    return prepare_toy_model(quick=size == "quick")
+
+
 def prepare_model_init(model_args, training_args) -> None:
     """Fill `training_args.model_init_kwargs` from `ModelConfig`, as TRL's own scripts do."""
     if not model_args.model_name_or_path:
         raise UsageError("no model: set model_name_or_path (a Hub id or a local folder)")
+    if model_args.model_name_or_path.startswith(TOY_SCHEME):
+        model_args.model_name_or_path = _toy_model(model_args.model_name_or_path)
     path = model_args.model_name_or_path
     if (path.startswith((".", "/", "~")) or os.sep in path.strip("/").replace("/", "", 1)) and not os.path.exists(
         os.path.expanduser(path)
