@@ -493,10 +493,12 @@ def token_divergence(
     """Per-token divergence between the student's and the teacher's next-token distributions, from hidden states.
 
     Neither model's `[N, V]` logits are materialised: the work runs on `chunk_size` tokens at a time (at most
-    `[chunk_size, V]` logits per model). Rows whose hidden states are not finite are zeroed before the kernels and
-    reported in `finite`, with divergence 0 and no gradient. On CPU, chunks of 128 keep peak memory flat in N and
-    beat naive logits (see `docs/benchmarks.md`); with CUDA and Triton a larger `chunk_size`, or None for one call,
-    is faster.
+    `[chunk_size, V]` logits per model). Rows whose hidden states or target log-probs are not finite are zeroed
+    before the kernels and reported in `finite`, with divergence 0 and no gradient; leave them out of the loss and
+    count them. (A row with finite hidden states whose logits overflow is flagged too, but its LM-head gradient may
+    still be NaN.) On CPU, `support="full"` with chunks of 128 keeps peak memory flat in N (about 220 MB at V = 32k)
+    for about twice the CPU time of naive logits (`benchmarks/bench_divergence.py`); with CUDA and Triton, a larger
+    `chunk_size`, or None for one call, is faster.
 
     Args:
         student_hidden: `[N, H_s]` last hidden states of the student at the completion positions.
