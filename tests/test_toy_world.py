@@ -1,8 +1,10 @@
 """The offline rubric world: generator, rule judge and rubric formats agree; the toy model has a conditioning gap."""
 
+import dataclasses
 import json
 import random
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from transformers import AutoTokenizer
@@ -133,9 +135,8 @@ def test_training_examples_use_trl_prompt_layout_and_decode_to_the_answer(world)
     row = world.train_rows[0]
     answer = reference_response(random.Random(0), row["topic"], row["rubric"])
     ids, start = encode_example(tokenizer, row["prompt"], answer)
-    prompt_ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
-    prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids
-    assert ids[:start] == list(prompt_ids)
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)
+    assert ids[:start] == list(prompt["input_ids"])
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids[start:], skip_special_tokens=True).strip() == answer
     assert len(ids) - start == len(answer.split()) + 1  # one token per word, plus <|im_end|>
@@ -159,8 +160,9 @@ def test_prepared_model_is_cached_by_settings_and_reused(quick_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRL_RUBRIC_CACHE", str(cache))
         assert prepare_toy_model(seed=0, quick=True, progress=False) == path  # no retraining: same directory
-        fresh_settings = ToyModelSettings.quick().__class__(**{**ToyModelSettings.quick().__dict__, "steps": 1})
-        other = prepare_toy_model(seed=0, settings=fresh_settings, progress=False)
+        other = prepare_toy_model(
+            seed=0, settings=dataclasses.replace(ToyModelSettings.quick(), steps=1), progress=False
+        )
     assert other != path
     assert [p.name for p in cache.iterdir() if ".tmp-" in p.name] == []  # staging directories are gone
 
@@ -173,3 +175,16 @@ def test_quick_model_answers_better_with_the_rubric_in_context(quick_model, worl
     assert train["gap"] == pytest.approx(train["score_with_rubric"] - train["score_without_rubric"])
     assert train["gap"] > 0.05, report
     assert report["heldout"]["gap"] > 0.0, report
+
+
+def test_concurrent_preparations_share_one_complete_checkpoint(tmp_path):
+    settings = dataclasses.replace(ToyModelSettings.quick(), steps=2, batch_size=2)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(
+            pool.map(lambda _: prepare_toy_model(tmp_path / "toy", settings=settings, progress=False), [0, 1])
+        )
+    assert paths[0] == paths[1] == str(tmp_path / "toy")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["toy"]
+    meta = json.loads((tmp_path / "toy" / "toy_model.json").read_text())
+    assert meta["key"]["settings"]["steps"] == 2
+    assert AutoTokenizer.from_pretrained(paths[0]).eos_token == "<|im_end|>"

@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -442,11 +442,6 @@ def measure_gap(
             }
             report[split] = entry
     return report
-
-
-def with_settings(settings: ToyModelSettings, **changes: Any) -> ToyModelSettings:
-    """`settings` with some fields changed (a convenience for CLI overrides)."""
-    return replace(settings, **changes)
 
 
 def main(argv: list[str] | None = None) -> None:

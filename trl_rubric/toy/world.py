@@ -5,9 +5,9 @@ Prompts ask about a topic ("tell me about apple."). Each prompt has a rubric of 
 extra configuration. The criteria mix two scopes:
 
 - **prompt-specific** (tag `scope:prompt`): "mentions the required word W", where W is a descriptive word (one of
-  [`KEY_WORDS`]) drawn per prompt, and "mentions the forbidden word P" (a pitfall: negative weight, met means penalised), where P is one of
-  the topic's own, tempting words. Nothing in the prompt predicts W or P, so a student can only learn them prompt by
-  prompt.
+  [`KEY_WORDS`]) drawn per prompt, and "mentions the forbidden word P" (a pitfall: negative weight, met means
+  penalised), where P is one of the topic's own, tempting words. Nothing in the prompt predicts W or P, so a student
+  can only learn them prompt by prompt.
 - **general** (tag `scope:general`): rules shared by every prompt that has them: name the topic, end with the word
   "done", use at most 8 words, never say "maybe". A student that learns these on the train prompts should carry them
   to held-out prompts, whose topics it never trained on.
@@ -16,8 +16,8 @@ The word right before W or P ("required", "forbidden", "topic") says what to do 
 rubric left to right can tell a word to copy from a word to avoid by looking one token back.
 
 Two response distributions define the world: [`ignoring_response`] is what a model says when it sees the prompt
-only (topic-ish words, often off-rubric), and [`reference_response`] is the same distribution conditioned on
-satisfying the rubric. A toy model pretrained on both (see `trl_rubric.toy.pretrain`) has a conditioning gap for
+only (topic-ish words, often off-rubric), and [`reference_response`] is the same distribution made to satisfy the
+rubric, with the required words brought forward. [`minimal_response`] is the bare satisfying answer. A toy model pretrained on both (see `trl_rubric.toy.pretrain`) has a conditioning gap for
 Rubric-Guided Self-Distillation (arXiv 2606.12507) to close.
 """
 
