@@ -403,8 +403,9 @@ def measure_gap(
 
     Returns:
         `{"train": {...}, "heldout": {...}}`, each with `score_without_rubric`, `score_with_rubric`, `gap` (means of
-        `Rubric.score` clipped to [0, 1]), `num_prompts`, `num_samples`, and `met_by_criterion`: per criterion title,
-        the share of answers meeting it `{"without": ..., "with": ...}`.
+        `Rubric.score` clipped to [0, 1]), `raw_score_without_rubric` and `raw_score_with_rubric` (unclipped means),
+        `num_prompts`, `num_samples`, and `met_by_criterion`: per criterion title, the share of answers meeting it
+        `{"without": ..., "with": ...}`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -436,6 +437,8 @@ def measure_gap(
                         met.setdefault(criterion.title or criterion.text, {"without": [], "with": []})
                         met[criterion.title or criterion.text][condition].append(bool(verdict))
                 entry[f"score_{condition}_rubric"] = _clipped_mean(scores)
+                # Unclipped too: a rubric-blind model's mean is often below 0 (penalties), where clipping hides progress.
+                entry[f"raw_score_{condition}_rubric"] = sum(scores) / len(scores)
             entry["gap"] = entry["score_with_rubric"] - entry["score_without_rubric"]
             entry["met_by_criterion"] = {
                 title: {c: sum(v) / len(v) for c, v in conds.items()} for title, conds in sorted(met.items())
