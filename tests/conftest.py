@@ -19,3 +19,15 @@ def tiny_model_path(tmp_path_factory):
     from trl_rubric.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_toy_cache(tmp_path_factory):
+    """One toy-model cache per test run, shared by the xdist workers (preparation is locked and atomic)."""
+    if "TRL_RUBRIC_CACHE" in os.environ:
+        yield os.environ["TRL_RUBRIC_CACHE"]
+        return
+    cache = tmp_path_factory.getbasetemp().parent / "trl-rubric-cache"
+    os.environ["TRL_RUBRIC_CACHE"] = str(cache)
+    yield str(cache)
+    os.environ.pop("TRL_RUBRIC_CACHE", None)

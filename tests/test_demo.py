@@ -5,8 +5,7 @@ import json
 from trl_rubric.cli import main
 
 
-def test_demo_quick_learns_without_the_rubric_and_reports(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TRL_RUBRIC_CACHE", str(tmp_path / "cache"))
+def test_demo_quick_learns_without_the_rubric_and_reports(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     rc = main(["demo", "--quick", "--output_dir", str(out_dir), "--eval_samples", "2", "--curve_every", "15"])
     assert rc == 0

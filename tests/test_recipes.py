@@ -73,10 +73,9 @@ def test_accelerate_configs_are_valid_yaml_with_a_comment(path):
     assert config["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED", "FSDP"}
 
 
-def test_toy_recipe_trains_on_cpu(tmp_path, monkeypatch):
+def test_toy_recipe_trains_on_cpu(tmp_path):
     from trl_rubric.cli import main
 
-    monkeypatch.setenv("TRL_RUBRIC_CACHE", str(tmp_path / "cache"))
     recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "toy.yaml")
     out = tmp_path / "toy"
     assert main(["rgsd", "--config", recipe, "--output_dir", str(out), "--max_steps", "2"]) == 0
