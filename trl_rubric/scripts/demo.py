@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..toy.experiment import LearningCurve, plot_learning_curves, repeat_dataset, score_model
 from ._common import UsageError
 
 
@@ -73,78 +74,6 @@ def make_parser():
     return TrlParser((DemoArguments,), prog="trl-rubric demo")
 
 
-def _repeat(dataset, n: int):
-    from datasets import concatenate_datasets
-
-    return concatenate_datasets([dataset] * n) if n > 1 else dataset
-
-
-def _score(model, tokenizer, dataset, judge, n: int, seed: int) -> dict[str, float]:
-    from ..evaluation import evaluate
-
-    result = evaluate(
-        model,
-        _repeat(dataset, n),
-        judge,
-        tokenizer=tokenizer,
-        max_new_tokens=24,
-        batch_size=64,
-        temperature=1.0,
-        seed=seed,
-        n_bootstrap=200,
-        progress=False,
-    )
-    m = result.metrics
-    return {"score": m.weighted_score, "strict": m.strict_completion, "length": m.mean_length}
-
-
-class _LearningCurve:
-    """Trainer callback: every `every` steps, the student's score on the train prompts (prompt only)."""
-
-    def __init__(self, tokenizer, dataset, judge, every: int, seed: int):
-        from transformers import TrainerCallback
-
-        self.points: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-        outer = self
-
-        class Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, model=None, **kwargs):
-                if state.global_step % every == 0 or state.global_step == state.max_steps:
-                    outer.record(model, state.global_step)
-
-        self.callback = Callback()
-        self.tokenizer, self.dataset, self.judge, self.seed = tokenizer, dataset, judge, seed
-
-    def record(self, model, step: int) -> None:
-        was_training = model.training
-        model.eval()
-        point = _score(model, self.tokenizer, self.dataset, self.judge, n=1, seed=self.seed + step)
-        model.train(was_training)
-        self.points.append({"step": step, "seconds": time.perf_counter() - self.start, **point})
-
-
-def _plot(points: list[dict[str, float]], base: float, teacher: float, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, key, label in ((axes[0], "step", "optimizer step"), (axes[1], "seconds", "wall time (s)")):
-        ax.plot([p[key] for p in points], [p["score"] for p in points], marker="o", label="RGSD student (prompt only)")
-        ax.axhline(base, color="grey", linestyle="--", label="base, prompt only")
-        ax.axhline(teacher, color="green", linestyle=":", label="base shown the rubric (teacher)")
-        ax.set_xlabel(label)
-        ax.set_ylabel("weighted rubric score (train prompts)")
-        ax.set_ylim(0, 1)
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("trl-rubric demo: RGSD on the offline toy world")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -177,7 +106,7 @@ def run(args: DemoArguments) -> dict[str, Any]:
     print("[2/5] conditioning gap of the base model ...", flush=True)
     gap = conditioning_gap(
         base,
-        _repeat(train, args.eval_samples),
+        repeat_dataset(train, args.eval_samples),
         world.judge(),
         tokenizer=tokenizer,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
@@ -218,7 +147,7 @@ def run(args: DemoArguments) -> dict[str, Any]:
         disable_tqdm=False,
     )
     curve_judge = world.judge()
-    curve = _LearningCurve(tokenizer, train, curve_judge, every=args.curve_every, seed=args.seed)
+    curve = LearningCurve(tokenizer, train, curve_judge, every=args.curve_every, seed=args.seed)
     trainer = RGSDTrainer(path, args=config, train_dataset=train, processing_class=tokenizer)
     curve.record(trainer.model, 0)
     trainer.add_callback(curve.callback)
@@ -238,10 +167,10 @@ def run(args: DemoArguments) -> dict[str, Any]:
     judge = world.judge()
     student.eval()
     scores = {
-        "base_train": _score(base, tokenizer, train, judge, args.eval_samples, args.seed + 1),
-        "rgsd_train": _score(student, tokenizer, train, judge, args.eval_samples, args.seed + 1),
-        "base_heldout": _score(base, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
-        "rgsd_heldout": _score(student, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
+        "base_train": score_model(base, tokenizer, train, judge, args.eval_samples, args.seed + 1),
+        "rgsd_train": score_model(student, tokenizer, train, judge, args.eval_samples, args.seed + 1),
+        "base_heldout": score_model(base, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
+        "rgsd_heldout": score_model(student, tokenizer, heldout, judge, args.eval_samples, args.seed + 2),
     }
     gap_size = teacher_score - base_score
     closed = (scores["rgsd_train"]["score"] - base_score) / gap_size if gap_size > 0 else float("nan")
@@ -279,7 +208,12 @@ def run(args: DemoArguments) -> dict[str, Any]:
         f"train prompts in {train_seconds:.0f} s of training ({time.perf_counter() - started:.0f} s in all)."
     )
     os.makedirs(args.output_dir, exist_ok=True)
-    _plot(curve.points, base_score, teacher_score, os.path.join(args.output_dir, "learning_curve.png"))
+    plot_learning_curves(
+        {"RGSD student (prompt only)": curve.points},
+        os.path.join(args.output_dir, "learning_curve.png"),
+        references={"base, prompt only": base_score, "base shown the rubric (teacher)": teacher_score},
+        title="trl-rubric demo: RGSD on the offline toy world",
+    )
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(args.output_dir, "report.md"), "w") as f:
