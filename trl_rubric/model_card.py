@@ -96,7 +96,8 @@ def build_model_card(trainer, model_name: str | None = None, dataset_name: str |
     tags = sorted({"trl", "trl-rubric", *trainer._tag_names})
     card_data = ModelCardData(
         base_model=facts["base_model"] if facts["base_model"] and not os.path.isdir(facts["base_model"]) else None,
-        datasets=[dataset_name] if dataset_name else None,
+        # The card's metadata takes Hub ids only; a local path is stated in the text instead.
+        datasets=[dataset_name] if dataset_name and not os.path.exists(dataset_name) else None,
         library_name="transformers",
         tags=tags,
         model_name=model_name,

@@ -104,8 +104,10 @@ class RGSDConfig(GRPOConfig):
             Whose top-k tokens form the support: `"teacher"` or `"student"`.
         distillation_top_k_tail (`bool`, *optional*, defaults to `True`):
             Add a bucket holding the probability mass outside the top-k.
-        distillation_chunk_size (`int`, *optional*, defaults to `128`):
-            Tokens per chunk of the full-vocabulary divergence. Peak memory grows with it; 128 keeps it flat on CPU.
+        distillation_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per call of the full-vocabulary divergence kernel. `None` picks 128 on CPU, where TRL's torch
+            fallback would otherwise allocate 4096-token tiles (128 keeps peak memory flat), and one call on GPUs,
+            where the Triton kernel tiles the tokens itself and every extra call costs a full fp32 LM-head gradient.
         token_clip (`float` or `None`, *optional*, defaults to `0.05`):
             Clamp each token's divergence at this value (tau). `None` turns clipping off.
         token_clip_mode (`str`, *optional*, defaults to `"clamp"`):
@@ -168,8 +170,9 @@ class RGSDConfig(GRPOConfig):
     distillation_top_k_tail: bool = field(
         default=True, metadata={"help": "Add a bucket for the mass outside the top-k."}
     )
-    distillation_chunk_size: int = field(
-        default=128, metadata={"help": "Tokens per chunk of the full-vocabulary divergence."}
+    distillation_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per divergence-kernel call; None = 128 on CPU, one call on GPU."},
     )
     token_clip: float | None = field(
         default=0.05, metadata={"help": "Clamp each token's divergence at tau; None disables."}
@@ -247,7 +250,7 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"teacher_update_rate is {self.teacher_update_rate}; expected a value in (0, 1]")
         if self.teacher_sync_steps < 1:
             raise ValueError(f"teacher_sync_steps is {self.teacher_sync_steps}; expected at least 1")
-        if self.distillation_chunk_size < 1:
+        if self.distillation_chunk_size is not None and self.distillation_chunk_size < 1:
             raise ValueError(f"distillation_chunk_size is {self.distillation_chunk_size}; expected at least 1")
         if self.num_loss_tokens_to_skip < 0:
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
@@ -589,6 +592,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         head = unwrapped.get_output_embeddings()
 
         mask = inputs["rgsd_loss_mask"].bool()
+        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` they only feed the
+        # `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
+        want_logps = self.args.distillation_support == "sampled_token" or self._logged_step()
+        chunk_size = self.args.distillation_chunk_size or (128 if s_hidden.device.type == "cpu" else None)
         out = losses.token_divergence(
             s_hidden[mask],
             head.weight,
@@ -598,12 +605,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             t_bias,
             beta=self.args.distillation_beta,
             support=self.args.distillation_support,
-            target_ids=inputs["completion_ids"][mask],
+            target_ids=inputs["completion_ids"][mask] if want_logps else None,
             top_k=self.args.distillation_top_k,
             top_k_source=self.args.distillation_top_k_source,
             top_k_tail=self.args.distillation_top_k_tail,
             temperature=self.temperature,
-            chunk_size=self.args.distillation_chunk_size,
+            chunk_size=chunk_size,
         )
         clipped, clipped_mask = losses.clip_token_divergence(
             out.divergence, self.args.token_clip, mode=self.args.token_clip_mode
@@ -641,9 +648,18 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f.sum(),
                 (~finite).float().sum(),
                 distill_loss.float(),
+                f.sum() if out.teacher_logps is not None else out.divergence.new_zeros(()),
             ]
         )
         return loss, stats
+
+    def _logged_step(self) -> bool:
+        """Whether the optimizer step being computed ends a logging window (always true outside training)."""
+        if not self.model.training:
+            return True
+        every = self.state.logging_steps or self.args.logging_steps
+        every = max(1, int(every if every >= 1 else every * max(self.state.max_steps, 1)))
+        return (self.state.global_step + 1) % every == 0
 
     def _accumulation_steps(self) -> int:
         # Set by Trainer inside its training loop; a direct call (tests, notebooks) uses the configured value.
@@ -661,7 +677,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         metrics = self._metrics[mode]
         metrics["rgsd/divergence"].append((totals[0] / n).item())
         metrics["rgsd/clipped_frac"].append((totals[1] / n).item())
-        metrics["rgsd/teacher_logratio"].append((totals[2] / n).item())
+        if totals[7] > 0:
+            metrics["rgsd/teacher_logratio"].append((totals[2] / totals[7]).item())
         metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
