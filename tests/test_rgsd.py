@@ -83,7 +83,7 @@ def test_bad_rubric_row_fails_before_training(tiny_model_path, tmp_path):
     rows = make_rubric_rows(4)
     rows[2]["rubric"] = [{"text": "a", "weight": -1.0, "category": None, "title": None, "tags": []}]
     with pytest.raises(
-        ValueError, match="train_dataset row 2: field 'rubric': rubric has no criterion with a positive"
+        ValueError, match="train_dataset row 2: column 'rubric': rubric has no criterion with a positive"
     ):
         RGSDTrainer(tiny_model_path, args=_config(tmp_path), train_dataset=Dataset.from_list(rows))
     with pytest.raises(ValueError, match="has no 'rubric' column"):

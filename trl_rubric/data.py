@@ -21,7 +21,7 @@ RUBRIC_COLUMNS = ("rubric", "rubrics", "criteria")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
-class RubricDatasetError(ValueError):
+class RubricDatasetError(RubricError):
     """A dataset that cannot be used for rubric training. The message names the row, the field and the value."""
 
 
@@ -202,3 +202,43 @@ def load_rubric_dataset(
     if num_samples is not None:
         dataset = dataset.select(range(min(num_samples, len(dataset))))
     return dataset
+
+
+def validate_rubric_column(
+    dataset: Any, column: str = "rubric", name: str = "dataset", pitfall_polarity: str = "as_is"
+) -> None:
+    """Check, before training, that a dataset has rows and that every row's rubric parses.
+
+    Trainers call this on their train and eval datasets. Iterable datasets are skipped (their rows are checked as
+    they stream).
+
+    Raises:
+        RubricDatasetError: naming the dataset, the row, the column and the problem.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) == 0:
+        # Otherwise Trainer "trains" for 0 steps and saves the untouched model without a word.
+        raise RubricDatasetError(f"{name} is empty; expected at least one row with a prompt and a {column!r}")
+    if column not in columns:
+        raise RubricDatasetError(
+            f"{name} has no {column!r} column (columns: {columns}); every prompt needs a rubric. Load the data with "
+            "trl_rubric.load_rubric_dataset, or set rubric_column=..."
+        )
+    for index, value in enumerate(dataset[column]):
+        try:
+            Rubric.from_any(value, pitfall_polarity=pitfall_polarity)
+        except RubricError as e:
+            raise RubricDatasetError(f"{name} row {index}: column {column!r}: {e}") from None
+
+
+def named_datasets(train_dataset: Any, eval_dataset: Any):
+    """`(name, dataset)` pairs of a trainer's datasets, eval dicts included, for error messages."""
+    if train_dataset is not None:
+        yield "train_dataset", train_dataset
+    if isinstance(eval_dataset, dict):
+        for key, dataset in eval_dataset.items():
+            yield f"eval_dataset[{key!r}]", dataset
+    elif eval_dataset is not None:
+        yield "eval_dataset", eval_dataset

@@ -47,6 +47,8 @@ class DemoArguments:
             RGSD learning rate. The toy model is tiny and trained from scratch, so it takes a large one.
         batch_size (`int`, *optional*, defaults to `32`):
             Prompts per RGSD step (one rollout each).
+        distillation_beta (`float`, *optional*, defaults to `0.5`):
+            RGSD divergence: 0 = forward KL(teacher‖student), 1 = reverse KL(student‖teacher), 0.5 = the paper's JSD.
         token_clip (`float` or `None`, *optional*, defaults to `None`):
             Per-token divergence clip for the demo. Off by default: the toy teacher disagrees with the student by far
             more than the 0.05 used on real models, and clamping would silence exactly those tokens.
@@ -63,6 +65,9 @@ class DemoArguments:
     max_steps: int | None = field(default=None, metadata={"help": "RGSD optimizer steps (default 60, quick 30)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "RGSD learning rate."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per RGSD step (one rollout each)."})
+    distillation_beta: float = field(
+        default=0.5, metadata={"help": "0 = forward KL(teacher||student), 1 = reverse KL(student||teacher)."}
+    )
     token_clip: float | None = field(default=None, metadata={"help": "Per-token divergence clip (off by default)."})
     eval_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt when scoring."})
     curve_every: int = field(default=10, metadata={"help": "Steps between learning-curve points."})
@@ -139,6 +144,7 @@ def run(args: DemoArguments) -> dict[str, Any]:
         max_completion_length=24,
         temperature=1.0,
         token_clip=args.token_clip,
+        distillation_beta=args.distillation_beta,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=TEACHER_RENDER_STYLE,
         logging_steps=5,

@@ -24,12 +24,12 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
-from trl.data_utils import is_conversational
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
 from .. import losses
+from ..data import named_datasets, validate_rubric_column
 from ..model_card import RubricModelCardMixin
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
 from ..teacher import (
@@ -346,10 +346,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
                 "applies to the policy's own weights. Leave teacher_model_kind='base' or drop teacher_model."
             )
-        if train_dataset is not None:
-            _validate_rubric_column(train_dataset, args.rubric_column, "train_dataset")
-        if isinstance(eval_dataset, Dataset):
-            _validate_rubric_column(eval_dataset, args.rubric_column, "eval_dataset")
+        for name, dataset in named_datasets(train_dataset, eval_dataset):
+            validate_rubric_column(dataset, args.rubric_column, name, args.pitfall_polarity)
 
         super().__init__(
             model=model,
@@ -719,28 +717,6 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
 def _hub_id_like(source: str | None) -> bool:
     return bool(source) and source.count("/") == 1 and not os.path.exists(source)
-
-
-def _validate_rubric_column(dataset, column: str, name: str) -> None:
-    """Fail before training when a row's rubric cannot be parsed, naming the row, the field and the problem."""
-    if not isinstance(dataset, Dataset):
-        return  # iterable datasets are checked row by row as they stream
-    if len(dataset) == 0:
-        # Otherwise Trainer "trains" for 0 steps and saves the untouched model without a word.
-        raise ValueError(f"{name} is empty; expected at least one row with a prompt and a {column!r}")
-    if column not in dataset.column_names:
-        raise ValueError(
-            f"{name} has no {column!r} column (columns: {dataset.column_names}). RGSD needs a rubric per prompt; "
-            "load the data with trl_rubric.load_rubric_dataset or set rubric_column."
-        )
-    for index, value in enumerate(dataset[column]):
-        try:
-            Rubric.from_any(value)
-        except RubricError as e:
-            raise ValueError(f"{name} row {index}: field {column!r}: {e}") from None
-    if len(dataset) and "prompt" in dataset.column_names and not is_conversational(dataset[0]):
-        if not isinstance(dataset[0]["prompt"], str):
-            raise ValueError(f"{name} row 0: field 'prompt' is neither text nor chat messages")
 
 
 __all__ = ["RGSDConfig", "RGSDTrainer"]

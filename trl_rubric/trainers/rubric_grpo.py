@@ -23,11 +23,12 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..data import named_datasets, validate_rubric_column
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
 from ..rewards import ReweightingConfig, RubricReward
-from ..rubric import PITFALL_POLARITIES, Rubric, RubricError
+from ..rubric import PITFALL_POLARITIES
 from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 "needs; set remove_unused_columns=False"
             )
         column = _setting(args, "rubric_column")
-        for name, dataset in _named_datasets(train_dataset, eval_dataset):
-            _validate_rubrics(dataset, column, name, _setting(args, "pitfall_polarity"))
+        for name, dataset in named_datasets(train_dataset, eval_dataset):
+            validate_rubric_column(dataset, column, name, _setting(args, "pitfall_polarity"))
 
         if judge is None:
             judge = build_judge(args)
@@ -319,33 +320,3 @@ def _reward_weights(weights: list[float] | None, num_user_funcs: int, rubric_wei
         f"reward_weights has {len(weights)} entries for {num_user_funcs} reward_funcs; give one per reward function "
         f"({num_user_funcs}), or one more with the rubric reward's weight first ({num_user_funcs + 1})"
     )
-
-
-def _named_datasets(train_dataset, eval_dataset):
-    if train_dataset is not None:
-        yield "train_dataset", train_dataset
-    if isinstance(eval_dataset, dict):
-        for key, dataset in eval_dataset.items():
-            yield f"eval_dataset[{key!r}]", dataset
-    elif eval_dataset is not None:
-        yield "eval_dataset", eval_dataset
-
-
-def _validate_rubrics(dataset, column: str, name: str, pitfall_polarity: str) -> None:
-    """Fail before training on a missing rubric column or a rubric that does not parse, naming the row."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is None:  # an IterableDataset without known features: checked batch by batch by the reward instead
-        return
-    if hasattr(dataset, "__len__") and len(dataset) == 0:
-        # Otherwise Trainer "trains" for 0 steps and saves the untouched model without a word.
-        raise ValueError(f"{name} is empty; expected at least one row with a prompt and a {column!r}")
-    if column not in columns:
-        raise ValueError(
-            f"{name} has no {column!r} column (columns: {columns}); RubricGRPOTrainer grades each completion against "
-            "its prompt's rubric. Add the column or set rubric_column=..."
-        )
-    for index, value in enumerate(dataset[column]):
-        try:
-            Rubric.from_any(value, pitfall_polarity=pitfall_polarity)
-        except RubricError as e:
-            raise RubricError(f"{name} row {index}: column {column!r}: {e}") from None
