@@ -314,8 +314,7 @@ def test_links_between_pages_resolve():
                 continue
             page = (path.parent / target) if target else path
             if target and not page.exists():
-                if page.name != "benchmarks.md":  # assembled by the lead from docs/_fragments
-                    broken.append(f"{path.name} -> {target}")
+                broken.append(f"{path.name} -> {target}")
                 continue
             if anchor and anchor not in _anchors(page.read_text(encoding="utf-8")):
                 broken.append(f"{path.name} -> {target}#{anchor}")
@@ -328,3 +327,12 @@ def test_api_reference_is_current():
     spec.loader.exec_module(gen_api)
     committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert gen_api.render() == committed, "docs/api.md is stale: run `.venv/bin/python docs/gen_api.py`"
+
+
+def test_images_referenced_by_pages_exist():
+    missing = []
+    for path in doc_pages():
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text(encoding="utf-8")):
+            if not (path.parent / target).exists():
+                missing.append(f"{path.name} -> {target}")
+    assert not missing, f"images that do not exist: {missing}"
