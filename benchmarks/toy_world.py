@@ -227,9 +227,15 @@ def main(argv=None) -> dict[str, Any]:
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
-    from trl_rubric.evaluation import conditioning_gap, evaluate
-    from trl_rubric.toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
-    from trl_rubric.toy.experiment import MAX_NEW_TOKENS, LearningCurve, plot_learning_curves, repeat_dataset
+    from trl_rubric.evaluation import evaluate
+    from trl_rubric.toy import make_world, prepare_toy_model
+    from trl_rubric.toy.experiment import (
+        MAX_NEW_TOKENS,
+        LearningCurve,
+        plot_learning_curves,
+        repeat_dataset,
+        toy_gap,
+    )
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -245,21 +251,7 @@ def main(argv=None) -> dict[str, Any]:
     print("references: the base model without and with the rubric in its prompt ...", flush=True)
     references: dict[str, float] = {}
     for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
-        gap = conditioning_gap(
-            base,
-            repeat_dataset(dataset, args.eval_samples),
-            world.judge(),
-            tokenizer=tokenizer,
-            teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
-            rubric_render_style=TEACHER_RENDER_STYLE,
-            n_samples=None,
-            max_new_tokens=MAX_COMPLETION_LENGTH,
-            batch_size=64,
-            temperature=1.0,
-            seed=args.seed + offset,
-            n_bootstrap=200,
-            progress=False,
-        )
+        gap = toy_gap(base, tokenizer, dataset, world.judge(), n=args.eval_samples, seed=args.seed + offset)
         references[f"base_{split}"] = gap.score_without_rubric
         references[f"teacher_{split}"] = gap.score_with_rubric
         teacher_metrics = gap.with_rubric.metrics

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..toy.experiment import LearningCurve, plot_learning_curves, repeat_dataset, score_model
+from ..toy.experiment import LearningCurve, plot_learning_curves, score_model, toy_gap
 from ._common import UsageError
 
 
@@ -96,7 +96,6 @@ def run(args: DemoArguments) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..evaluation import conditioning_gap
     from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
     from ..trainers.rgsd import RGSDConfig, RGSDTrainer
 
@@ -110,21 +109,7 @@ def run(args: DemoArguments) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_pretrained(path)
 
     print("[2/5] conditioning gap of the base model ...", flush=True)
-    gap = conditioning_gap(
-        base,
-        repeat_dataset(train, args.eval_samples),
-        world.judge(),
-        tokenizer=tokenizer,
-        teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
-        rubric_render_style=TEACHER_RENDER_STYLE,
-        n_samples=None,
-        max_new_tokens=24,
-        batch_size=64,
-        temperature=1.0,
-        seed=args.seed,
-        n_bootstrap=200,
-        progress=False,
-    )
+    gap = toy_gap(base, tokenizer, train, world.judge(), n=args.eval_samples, seed=args.seed)
     base_score, teacher_score = gap.score_without_rubric, gap.score_with_rubric
     print(f"      without rubric {base_score:.3f}, with rubric {teacher_score:.3f}, gap {gap.gap:+.3f}", flush=True)
     results: dict[str, Any] = {"model_path": path, "base_score": base_score, "teacher_score": teacher_score}

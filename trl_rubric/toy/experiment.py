@@ -42,6 +42,29 @@ def score_model(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0) -> 
     return {"score": m.weighted_score, "strict": m.strict_completion, "length": m.mean_length}
 
 
+def toy_gap(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0):
+    """The conditioning gap (`trl_rubric.evaluation.conditioning_gap`) on the toy world, with the teacher view the
+    toy model was pretrained on and the same sampling as [`score_model`]."""
+    from ..evaluation import conditioning_gap
+    from .pretrain import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE
+
+    return conditioning_gap(
+        model,
+        repeat_dataset(dataset, n),
+        judge,
+        tokenizer=tokenizer,
+        teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
+        rubric_render_style=TEACHER_RENDER_STYLE,
+        n_samples=None,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=64,
+        temperature=1.0,
+        seed=seed,
+        n_bootstrap=200,
+        progress=False,
+    )
+
+
 class LearningCurve:
     """Records `score_model` on a fixed dataset every `every` optimizer steps; add `.callback` to a trainer.
 
