@@ -65,8 +65,25 @@ class RubricDataArguments:
 TOY_SCHEME = "toy://"
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A bad command line or recipe: reported in one line with exit code 2, without a traceback."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error message on one line, capped, for `trl-rubric <cmd>: error: ...`."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 600 else text[:599] + "…"
+
+
+def trl_parser(dataclass_types, prog: str):
+    """A `trl.TrlParser` whose argument errors raise [`UsageError`] (one line) instead of printing usage and exiting."""
+    from trl import TrlParser
+
+    class _Parser(TrlParser):
+        def error(self, message):
+            raise UsageError(f"{message} (see `{prog} --help`)")
+
+    return _Parser(dataclass_types=list(dataclass_types), prog=prog)
 
 
 def load_datasets(data_args: RubricDataArguments, want_eval: bool, pitfall_polarity: str = "as_is"):
@@ -186,8 +203,8 @@ def run_command(
 
     Bad input found while parsing or in `build(*parsed)` (unknown options, wrong types, invalid config values, a
     missing dataset or model, malformed rows, incompatible options) becomes one line,
-    `trl-rubric <name>: error: ...`, and exit code 2. Errors raised by `execute(built, *parsed)` (training itself)
-    propagate with their traceback.
+    `trl-rubric <name>: error: ...`, and exit code 2 (set `TRL_RUBRIC_DEBUG=1` for the traceback). Errors raised by
+    `execute(built, *parsed)` (training itself) propagate with their traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -201,7 +218,9 @@ def run_command(
             raise UsageError(f"unknown option(s) {unknown}; run `trl-rubric {name} --help` for the list")
         built = build(*parsed)
     except (UsageError, SetupError, RubricDatasetError, RubricError, ValueError, FileNotFoundError) as e:
-        print(f"trl-rubric {name}: error: {e}", file=sys.stderr)
+        if os.environ.get("TRL_RUBRIC_DEBUG"):
+            raise
+        print(f"trl-rubric {name}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return int(execute(built, *parsed) or 0)
 

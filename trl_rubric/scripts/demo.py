@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..toy.experiment import LearningCurve, plot_learning_curves, score_model, toy_gap
-from ._common import UsageError
+from ._common import UsageError, trl_parser
 
 
 @dataclass
@@ -75,9 +75,7 @@ class DemoArguments:
 
 
 def make_parser():
-    from trl import TrlParser
-
-    return TrlParser((DemoArguments,), prog="trl-rubric demo")
+    return trl_parser((DemoArguments,), "trl-rubric demo")
 
 
 def _fmt(value: Any) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..evaluation import EvaluationError
+from ._common import UsageError, one_line, trl_parser
 
 COMMAND = "eval"
 
@@ -109,24 +110,11 @@ class EvalArguments:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-class UsageError(ValueError):
-    """A command line or recipe that cannot be parsed."""
-
-
 def build_parser(command: str, args_type: type):
     """A `TrlParser` for `(args_type, JudgeArguments)` whose errors raise [`UsageError`] instead of exiting."""
-    from trl import TrlParser
-
     from ..judges.factory import JudgeArguments
 
-    prog = f"trl-rubric {command}"
-
-    class _Parser(TrlParser):
-        # argparse prints the whole usage block and calls sys.exit; a one-line error is easier to read and to test.
-        def error(self, message):
-            raise UsageError(f"{message} (see `{prog} --help`)")
-
-    return _Parser(dataclass_types=[args_type, JudgeArguments], prog=prog)
+    return trl_parser([args_type, JudgeArguments], f"trl-rubric {command}")
 
 
 def make_parser():
@@ -143,11 +131,6 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 600 else text[:599] + "…"
 
 
 def run_command(command: str, argv: list[str] | None, make_parser: Callable, body: Callable[[Any, Any], int]) -> int:
@@ -168,7 +151,7 @@ def run_command(command: str, argv: list[str] | None, make_parser: Callable, bod
     except _expected_errors() as e:
         if os.environ.get("TRL_RUBRIC_DEBUG"):
             raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except StopIteration:
         # `datasets` raises a bare StopIteration on an empty JSON Lines file.
@@ -264,7 +247,7 @@ def load_generator_from_args(args: EvalArguments):
     try:
         tokenizer = AutoTokenizer.from_pretrained(adapter or base, trust_remote_code=args.trust_remote_code)
     except OSError as e:
-        raise EvaluationError(f"cannot load the tokenizer of {args.model_name_or_path!r}: {_one_line(e)}") from None
+        raise EvaluationError(f"cannot load the tokenizer of {args.model_name_or_path!r}: {one_line(e)}") from None
     generator = VLLMGenerator(
         base,
         tokenizer,

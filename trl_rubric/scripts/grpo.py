@@ -1,8 +1,8 @@
 """`trl-rubric grpo`: GRPO with a rubric judge's reward, from a YAML recipe and/or command-line flags.
 
-    vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
-    trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
-    accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
+vllm serve Qwen/Qwen3-30B-A3B-Instruct-2507 --port 8000          # the judge, on its own GPUs
+trl-rubric grpo --config recipes/grpo_judge_qwen2.5-3b_rubrichub_medical.yaml
+accelerate launch -m trl_rubric.scripts.grpo --config recipe.yaml
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ._common import RubricDataArguments, SetupError, UsageError, finish_training, load_datasets, prepare_model_init
+from ._common import (
+    RubricDataArguments,
+    SetupError,
+    UsageError,
+    finish_training,
+    load_datasets,
+    prepare_model_init,
+    trl_parser,
+)
 
 MODULE = "trl_rubric.scripts.grpo"
 
@@ -34,13 +42,11 @@ class ExtraRewardArguments:
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
     from ..trainers.rubric_grpo import RubricGRPOConfig
 
-    return TrlParser(
-        (RubricDataArguments, ExtraRewardArguments, RubricGRPOConfig, ModelConfig), prog="trl-rubric grpo"
-    )
+    return trl_parser((RubricDataArguments, ExtraRewardArguments, RubricGRPOConfig, ModelConfig), "trl-rubric grpo")
 
 
 def _import_reward(path: str):

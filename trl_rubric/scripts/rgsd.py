@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import sys
 
-from ._common import RubricDataArguments, SetupError, UsageError, finish_training, load_datasets, prepare_model_init
+from ._common import (
+    RubricDataArguments,
+    SetupError,
+    UsageError,
+    finish_training,
+    load_datasets,
+    prepare_model_init,
+    trl_parser,
+)
 
 MODULE = "trl_rubric.scripts.rgsd"
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
     from ..trainers.rgsd import RGSDConfig
 
-    return TrlParser((RubricDataArguments, RGSDConfig, ModelConfig), prog="trl-rubric rgsd")
+    return trl_parser((RubricDataArguments, RGSDConfig, ModelConfig), "trl-rubric rgsd")
 
 
 def build_trainer(data_args, training_args, model_args):
