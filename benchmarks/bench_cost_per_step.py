@@ -39,13 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_judge import ServerProcess  # noqa: E402  (a FakeJudgeServer in a child process)
 
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRL_EXPERIMENTAL_SILENCE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
+
+ENV = OFFLINE_ENV
 
 
 def parse_args(argv=None):

@@ -55,14 +55,9 @@ MODES = ("rgsd", "sdft", "rgsd_cached_teacher", "student_only")
 # Not run by default: RGSD without the two sampled-token log-prob passes that only feed the rgsd/teacher_logratio metric
 EXTRA_MODES = ("rgsd_no_target_logps",)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRL_EXPERIMENTAL_SILENCE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
+from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
+
+ENV = {**OFFLINE_ENV, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def parse_args(argv=None):

@@ -44,13 +44,9 @@ import platform
 import time
 from typing import Any
 
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRL_EXPERIMENTAL_SILENCE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
+
+ENV = OFFLINE_ENV
 METHODS = ("base", "rgsd", "grpo", "grpo_reweight", "hybrid")
 LABELS = {
     "base": "base (no training)",

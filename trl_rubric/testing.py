@@ -28,13 +28,20 @@ _WORDS = (
 ).split()
 
 
+#: Environment that keeps Hugging Face libraries off the network and quiet (tests, benchmarks, the demo).
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
 def set_offline_env() -> None:
-    """Keep Hugging Face libraries off the network and quiet (safe to call many times)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Apply [`OFFLINE_ENV`] to this process, keeping any value already set (safe to call many times)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def make_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None, seed: int = 0):
