@@ -31,3 +31,17 @@ def test_demo_rejects_unknown_options(capsys):
     assert main(["demo", "--max_stepz", "3"]) == 2
     err = capsys.readouterr().err
     assert "trl-rubric demo: error: unknown option" in err and "Traceback" not in err
+
+
+def test_demo_without_matplotlib_still_reports(tmp_path, monkeypatch, capsys):
+    import trl_rubric.scripts.demo as demo
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(demo, "plot_learning_curves", no_matplotlib)
+    out_dir = tmp_path / "demo"
+    argv = ["demo", "--quick", "--output_dir", str(out_dir), "--max_steps", "2", "--eval_samples", "1"]
+    assert main(argv) == 0
+    assert (out_dir / "results.json").exists() and not (out_dir / "learning_curve.png").exists()
+    assert "needs matplotlib" in capsys.readouterr().err
