@@ -122,17 +122,98 @@ def test_score_rejects_wrong_number_of_verdicts():
 def test_render_styles():
     rubric = Rubric.from_any(RAR_ROWS[:2] + RAR_ROWS[3:])
     assert rubric.render("numbered") == (
-        "1. States the adult dose of 500 mg.\n2. Lists nausea as a side effect.\n3. Recommends doubling the dose."
+        "A good answer contains:\n1. States the adult dose of 500 mg.\n2. Lists nausea as a side effect.\n"
+        "A good answer avoids:\n3. Recommends doubling the dose."
     )
     assert rubric.render("weighted") == (
+        "A good answer contains:\n"
         "1. [essential, +5 points] States the adult dose of 500 mg.\n"
         "2. [important, +3 points] Lists nausea as a side effect.\n"
+        "A good answer avoids:\n"
         "3. [pitfall, -2 points] Recommends doubling the dose."
     )
     parsed = json.loads(rubric.render("json"))
-    assert parsed[2] == {"id": 3, "text": "Recommends doubling the dose.", "weight": -2.0, "category": "pitfall"}
+    assert parsed[2] == {
+        "id": 3,
+        "text": "Recommends doubling the dose.",
+        "weight": -2.0,
+        "category": "pitfall",
+        "good_answer": "avoids",
+    }
+    assert parsed[0]["good_answer"] == "contains"
+    # a rubric without penalties keeps the plain list
+    assert Rubric.from_any(["a", "b"]).render("numbered") == "1. a\n2. b"
     with pytest.raises(RubricError, match="unknown render style 'fancy'"):
         rubric.render("fancy")
+
+
+# Rows in each public format with a penalty; the penalty must never be listed as something a good answer contains.
+PENALTY_ROWS = {
+    "healthbench": (
+        [
+            {"criterion": "Advises keeping the scheduled postpartum appointment", "points": 7, "tags": ["axis:x"]},
+            {
+                "criterion": "Advises patient not to attend scheduled postpartum appointments",
+                "points": -10,
+                "tags": [],
+            },
+        ],
+        "as_is",
+    ),
+    "rar_medicine": (
+        [
+            {"title": "Dose", "description": "Essential Criteria: States the adult dose of 500 mg.", "weight": 5},
+            {"title": "Bad", "description": "Pitfall Criteria: Recommends doubling the dose.", "weight": -2},
+        ],
+        "negative",
+    ),
+    "researchrubrics": (
+        [
+            {"criterion": "Cites at least two studies", "weight": 3, "axis": "evidence"},
+            {"criterion": "Fabricates a citation", "weight": -4, "axis": "evidence"},
+        ],
+        "as_is",
+    ),
+    "rubrichub": (
+        [{"criterion": "Defines it", "points": 4}, {"criterion": "Gives a wrong formula", "points": -3}],
+        "as_is",
+    ),
+    "normalized": ([{"text": "Defines it", "weight": 2}, {"text": "Gives a wrong formula", "weight": -1}], "as_is"),
+}
+
+
+def _listed_under(rendered: str, text: str) -> str:
+    heading = None
+    for line in rendered.splitlines():
+        if line.startswith("A good answer"):
+            heading = line
+        elif text in line:
+            return heading
+    raise AssertionError(f"{text!r} not in {rendered!r}")
+
+
+@pytest.mark.parametrize("source", sorted(PENALTY_ROWS))
+@pytest.mark.parametrize("style", ["numbered", "weighted"])
+def test_penalties_render_as_things_a_good_answer_avoids(source, style):
+    rows, polarity = PENALTY_ROWS[source]
+    rubric = Rubric.from_any(rows, pitfall_polarity=polarity)
+    rendered = rubric.render(style)
+    assert _listed_under(rendered, rubric[0].text) == "A good answer contains:"
+    assert _listed_under(rendered, rubric[1].text) == "A good answer avoids:"
+    parsed = json.loads(rubric.render("json"))
+    assert [c["good_answer"] for c in parsed] == ["contains", "avoids"]
+
+
+def test_rar_science_avoidance_pitfalls_follow_pitfall_polarity():
+    # RaR-Science writes pitfalls as avoidance ("Does not ...") with weight -2: read positively, they are goals.
+    rows = [
+        {"title": "Law", "description": "Essential Criteria: States Ohm's law.", "weight": 5},
+        {"title": "Units", "description": "Pitfall Criteria: Does not confuse volts with amperes.", "weight": -2},
+    ]
+    as_goal = Rubric.from_any(rows, pitfall_polarity="positive").render("numbered")
+    assert as_goal == "1. States Ohm's law.\n2. Does not confuse volts with amperes."
+    as_mistake = Rubric.from_any(rows, pitfall_polarity="negative").render("numbered")
+    assert _listed_under(as_mistake, "Does not confuse") == "A good answer avoids:"
 
 
 @pytest.mark.parametrize(

@@ -316,26 +316,49 @@ class Rubric:
     def render(self, style: RenderStyle = "numbered") -> str:
         """The rubric as text for a teacher or a judge.
 
+        Criteria that lose points (negative weight) are always shown as things a good answer avoids, never as goals:
+        the text of a penalty describes the mistake ("Advises the patient to skip the appointment", -10).
+
         Styles:
-            - `"numbered"`: "1. criterion" lines, no weights (what the RGSD teacher sees by default).
-            - `"weighted"`: "1. [essential, +5] criterion" lines; penalties show as negative points.
-            - `"json"`: a JSON list of `{id, text, weight, category}` with 1-based ids.
+            - `"numbered"`: "1. criterion" lines, no weights (what the RGSD teacher sees by default). When the rubric
+              has penalties, the lines are grouped under "A good answer contains:" and "A good answer avoids:".
+            - `"weighted"`: "1. [essential, +5 points] criterion" lines, grouped the same way; penalties show their
+              negative points.
+            - `"json"`: a JSON list of `{id, text, weight, category, good_answer}` with 1-based ids, `good_answer`
+              being `"contains"` or `"avoids"`.
         """
-        if style == "numbered":
-            return "\n".join(f"{i}. {c.text}" for i, c in enumerate(self.criteria, start=1))
-        if style == "weighted":
-            lines = []
-            for i, c in enumerate(self.criteria, start=1):
-                points = f"{c.weight:+g} points"
-                label = f"{c.category}, {points}" if c.category else points
-                lines.append(f"{i}. [{label}] {c.text}")
-            return "\n".join(lines)
+        if style not in RENDER_STYLES:
+            raise RubricError(f"unknown render style {style!r}; expected one of {RENDER_STYLES}")
         if style == "json":
             return json.dumps(
                 [
-                    {"id": i, "text": c.text, "weight": c.weight, "category": c.category}
+                    {
+                        "id": i,
+                        "text": c.text,
+                        "weight": c.weight,
+                        "category": c.category,
+                        "good_answer": "avoids" if c.weight < 0 else "contains",
+                    }
                     for i, c in enumerate(self.criteria, start=1)
                 ],
                 ensure_ascii=False,
             )
-        raise RubricError(f"unknown render style {style!r}; expected one of {RENDER_STYLES}")
+
+        def line(i: int, c: Criterion) -> str:
+            if style == "numbered":
+                return f"{i}. {c.text}"
+            points = f"{c.weight:+g} points"
+            return f"{i}. [{c.category}, {points}] {c.text}" if c.category else f"{i}. [{points}] {c.text}"
+
+        gains = [c for c in self.criteria if c.weight >= 0]
+        penalties = [c for c in self.criteria if c.weight < 0]
+        if not penalties:  # unchanged plain list: nothing to tell apart
+            return "\n".join(line(i, c) for i, c in enumerate(gains, start=1))
+        # Grouped, numbered on through both lists, so the teacher never reads a penalty as a goal.
+        ordered = gains + penalties
+        lines = ["A good answer contains:"]
+        for i, c in enumerate(ordered, start=1):
+            if i == len(gains) + 1:
+                lines.append("A good answer avoids:")
+            lines.append(line(i, c))
+        return "\n".join(lines)

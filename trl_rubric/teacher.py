@@ -6,20 +6,25 @@ This module holds the teacher *context* (how a prompt and its rubric become the 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .rubric import Rubric
 
 #: Default teacher context, following the structure of the RGSD paper (arXiv 2606.12507) in our own words: the
 #: question, the numbered criteria presented as hidden evaluation criteria, then an instruction to answer on its own
-#: without referring to them.
+#: without referring to them. The wording stays neutral about what a criterion asks for: penalty criteria are rendered
+#: under "A good answer avoids:" (see [`Rubric.render`]), so the template must not call every criterion a goal.
 DEFAULT_TEACHER_PROMPT_TEMPLATE = (
     "{prompt}\n\n"
     "Hidden evaluation criteria (the reader will not see these):\n"
     "{rubric}\n\n"
-    "Answer the question above on your own. Let the criteria guide what a good answer contains, "
+    "Answer the question above on your own. Let the criteria guide your answer, "
     "but do not mention, quote or refer to them."
 )
+
+
+_PLACEHOLDER = re.compile(r"\{prompt\}|\{rubric\}")
 
 
 def _check_template(template: str) -> None:
@@ -50,8 +55,9 @@ def build_teacher_prompt(
     rendered = Rubric.from_any(rubric).render(render_style)
 
     def fill(text: str) -> str:
-        # str.replace, not str.format: prompts and rubrics often contain braces (JSON, LaTeX, code).
-        return template.replace("{prompt}", text).replace("{rubric}", rendered)
+        # One pass over the template only, not str.format or chained replace: prompts and rubrics often contain braces
+        # (JSON, LaTeX, code), and a literal "{rubric}" inside the user's prompt must stay as written.
+        return _PLACEHOLDER.sub(lambda m: text if m.group(0) == "{prompt}" else rendered, template)
 
     if isinstance(prompt, str):
         return fill(prompt)
