@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -155,6 +155,25 @@ def transform_logits(
     if final_logit_softcapping is not None:
         logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
     return logits / temperature
+
+
+def logit_processing(config: Any) -> tuple[float, float | None]:
+    """`(logit_scale, final_logit_softcapping)` that a model applies to its LM head's output, read from its config.
+
+    Reads the same fields as TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`): Cohere's `logit_scale`,
+    `output_multiplier`, Falcon-H1's `lm_head_multiplier`, Granite's `logits_scaling` (a divisor; HyperCLOVA X
+    multiplies by it), and `final_logit_softcapping` (Gemma-2 and others). Without them the divergence would be taken
+    between distributions the models never sample from.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = getattr(config, "logit_scale", None)
+    for name in ("output_multiplier", "lm_head_multiplier"):
+        if scale is None:
+            scale = getattr(config, name, None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scaling = config.logits_scaling
+        scale = scaling if getattr(config, "model_type", None) == "hyperclovax" else 1.0 / scaling
+    return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

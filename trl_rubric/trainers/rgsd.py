@@ -370,6 +370,13 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
         self.teacher_model = self._build_teacher(teacher_model, quantization_config)
+        # Logit scale and soft-capping as each model applies them (a separate teacher has its own config).
+        self._student_logits = losses.logit_processing(self.accelerator.unwrap_model(self.model).config)
+        self._teacher_logits = (
+            losses.logit_processing(self.accelerator.unwrap_model(self.teacher_model).config)
+            if teacher_model is not None
+            else self._student_logits
+        )
         #: What scored the completions, as stated in model cards.
         self.teacher_description = (
             f"separate model {teacher_model if isinstance(teacher_model, str) else get_config_model_id(teacher_model.config)}"
@@ -609,6 +616,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             top_k_tail=self.args.distillation_top_k_tail,
             temperature=self.temperature,
             chunk_size=chunk_size,
+            student_logit_scale=self._student_logits[0],
+            student_final_logit_softcapping=self._student_logits[1],
+            teacher_logit_scale=self._teacher_logits[0],
+            teacher_final_logit_softcapping=self._teacher_logits[1],
         )
         clipped, clipped_mask = losses.clip_token_divergence(
             out.divergence, self.args.token_clip, mode=self.args.token_clip_mode

@@ -1,0 +1,120 @@
+"""RGSD correct by default (issue 14): logit processing, the initial policy as teacher, clipping, EMA, skipped work."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from trl_rubric import losses
+from trl_rubric.testing import make_rubric_rows
+from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+
+
+def _config(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return RGSDConfig(**kwargs)
+
+
+def _dataset(n=4):
+    return Dataset.from_list(make_rubric_rows(n, conversational=True))
+
+
+# ---------------------------------------------------------------- logit scale and soft-capping
+
+
+def _tiny_model_of_class(kind, path, tokenizer_path):
+    """A random tiny Cohere / Granite / Gemma-2 model with logit processing strong enough to matter, built offline."""
+    import transformers
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    if kind == "cohere":
+        config = transformers.CohereConfig(**common, logit_scale=4.0)
+        cls = transformers.CohereForCausalLM
+    elif kind == "granite":
+        config = transformers.GraniteConfig(**common, logits_scaling=0.25)
+        cls = transformers.GraniteForCausalLM
+    else:
+        config = transformers.Gemma2Config(**common, head_dim=8, final_logit_softcapping=0.05)
+        cls = transformers.Gemma2ForCausalLM
+    torch.manual_seed(1)
+    model = cls(config)
+    with torch.no_grad():  # logits large enough that scale and cap change the distribution clearly
+        model.get_output_embeddings().weight.mul_(20.0)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _own_logps(path, input_ids, attention_mask, T):
+    model = AutoModelForCausalLM.from_pretrained(path)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
+
+
+@pytest.mark.parametrize("student_kind,teacher_kind", [("cohere", "granite"), ("gemma2", "cohere"), ("granite", None)])
+def test_divergence_uses_each_models_own_logit_scale_and_softcap(
+    tiny_model_path, tmp_path, monkeypatch, student_kind, teacher_kind
+):
+    student = _tiny_model_of_class(student_kind, tmp_path / "student", tiny_model_path)
+    teacher = _tiny_model_of_class(teacher_kind, tmp_path / "teacher", tiny_model_path) if teacher_kind else None
+    trainer = RGSDTrainer(
+        student, args=_config(tmp_path, token_clip=None), train_dataset=_dataset(), teacher_model=teacher
+    )
+    batch = trainer._generate_and_score_completions(list(_dataset()))
+    seen = {}
+    real = losses.token_divergence
+
+    def spy(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "token_divergence", spy)
+    trainer._compute_loss(trainer.model, batch)
+    s_hidden, s_w, s_b, t_hidden, t_w, t_b = (a.detach() if a is not None else None for a in seen["args"])
+    kw = seen["kwargs"]
+
+    def rgsd_logps(hidden, weight, bias, who):
+        logits = hidden @ weight.T + (0 if bias is None else bias)
+        scale, cap = kw.get(f"{who}_logit_scale", 1.0), kw.get(f"{who}_final_logit_softcapping")
+        return torch.log_softmax(losses.transform_logits(logits, 1.0, scale, cap).float(), -1)
+
+    mask = batch["rgsd_loss_mask"].bool()
+    T = batch["completion_ids"].size(1)
+    s_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    s_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    expected_s = _own_logps(student, s_ids, s_mask, T)[mask]
+    expected_t = _own_logps(teacher or student, *trainer._teacher_inputs(batch))[mask]
+    plain = torch.log_softmax(s_hidden @ s_w.T, -1)
+    assert (plain.exp() - expected_s.exp()).abs().sum(-1).max() > 0.05  # the processing matters for this model
+    torch.testing.assert_close(rgsd_logps(s_hidden, s_w, s_b, "student"), expected_s, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rgsd_logps(t_hidden, t_w, t_b, "teacher"), expected_t, atol=1e-4, rtol=1e-4)
