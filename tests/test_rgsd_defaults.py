@@ -118,3 +118,111 @@ def test_divergence_uses_each_models_own_logit_scale_and_softcap(
     assert (plain.exp() - expected_s.exp()).abs().sum(-1).max() > 0.05  # the processing matters for this model
     torch.testing.assert_close(rgsd_logps(s_hidden, s_w, s_b, "student"), expected_s, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(rgsd_logps(t_hidden, t_w, t_b, "teacher"), expected_t, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def test_signed_clip_is_symmetric_for_the_sampled_token_estimate():
+    x = torch.tensor([0.2, -0.2, 0.01, -0.01], requires_grad=True)
+    clamped, mask = losses.clip_token_divergence(x, 0.05, "clamp", signed=True)
+    assert mask.tolist() == [True, True, False, False]
+    assert clamped.tolist() == pytest.approx([0.05, -0.05, 0.01, -0.01])
+    (g,) = torch.autograd.grad(clamped.sum(), x)
+    assert g.tolist() == [0.0, 0.0, 1.0, 1.0]
+    scaled, _ = losses.clip_token_divergence(x, 0.05, "scale", signed=True)
+    (g,) = torch.autograd.grad(scaled.sum(), x)
+    assert g.tolist() == pytest.approx([0.25, 0.25, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("mode", ["clamp", "scale", None])
+def test_sampled_token_clip_in_exact_expectation(mode):
+    # Enumerate every token y ~ p_student: the expected surrogate gradient, against a closed-form reference.
+    torch.manual_seed(0)
+    z = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(8, dtype=torch.float64) * 2, -1)
+    logp = torch.log_softmax(z, -1)
+    p = logp.exp().detach()
+    tau = 0.5 if mode else None
+    expected = torch.zeros_like(z)
+    for y in range(8):
+        estimate = losses.sampled_token_reverse_kl(logp[y : y + 1], teacher[y : y + 1])
+        clipped, _ = losses.clip_token_divergence(estimate, tau, mode or "clamp", signed=True)
+        (g,) = torch.autograd.grad(clipped.sum(), z, retain_graph=True)
+        expected += p[y] * g
+    r = (logp - teacher).detach()
+    assert (r > 0.5).any() and (r < -0.5).any()  # both sides are clipped in this setup
+    if mode is None:
+        (true,) = torch.autograd.grad((logp.exp() * (logp - teacher)).sum(), z)  # ∇ KL(student‖teacher)
+        torch.testing.assert_close(expected, true)
+        return
+    coef = r.clamp(-tau, tau) if mode == "scale" else torch.where(r.abs() > tau, torch.zeros_like(r), r)
+    # ∇_z log p(y) = onehot(y) - p
+    reference = sum(p[y] * coef[y] * (torch.nn.functional.one_hot(torch.tensor(y), 8) - p) for y in range(8))
+    torch.testing.assert_close(expected, reference)
+
+
+def _confident_teacher(tmp_path, tiny_model_path):
+    """A separate teacher whose next-token distributions are near one-hot, so every token's JSD is far above 0.05."""
+    from trl_rubric.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "confident", seed=5, tokenizer=AutoTokenizer.from_pretrained(tiny_model_path))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(300.0)
+    return model
+
+
+def test_mostly_clipped_window_warns_once_naming_the_fields(tiny_model_path, tmp_path, caplog):
+    teacher = _confident_teacher(tmp_path, tiny_model_path)
+    trainer = RGSDTrainer(
+        tiny_model_path, args=_config(tmp_path, max_steps=3), train_dataset=_dataset(8), teacher_model=teacher
+    )
+    with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "had their divergence clipped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "token_clip=0.05" in warnings[0] and "token_clip_mode='clamp'" in warnings[0]
+    assert trainer.state.log_history[0]["rgsd/clipped_frac"] > 0.5
+
+
+def test_confident_teacher_moves_the_weights_when_the_clip_keeps_gradients(tiny_model_path, tmp_path):
+    teacher = _confident_teacher(tmp_path, tiny_model_path)
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, token_clip_mode="scale"),
+        train_dataset=_dataset(8),
+        teacher_model=teacher,
+    )
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.state.log_history[0]["rgsd/clipped_frac"] > 0.5
+    assert trainer.state.log_history[0]["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_per_entry_clip_is_refused_with_sampled_token(tmp_path):
+    with pytest.raises(ValueError, match="per_entry.*sampled_token"):
+        _config(tmp_path, token_clip_mode="per_entry", distillation_support="sampled_token")
+    assert _config(tmp_path, token_clip_mode="per_entry").token_clip_mode == "per_entry"
+
+
+# ---------------------------------------------------------------- smaller ones
+
+
+@pytest.mark.parametrize("loss_type", ["cispo", "sapo", "vespo"])
+def test_policy_only_loss_types_are_refused_by_the_config(tmp_path, loss_type):
+    with pytest.raises(ValueError, match=f"loss_type is '{loss_type}'"):
+        _config(tmp_path, loss_type=loss_type)
+
+
+def test_logged_loss_is_not_divided_by_gradient_accumulation(tiny_model_path, tmp_path):
+    trainer = RGSDTrainer(tiny_model_path, args=_config(tmp_path, token_clip=None), train_dataset=_dataset())
+    batch = trainer._generate_and_score_completions(list(_dataset()))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    full = trainer._compute_loss(trainer.model, batch).item()
+    trainer.current_gradient_accumulation_steps = 4
+    scaled = trainer._compute_loss(trainer.model, batch).item()
+    assert scaled == pytest.approx(full / 4)
+    assert trainer._metrics["train"]["rgsd/loss"][-2:] == pytest.approx([full, full])

@@ -44,6 +44,12 @@ from .resume import ExactResumeMixin
 logger = logging.getLogger(__name__)
 
 DISTILLATION_SUPPORTS = ("full", "topk", "sampled_token")
+TOKEN_CLIP_MODES = ("clamp", "scale", "per_entry")
+#: The clip default, in one place: the lead sets it from the clip-mode ablation (docs/benchmarks.md).
+DEFAULT_TOKEN_CLIP: float | None = 0.05
+DEFAULT_TOKEN_CLIP_MODE = "clamp"
+#: Warn (once) when more than this fraction of the loss tokens in a logging window were clipped.
+CLIPPED_FRAC_WARNING = 0.5
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
 
 
@@ -109,10 +115,16 @@ class RGSDConfig(GRPOConfig):
             fallback would otherwise allocate 4096-token tiles (128 keeps peak memory flat), and one call on GPUs,
             where the Triton kernel tiles the tokens itself and every extra call costs a full fp32 LM-head gradient.
         token_clip (`float` or `None`, *optional*, defaults to `0.05`):
-            Clamp each token's divergence at this value (tau). `None` turns clipping off.
+            Bound on each token's divergence (tau; see `token_clip_mode`). `None` turns clipping off. When more than
+            half of the loss tokens in a logging window are clipped, a warning says so: raise tau or change the mode.
         token_clip_mode (`str`, *optional*, defaults to `"clamp"`):
-            `"clamp"`: tokens above tau give no gradient. `"scale"`: their value is tau and their gradient is scaled
-            by tau / divergence, so the direction is kept.
+            `"clamp"`: a token's divergence above tau counts as tau and gives no gradient, so the tokens the rubric
+            changes most can drop out (with a confident teacher, all of them). `"scale"`: their value is tau and their
+            gradient is scaled by tau / divergence, so the direction is kept. `"per_entry"`: the OPSD code's clip
+            (used by RCSD), on each vocabulary entry's contribution before the sum over the vocabulary, so a token's
+            loss can be negative; `full` and `topk` supports only. With `sampled_token` the clip is symmetric,
+            `[-tau, tau]`, because that estimate is signed. The defaults live in `DEFAULT_TOKEN_CLIP` and
+            `DEFAULT_TOKEN_CLIP_MODE`; see `docs/concepts.md` for the modes.
         mask_thinking (`bool`, *optional*, defaults to `False`):
             Leave tokens between `thinking_start` and `thinking_end` (inclusive) out of the loss. Use it for thinking
             models: the teacher's reasoning mentions the criteria.
@@ -175,10 +187,14 @@ class RGSDConfig(GRPOConfig):
         metadata={"help": "Tokens per divergence-kernel call; None = 128 on CPU, one call on GPU."},
     )
     token_clip: float | None = field(
-        default=0.05, metadata={"help": "Clamp each token's divergence at tau; None disables."}
+        default=DEFAULT_TOKEN_CLIP, metadata={"help": "Bound tau on each token's divergence; None disables."}
     )
-    token_clip_mode: Literal["clamp", "scale"] = field(
-        default="clamp", metadata={"help": "clamp (no gradient above tau) or scale (gradient scaled by tau/div)."}
+    token_clip_mode: Literal["clamp", "scale", "per_entry"] = field(
+        default=DEFAULT_TOKEN_CLIP_MODE,
+        metadata={
+            "help": "clamp (no gradient above tau), scale (gradient scaled by tau/div) or per_entry (each "
+            "vocabulary entry clipped before the sum; full and topk only)."
+        },
     )
     mask_thinking: bool = field(
         default=False, metadata={"help": "Exclude tokens inside thinking blocks from the loss."}
@@ -238,7 +254,7 @@ class RGSDConfig(GRPOConfig):
         choice("distillation_support", DISTILLATION_SUPPORTS)
         choice("distillation_top_k_source", ("teacher", "student"))
         choice("rubric_render_style", RENDER_STYLES)
-        choice("token_clip_mode", ("clamp", "scale"))
+        choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         if not 0.0 <= self.distillation_beta <= 1.0:
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
@@ -246,6 +262,17 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"distillation_weight is {self.distillation_weight}; expected a value in [0, 1]")
         if self.token_clip is not None and self.token_clip <= 0:
             raise ValueError(f"token_clip is {self.token_clip}; expected a positive number or None")
+        if self.loss_type in losses.POLICY_ONLY_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type is {self.loss_type!r}, which reshapes GRPO's importance-ratio objective and has no "
+                f"distillation analogue; use one of {losses.LOSS_TYPES}"
+            )
+        if self.token_clip_mode == "per_entry" and self.distillation_support == "sampled_token":
+            raise ValueError(
+                "token_clip_mode='per_entry' clips each vocabulary entry's contribution, but "
+                "distillation_support='sampled_token' has one entry per token; use token_clip_mode 'clamp' or "
+                "'scale' (symmetric for that estimate), or distillation_support 'full' or 'topk'."
+            )
         if not 0.0 < self.teacher_update_rate <= 1.0:
             raise ValueError(f"teacher_update_rate is {self.teacher_update_rate}; expected a value in (0, 1]")
         if self.teacher_sync_steps < 1:
@@ -601,6 +628,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         # `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
         want_logps = self.args.distillation_support == "sampled_token" or self._logged_step()
         chunk_size = self.args.distillation_chunk_size or (128 if s_hidden.device.type == "cpu" else None)
+        per_entry = self.args.token_clip_mode == "per_entry" and self.args.token_clip is not None
+        entry_clip = {"entry_clip": self.args.token_clip} if per_entry else {}
         out = losses.token_divergence(
             s_hidden[mask],
             head.weight,
@@ -620,10 +649,17 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             student_final_logit_softcapping=self._student_logits[1],
             teacher_logit_scale=self._teacher_logits[0],
             teacher_final_logit_softcapping=self._teacher_logits[1],
+            **entry_clip,
         )
-        clipped, clipped_mask = losses.clip_token_divergence(
-            out.divergence, self.args.token_clip, mode=self.args.token_clip_mode
-        )
+        if per_entry:  # already clipped inside the divergence, entry by entry
+            clipped, clipped_mask = out.divergence, torch.zeros_like(out.divergence, dtype=torch.bool)
+        else:
+            clipped, clipped_mask = losses.clip_token_divergence(
+                out.divergence,
+                self.args.token_clip,
+                mode=self.args.token_clip_mode,
+                signed=self.args.distillation_support == "sampled_token",
+            )
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
@@ -639,7 +675,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             gradient_accumulation_steps=self._accumulation_steps() if mode == "train" else 1,
             steps_per_generation=self.args.steps_per_generation if mode == "train" else 1,
         )
-        distill_loss = loss.detach()
+        # Undo the 1/gradient_accumulation_steps scaling TRL expects, so the logged loss is the loss itself.
+        distill_loss = loss.detach() * (self._accumulation_steps() if mode == "train" else 1)
         if self._rgsd_hybrid:
             grpo_loss = GRPOTrainer._compute_loss(self, unwrapped, inputs)
             w = self.args.distillation_weight
@@ -696,12 +733,31 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     # ------------------------------------------------------------------ logging and checkpoints
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._warn_if_mostly_clipped()
         if not self._rgsd_has_rewards:
             mode = "train" if self.model.training else "eval"
             for key in list(self._metrics[mode]):
                 if key in ("reward", "reward_std", "frac_reward_zero_std") or key.startswith("rewards/"):
                     del self._metrics[mode][key]
         super().log(logs, start_time)
+
+    def _warn_if_mostly_clipped(self) -> None:
+        mode = "train" if self.model.training else "eval"
+        fracs = self._metrics[mode].get("rgsd/clipped_frac")
+        if getattr(self, "_warned_clipped", False) or not fracs:
+            return
+        frac = sum(fracs) / len(fracs)
+        if frac > CLIPPED_FRAC_WARNING:
+            self._warned_clipped = True
+            logger.warning(
+                "%.0f%% of the loss tokens in this logging window had their divergence clipped (token_clip=%s, "
+                "token_clip_mode=%r)%s. The tokens the rubric changes most are the ones clipped: raise token_clip, "
+                "set token_clip_mode='scale' or 'per_entry', or token_clip=None.",
+                100 * frac,
+                self.args.token_clip,
+                self.args.token_clip_mode,
+                ", so they give no gradient" if self.args.token_clip_mode == "clamp" else "",
+            )
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
