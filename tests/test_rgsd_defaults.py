@@ -226,3 +226,53 @@ def test_logged_loss_is_not_divided_by_gradient_accumulation(tiny_model_path, tm
     scaled = trainer._compute_loss(trainer.model, batch).item()
     assert scaled == pytest.approx(full / 4)
     assert trainer._metrics["train"]["rgsd/loss"][-2:] == pytest.approx([full, full])
+
+
+# ---------------------------------------------------------------- EMA teacher
+
+
+def _ema_run(callback_update, steps=200, rate=0.05):
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    teacher = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    teacher.load_state_dict(policy.state_dict())
+    exact = [p.detach().double().clone() for p in teacher.parameters()]
+    args = SimpleNamespace(teacher_sync_steps=1, teacher_update_rate=rate)
+    for step in range(1, steps + 1):
+        with torch.no_grad():  # realistic optimizer steps: about 1e-3 relative per step
+            for p in policy.parameters():
+                p.add_(torch.randn_like(p) * p.abs().mean() * 1e-3)
+        callback_update(policy, teacher, args, step)
+        for e, p in zip(exact, policy.parameters(), strict=True):
+            e.mul_(1 - rate).add_(p.detach().double(), alpha=rate)
+    return teacher, exact, policy
+
+
+def test_bf16_ema_teacher_tracks_a_float64_ema():
+    from types import SimpleNamespace
+
+    from trl_rubric.teacher import EMATeacherCallback
+
+    callbacks = {}
+
+    def ours(policy, teacher, args, step):
+        cb = callbacks.setdefault("cb", EMATeacherCallback(teacher))
+        cb.on_step_end(args, SimpleNamespace(global_step=step), None, model=policy)
+
+    teacher, exact, _ = _ema_run(ours)
+    for got, want in zip(teacher.parameters(), exact, strict=True):
+        # the exact average, rounded once to bf16
+        torch.testing.assert_close(got.double(), want.to(torch.bfloat16).double(), atol=0, rtol=0)
+
+    def in_place(policy, teacher, args, step):  # TRL's in-place update, for contrast
+        for t, p in zip(teacher.parameters(), policy.parameters(), strict=True):
+            t.data.mul_(1 - args.teacher_update_rate).add_(p.data, alpha=args.teacher_update_rate)
+
+    stale, exact, _ = _ema_run(in_place)
+    wrong = sum(
+        (t.double() != e.to(torch.bfloat16).double()).sum().item()
+        for t, e in zip(stale.parameters(), exact, strict=True)
+    )
+    assert wrong / sum(p.numel() for p in stale.parameters()) > 0.3

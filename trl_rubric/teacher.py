@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
+from transformers import TrainerCallback
+
 from .rubric import Rubric
 
 #: Default teacher context, following the structure of the RGSD paper (arXiv 2606.12507) in our own words: the
@@ -106,3 +109,57 @@ def freeze(model):
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def _zero3(accelerator) -> bool:
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+class EMATeacherCallback(TrainerCallback):
+    """Keeps an EMA teacher, `teacher = (1 - rate) * teacher + rate * policy`, with the average held in fp32.
+
+    TRL's `SyncTeacherModelCallback` updates the teacher in place in its own dtype. In bf16 a step of
+    `rate * (policy - teacher)` is usually below half a unit in the last place and rounds away, so most weights never
+    move. Here every low-precision parameter has an fp32 shadow that accumulates the exact average, and the teacher
+    gets the shadow rounded to its dtype. fp32 and fp64 teachers are updated in place (no shadow).
+    """
+
+    def __init__(self, teacher_model, accelerator=None):
+        self.teacher_model = teacher_model
+        self.accelerator = accelerator
+        self.shadow: dict[int, torch.Tensor] = {}
+
+    def update(self, model, rate: float) -> None:
+        """One EMA step towards `model`'s current weights."""
+        teacher = self.teacher_model
+        if self.accelerator is not None:
+            model, teacher = self.accelerator.unwrap_model(model), self.accelerator.unwrap_model(teacher)
+        if _zero3(self.accelerator):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(
+                list(model.parameters()) + list(teacher.parameters()), modifier_rank=0
+            ):
+                if deepspeed.comm.get_rank() == 0:
+                    self._update(model, teacher, rate)
+        else:
+            self._update(model, teacher, rate)
+
+    @torch.no_grad()
+    def _update(self, model, teacher, rate: float) -> None:
+        for i, (target, source) in enumerate(zip(teacher.parameters(), model.parameters(), strict=True)):
+            if not target.is_floating_point():
+                continue
+            if target.dtype in (torch.float32, torch.float64):
+                target.data.lerp_(source.data.to(target.dtype), rate)
+                continue
+            shadow = self.shadow.get(i)
+            if shadow is None:
+                shadow = self.shadow[i] = target.data.float()
+            shadow.lerp_(source.data.float(), rate)
+            target.data.copy_(shadow)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.teacher_sync_steps == 0:
+            self.update(kwargs["model"], args.teacher_update_rate)

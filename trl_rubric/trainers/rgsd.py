@@ -35,6 +35,7 @@ from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
+    EMATeacherCallback,
     build_teacher_prompt,
     freeze,
     teacher_shares_tokenizer,
@@ -71,7 +72,8 @@ class RGSDConfig(GRPOConfig):
             weights, without gradients. A separate teacher (`teacher_model_name_or_path`, or `teacher_model=` on the
             trainer) is always frozen and needs the default `"base"`.
         teacher_update_rate (`float`, *optional*, defaults to `0.05`):
-            EMA rate for `teacher_model_kind="ema"`: `teacher = (1 - rate) * teacher + rate * policy`.
+            EMA rate for `teacher_model_kind="ema"`: `teacher = (1 - rate) * teacher + rate * policy`. The average is
+            kept in fp32 even when the teacher is bf16, so small updates are not rounded away.
         teacher_sync_steps (`int`, *optional*, defaults to `1`):
             Optimizer steps between EMA updates for `teacher_model_kind="ema"`.
         teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
@@ -470,9 +472,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         else:
             teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         if kind == "ema":
-            from trl.experimental.sdft.teacher_sync import SyncTeacherModelCallback
-
-            self.add_callback(SyncTeacherModelCallback(teacher_model=teacher, accelerator=self.accelerator))
+            self.add_callback(EMATeacherCallback(teacher, accelerator=self.accelerator))
         return teacher
 
     def _teacher_prompts(self, inputs: list[dict[str, Any]]) -> list:
