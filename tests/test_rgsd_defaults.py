@@ -276,3 +276,107 @@ def test_bf16_ema_teacher_tracks_a_float64_ema():
         for t, e in zip(stale.parameters(), exact, strict=True)
     )
     assert wrong / sum(p.numel() for p in stale.parameters()) > 0.3
+
+
+# ---------------------------------------------------------------- the base teacher is the initial policy
+
+
+def _step0_loss(trainer):
+    """Loss at step 0 with the teacher shown exactly the student's prompt: zero iff teacher == initial policy."""
+    batch = trainer._generate_and_score_completions(list(_dataset()))
+    with torch.no_grad():
+        return trainer._compute_loss(trainer.model, batch).item()
+
+
+_SAME_VIEW = dict(teacher_prompt_template="{prompt}", token_clip=None)
+
+
+def test_in_memory_model_is_copied_not_reloaded(tiny_model_path, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():  # an in-memory change the checkpoint on disk does not have (an SFT stage, merged adapters)
+        for p in model.model.layers[0].parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    trainer = RGSDTrainer(model, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset())
+    student = trainer.model.state_dict()
+    assert all(torch.equal(v, student[k]) for k, v in trainer.teacher_model.state_dict().items())
+    assert _step0_loss(trainer) < 1e-6
+
+
+def test_uncopyable_model_object_gives_a_clear_error(tiny_model_path, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+
+    def refuse(memo):
+        raise RuntimeError("cannot pickle this")
+
+    model.__deepcopy__ = refuse  # as a model with unpicklable state would
+    with pytest.raises(ValueError, match="could not be copied.*save_pretrained"):
+        RGSDTrainer(model, args=_config(tmp_path), train_dataset=_dataset())
+
+
+def test_nonzero_lora_init_keeps_a_frozen_copy_of_the_initial_adapter(tiny_model_path, tmp_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(
+        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    trainer = RGSDTrainer(
+        tiny_model_path, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset(), peft_config=peft_config
+    )
+    assert trainer._teacher_adapter == "rgsd_teacher" and trainer.teacher_model is None
+    assert _step0_loss(trainer) < 1e-6
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)
+    # the copy stays frozen through training (with the rubric shown again, so there is something to learn)
+    from trl_rubric.teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE
+
+    trainer.args.teacher_prompt_template = DEFAULT_TEACHER_PROMPT_TEMPLATE
+    copy_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".rgsd_teacher." in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(v, after[n]) for n, v in copy_before.items())
+    assert any(not torch.equal(v, after[n.replace(".rgsd_teacher.", ".default.")]) for n, v in copy_before.items())
+
+
+def test_loaded_peft_model_teacher_is_the_loaded_adapter(tiny_model_path, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    trainer = RGSDTrainer(model, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset())
+    assert trainer._teacher_adapter == "rgsd_teacher"
+    assert _step0_loss(trainer) < 1e-6
+
+
+def test_default_lora_needs_no_copy(tiny_model_path, tmp_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = RGSDTrainer(
+        tiny_model_path, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset(), peft_config=peft_config
+    )
+    assert trainer._teacher_adapter is None
+    assert _step0_loss(trainer) < 1e-6
+
+
+def test_peft_modules_to_save_lm_head_teacher_reads_the_original_head(tmp_path):
+    from peft import LoraConfig
+
+    from trl_rubric.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "untied", tie_word_embeddings=False)
+    initial_head = AutoModelForCausalLM.from_pretrained(path).lm_head.weight.detach().clone()
+    peft_config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM"
+    )
+    trainer = RGSDTrainer(
+        path, args=_config(tmp_path, token_clip=None), train_dataset=_dataset(8), peft_config=peft_config
+    )
+    trainer.train()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    trained_head = unwrapped.get_output_embeddings().weight.detach()
+    assert not torch.equal(trained_head, initial_head)  # the trainable copy moved
+    batch = trainer._generate_and_score_completions(list(_dataset()))
+    _, teacher_head, _ = trainer._self_teacher_hidden(unwrapped, batch)
+    torch.testing.assert_close(teacher_head, initial_head, atol=0, rtol=0)

@@ -163,3 +163,43 @@ class EMATeacherCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % args.teacher_sync_steps == 0:
             self.update(kwargs["model"], args.teacher_update_rate)
+
+
+#: Name of the frozen copy of the initial adapter that scores completions when adapters do not start at zero.
+TEACHER_ADAPTER = "rgsd_teacher"
+
+
+def adapter_starts_at_zero(model, adapter: str = "default") -> bool:
+    """Whether the PEFT model with `adapter` active computes the same function as with adapters disabled.
+
+    True only for a LoRA adapter whose every `B` matrix is zero (the default LoRA init). A loaded adapter, PiSSA /
+    OLoRA / LoftQ / CorDA (which also rewrite the base weights), `init_lora_weights=False` and other PEFT types give
+    False: with adapters disabled, such a model is not the initial policy.
+    """
+    config = model.peft_config.get(adapter)
+    if config is None or str(getattr(config, "peft_type", "")).split(".")[-1] != "LORA":
+        return False
+    lora_b = [
+        p for n, p in model.named_parameters() if f".{adapter}." in n and ("lora_B" in n or "lora_embedding_B" in n)
+    ]
+    return bool(lora_b) and all(not p.detach().any() for p in lora_b)
+
+
+def add_frozen_adapter_copy(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
+    """Add a frozen copy of `adapter` (weights as they are now) under `name`, as `GRPOTrainer` keeps its reference."""
+    try:
+        model.add_adapter(name, model.peft_config[adapter])
+        for param_name, param in model.named_parameters():
+            if f".{adapter}." in param_name:
+                model.get_parameter(param_name.replace(f".{adapter}.", f".{name}.")).data.copy_(param.data)
+    except Exception as e:
+        raise ValueError(
+            f"the policy's PEFT adapter {adapter!r} does not start at zero (a loaded adapter or a non-zero init), so "
+            f"with adapters disabled it is not the initial policy, and a frozen copy of it could not be made ({e}). "
+            "Merge the adapter into the model first, use a zero-initialised LoRA, or pass teacher_model=."
+        ) from e
+    model.set_adapter(adapter)  # the policy keeps training its own adapter; the copy stays frozen
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(False)
+    return name

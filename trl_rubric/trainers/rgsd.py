@@ -36,6 +36,8 @@ from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
     EMATeacherCallback,
+    adapter_starts_at_zero,
+    add_frozen_adapter_copy,
     build_teacher_prompt,
     freeze,
     teacher_shares_tokenizer,
@@ -377,6 +379,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             )
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             validate_rubric_column(dataset, args.rubric_column, name, args.pitfall_polarity)
+        # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
+        # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.
+        self._rgsd_model_is_path = isinstance(model, str)
+        self._rgsd_pretrained_adapter = not self._rgsd_model_is_path and is_peft_model(model)
+        self._teacher_adapter = None  # with PEFT and kind "base": None = adapters disabled, else a frozen copy
 
         super().__init__(
             model=model,
@@ -428,8 +435,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _build_teacher(self, teacher_model, quantization_config):
         args, kind = self.args, self.args.teacher_model_kind
         peft = is_peft_model(self.model)
-        if teacher_model is None and (kind == "live" or (kind == "base" and peft)):
-            return None  # the policy itself scores, live or with adapters disabled: no copy
+        if teacher_model is None and kind == "base" and peft:
+            if self._rgsd_pretrained_adapter or not adapter_starts_at_zero(self.model):
+                self._teacher_adapter = add_frozen_adapter_copy(self.model)
+            return None  # the policy itself scores, with adapters disabled or the frozen initial adapter: no copy
+        if teacher_model is None and kind == "live":
+            return None
         if teacher_model is None and kind == "ema" and peft:
             raise ValueError(
                 "teacher_model_kind='ema' is not supported with a PEFT model yet. Use 'base' (adapters disabled, "
@@ -444,12 +455,21 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         init_kwargs.setdefault("dtype", self.model.dtype)
         init_kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
         if teacher_model is None:
-            # A frozen copy of the initial policy, built the way GRPOTrainer builds its reference model.
+            # A frozen copy of the initial policy. A path is reloaded, as GRPOTrainer builds its reference model; a
+            # model object is copied, since it may differ from the checkpoint its config names (an SFT stage in the
+            # same script, merged adapters).
             source = get_config_model_id(self.model.config)
-            if source and (os.path.isdir(source) or _hub_id_like(source)):
+            if self._rgsd_model_is_path and source and (os.path.isdir(source) or _hub_id_like(source)):
                 teacher = create_model_from_path(source, **init_kwargs)
             else:
-                teacher = copy.deepcopy(self.model)
+                try:
+                    teacher = copy.deepcopy(self.model)
+                except Exception as e:
+                    raise ValueError(
+                        f"teacher_model_kind='base' needs a frozen copy of the policy, but the model object could not "
+                        f"be copied ({type(e).__name__}: {e}). Save it with save_pretrained and pass the path, or pass "
+                        "teacher_model= explicitly."
+                    ) from e
         elif isinstance(teacher_model, str):
             reason = teacher_shares_tokenizer(self._tokenizer, AutoTokenizer.from_pretrained(teacher_model))
             if reason is not None:
@@ -601,14 +621,17 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _self_teacher_hidden(self, unwrapped, inputs):
         ctx = (
-            use_adapter(unwrapped, None)
+            use_adapter(unwrapped, self._teacher_adapter)
             if is_peft_model(unwrapped) and self.args.teacher_model_kind == "base"
             else nullcontext()
         )
         with torch.no_grad(), ctx, disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs):
             hidden = self._last_hidden_state(unwrapped, *self._teacher_inputs(inputs))
-        head = unwrapped.get_output_embeddings()
-        return hidden, head.weight.detach(), None if head.bias is None else head.bias.detach()
+            # Read inside the block: with PEFT `modules_to_save=["lm_head"]` the head resolves to the original (or the
+            # frozen teacher copy) only while the teacher's adapter setting is active, not to the trained copy.
+            head = unwrapped.get_output_embeddings()
+            weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+        return hidden, weight, bias
 
     def _rgsd_loss(self, unwrapped, inputs, teacher):
         """Distillation (and, in hybrid mode, GRPO) loss; runs inside the policy wrapper's forward."""
