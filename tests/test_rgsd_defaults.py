@@ -380,3 +380,60 @@ def test_peft_modules_to_save_lm_head_teacher_reads_the_original_head(tmp_path):
     batch = trainer._generate_and_score_completions(list(_dataset()))
     _, teacher_head, _ = trainer._self_teacher_hidden(unwrapped, batch)
     torch.testing.assert_close(teacher_head, initial_head, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- no GRPO work in pure RGSD
+
+
+def _count_scoring_forwards(trainer):
+    """Forward passes of the policy made while building a generation batch, outside `generate`."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    state = {"generating": False, "forwards": 0}
+    real_generate = unwrapped.generate
+
+    def generate(*args, **kwargs):
+        state["generating"] = True
+        try:
+            return real_generate(*args, **kwargs)
+        finally:
+            state["generating"] = False
+
+    def count(module, args, kwargs):
+        if not state["generating"]:
+            state["forwards"] += 1
+
+    unwrapped.generate = generate
+    handle = unwrapped.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        trainer._generate_and_score_completions(list(_dataset(4)))
+    finally:
+        handle.remove()
+        del unwrapped.generate
+    return state["forwards"]
+
+
+def test_pure_rgsd_skips_the_old_logprob_forward(tiny_model_path, tmp_path):
+    # steps_per_generation > gradient_accumulation_steps: GRPO would score the completions once more, for nothing
+    args = _config(tmp_path, steps_per_generation=2, per_device_train_batch_size=2)
+    trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=_dataset())
+    assert _count_scoring_forwards(trainer) == 0
+    assert trainer.vllm_importance_sampling_correction is False  # nor vLLM's importance-sampling correction
+
+
+def test_hybrid_mode_keeps_the_old_logprob_forward(tiny_model_path, tmp_path):
+    args = _config(
+        tmp_path, steps_per_generation=2, per_device_train_batch_size=2, num_generations=2, distillation_weight=0.5
+    )
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        reward_funcs=lambda completions, **kw: [1.0] * len(completions),
+        args=args,
+        train_dataset=_dataset(),
+    )
+    assert _count_scoring_forwards(trainer) == 1
+
+
+def test_grpo_beta_is_refused_in_pure_rgsd(tmp_path):
+    with pytest.raises(ValueError, match="beta is 0.04.*distillation_beta"):
+        _config(tmp_path, beta=0.04)
+    assert _config(tmp_path, beta=0.04, distillation_weight=0.5, num_generations=2).beta == 0.04

@@ -140,7 +140,10 @@ class RGSDConfig(GRPOConfig):
             Leave the first N completion tokens of every sample out of the loss.
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
-            `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged.
+            `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
+            and the GRPO-only work is skipped: the old log-prob forward, vLLM's importance-sampling correction, and
+            the reference model of GRPO's `beta` (which pure RGSD refuses; the divergence's beta is
+            `distillation_beta`).
     """
 
     num_generations: int | None = field(
@@ -266,6 +269,12 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"distillation_weight is {self.distillation_weight}; expected a value in [0, 1]")
         if self.token_clip is not None and self.token_clip <= 0:
             raise ValueError(f"token_clip is {self.token_clip}; expected a positive number or None")
+        if self.beta != 0.0 and self.distillation_weight == 1.0:
+            raise ValueError(
+                f"beta is {self.beta}: that is GRPO's KL penalty to a reference model, which pure RGSD "
+                "(distillation_weight=1.0) never uses, though it would build and run a reference model every round. "
+                "The divergence's beta is distillation_beta. Set beta=0.0, or use hybrid mode (distillation_weight < 1)."
+            )
         if self.loss_type in losses.POLICY_ONLY_LOSS_TYPES:
             raise ValueError(
                 f"loss_type is {self.loss_type!r}, which reshapes GRPO's importance-ratio objective and has no "
@@ -403,6 +412,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         if self._is_vlm:
             raise ValueError("RGSDTrainer supports text-only models for now; got a vision-language model.")
+        # Pure RGSD never reads GRPO's old log-probs or vLLM's importance-sampling ratio (the distillation loss is
+        # on-policy by construction), so neither is computed: about a quarter of the compute with vLLM. Hybrid keeps them.
+        self._rgsd_skip_grpo_logps = False
+        if not self._rgsd_hybrid:
+            self.vllm_importance_sampling_correction = False
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
         self.teacher_model = self._build_teacher(teacher_model, quantization_config)
@@ -523,8 +537,17 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ generation
 
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        if self._rgsd_skip_grpo_logps:
+            return None, None, None  # GRPO's old log-probs, which pure RGSD never reads
+        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        self._rgsd_skip_grpo_logps = not self._rgsd_hybrid
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._rgsd_skip_grpo_logps = False
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
 
