@@ -48,7 +48,9 @@ def test_unknown_verdicts_give_none_never_zero():
     judge = RuleJudge({"mentions dose": "dose"})  # no rule for the other criteria
     rewards = call(RubricReward(judge), ["q"] * 2, ["fever", "dose"], rubric=[RUBRIC[:1], RUBRIC])
     assert rewards[0] is None, "no usable verdict -> None, which TRL turns into NaN and excludes"
-    assert rewards[1] == 1.0, "scored on the known criteria only"
+    assert rewards[1] is None, "1 of 6 points graded: below min_graded_fraction, so unknown"
+    lenient = call(RubricReward(judge, min_graded_fraction=0.0), ["q"], ["dose"], rubric=[RUBRIC])
+    assert lenient == [1.0], "scored on the known criteria only"
 
 
 def test_rubric_column_is_read_in_any_format_with_custom_name():

@@ -437,3 +437,88 @@ def test_grpo_beta_is_refused_in_pure_rgsd(tmp_path):
     with pytest.raises(ValueError, match="beta is 0.04.*distillation_beta"):
         _config(tmp_path, beta=0.04)
     assert _config(tmp_path, beta=0.04, distillation_weight=0.5, num_generations=2).beta == 0.04
+
+
+class _ScriptedJudge:
+    """A judge with fixed verdicts; a `None` verdict is unknown, and `verdicts=None` fails on every criterion."""
+
+    def __new__(cls, verdicts):
+        from trl_rubric.judges.base import Grade, RubricJudge
+
+        class Scripted(RubricJudge):
+            async def _grade(self, prompt, response, rubric):
+                return Grade.from_verdicts(rubric, [None] * len(rubric) if verdicts is None else verdicts)
+
+        return Scripted()
+
+
+def _reward(verdicts, rubric, **kwargs):
+    import asyncio
+
+    from trl_rubric import RubricReward
+
+    logged = {}
+    rewards = asyncio.run(
+        RubricReward(_ScriptedJudge(verdicts), **kwargs)(
+            prompts=["q"], completions=["a"], rubric=[rubric], log_metric=lambda k, v: logged.__setitem__(k, v)
+        )
+    )
+    return rewards[0], logged
+
+
+@pytest.mark.parametrize(
+    "rubric,verdicts",
+    [
+        (["a", "b", "c"], [True, None, None]),  # one of three criteria graded
+        (
+            [{"text": "a", "weight": 5}, {"text": "b", "weight": 5}, {"text": "harm", "weight": -10}],
+            [True, True, None],
+        ),
+    ],
+)
+def test_partly_graded_completion_has_an_unknown_reward_and_is_counted(rubric, verdicts):
+    reward, logged = _reward(verdicts, rubric)
+    assert reward is None
+    assert logged["judge/under_graded"] == 1.0 and logged["judge/graded_frac"] < 0.75
+    scored, _ = _reward(verdicts, rubric, min_graded_fraction=0.0)
+    assert scored == 1.0  # what the known criteria alone say: the inflated score the minimum guards against
+    full, logged = _reward([True] * len(rubric), rubric)
+    assert logged["judge/under_graded"] == 0.0 and logged["judge/graded_frac"] == 1.0
+
+
+def test_evaluation_reports_the_graded_fraction():
+    from trl_rubric.evaluation import Generations, _grade_examples
+
+    rubric = [{"text": "a", "weight": 3}, {"text": "b", "weight": 1}]
+    result = _grade_examples(
+        _ScriptedJudge([True, None]), ["q"], Generations(["a"], [[1]]), [rubric], None, False, 0, 0.95, 0, {}
+    )
+    assert result.examples[0]["graded_fraction"] == pytest.approx(0.75)
+
+
+def test_hybrid_judge_failure_is_unknown_not_zero(tiny_model_path, tmp_path):
+    from trl_rubric import RubricReward
+
+    judge = RubricReward(_ScriptedJudge(None))
+    args = _config(tmp_path, num_generations=2, distillation_weight=0.5)
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        reward_funcs=[judge, lambda completions, **kw: [1.0] * len(completions)],
+        args=args,
+        train_dataset=_dataset(),
+    )
+    rows = list(_dataset(2))
+    completions = [[{"role": "assistant", "content": "fine"}]] * 2
+    rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, [[1], [1]])
+    assert torch.isnan(rewards).all()  # not [nan, 1.0], which TRL's nansum would count as a judge score of 0
+
+
+def test_separate_teacher_with_another_chat_template_warns(tiny_model_path, tmp_path, caplog):
+    from trl_rubric.testing import make_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tokenizer.chat_template = "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}{% endfor %}"
+    teacher = make_tiny_model(tmp_path / "other-template", seed=3, tokenizer=tokenizer)
+    with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
+        RGSDTrainer(tiny_model_path, args=_config(tmp_path), train_dataset=_dataset(), teacher_model=teacher)
+    assert any("chat template differs" in r.getMessage() for r in caplog.records)

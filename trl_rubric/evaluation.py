@@ -678,6 +678,7 @@ def _grade_examples(
                 "num_tokens": generations.lengths[i],
                 "truncated": generations.truncated[i],
                 "failed": grade.score is None or score is None,
+                "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
                 "judge_error": grade.error,
                 "criteria": [
                     {"text": c.text, "weight": c.weight, "category": c.category, "verdict": v}

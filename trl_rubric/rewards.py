@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
 from .judges.base import Grade, RubricJudge, prompt_to_text
 from .rubric import PITFALL_POLARITIES, Rubric, RubricError
 
@@ -132,6 +134,29 @@ def _verdict_cell(grade: Grade) -> str:
     return " ".join(f"{i}:{marks[v]}" for i, v in enumerate(grade.verdicts, start=1))
 
 
+#: Below this share of a rubric's points (by absolute weight) with a known verdict, a completion's reward is unknown
+#: rather than a score over the few criteria that were graded: with one of three criteria graded, or a large penalty
+#: left unknown, that score reads far higher than the response deserves.
+DEFAULT_MIN_GRADED_FRACTION = 0.75
+
+
+def unknown_where_judge_failed(rewards, judge_columns: Sequence[int]):
+    """Rewards `[N, F]` with a whole row set to NaN wherever a judge column is NaN.
+
+    TRL sums reward functions with `nansum`, so a failed judge next to other reward functions would count as 0. A
+    completion the judge could not grade is instead left out altogether (NaN everywhere: zero advantage, and out of
+    its group's baseline).
+    """
+    if not judge_columns or rewards.shape[1] == len(judge_columns):
+        return rewards
+    ungraded = torch.isnan(rewards[:, list(judge_columns)]).any(dim=1)
+    if not ungraded.any():
+        return rewards
+    rewards = rewards.clone()
+    rewards[ungraded] = torch.nan
+    return rewards
+
+
 class RubricReward:
     """Score completions against their rubrics with a judge; usable as a TRL `reward_funcs` entry.
 
@@ -145,6 +170,9 @@ class RubricReward:
         num_generations: Rollouts per prompt. [`RubricGRPOTrainer`] sets it; without it, groups are runs of identical
             consecutive prompts.
         name: Name TRL shows in its reward metrics (`rewards/<name>/mean`).
+        min_graded_fraction: Smallest share of the rubric's points (absolute weights) that must have a known verdict
+            for the score to count (default [`DEFAULT_MIN_GRADED_FRACTION`], 0.75); below it the reward is unknown
+            (`None`), and the completion is counted in `judge/under_graded`. 0 scores any partly graded completion.
     """
 
     def __init__(
@@ -156,11 +184,15 @@ class RubricReward:
         pitfall_polarity: str = "as_is",
         num_generations: int | None = None,
         name: str = "rubric_judge",
+        min_graded_fraction: float = DEFAULT_MIN_GRADED_FRACTION,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
         if pitfall_polarity not in PITFALL_POLARITIES:
             raise ValueError(f"pitfall_polarity is {pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
+        if not 0.0 <= min_graded_fraction <= 1.0:
+            raise ValueError(f"min_graded_fraction is {min_graded_fraction}; expected a value in [0, 1]")
+        self.min_graded_fraction = min_graded_fraction
         self.judge = judge
         self.weighted = weighted
         self.reweighting = ReweightingConfig() if reweighting is True else (reweighting or None)
@@ -236,10 +268,26 @@ class RubricReward:
             rewards = self._reweighted_scores(prompts, rubrics, grades)
         else:
             rewards = [g.score if self.weighted else g.unweighted_score for g in grades]
+        # A holistic rating has no verdicts: it is graded or not as a whole.
+        graded = [
+            None if g.rating is not None else r.graded_fraction(g.verdicts)
+            for g, r in zip(grades, rubrics, strict=True)
+        ]
+        under = [
+            f is not None and f < self.min_graded_fraction and rw is not None
+            for f, rw in zip(graded, rewards, strict=True)
+        ]
+        rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
         self.last_grades = grades
         errors = [g.error for g in grades if g.error]
         self.last_error = errors[0] if errors else None
         self._log(kwargs, rubrics, grades, rewards, self.judge.stats.since(before))
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None:
+            known = [f for f in graded if f is not None]
+            if known:
+                log_metric("judge/graded_frac", sum(known) / len(known))
+            log_metric("judge/under_graded", float(sum(under)))
         return rewards
 
     def _log(self, kwargs, rubrics, grades, rewards, stats) -> None:

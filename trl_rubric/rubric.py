@@ -313,6 +313,18 @@ class Rubric:
             return None
         return numerator / denominator
 
+    def graded_fraction(self, verdicts: Sequence[bool | None] | Mapping[int, bool | None]) -> float:
+        """Share of the rubric's points, by absolute weight, whose verdict is known.
+
+        [`Rubric.score`] leaves unknown criteria out of both sums, so a score over a small graded share (or one that
+        misses a penalty) can read much higher than the response deserves; callers compare this share with a minimum.
+        """
+        total = sum(abs(c.weight) for c in self.criteria)
+        known = sum(
+            abs(c.weight) for c, v in zip(self.criteria, self._verdict_list(verdicts), strict=True) if v is not None
+        )
+        return known / total if total else 0.0
+
     def render(self, style: RenderStyle = "numbered") -> str:
         """The rubric as text for a teacher or a judge.
 

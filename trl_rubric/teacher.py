@@ -103,6 +103,23 @@ def teacher_shares_tokenizer(student_tokenizer, teacher_tokenizer) -> str | None
     )
 
 
+def teacher_chat_template_differs(student_tokenizer, teacher_tokenizer) -> str | None:
+    """Why a separate teacher may read its prompts in a format it was not trained on, or `None` when it will not.
+
+    The teacher's prompt is rendered with the student's chat template (both share token ids), so a teacher whose own
+    template differs sees a foreign format, which weakens or skews its distributions.
+    """
+    student = getattr(student_tokenizer, "chat_template", None)
+    teacher = getattr(teacher_tokenizer, "chat_template", None)
+    if student == teacher:
+        return None
+    return (
+        "the separate teacher's chat template differs from the student's; the teacher is prompted in the student's "
+        "template, a format it may not have been trained on. Use a teacher of the same family and chat template, or "
+        "check its distributions (rgsd/teacher_logratio) before a long run."
+    )
+
+
 def freeze(model):
     """Put a model in eval mode with no trainable parameters (a teacher never receives gradients)."""
     model.eval()

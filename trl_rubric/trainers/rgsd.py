@@ -31,6 +31,7 @@ from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, 
 from .. import losses
 from ..data import named_datasets, validate_rubric_column
 from ..model_card import RubricModelCardMixin
+from ..rewards import RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
@@ -40,6 +41,7 @@ from ..teacher import (
     add_frozen_adapter_copy,
     build_teacher_prompt,
     freeze,
+    teacher_chat_template_differs,
     teacher_shares_tokenizer,
 )
 from .resume import ExactResumeMixin
@@ -485,9 +487,13 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                         "teacher_model= explicitly."
                     ) from e
         elif isinstance(teacher_model, str):
-            reason = teacher_shares_tokenizer(self._tokenizer, AutoTokenizer.from_pretrained(teacher_model))
+            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model)
+            reason = teacher_shares_tokenizer(self._tokenizer, teacher_tokenizer)
             if reason is not None:
                 raise ValueError(f"teacher_model {teacher_model!r}: {reason}")
+            template = teacher_chat_template_differs(self._tokenizer, teacher_tokenizer)
+            if template is not None:
+                logger.warning("teacher_model %r: %s", teacher_model, template)
             teacher = create_model_from_path(teacher_model, **init_kwargs)
         else:
             teacher = teacher_model
@@ -609,7 +615,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rgsd_has_rewards:
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            # As in RubricGRPOTrainer: a completion the judge could not grade is unknown, never a 0 next to others.
+            judges = [i for i, f in enumerate(self.reward_funcs) if isinstance(f, RubricReward)]
+            return unknown_where_judge_failed(rewards, judges)
         # Pure RGSD: no reward exists; zeros keep GRPO's bookkeeping valid and are never used (advantages are reset).
         return gather(torch.zeros(len(prompts), len(self.reward_funcs), device=self.accelerator.device))
 

@@ -27,7 +27,7 @@ from ..data import named_datasets, validate_rubric_column
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
-from ..rewards import ReweightingConfig, RubricReward
+from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
 from .resume import ExactResumeMixin
 
@@ -60,6 +60,11 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             Weight of the rubric reward when other `reward_funcs` are given and `reward_weights` lists weights for
             those only. If `reward_weights` has one more entry than `reward_funcs`, its first entry is the rubric
             reward's weight instead.
+        min_graded_fraction (`float`, *optional*, defaults to `0.75`):
+            Smallest share of a rubric's points (absolute weights) that must have a known verdict for a completion's
+            score to count; below it the reward is unknown (the completion is left out) and counted in
+            `judge/under_graded`. Scoring over the few graded criteria, or with a penalty left unknown, inflates the
+            score. `judge/graded_frac` logs the mean share.
 
         > Parameters that control criterion reweighting
 
@@ -91,6 +96,10 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
     rubric_reward_weight: float = field(
         default=1.0, metadata={"help": "Weight of the rubric reward next to other reward_funcs."}
     )
+    min_graded_fraction: float = field(
+        default=DEFAULT_MIN_GRADED_FRACTION,
+        metadata={"help": "Smallest share of a rubric's points with a known verdict; below it the reward is unknown."},
+    )
     criterion_reweighting: bool = field(
         default=False,
         metadata={"help": "Reweight criteria by how much their verdicts vary across a prompt's rollouts."},
@@ -111,6 +120,8 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             )
         if self.pitfall_polarity not in PITFALL_POLARITIES:
             raise ValueError(f"pitfall_polarity is {self.pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
+        if not 0.0 <= self.min_graded_fraction <= 1.0:
+            raise ValueError(f"min_graded_fraction is {self.min_graded_fraction}; expected a value in [0, 1]")
         if not self.rubric_column:
             raise ValueError("rubric_column is empty; expected the name of the dataset column holding the rubrics")
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
@@ -235,6 +246,7 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             rubric_column=column,
             pitfall_polarity=_setting(args, "pitfall_polarity"),
             num_generations=args.num_generations,
+            min_graded_fraction=_setting(args, "min_graded_fraction"),
         )
         user_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
@@ -272,10 +284,7 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         # Column 0 is the rubric reward (gathered across processes, so every rank decides alike).
-        ungraded = torch.isnan(rewards[:, 0])
-        if rewards.shape[1] > 1 and ungraded.any():
-            rewards = rewards.clone()
-            rewards[ungraded] = torch.nan
+        rewards = unknown_where_judge_failed(rewards, [0])
         self._generation_has_signal = bool((~torch.isnan(rewards)).any())
         return rewards
 
