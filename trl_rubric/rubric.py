@@ -31,6 +31,10 @@ RUBRIC_FORMATS = ("auto", "rar", "healthbench", "rubrichub", "researchrubrics", 
 PITFALL_POLARITIES = ("as_is", "negative", "positive")
 RENDER_STYLES = ("numbered", "weighted", "json")
 
+#: Headings of the two lists a rubric with penalties is rendered as (see [`Rubric.render`]).
+GOOD_ANSWER_CONTAINS = "A good answer contains:"
+GOOD_ANSWER_AVOIDS = "A good answer avoids:"
+
 # RaR writes the category as a prefix of `description`: "Essential Criteria: Identifies ..."
 _RAR_PREFIX = re.compile(r"^\s*(essential|important|optional|pitfall)(?:\s+criteria)?\s*:\s*", re.IGNORECASE)
 
@@ -368,9 +372,9 @@ class Rubric:
             return "\n".join(line(i, c) for i, c in enumerate(gains, start=1))
         # Grouped, numbered on through both lists, so the teacher never reads a penalty as a goal.
         ordered = gains + penalties
-        lines = ["A good answer contains:"]
+        lines = [GOOD_ANSWER_CONTAINS]
         for i, c in enumerate(ordered, start=1):
             if i == len(gains) + 1:
-                lines.append("A good answer avoids:")
+                lines.append(GOOD_ANSWER_AVOIDS)
             lines.append(line(i, c))
         return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import string
 from functools import lru_cache
 
+from ..rubric import GOOD_ANSWER_AVOIDS, GOOD_ANSWER_CONTAINS
 from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE
 from ..testing import CHATML_TEMPLATE, SPECIAL_TOKENS
 from .world import PHRASINGS, vocabulary
@@ -25,15 +26,18 @@ _ROLES = ("system", "user", "assistant")
 
 def _corpus(extra_texts: tuple[str, ...]) -> list[str]:
     words = [*_ROLES, *vocabulary()]
-    for text in extra_texts:
+    for text in (*extra_texts, GOOD_ANSWER_CONTAINS, GOOD_ANSWER_AVOIDS):
         words += text.replace("{prompt}", " ").replace("{rubric}", " ").split()
     # Punctuation glued to words in the template ("criteria):") is split off by the Qwen regex, but runs of marks
     # stay together, so the raw texts are in the corpus as well as the bare and spaced forms of every word.
     # Runs such as ".\n\n" (prompt end, blank line) come from filling the template, so fill it once per phrasing.
+    # A rubric with penalties renders as two headed lists.
+    rubrics = ("1. x\n2. x", f"{GOOD_ANSWER_CONTAINS}\n1. x\n{GOOD_ANSWER_AVOIDS}\n2. x")
     filled = [
-        t.replace("{prompt}", p.format(topic="x")).replace("{rubric}", "1. x\n2. x")
+        t.replace("{prompt}", p.format(topic="x")).replace("{rubric}", r)
         for t in extra_texts
         for p in PHRASINGS
+        for r in rubrics
     ]
     return [
         " ".join(words),
