@@ -262,8 +262,8 @@ def render() -> str:
         "# API reference",
         "",
         "Everything below is importable from the top-level package (`from trl_rubric import ...`). Submodules such "
-        "as `trl_rubric.evaluation`, `trl_rubric.testing` and `trl_rubric.testing_judge` are documented on their "
-        "pages ([evaluation](evaluation.md), [quickstart](quickstart.md), [judges](judges.md)).",
+        "as `trl_rubric.evaluation`, `trl_rubric.testing` and `trl_rubric.testing.judge_server` are documented on "
+        "their pages ([evaluation](evaluation.md), [quickstart](quickstart.md), [judges](judges.md)).",
         "",
     ]
     for title, _members in sections:

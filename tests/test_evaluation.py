@@ -389,7 +389,7 @@ def http_rows():
 
 def test_eval_cli_with_http_judge_writes_every_output(tiny_model_path, tmp_path, capsys):
     from trl_rubric.cli import main
-    from trl_rubric.testing_judge import FakeJudgeServer
+    from trl_rubric.testing.judge_server import FakeJudgeServer
 
     data = write_rows(tmp_path / "data.jsonl", http_rows())
     out = tmp_path / "eval"
@@ -410,7 +410,7 @@ def test_eval_cli_with_http_judge_writes_every_output(tiny_model_path, tmp_path,
     assert len(lines) == 3
     for line in lines:
         # The fake judge's verdicts follow its documented rule, so they can be recomputed here.
-        from trl_rubric.testing_judge import criterion_met
+        from trl_rubric.testing.judge_server import criterion_met
 
         assert [c["verdict"] for c in line["criteria"]] == [criterion_met(c["text"], line["response"]) for c in
                                                             line["criteria"]]  # fmt: skip
