@@ -53,6 +53,6 @@ def gap_verdict(
         lines.append(
             f"Warning: with the rubric, answers are {length_ratio:.2f}x as long (threshold {max_length_ratio:.2f}x); "
             "part of the gap may be mere length. Read a few pairs in responses.jsonl, or rerun with a smaller "
-            "--max_new_tokens to compare at matched lengths."
+            "--max_completion_length to compare at matched lengths."
         )
     return lines, recommend, warn
