@@ -1,7 +1,7 @@
 """Judge throughput against a fixed-latency judge: does `OpenAIJudge` overlap requests up to its concurrency limit?
 
-Starts the fake OpenAI-compatible server (`trl_rubric.testing_judge.FakeJudgeServer`) on 127.0.0.1 in a child process,
-with a fixed delay per answer, then grades batches of responses with `OpenAIJudge` over real HTTP at several `max_concurrency` limits.
+Starts the fake OpenAI-compatible server (`trl_rubric.testing.judge_server.FakeJudgeServer`) on 127.0.0.1 in a child
+process, with a fixed delay per answer, then grades batches of responses with `OpenAIJudge` over real HTTP at several `max_concurrency` limits.
 With latency L and limit c, a judge that does not serialise reaches about c / L requests per second, until the CPU
 (client and server share the machine) becomes the bottleneck.
 
@@ -22,7 +22,7 @@ import time
 
 from trl_rubric.judges import OpenAIJudge
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 
 
 def _serve(latency: float, conn) -> None:

@@ -75,7 +75,14 @@ def parse_args(argv=None):
     p.add_argument("--eval_samples", type=int, default=4, help="Answers sampled per prompt in the final scores.")
     p.add_argument("--curve_every", type=int, default=None, help="Steps between learning-curve points (steps/15).")
     p.add_argument("--curve_samples", type=int, default=2, help="Answers per train prompt per curve point.")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1 is fastest for this model).")
+    p.add_argument(
+        "--num_threads",
+        "--threads",
+        dest="threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for every step (1 is fastest for the toy models).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of the world, the toy model, training and scoring.")
     p.add_argument("--output_dir", default="toy_world_results", help="Where results.json, the PNG and table go.")
     args = p.parse_args(argv)

@@ -140,12 +140,24 @@ def _field_default(f: dataclasses.Field) -> str:
     return "required"
 
 
-def field_table(fields: list[dataclasses.Field]) -> list[str]:
+def _declared_type(owner, name: str):
+    # The annotation as written: `HfArgumentParser` replaces `Field.type` with a resolved (and simplified) type once a
+    # parser is built for the class, which would make this page depend on what ran before in the same process.
+    for klass in owner.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if name in annotations:
+            return annotations[name]
+    return None
+
+
+def field_table(fields: list[dataclasses.Field], owner=None) -> list[str]:
     """A Markdown table of dataclass fields: name, type, default and the `help` metadata."""
     lines = ["| field | type | default | help |", "|---|---|---|---|"]
     for f in fields:
+        declared = _declared_type(owner, f.name) if owner is not None else None
+        kind = _annotation(declared if declared is not None else f.type)
         lines.append(
-            f"| `{f.name}` | `{_cell(f.type)}` | `{_cell(_field_default(f))}` | {_cell(f.metadata.get('help', ''))} |"
+            f"| `{f.name}` | `{_cell(kind)}` | `{_cell(_field_default(f))}` | {_cell(f.metadata.get('help', ''))} |"
         )
     return lines
 
@@ -207,39 +219,39 @@ def _config_fields_section() -> list[str]:
         "",
         "### `RGSDConfig` fields",
         "",
-        *field_table(own_fields(RGSDConfig, GRPOConfig)),
+        *field_table(own_fields(RGSDConfig, GRPOConfig), RGSDConfig),
         "",
         "### `RubricGRPOConfig` fields",
         "",
         "Every `JudgeArguments` field (below), plus:",
         "",
-        *field_table(own_fields(RubricGRPOConfig, GRPOConfig, JudgeArguments)),
+        *field_table(own_fields(RubricGRPOConfig, GRPOConfig, JudgeArguments), RubricGRPOConfig),
         "",
         "### `JudgeArguments` fields",
         "",
         "Shared by `RubricGRPOConfig`, `trl-rubric eval` and `trl-rubric gap`.",
         "",
-        *field_table(dataclasses.fields(JudgeArguments)),
+        *field_table(dataclasses.fields(JudgeArguments), JudgeArguments),
         "",
         "### Command-line data options (`trl-rubric rgsd`, `trl-rubric grpo`)",
         "",
-        *field_table(dataclasses.fields(RubricDataArguments)),
+        *field_table(dataclasses.fields(RubricDataArguments), RubricDataArguments),
         "",
         "`trl-rubric grpo` also takes:",
         "",
-        *field_table(dataclasses.fields(ExtraRewardArguments)),
+        *field_table(dataclasses.fields(ExtraRewardArguments), ExtraRewardArguments),
         "",
         "### `trl-rubric eval` options",
         "",
         "Plus every `JudgeArguments` field.",
         "",
-        *field_table(dataclasses.fields(EvalArguments)),
+        *field_table(dataclasses.fields(EvalArguments), EvalArguments),
         "",
         "### `trl-rubric gap` options",
         "",
         "Every `trl-rubric eval` option, with these added or changed:",
         "",
-        *field_table(own_fields(GapArguments, EvalArguments)),
+        *field_table(own_fields(GapArguments, EvalArguments), GapArguments),
         "",
     ]
     return lines
@@ -262,8 +274,8 @@ def render() -> str:
         "# API reference",
         "",
         "Everything below is importable from the top-level package (`from trl_rubric import ...`). Submodules such "
-        "as `trl_rubric.evaluation`, `trl_rubric.testing` and `trl_rubric.testing_judge` are documented on their "
-        "pages ([evaluation](evaluation.md), [quickstart](quickstart.md), [judges](judges.md)).",
+        "as `trl_rubric.evaluation`, `trl_rubric.testing` and `trl_rubric.testing.judge_server` are documented on "
+        "their pages ([evaluation](evaluation.md), [quickstart](quickstart.md), [judges](judges.md)).",
         "",
     ]
     for title, _members in sections:

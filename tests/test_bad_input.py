@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from trl_rubric.cli import main as cli
 from trl_rubric.testing import make_rubric_rows, make_tiny_model, make_tokenizer
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 
 LONG_PROMPT = "explain " * 400  # about 400 tokens on its own

@@ -45,3 +45,24 @@ def test_demo_without_matplotlib_still_reports(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert (out_dir / "results.json").exists() and not (out_dir / "learning_curve.png").exists()
     assert "needs matplotlib" in capsys.readouterr().err
+
+
+def test_demo_runs_every_step_with_the_requested_torch_threads(tmp_path, monkeypatch):
+    import torch
+
+    from trl_rubric.scripts import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_run", lambda args: seen.append(torch.get_num_threads()) or {})
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = ["--output_dir", str(tmp_path)]
+        assert demo.main(out) == 0  # default: one thread, the fastest for the toy models
+        assert demo.main([*out, "--num_threads", "3"]) == 0
+        assert demo.main([*out, "--num_threads", "0"]) == 0  # 0 keeps torch's own setting
+        assert seen == [1, 3, 2]
+        assert torch.get_num_threads() == 2  # restored afterwards
+        assert demo.main([*out, "--num_threads", "-1"]) == 2
+    finally:
+        torch.set_num_threads(previous)

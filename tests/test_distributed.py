@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from trl_rubric.testing import make_tiny_model
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 NPROC, PER_DEVICE, STEPS = 2, 2, 2

@@ -389,14 +389,15 @@ def http_rows():
 
 def test_eval_cli_with_http_judge_writes_every_output(tiny_model_path, tmp_path, capsys):
     from trl_rubric.cli import main
-    from trl_rubric.testing_judge import FakeJudgeServer
+    from trl_rubric.testing.judge_server import FakeJudgeServer
 
     data = write_rows(tmp_path / "data.jsonl", http_rows())
     out = tmp_path / "eval"
     with FakeJudgeServer() as server:
         code = main(
             ["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", data, "--n_samples", "3",
-             "--max_new_tokens", "4", "--batch_size", "2", "--output_dir", str(out), "--bootstrap_samples", "50",
+             "--max_completion_length", "4", "--batch_size", "2", "--output_dir", str(out),
+             "--bootstrap_samples", "50",
              "--judge_backend", "openai", "--judge_base_url", server.url, "--judge_model", "fake-judge",
              "--progress", "false"]
         )  # fmt: skip
@@ -410,7 +411,7 @@ def test_eval_cli_with_http_judge_writes_every_output(tiny_model_path, tmp_path,
     assert len(lines) == 3
     for line in lines:
         # The fake judge's verdicts follow its documented rule, so they can be recomputed here.
-        from trl_rubric.testing_judge import criterion_met
+        from trl_rubric.testing.judge_server import criterion_met
 
         assert [c["verdict"] for c in line["criteria"]] == [criterion_met(c["text"], line["response"]) for c in
                                                             line["criteria"]]  # fmt: skip
@@ -427,7 +428,7 @@ def test_gap_cli_reads_a_recipe_and_writes_token_views(tiny_model_path, tmp_path
     data = write_rows(tmp_path / "data.jsonl", rule_rows())
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        f"model_name_or_path: {tiny_model_path}\ndataset_name: {data}\njudge_backend: rule\nmax_new_tokens: 4\n"
+        f"model_name_or_path: {tiny_model_path}\ndataset_name: {data}\njudge_backend: rule\nmax_completion_length: 4\n"
         "n_samples: 3\nn_token_views: 9\nbootstrap_samples: 50\nprogress: false\n"
     )
     out = tmp_path / "gap"
@@ -452,7 +453,8 @@ def test_console_script_runs_eval_in_a_subprocess(tiny_model_path, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [str(script), "eval", "--model_name_or_path", tiny_model_path, "--dataset_name", data, "--judge_backend",
-         "rule", "--max_new_tokens", "3", "--n_samples", "2", "--output_dir", str(out), "--bootstrap_samples", "20",
+         "rule", "--max_completion_length", "3", "--n_samples", "2", "--output_dir", str(out),
+         "--bootstrap_samples", "20",
          "--progress", "false"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
@@ -552,8 +554,65 @@ def test_judge_that_scores_nothing_is_reported_and_exits_1(tiny_model_path, tmp_
     data = write_rows(tmp_path / "data.jsonl", rows)
     out = tmp_path / "eval"
     argv = ["--model_name_or_path", tiny_model_path, "--dataset_name", data, "--judge_backend", "rule",
-            "--max_new_tokens", "2", "--n_samples", "2", "--output_dir", str(out), "--progress", "false"]  # fmt: skip
+            "--max_completion_length", "2", "--n_samples", "2", "--output_dir", str(out),
+            "--progress", "false"]  # fmt: skip
     assert main(["eval", *argv]) == 1
     assert "100.0% of grades have no score" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["judge_failure_rate"] == 1.0 and results["weighted_score"] is None
+
+
+TOY_RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml")
+
+
+def main_cli(argv):
+    from trl_rubric.cli import main
+
+    return main(argv)
+
+
+FAST = ["--judge_backend", "rule", "--n_samples", "3", "--bootstrap_samples", "20", "--plots", "false",
+        "--progress", "false"]  # fmt: skip
+
+
+def test_gap_runs_on_a_training_recipe_as_is(tmp_path, monkeypatch, capsys):
+    # recipes/toy.yaml is an RGSD training recipe: num_generations, learning_rate, use_cpu, ... are not gap options.
+    monkeypatch.chdir(tmp_path)
+    code = main_cli(["gap", "--config", TOY_RECIPE, *FAST, "--n_token_views", "0"])
+    assert code == 0, capsys.readouterr().err
+    # The recipe's output_dir is the training run's folder: the report goes into its gap/ subfolder.
+    results = json.loads((tmp_path / "outputs" / "toy-rgsd" / "gap" / "results.json").read_text())
+    assert results["n_examples"] == 3
+    assert results["settings"]["max_new_tokens"] == 24  # the recipe's max_completion_length
+    assert results["settings"]["split"] == "train"
+
+
+def test_eval_runs_on_a_training_recipe_as_is(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main_cli(["eval", "--config", TOY_RECIPE, *FAST, "--max_completion_length", "6", "--output_dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_examples"] == 3 and results["config"]["max_new_tokens"] == 6
+
+
+def test_a_recipe_field_no_command_knows_is_an_error(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(TOY_RECIPE).read_text() + "num_generation: 4\n")  # typo of num_generations
+    assert main_cli(["gap", "--config", str(recipe), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "num_generation" in err and "unknown field" in err and "Traceback" not in err
+
+
+def test_eval_reads_the_old_option_names_with_a_warning(tiny_model_path, tmp_path, caplog):
+    # Column names no detector knows, so the run only works if the old options reach the loader.
+    rows = [{"ask": r["prompt"], "checks": r["rubric"]} for r in rule_rows()]
+    data = write_rows(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "eval"
+    argv = ["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", data, "--prompt_column", "ask",
+            "--rubric_column", "checks", "--dataset_split", "train", "--max_new_tokens", "3",
+            "--output_dir", str(out), *FAST]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert main_cli(argv) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["max_new_tokens"] == 3
+    for old in ("prompt_column", "rubric_column", "dataset_split", "max_new_tokens"):
+        assert f"{old!r} is deprecated" in caplog.text

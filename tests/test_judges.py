@@ -23,7 +23,7 @@ from trl_rubric.judges import (
 from trl_rubric.judges.cache import cache_key
 from trl_rubric.judges.parsing import extract_json, parse_rating, parse_single_verdict, parse_verdicts
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer, criterion_met
+from trl_rubric.testing.judge_server import FakeJudgeServer, criterion_met
 
 SECRET = "sk-test-0123456789abcdef-secret"
 RUBRIC = [

@@ -14,7 +14,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
 DOWN_AFTER, UP_AFTER, STEPS = 2, 4, 6  # the judge is gone for steps 3 and 4

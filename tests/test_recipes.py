@@ -82,3 +82,19 @@ def test_toy_recipe_trains_on_cpu(tmp_path):
     assert (out / "model.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "Rubric-Guided Self-Distillation" in card and "| train judge calls | 0 |" in card
+
+
+@pytest.mark.parametrize("command", ["eval", "gap"])
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_eval_and_gap_read_every_recipe_with_shared_fields_carried_over(path, command):
+    from trl_rubric.scripts import eval as eval_script
+    from trl_rubric.scripts import gap as gap_script
+
+    make_parser = eval_script.make_parser if command == "eval" else gap_script.make_parser
+    args, judge_args = eval_script.parse_command_args(command, make_parser, ["--config", path])
+    with open(path) as f:
+        values = yaml.safe_load(f)
+    # A concept has one name in every command, so what the recipe says about it reaches eval and gap as is.
+    for key in ("model_name_or_path", "dataset_name", "max_completion_length", "temperature", "judge_model"):
+        if key in values:
+            assert getattr(args if hasattr(args, key) else judge_args, key) == values[key], (key, command)

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 from trl_rubric.trainers.resume import GENERATION_BUFFER_FILE
 from trl_rubric.trainers.rgsd import TEACHER_STATE_FILE, RGSDConfig, RGSDTrainer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer

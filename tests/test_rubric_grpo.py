@@ -17,7 +17,7 @@ from trl_rubric import RubricError
 from trl_rubric.judges import JudgeUnavailableError, OpenAIJudge, RuleJudge
 from trl_rubric.rewards import RubricReward
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer, _reward_weights
 
 SECRET = "sk-live-9f8e7d6c5b4a-do-not-leak"

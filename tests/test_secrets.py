@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from trl_rubric.cli import main as cli
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.testing_judge import FakeJudgeServer
+from trl_rubric.testing.judge_server import FakeJudgeServer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
 SECRET = "sk-test-SECRET-1234567890"

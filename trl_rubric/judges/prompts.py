@@ -22,7 +22,7 @@ JUDGE_MODES = ("batched", "per_criterion", "implicit")
 
 PROMPT_VERSION = "trl-rubric-judge-v1"
 
-# Section headers. The fake test server (`trl_rubric.testing_judge`) finds the response and criteria by them.
+# Section headers. The fake test server (`trl_rubric.testing.judge_server`) finds the response and criteria by them.
 CONVERSATION_HEADER = "### Conversation"
 RESPONSE_HEADER = "### Response to grade"
 CRITERIA_HEADER = "### Criteria"

@@ -57,6 +57,10 @@ class DemoArguments:
             Answers sampled per prompt when scoring (temperature 1, as in training).
         curve_every (`int`, *optional*, defaults to `25`):
             Steps between learning-curve points.
+        num_threads (`int`, *optional*, defaults to `1`):
+            Torch CPU threads for every step (gap, training, evaluation); `0` keeps torch's default (one per core).
+            One is fastest for the toy models: their matrices are too small to split, and extra threads only wait on
+            each other, which on a busy machine makes a run several times slower (see the README).
     """
 
     output_dir: str = field(default="trl-rubric-demo", metadata={"help": "Where results and the student go."})
@@ -72,6 +76,9 @@ class DemoArguments:
     token_clip: float | None = field(default=None, metadata={"help": "Per-token divergence clip (off by default)."})
     eval_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt when scoring."})
     curve_every: int = field(default=25, metadata={"help": "Steps between learning-curve points."})
+    num_threads: int = field(
+        default=1, metadata={"help": "Torch CPU threads (1 is fastest for the toy models; 0 = torch's default)."}
+    )
 
 
 def make_parser():
@@ -90,7 +97,19 @@ def _table(rows: list[tuple[str, Any, Any]]) -> str:
 
 
 def run(args: DemoArguments) -> dict[str, Any]:
-    """Run the demo and return the results that `results.json` holds."""
+    """Run the demo with `args.num_threads` torch threads and return the results that `results.json` holds."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(args: DemoArguments) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -224,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unknown option(s) {remaining}; run `trl-rubric demo --help` for the list")
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError(f"max_steps is {args.max_steps}; expected at least 1")
+        if args.num_threads < 0:
+            raise UsageError(f"num_threads is {args.num_threads}; expected 0 (torch's default) or more")
     except (UsageError, ValueError) as e:
         print(f"trl-rubric demo: error: {e}", file=sys.stderr)
         return 2

@@ -6,21 +6,34 @@
 
 Writes `results.json`, `report.md`, `responses.jsonl`, `score_by_category.png` and `length_histogram.png` into
 `--output_dir`. Every option can also come from a YAML recipe (`--config recipe.yaml`), with command-line overrides.
-The helpers here are shared with `trl-rubric gap`.
+A training recipe works as is: options are named as in training (`dataset_train_split`, `dataset_prompt_column`,
+`max_completion_length`, ...), and training-only fields are ignored. The helpers here are shared with `trl-rubric gap`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ..evaluation import EvaluationError
-from ._common import UsageError, one_line, trl_parser
+from ._common import TOY_SCHEME, UsageError, _toy_dataset, _toy_model, one_line, trl_parser
 
 COMMAND = "eval"
+
+logger = logging.getLogger(__name__)
+
+#: Old option names of `eval` and `gap`, still read (with a warning): `{old: new}`. `dataset_split` maps to the split
+#: that command reads, see [`split_to_read`].
+DEPRECATED_ALIASES = {
+    "prompt_column": "dataset_prompt_column",
+    "rubric_column": "dataset_rubric_column",
+    "max_new_tokens": "max_completion_length",
+    "dataset_split": None,
+}
 
 
 @dataclass
@@ -59,11 +72,17 @@ class EvalArguments:
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration (subset) name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to evaluate on."})
-    prompt_column: str | None = field(
+    dataset_train_split: str = field(
+        default="train",
+        metadata={"help": "The training split: `gap` samples it; `eval` reads it when dataset_test_split is unset."},
+    )
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "The held-out split: `eval` reads it when set (`gap` never does)."}
+    )
+    dataset_prompt_column: str | None = field(
         default=None, metadata={"help": "Prompt column; detected (prompt, question, ...) if not given."}
     )
-    rubric_column: str | None = field(
+    dataset_rubric_column: str | None = field(
         default=None, metadata={"help": "Rubric column; detected (rubric, rubrics, criteria) if not given."}
     )
     rubric_format: Literal["auto", "rar", "healthbench", "rubrichub", "researchrubrics", "normalized", "strings"] = (
@@ -74,6 +93,9 @@ class EvalArguments:
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System turn prepended to prompts that have none."}
+    )
+    on_bad_rows: Literal["raise", "skip"] = field(
+        default="raise", metadata={"help": "raise (default) stops at the first malformed row; skip drops them."}
     )
     n_samples: int | None = field(
         default=None,
@@ -87,7 +109,7 @@ class EvalArguments:
     )
 
     # > Generation
-    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    max_completion_length: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
     temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature (1.0 matches training rollouts); 0 means greedy."}
     )
@@ -109,6 +131,14 @@ class EvalArguments:
     plots: bool = field(default=True, metadata={"help": "Write PNG charts (needs matplotlib: the `plot` extra)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
+    # > Deprecated aliases (read with a warning)
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Deprecated: use dataset_test_split (eval) or dataset_train_split (gap)."}
+    )
+    prompt_column: str | None = field(default=None, metadata={"help": "Deprecated: use dataset_prompt_column."})
+    rubric_column: str | None = field(default=None, metadata={"help": "Deprecated: use dataset_rubric_column."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Deprecated: use max_completion_length."})
+
 
 def build_parser(command: str, args_type: type):
     """A `TrlParser` for `(args_type, JudgeArguments)` whose errors raise [`UsageError`] instead of exiting."""
@@ -120,6 +150,71 @@ def build_parser(command: str, args_type: type):
 def make_parser():
     """The parser of `trl-rubric eval`: `parse_args_and_config()` returns `(EvalArguments, JudgeArguments)`."""
     return build_parser(COMMAND, EvalArguments)
+
+
+def split_to_read(args: EvalArguments, command: str) -> str:
+    """The split a command reads: `gap` measures the training prompts, `eval` the held-out ones when there are any."""
+    if command == "gap" or not args.dataset_test_split:
+        return args.dataset_train_split
+    return args.dataset_test_split
+
+
+def _training_field_names() -> set[str]:
+    from trl import ModelConfig
+
+    from ..trainers.rgsd import RGSDConfig
+    from ..trainers.rubric_grpo import RubricGRPOConfig
+    from ._common import LAUNCH_OPTIONS, RubricDataArguments
+
+    names = {f.name for cls in (RGSDConfig, RubricGRPOConfig, ModelConfig, RubricDataArguments) for f in fields(cls)}
+    return names | {o[2:] for o in LAUNCH_OPTIONS}
+
+
+def _option_names(strings: list[str]) -> list[str]:
+    return [s[2:].split("=", 1)[0] for s in strings if s.startswith("--")]
+
+
+def _config_keys(argv: list[str]) -> set[str]:
+    import yaml
+
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return set()
+    with open(argv[argv.index("--config") + 1], encoding="utf-8") as f:
+        return set(yaml.safe_load(f) or {})
+
+
+def parse_command_args(command: str, make_parser: Callable, argv: list[str]):
+    """Parse `argv` (a recipe plus overrides) into `(args, judge_args)` for `eval` or `gap`.
+
+    A training recipe works as is: its training-only fields are ignored (logged at debug level), and its `output_dir`
+    (the training run's folder) gets a `<command>/` subfolder for the report. A field no command knows is an error,
+    as is an unknown command-line option. Deprecated option names are mapped to the current ones with a warning.
+    """
+    script_args, judge_args, from_config, from_cli = make_parser().parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if from_cli:
+        raise UsageError(f"unknown option(s) {from_cli}; run `trl-rubric {command} --help` for the list")
+    ignored = _option_names(from_config)
+    if ignored:
+        unknown = sorted(set(ignored) - _training_field_names())
+        if unknown:
+            raise UsageError(
+                f"unknown field(s) {unknown} in the recipe: neither `trl-rubric {command}` nor training knows them"
+            )
+        logger.debug("trl-rubric %s: ignoring training-only recipe fields %s", command, ignored)
+        given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+        if "output_dir" in _config_keys(argv) and "output_dir" not in given:
+            script_args.output_dir = os.path.join(script_args.output_dir, command)
+    for old, new in DEPRECATED_ALIASES.items():
+        value = getattr(script_args, old)
+        if value is None:
+            continue
+        new = new or ("dataset_train_split" if command == "gap" else "dataset_test_split")
+        logger.warning("trl-rubric %s: option %r is deprecated; use %r", command, old, new)
+        setattr(script_args, new, value)
+        setattr(script_args, old, None)
+    return script_args, judge_args
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -141,7 +236,7 @@ def run_command(command: str, argv: list[str] | None, make_parser: Callable, bod
     prog = f"trl-rubric {command}"
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        script_args, judge_args = make_parser().parse_args_and_config(argv)
+        script_args, judge_args = parse_command_args(command, make_parser, argv)
         return int(body(script_args, judge_args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
@@ -163,13 +258,15 @@ def check_common_args(args: EvalArguments) -> None:
     """Fail fast on options that would only break after the model has loaded."""
     from ..evaluation import check_model_path
 
+    if (args.model_name_or_path or "").startswith(TOY_SCHEME):
+        args.model_name_or_path = _toy_model(args.model_name_or_path)
     check_model_path(args.model_name_or_path)
     if not args.dataset_name:
         raise UsageError("no dataset given; pass --dataset_name <Hub id or local file>")
     if args.n_samples is not None and args.n_samples < 1:
         raise UsageError(f"--n_samples is {args.n_samples}; expected a positive number")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max_new_tokens is {args.max_new_tokens}; expected at least 1")
+    if args.max_completion_length < 1:
+        raise UsageError(f"--max_completion_length is {args.max_completion_length}; expected at least 1")
     if args.batch_size < 1:
         raise UsageError(f"--batch_size is {args.batch_size}; expected at least 1")
     if args.temperature < 0:
@@ -185,23 +282,26 @@ def _empty_local_file(path: str) -> bool:
         return f.read().strip() in ("", "[]", "{}")
 
 
-def load_dataset_from_args(args: EvalArguments):
-    """The rubric dataset named by the options, validated row by row."""
+def load_dataset_from_args(args: EvalArguments, command: str):
+    """The rubric dataset named by the options (the split [`split_to_read`] picks), validated row by row."""
     from ..data import RubricDatasetError, load_rubric_dataset
 
+    if args.dataset_name.startswith(TOY_SCHEME):
+        return _toy_dataset(args.dataset_name)
     if _empty_local_file(os.path.expanduser(args.dataset_name)):
         raise RubricDatasetError(
             f"dataset file {args.dataset_name!r} is empty; expected rows with a prompt and a rubric"
         )
     return load_rubric_dataset(
         os.path.expanduser(args.dataset_name),
-        split=args.dataset_split,
+        split=split_to_read(args, command),
         format=args.rubric_format,
-        prompt_column=args.prompt_column,
-        rubric_column=args.rubric_column,
+        prompt_column=args.dataset_prompt_column,
+        rubric_column=args.dataset_rubric_column,
         subset=args.dataset_config,
         system_prompt=args.system_prompt,
         pitfall_polarity=args.pitfall_polarity,
+        on_error=args.on_bad_rows,
     )
 
 
@@ -252,7 +352,7 @@ def load_generator_from_args(args: EvalArguments):
         base,
         tokenizer,
         adapter=adapter,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_completion_length,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
@@ -285,7 +385,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
 
     check_common_args(args)
     # Cheap checks first: a bad dataset or judge should not wait for a model to load.
-    dataset = select_examples(load_dataset_from_args(args), args.n_samples, args.seed)
+    dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
     model, tokenizer, generate_fn = load_generator_from_args(args)
     result = evaluate(
@@ -293,7 +393,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         dataset,
         judge,
         tokenizer=tokenizer,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_completion_length,
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -307,7 +407,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     result.config.update(
         model_name_or_path=args.model_name_or_path,
         dataset_name=args.dataset_name,
-        dataset_split=args.dataset_split,
+        split=split_to_read(args, COMMAND),
         judge_backend=getattr(judge_args, "judge_backend", None),
         judge_model=getattr(judge_args, "judge_model", None),
     )

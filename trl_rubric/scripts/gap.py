@@ -29,6 +29,7 @@ from .eval import (
     load_dataset_from_args,
     load_generator_from_args,
     run_command,
+    split_to_read,
     warn_on_judge_failures,
 )
 
@@ -96,7 +97,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
     for placeholder in ("{prompt}", "{rubric}"):
         if placeholder not in args.teacher_prompt_template:
             raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
-    dataset = select_examples(load_dataset_from_args(args), args.n_samples, args.seed)
+    dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
     model, tokenizer, generate_fn = load_generator_from_args(args)
     result = conditioning_gap(
@@ -107,7 +108,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
         teacher_prompt_template=args.teacher_prompt_template,
         rubric_render_style=args.rubric_render_style,
         n_samples=None,  # already sampled above
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_completion_length,
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -139,7 +140,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
     result.settings.update(
         model_name_or_path=args.model_name_or_path,
         dataset_name=args.dataset_name,
-        dataset_split=args.dataset_split,
+        split=split_to_read(args, COMMAND),
         n_samples=args.n_samples,
         judge_backend=getattr(judge_args, "judge_backend", None),
         judge_model=getattr(judge_args, "judge_model", None),

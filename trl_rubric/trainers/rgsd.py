@@ -269,6 +269,14 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
         if not 0.0 <= self.distillation_weight <= 1.0:
             raise ValueError(f"distillation_weight is {self.distillation_weight}; expected a value in [0, 1]")
+        if self.distillation_weight == 1.0 and (self.entropy_coef != 0.0 or self.use_adaptive_entropy):
+            # GRPO's entropy bonus regularises its policy-gradient term; pure RGSD has none, and the divergence to
+            # the teacher already governs the student's entropy.
+            raise ValueError(
+                f"entropy_coef={self.entropy_coef} / use_adaptive_entropy={self.use_adaptive_entropy} act on GRPO's "
+                "policy loss, which pure RGSD (distillation_weight=1.0) does not have; drop them, or use hybrid mode "
+                "(distillation_weight < 1 with reward_funcs), where they scale by 1 - distillation_weight"
+            )
         if self.token_clip is not None and self.token_clip <= 0:
             raise ValueError(f"token_clip is {self.token_clip}; expected a positive number or None")
         if self.beta != 0.0 and self.distillation_weight == 1.0:
@@ -367,6 +375,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"RGSDTrainer needs an RGSDConfig, got {type(args).__name__}. Replace GRPOConfig with RGSDConfig "
                 "(it takes the same arguments)."
             )
+        if environment_factory is not None:
+            raise ValueError(
+                "RGSDTrainer does not take an environment_factory: its teacher needs each row's rubric, and rollouts "
+                "from an environment carry none. Use GRPOTrainer with the environment and a RubricReward among "
+                "reward_funcs, or RGSDTrainer on a rubric dataset"
+            )
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
         self._rgsd_has_rewards = reward_funcs is not None
@@ -421,6 +435,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             self.vllm_importance_sampling_correction = False
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
+        if self.aux_loss_enabled:  # the distillation pass adds the MoE router loss itself: check it can, up front
+            losses.moe_load_balancing_fn(_causal_lm(self.model))
         self.teacher_model = self._build_teacher(teacher_model, quantization_config)
         # Logit scale and soft-capping as each model applies them (a separate teacher has its own config).
         self._student_logits = losses.logit_processing(self.accelerator.unwrap_model(self.model).config)
@@ -625,16 +641,19 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     # ------------------------------------------------------------------ loss
 
     @staticmethod
-    def _last_hidden_state(unwrapped, input_ids, attention_mask, logits_to_keep):
-        """Backbone hidden states that predict the last `logits_to_keep` tokens, shape `[B, T, H]`."""
-        if is_peft_model(unwrapped):
-            unwrapped = unwrapped.base_model.model
+    def _last_hidden_state(unwrapped, input_ids, attention_mask, logits_to_keep, router_logits=None):
+        """Backbone hidden states that predict the last `logits_to_keep` tokens, shape `[B, T, H]`. A list given as
+        `router_logits` receives an MoE model's router logits (for its load-balancing loss)."""
+        unwrapped = _causal_lm(unwrapped)
         # Positions from the mask, so a left-padded row sees the same positions as the unpadded sequence.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = unwrapped.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        return hidden[:, -logits_to_keep - 1 : -1, :]
+        extra = {"output_router_logits": True} if router_logits is not None else {}
+        out = unwrapped.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
+        )
+        if router_logits is not None:
+            router_logits.extend(out.router_logits)
+        return out.last_hidden_state[:, -logits_to_keep - 1 : -1, :]
 
     def _teacher_inputs(self, inputs):
         input_ids = torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1)
@@ -675,7 +694,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         T = inputs["completion_ids"].size(1)
-        s_hidden = self._last_hidden_state(unwrapped, input_ids, attention_mask, T)
+        router_logits = [] if self.aux_loss_enabled else None
+        s_hidden = self._last_hidden_state(unwrapped, input_ids, attention_mask, T, router_logits)
         head = unwrapped.get_output_embeddings()
 
         mask = inputs["rgsd_loss_mask"].bool()
@@ -732,6 +752,14 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         # Undo the 1/gradient_accumulation_steps scaling TRL expects, so the logged loss is the loss itself.
         distill_loss = loss.detach() * (self._accumulation_steps() if mode == "train" else 1)
+        self._rgsd_aux_loss = None
+        if router_logits is not None:
+            # As GRPOTrainer does: the architecture's router loss, weighted by router_aux_loss_coef and scaled for
+            # gradient accumulation. Added before the hybrid mix, whose GRPO term carries the same loss, so the total
+            # weight stays router_aux_loss_coef in both modes.
+            aux = losses.router_load_balancing_loss(_causal_lm(unwrapped), router_logits, attention_mask)
+            loss = loss + self.router_aux_loss_coef * aux / (self._accumulation_steps() if mode == "train" else 1)
+            self._rgsd_aux_loss = aux.detach()
         if self._rgsd_hybrid:
             grpo_loss = GRPOTrainer._compute_loss(self, unwrapped, inputs)
             w = self.args.distillation_weight
@@ -783,6 +811,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
+        if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
+            metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())
         return loss
 
     # ------------------------------------------------------------------ logging and checkpoints
@@ -835,6 +865,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.accelerator.unwrap_model(self.teacher_model).load_state_dict(state)
+
+
+def _causal_lm(model):
+    """The transformers causal LM under a PEFT wrapper (or the model itself)."""
+    return model.base_model.model if is_peft_model(model) else model
 
 
 def _hub_id_like(source: str | None) -> bool:

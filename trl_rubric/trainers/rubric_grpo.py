@@ -213,6 +213,12 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         environment_factory=None,
         judge: RubricJudge | None = None,
     ):
+        if environment_factory is not None:
+            raise ValueError(
+                "RubricGRPOTrainer does not take an environment_factory: its reward grades each row's rubric, and "
+                "rollouts from an environment carry none. Use GRPOTrainer with the environment and a RubricReward "
+                "among reward_funcs (rows then need a 'rubric' column)"
+            )
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = RubricGRPOConfig(f"{model_name.split('/')[-1]}-RubricGRPO")

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible judge server for tests and benchmarks: real HTTP on 127.0.0.1, deterministic grades.
 
-    from trl_rubric.testing_judge import FakeJudgeServer
+    from trl_rubric.testing.judge_server import FakeJudgeServer
 
     with FakeJudgeServer(delay=0.05) as server:
         judge = OpenAIJudge("fake-judge", base_url=server.url)
@@ -37,7 +37,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .judges.prompts import CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, RESPONSE_HEADER
+from ..judges.prompts import CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, RESPONSE_HEADER
 
 FAULT_KINDS = ("500", "429", "401", "hang", "malformed", "missing", "out_of_range", "duplicate")
 _WORD = re.compile(r"[\w']+")

@@ -4,6 +4,8 @@ Users' own tests can use it too::
 
     from trl_rubric.testing import make_tiny_model, make_rubric_rows
     path = make_tiny_model(tmp_path / "tiny")
+
+The fake OpenAI-compatible judge server lives next to it, in `trl_rubric.testing.judge_server`.
 """
 
 from __future__ import annotations

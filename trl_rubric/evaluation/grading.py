@@ -1,0 +1,197 @@
+"""Grading: pick the rows, generate, grade each answer against its rubric and summarise ([`evaluate`])."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..judges.base import RubricJudge, prompt_to_text
+from ..rubric import Rubric
+from .errors import EvaluationError
+from .generation import GenerateFn, Generations, _as_generations, generate_responses
+from .loading import _resolve_model
+from .metrics import EvalMetrics, _verdicts_fit, strict_outcome, summarize
+
+
+def _table_to_pandas(rows: list[dict[str, Any]]):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError(
+            "to_pandas() needs pandas: pip install pandas (or use .table() for a list of dicts)"
+        ) from None
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class EvalResult:
+    """What [`evaluate`] returns.
+
+    Attributes:
+        metrics: Dataset-level [`EvalMetrics`].
+        examples: One dict per example: `index`, `prompt` (text), `response`, `score`, `unweighted_score`, `strict`,
+            `num_tokens`, `truncated`, `failed`, `judge_error` and `criteria` (a list of `{text, weight, category,
+            verdict}`).
+        config: The settings that produced it (generation, judge, dataset), for the record.
+    """
+
+    metrics: EvalMetrics
+    examples: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Metrics at the top level (what `results.json` holds), plus the config."""
+        return {**self.metrics.to_dict(), "config": self.config}
+
+    def table(self) -> list[dict[str, Any]]:
+        """Per-example rows as flat-ish dicts, ready for `pandas.DataFrame(...)` or a JSONL file."""
+        return [dict(row) for row in self.examples]
+
+    def to_pandas(self):
+        """The per-example table as a `pandas.DataFrame` (needs pandas)."""
+        return _table_to_pandas(self.table())
+
+
+def select_examples(dataset: Any, n_samples: int | None = None, seed: int = 0):
+    """Validated `{prompt, rubric}` rows, reduced to a seeded random subset of `n_samples` rows when asked.
+
+    Args:
+        dataset: A `Dataset` with `prompt` and `rubric` columns (used as is), or anything [`load_rubric_dataset`]
+            reads (validated with its defaults).
+        n_samples: Rows to keep; `None` keeps all.
+        seed: Seed of the subset; the same seed picks the same rows.
+
+    Returns:
+        A `Dataset`.
+    """
+    from datasets import Dataset
+
+    from ..data import load_rubric_dataset
+
+    if not (isinstance(dataset, Dataset) and {"prompt", "rubric"} <= set(dataset.column_names)):
+        dataset = load_rubric_dataset(dataset)
+    if len(dataset) == 0:
+        raise EvaluationError("the dataset is empty; expected at least one row with a prompt and a rubric")
+    if n_samples is not None:
+        if n_samples < 1:
+            raise EvaluationError(f"n_samples is {n_samples}; expected a positive number (or None for all rows)")
+        if n_samples < len(dataset):
+            # A seeded shuffle rather than the first rows: training sets are often sorted by source or topic, and the
+            # same seed gives the same rows, so two checkpoints are compared on the same prompts.
+            dataset = dataset.shuffle(seed=seed).select(range(n_samples))
+    return dataset
+
+
+def _grade_examples(
+    judge: RubricJudge,
+    prompts: list[Any],
+    generations: Generations,
+    rubrics: list[Any],
+    max_concurrency: int | None,
+    progress: bool,
+    n_bootstrap: int,
+    confidence_level: float,
+    seed: int,
+    config: dict[str, Any],
+) -> EvalResult:
+    grades = judge.grade_many_sync(
+        prompts, generations.texts, rubrics, max_concurrency=max_concurrency, progress=progress
+    )
+    metrics = summarize(grades, rubrics, generations.lengths, n_bootstrap, confidence_level, seed)
+    examples = []
+    for i, (prompt, grade, rubric) in enumerate(zip(prompts, grades, rubrics, strict=True)):
+        rubric = Rubric.from_any(rubric)
+        fits = _verdicts_fit(grade, rubric)
+        verdicts = grade.verdicts if fits else [None] * len(rubric)
+        score = rubric.score(verdicts) if fits else grade.score
+        examples.append(
+            {
+                "index": i,
+                "prompt": prompt_to_text(prompt),
+                "response": generations.texts[i],
+                "score": score,
+                "unweighted_score": rubric.score(verdicts, weighted=False) if fits else grade.unweighted_score,
+                "strict": strict_outcome(rubric, verdicts) if fits else None,
+                "num_tokens": generations.lengths[i],
+                "truncated": generations.truncated[i],
+                "failed": grade.score is None or score is None,
+                "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
+                "judge_error": grade.error,
+                "criteria": [
+                    {"text": c.text, "weight": c.weight, "category": c.category, "verdict": v}
+                    for c, v in zip(rubric, verdicts, strict=True)
+                ],
+            }
+        )
+    return EvalResult(metrics=metrics, examples=examples, config=config)
+
+
+def evaluate(
+    model,
+    dataset: Any,
+    judge: RubricJudge,
+    tokenizer=None,
+    n_samples: int | None = None,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    judge_max_concurrency: int | None = None,
+    n_bootstrap: int = 1000,
+    confidence_level: float = 0.95,
+    progress: bool = True,
+    generate_fn: GenerateFn | None = None,
+) -> EvalResult:
+    """Generate one answer per prompt, grade it against its rubric, and summarise.
+
+    Args:
+        model: A causal LM, or a path / Hub id (a LoRA adapter folder works; see [`load_model_and_tokenizer`]).
+            May be `None` when `generate_fn` is given.
+        dataset: A `Dataset` with `prompt` and `rubric` columns, or anything [`load_rubric_dataset`] reads.
+        judge: Any [`RubricJudge`]; it sees the original prompt, never the rubric-conditioned one.
+        tokenizer: The model's tokenizer (loaded from the model's path if omitted).
+        n_samples: Evaluate a seeded random subset of this many rows (all rows if `None`).
+        max_new_tokens, batch_size, temperature, top_p, seed: Generation settings (see [`generate_responses`]);
+            `seed` also picks the subset and seeds the bootstrap.
+        judge_max_concurrency: Bound on concurrent judge calls (the judge's own default if `None`).
+        n_bootstrap: Bootstrap resamples for the score interval.
+        confidence_level: Interval coverage.
+        progress: Show progress bars.
+        generate_fn: Replace transformers generation, e.g. with a [`VLLMGenerator`] or a test double; called once
+            with the list of prompts.
+
+    Returns:
+        [`EvalResult`].
+    """
+    dataset = select_examples(dataset, n_samples, seed)
+    prompts, rubrics = list(dataset["prompt"]), list(dataset["rubric"])
+    if generate_fn is None:
+        model, tokenizer = _resolve_model(model, tokenizer)
+
+        def generate_fn(ps):
+            return generate_responses(
+                model, tokenizer, ps, max_new_tokens, batch_size, temperature, top_p, seed, progress
+            )
+
+    generations = _as_generations(generate_fn(prompts), tokenizer)
+    config = {
+        "n_samples": n_samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "judge": getattr(judge, "name", type(judge).__name__),
+    }
+    return _grade_examples(
+        judge,
+        prompts,
+        generations,
+        rubrics,
+        judge_max_concurrency,
+        progress,
+        n_bootstrap,
+        confidence_level,
+        seed,
+        config,
+    )
