@@ -487,7 +487,8 @@ def test_partly_graded_completion_has_an_unknown_reward_and_is_counted(rubric, v
 
 
 def test_evaluation_reports_the_graded_fraction():
-    from trl_rubric.evaluation import Generations, _grade_examples
+    from trl_rubric.evaluation.generation import Generations
+    from trl_rubric.evaluation.grading import _grade_examples
 
     rubric = [{"text": "a", "weight": 3}, {"text": "b", "weight": 1}]
     result = _grade_examples(
