@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -29,22 +29,24 @@ from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
 from .. import losses
-from ..data import named_datasets, validate_rubric_column
+from ..data import named_datasets
 from ..model_card import RubricModelCardMixin
-from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
+from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
-    build_teacher_prompt,
     freeze,
     teacher_shares_tokenizer,
 )
+from ..teacher_context import TEACHER_CONTEXT_PRESETS, TeacherContextProvider, apply_preset, build_teacher_context
 from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_SUPPORTS = ("full", "topk", "sampled_token")
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
+# Fields a teacher-context preset may set (see `teacher_context.TEACHER_CONTEXT_PRESETS`).
+RGSD_PRESET_FIELDS = {key for preset in TEACHER_CONTEXT_PRESETS.values() for key in preset.settings}
 
 
 @dataclass
@@ -75,9 +77,19 @@ class RGSDConfig(GRPOConfig):
 
     > Parameters that control the teacher context
 
+        teacher_context (`str`, *optional*, defaults to `"rubric"`):
+            What the teacher is shown, by preset name; one line switches the method. `"rubric"`: the rubric as hidden
+            criteria (RGSD). `"reference"`: a reference answer from `reference_column` (OPSD / SDFT).
+            `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
+            rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
+            those loss fields unless you changed them. See `trl_rubric.teacher_context` for custom providers.
+        reference_column (`str`, *optional*, defaults to `"reference"`):
+            Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
+            contexts. A missing or empty value is an error naming the row, before training.
         teacher_prompt_template (`str`, *optional*, defaults to [`DEFAULT_TEACHER_PROMPT_TEMPLATE`]):
             Text with `{prompt}` and `{rubric}` placeholders that builds the teacher's view. For chat prompts it fills
-            the last user turn; system turns are kept.
+            the last user turn; system turns are kept. The reference contexts have their own default template; a
+            template set here replaces it and must hold `{reference}` too.
         rubric_render_style (`str`, *optional*, defaults to `"numbered"`):
             How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
@@ -141,6 +153,13 @@ class RGSDConfig(GRPOConfig):
         default=None,
         metadata={"help": "Separate frozen teacher (path or Hub id) sharing the student's tokenizer; default: none."},
     )
+    teacher_context: str = field(
+        default="rubric",
+        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference or rcsd."},
+    )
+    reference_column: str = field(
+        default="reference", metadata={"help": "Dataset column holding the reference answer."}
+    )
     teacher_prompt_template: str = field(
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
@@ -194,6 +213,7 @@ class RGSDConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        apply_preset(self, {f.name: f.default for f in fields(RGSDConfig) if f.name in RGSD_PRESET_FIELDS})
         self._check_rgsd_fields()
         if self.num_generations != 1:
             super().__post_init__()
@@ -256,7 +276,7 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
         if "{prompt}" not in self.teacher_prompt_template:
             raise ValueError(f"teacher_prompt_template must contain {{prompt}}; got {self.teacher_prompt_template!r}")
-        if "{rubric}" not in self.teacher_prompt_template:
+        if self.teacher_context == "rubric" and "{rubric}" not in self.teacher_prompt_template:
             logger.warning(
                 "teacher_prompt_template has no {rubric} placeholder: the teacher will not see the rubric, so this "
                 "run is plain self-distillation (a useful control, but not RGSD)."
@@ -316,6 +336,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         rollout_func: Any = None,
         environment_factory: Any = None,
         teacher_model: str | PreTrainedModel | None = None,
+        teacher_context: TeacherContextProvider | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -346,8 +367,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
                 "applies to the policy's own weights. Leave teacher_model_kind='base' or drop teacher_model."
             )
+        # What the teacher sees comes from one provider (`teacher_context.py`); it checks its own columns.
+        teacher_context = teacher_context if teacher_context is not None else build_teacher_context(args)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
-            validate_rubric_column(dataset, args.rubric_column, name, args.pitfall_polarity)
+            teacher_context.validate(dataset, name)
 
         super().__init__(
             model=model,
@@ -367,6 +390,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         if self._is_vlm:
             raise ValueError("RGSDTrainer supports text-only models for now; got a vision-language model.")
+        self.teacher_context = teacher_context
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
         self.teacher_model = self._build_teacher(teacher_model, quantization_config)
@@ -441,28 +465,34 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             self.add_callback(SyncTeacherModelCallback(teacher_model=teacher, accelerator=self.accelerator))
         return teacher
 
-    def _teacher_prompts(self, inputs: list[dict[str, Any]]) -> list:
-        args = self.args
-        prompts = []
-        for x in inputs:
-            try:
-                rubric = Rubric.from_any(x[args.rubric_column], pitfall_polarity=args.pitfall_polarity)
-            except (RubricError, KeyError) as e:
-                raise ValueError(f"a training row has an unusable {args.rubric_column!r} column: {e}") from None
-            prompts.append(
-                build_teacher_prompt(x["prompt"], rubric, args.teacher_prompt_template, args.rubric_render_style)
-            )
-        return prompts
+    def _teacher_contexts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
+        """Each row's `num_contexts` teacher contexts, from the provider."""
+        provider, k = self.teacher_context, self.teacher_context.num_contexts
+        rows = []
+        for i, x in enumerate(inputs):
+            contexts = provider.contexts(x, completions[i] if completions is not None else None)
+            if len(contexts) != k:
+                raise ValueError(
+                    f"teacher_context {provider.name!r} gave {len(contexts)} contexts for a row; expected {k}"
+                )
+            rows.append(contexts)
+        return rows
+
+    def _teacher_prompts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
+        """All teacher prompts of `inputs`, row-major (`num_contexts` per row)."""
+        return [c.prompt for contexts in self._teacher_contexts(inputs, completions) for c in contexts]
 
     def _check_teacher_prompt_lengths(self, dataset: Dataset) -> None:
-        limit = self.args.max_teacher_prompt_length
+        limit, k = self.args.max_teacher_prompt_length, self.teacher_context.num_contexts
+        if self.teacher_context.needs_completion:
+            return  # contexts depend on the rollout: checked on every batch after sampling
         for start in range(0, len(dataset), 256):
             rows = dataset.select(range(start, min(start + 256, len(dataset))))
             ids, _, _ = self._tokenize_prompts(self._teacher_prompts(list(rows)))
             for offset, row_ids in enumerate(ids):
                 if len(row_ids) > limit:
                     raise ValueError(
-                        f"train_dataset row {start + offset}: the teacher prompt (prompt + rubric) is "
+                        f"train_dataset row {start + offset // k}: the teacher prompt (prompt + rubric) is "
                         f"{len(row_ids)} tokens, over max_teacher_prompt_length={limit}. Teacher prompts are never "
                         "truncated: shorten the rubric, raise the limit, or drop the row."
                     )
@@ -474,8 +504,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
 
-        teacher_prompts = self._teacher_prompts(inputs)
-        teacher_ids, _, _ = self._tokenize_prompts(teacher_prompts)
+        completions = None
+        if self.teacher_context.needs_completion:
+            completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        contexts = self._teacher_contexts(inputs, completions)
+        k = self.teacher_context.num_contexts
+        teacher_ids, _, _ = self._tokenize_prompts([c.prompt for row in contexts for c in row])
         limit = self.args.max_teacher_prompt_length
         if limit is not None:
             longest = max(len(ids) for ids in teacher_ids)
@@ -491,6 +525,13 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         output["teacher_prompt_mask"] = pad(
             [torch.ones_like(ids) for ids in teacher_ids], padding_value=0, padding_side="left"
         )
+        if k > 1:
+            # [B, K, P] keeps dim 0 per rollout, so GRPO's shuffling and splitting keep a rollout's K teachers together.
+            for key in ("teacher_prompt_ids", "teacher_prompt_mask"):
+                output[key] = output[key].view(len(contexts), k, -1)
+            output["teacher_context_weights"] = torch.tensor(
+                [[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32
+            )
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -510,7 +551,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if not self._rgsd_hybrid:
             output["advantages"] = torch.zeros_like(output["advantages"])
 
-        prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(1).float())
+        prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(-1).float().flatten())
         self._metrics[mode]["rgsd/teacher_prompt_length"].append(prompt_lengths.mean().item())
         return output
 
@@ -551,9 +592,16 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return hidden[:, -logits_to_keep - 1 : -1, :]
 
     def _teacher_inputs(self, inputs):
-        input_ids = torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["teacher_prompt_mask"], inputs["completion_mask"]], dim=1)
-        return input_ids, attention_mask, inputs["completion_ids"].size(1)
+        prompt_ids, prompt_mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        if prompt_ids.dim() == 3:  # K teachers per rollout: one batched forward over B * K rows
+            k = prompt_ids.size(1)
+            prompt_ids, prompt_mask = prompt_ids.flatten(0, 1), prompt_mask.flatten(0, 1)
+            completion_ids = completion_ids.repeat_interleave(k, dim=0)
+            completion_mask = completion_mask.repeat_interleave(k, dim=0)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        return input_ids, attention_mask, completion_ids.size(1)
 
     def _separate_teacher_hidden(self, inputs):
         unwrapped = self.accelerator.unwrap_model(self.teacher_model)

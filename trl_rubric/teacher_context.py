@@ -1,0 +1,322 @@
+"""What the teacher is shown: one interface for the self-distillation family.
+
+RGSD (arXiv 2606.12507), RCSD (arXiv 2606.19327), OPSD / SDFT and SGSD (arXiv 2605.28791) differ mainly in the
+teacher's context. A [`TeacherContextProvider`] turns one dataset row (its prompt, rubric and other columns) into one
+or more [`TeacherContext`]s: a teacher prompt, with a weight when several teachers score the same rollout. Providers
+that need the rollout (a critique of it, say) set `needs_completion` and receive its text.
+
+Built-in providers, picked by name with `RGSDConfig.teacher_context`:
+
+- `"rubric"`: the question with the rubric as hidden criteria (RGSD; the default). Exactly [`build_teacher_prompt`].
+- `"reference"`: the question with a reference answer (OPSD / SDFT style), read from `reference_column`.
+- `"rubric+reference"`: the question, a reference answer and the rubric in one pass (RCSD).
+
+A preset (see [`TEACHER_CONTEXT_PRESETS`]) is a provider plus the loss settings of its paper, e.g. `"rcsd"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .rubric import Rubric, RubricError
+from .teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
+
+logger = logging.getLogger(__name__)
+
+#: Teacher context with a reference answer only (OPSD / SDFT style), in our own words.
+REFERENCE_TEACHER_PROMPT_TEMPLATE = (
+    "{prompt}\n\n"
+    "A reference answer (the reader will not see it):\n"
+    "{reference}\n\n"
+    "Answer the question above on your own. Let the reference guide what a good answer contains, "
+    "but do not mention, quote or refer to it."
+)
+
+#: Teacher context with a reference answer and the rubric in one pass (RCSD, arXiv 2606.19327), in our own words.
+RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE = (
+    "{prompt}\n\n"
+    "A reference answer (the reader will not see it):\n"
+    "{reference}\n\n"
+    "Hidden evaluation criteria (the reader will not see these):\n"
+    "{rubric}\n\n"
+    "Answer the question above on your own. Let the reference and the criteria guide what a good answer contains, "
+    "but do not mention, quote or refer to them."
+)
+
+_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference)\}")
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """One teacher's view of a rollout.
+
+    Args:
+        prompt: The teacher's prompt, a string or chat messages (as the student's prompt is).
+        weight: Relative weight of this teacher when several score the same rollout (normalised per rollout).
+    """
+
+    prompt: str | list[dict[str, Any]]
+    weight: float = 1.0
+
+
+@runtime_checkable
+class TeacherContextProvider(Protocol):
+    """Turns a dataset row into the contexts its teachers see.
+
+    Attributes:
+        name: Short name, shown in metrics and model cards.
+        num_contexts: Teacher contexts per rollout (K); every row gets exactly this many.
+        needs_completion: True when the contexts depend on the sampled rollout; `contexts` then gets its text, and
+            teacher prompt lengths can only be checked after sampling.
+    """
+
+    name: str
+    num_contexts: int
+    needs_completion: bool
+
+    def validate(self, dataset: Any, name: str) -> None:
+        """Raise a `ValueError` naming the dataset, row and column of the first unusable row (before training)."""
+
+    def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
+        """The `num_contexts` teacher contexts of one row (and, when `needs_completion`, its rollout's text)."""
+
+
+def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]]:
+    """Apply `fill(text) -> text` to a plain prompt, or to the last user turn of chat messages (other turns kept)."""
+    if isinstance(prompt, str):
+        return fill(prompt)
+    messages = [dict(m) for m in prompt]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        raise ValueError(f"conversational prompt has no user turn to put the teacher context in: {prompt!r}")
+    content = messages[last_user]["content"]
+    if isinstance(content, list):  # multimodal blocks: extend the last text block
+        blocks = [dict(b) for b in content]
+        text_idx = max((i for i, b in enumerate(blocks) if b.get("type") == "text"), default=None)
+        if text_idx is None:
+            blocks.append({"type": "text", "text": fill("")})
+        else:
+            blocks[text_idx]["text"] = fill(blocks[text_idx]["text"])
+        messages[last_user]["content"] = blocks
+    else:
+        messages[last_user]["content"] = fill(content)
+    return messages
+
+
+def fill_template(template: str, **values: str) -> str:
+    """Substitute `{prompt}`, `{rubric}` and `{reference}` in one pass.
+
+    One pass, so a reference or rubric that itself contains the text `{prompt}` is inserted as it is; and no
+    `str.format`, because answers often contain braces (JSON, LaTeX, code).
+    """
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+
+def _check_placeholders(template: str, required: tuple[str, ...], provider: str) -> None:
+    missing = [p for p in required if "{" + p + "}" not in template]
+    if missing:
+        raise ValueError(
+            f"teacher_prompt_template for teacher_context={provider!r} must contain "
+            f"{', '.join('{' + p + '}' for p in missing)}; got {template!r}"
+        )
+
+
+def _reference_text(row: Mapping[str, Any], column: str) -> str:
+    value = row[column] if column in row else None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"column {column!r} is {value!r}; expected a non-empty reference answer (a string)")
+    return value
+
+
+def _rows_with_columns(dataset: Any, name: str, columns: tuple[str, ...]):
+    """Check the columns exist, then yield `(index, row)`; map-style datasets only (streams are checked later)."""
+    names = getattr(dataset, "column_names", None)
+    if names is None or not hasattr(dataset, "__len__"):
+        return
+    for column in columns:
+        if column not in names:
+            raise ValueError(
+                f"{name} has no {column!r} column (columns: {names}); the teacher context needs it. Add the column, "
+                "or point the config at the right one (rubric_column / reference_column)."
+            )
+    yield from enumerate(dataset.select_columns(list(columns)))
+
+
+@dataclass
+class RubricContext:
+    """The question with its rubric as hidden criteria (RGSD, arXiv 2606.12507): [`build_teacher_prompt`]."""
+
+    template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE
+    render_style: str = "numbered"
+    rubric_column: str = "rubric"
+    pitfall_polarity: str = "as_is"
+    name: str = "rubric"
+    num_contexts: int = 1
+    needs_completion: bool = False
+
+    def validate(self, dataset: Any, name: str) -> None:
+        from .data import validate_rubric_column
+
+        validate_rubric_column(dataset, self.rubric_column, name, self.pitfall_polarity)
+
+    def _rubric(self, row: Mapping[str, Any]) -> Rubric:
+        try:
+            return Rubric.from_any(row[self.rubric_column], pitfall_polarity=self.pitfall_polarity)
+        except (RubricError, KeyError) as e:
+            raise ValueError(f"a training row has an unusable {self.rubric_column!r} column: {e}") from None
+
+    def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
+        prompt = build_teacher_prompt(row["prompt"], self._rubric(row), self.template, self.render_style)
+        return [TeacherContext(prompt)]
+
+
+@dataclass
+class ReferenceContext:
+    """The question with a reference answer (OPSD / SDFT style); with `with_rubric`, the rubric too (RCSD)."""
+
+    template: str = REFERENCE_TEACHER_PROMPT_TEMPLATE
+    reference_column: str = "reference"
+    with_rubric: bool = False
+    render_style: str = "json"
+    rubric_column: str = "rubric"
+    pitfall_polarity: str = "as_is"
+    name: str = "reference"
+    num_contexts: int = 1
+    needs_completion: bool = False
+    _rubric_part: RubricContext | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        required = ("prompt", "reference", "rubric") if self.with_rubric else ("prompt", "reference")
+        _check_placeholders(self.template, required, self.name)
+        if self.with_rubric:
+            self._rubric_part = RubricContext(
+                render_style=self.render_style,
+                rubric_column=self.rubric_column,
+                pitfall_polarity=self.pitfall_polarity,
+            )
+
+    def validate(self, dataset: Any, name: str) -> None:
+        if self._rubric_part is not None:
+            self._rubric_part.validate(dataset, name)
+        for index, row in _rows_with_columns(dataset, name, (self.reference_column,)):
+            try:
+                _reference_text(row, self.reference_column)
+            except ValueError as e:
+                raise ValueError(f"{name} row {index}: {e}. Fill it, or drop the row.") from None
+
+    def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
+        values = {"reference": _reference_text(row, self.reference_column)}
+        if self._rubric_part is not None:
+            values["rubric"] = self._rubric_part._rubric(row).render(self.render_style)
+        prompt = weave(row["prompt"], lambda text: fill_template(self.template, prompt=text, **values))
+        return [TeacherContext(prompt)]
+
+
+@dataclass(frozen=True)
+class TeacherContextPreset:
+    """A named method: a provider kind, and the `RGSDConfig` settings of its paper.
+
+    Args:
+        provider: `"rubric"`, `"reference"` or `"rubric+reference"`.
+        settings: Config fields the preset sets. A field the user changed from its default keeps the user's value
+            (with a warning), so a preset never silently overrides an explicit choice.
+        description: One line for docs and errors.
+    """
+
+    provider: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+#: Presets by name for `RGSDConfig.teacher_context`.
+TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
+    "rubric": TeacherContextPreset("rubric", description="RGSD: the rubric as hidden criteria (arXiv 2606.12507)"),
+    "reference": TeacherContextPreset("reference", description="OPSD / SDFT: a reference answer"),
+    "rubric+reference": TeacherContextPreset(
+        "rubric+reference", description="a reference answer and the rubric in one teacher pass"
+    ),
+    "rcsd": TeacherContextPreset(
+        "rubric+reference",
+        settings={
+            "rubric_render_style": "json",
+            "distillation_beta": 0.0,
+            "distillation_support": "topk",
+            "distillation_top_k": 20,
+            "distillation_top_k_source": "teacher",
+            "distillation_top_k_tail": False,
+            "token_clip": 0.05,
+            "token_clip_mode": "per_entry",
+        },
+        description=(
+            "RCSD (arXiv 2606.19327): reference + JSON rubric, forward KL over the teacher's top-20 tokens "
+            "renormalised, per-entry clip 0.05, frozen teacher"
+        ),
+    ),
+}
+
+
+def resolve_preset(name: str) -> TeacherContextPreset:
+    if name not in TEACHER_CONTEXT_PRESETS:
+        raise ValueError(f"teacher_context is {name!r}; expected one of {tuple(TEACHER_CONTEXT_PRESETS)}")
+    return TEACHER_CONTEXT_PRESETS[name]
+
+
+def apply_preset(config: Any, defaults: Mapping[str, Any]) -> None:
+    """Set the preset's loss settings on `config` where the field still holds its default `defaults[field]`."""
+    preset = resolve_preset(config.teacher_context)
+    for key, value in preset.settings.items():
+        current = getattr(config, key)
+        if current == defaults[key]:
+            setattr(config, key, value)
+        elif current != value:
+            logger.warning(
+                "teacher_context=%r sets %s=%r, but the config sets %r; keeping %r (a departure from the preset).",
+                config.teacher_context,
+                key,
+                value,
+                current,
+                current,
+            )
+
+
+def build_teacher_context(config: Any) -> TeacherContextProvider:
+    """The provider an `RGSDConfig` names in `teacher_context`.
+
+    The rubric provider uses `teacher_prompt_template`; the reference providers use theirs unless the user set
+    `teacher_prompt_template` (which must then hold their placeholders).
+    """
+    preset = resolve_preset(config.teacher_context)
+    custom = config.teacher_prompt_template != DEFAULT_TEACHER_PROMPT_TEMPLATE
+    common = dict(rubric_column=config.rubric_column, pitfall_polarity=config.pitfall_polarity)
+    if preset.provider == "rubric":
+        return RubricContext(config.teacher_prompt_template, config.rubric_render_style, **common)
+    with_rubric = preset.provider == "rubric+reference"
+    default = RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE if with_rubric else REFERENCE_TEACHER_PROMPT_TEMPLATE
+    return ReferenceContext(
+        template=config.teacher_prompt_template if custom else default,
+        reference_column=config.reference_column,
+        with_rubric=with_rubric,
+        render_style=config.rubric_render_style,
+        name=preset.provider,
+        **common,
+    )
+
+
+__all__ = [
+    "REFERENCE_TEACHER_PROMPT_TEMPLATE",
+    "RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE",
+    "TEACHER_CONTEXT_PRESETS",
+    "ReferenceContext",
+    "RubricContext",
+    "TeacherContext",
+    "TeacherContextPreset",
+    "TeacherContextProvider",
+    "apply_preset",
+    "build_teacher_context",
+    "fill_template",
+    "weave",
+]
