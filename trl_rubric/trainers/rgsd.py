@@ -28,9 +28,10 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
-from .. import losses
+from .. import losses, multi_teacher
 from ..data import named_datasets
 from ..model_card import RubricModelCardMixin
+from ..multi_teacher import TEACHER_COMBINES
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
@@ -97,6 +98,16 @@ class RGSDConfig(GRPOConfig):
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
             How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
             in the `weighted` and `json` render styles.
+        teacher_combine (`str`, *optional*, defaults to `"mean"`):
+            How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
+            per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
+            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`.
+        gate_success_threshold (`float`, *optional*, defaults to `0.5`):
+            For `"sgsd_gate"`: a rollout whose weighted reward reaches this is a success, below it a failure.
+        gate_min_support (`float`, *optional*, defaults to `0.1`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is smaller in size is uncertain and ignored.
+        gate_max_support (`float`, *optional*, defaults to `5.0`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is larger in size is extreme and ignored.
         max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
             Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
             whole training set before training starts. Teacher prompts are never truncated.
@@ -160,6 +171,14 @@ class RGSDConfig(GRPOConfig):
     reference_column: str = field(
         default="reference", metadata={"help": "Dataset column holding the reference answer."}
     )
+    teacher_combine: Literal["mean", "sgsd_gate"] = field(
+        default="mean", metadata={"help": "How K teachers per rollout combine: mean or sgsd_gate."}
+    )
+    gate_success_threshold: float = field(
+        default=0.5, metadata={"help": "sgsd_gate: weighted reward at or above this is a success."}
+    )
+    gate_min_support: float = field(default=0.1, metadata={"help": "sgsd_gate: smallest |log-ratio| that counts."})
+    gate_max_support: float = field(default=5.0, metadata={"help": "sgsd_gate: largest |log-ratio| that counts."})
     teacher_prompt_template: str = field(
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
@@ -260,6 +279,16 @@ class RGSDConfig(GRPOConfig):
         choice("rubric_render_style", RENDER_STYLES)
         choice("token_clip_mode", ("clamp", "scale"))
         choice("pitfall_polarity", PITFALL_POLARITIES)
+        choice("teacher_combine", TEACHER_COMBINES)
+        if self.teacher_combine == "sgsd_gate" and self.token_clip is None:
+            raise ValueError(
+                "teacher_combine='sgsd_gate' reverses some teachers, so it needs a bounded loss: set token_clip"
+            )
+        if not 0.0 <= self.gate_min_support <= self.gate_max_support:
+            raise ValueError(
+                f"gate_min_support={self.gate_min_support}, gate_max_support={self.gate_max_support}; expected "
+                "0 <= min <= max"
+            )
         if not 0.0 <= self.distillation_beta <= 1.0:
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
         if not 0.0 <= self.distillation_weight <= 1.0:
@@ -359,6 +388,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             raise ValueError(
                 f"hybrid mode (distillation_weight={args.distillation_weight}) needs group advantages, so "
                 f"num_generations must be at least 2; got {args.num_generations}."
+            )
+        if args.teacher_combine == "sgsd_gate" and not self._rgsd_has_rewards:
+            raise ValueError(
+                "teacher_combine='sgsd_gate' gates each teacher by the rollout's verifier outcome, but no reward_funcs "
+                "were given. Pass a verifier reward function, or use teacher_combine='mean'."
             )
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
@@ -529,9 +563,16 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             # [B, K, P] keeps dim 0 per rollout, so GRPO's shuffling and splitting keep a rollout's K teachers together.
             for key in ("teacher_prompt_ids", "teacher_prompt_mask"):
                 output[key] = output[key].view(len(contexts), k, -1)
-            output["teacher_context_weights"] = torch.tensor(
-                [[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32
+            output["teacher_context_weights"] = multi_teacher.normalize_teacher_weights(
+                torch.tensor([[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32)
             )
+            if self.args.teacher_combine == "sgsd_gate":
+                output["rgsd_outcome"] = self._rgsd_outcome
+        # Extra cost of the teachers: tokens they read per token the student reads (1.0 = one same-size pass).
+        teacher_tokens = output["teacher_prompt_mask"].sum() + k * output["completion_mask"].sum()
+        student_tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
+        cost = self.accelerator.gather(torch.stack([teacher_tokens, student_tokens]).float()[None]).sum(0)
+        self._metrics[mode]["rgsd/teacher_token_ratio"].append((cost[0] / cost[1].clamp(min=1)).item())
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -573,7 +614,15 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rgsd_has_rewards:
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            if self.args.teacher_combine == "sgsd_gate":
+                local = slice(
+                    self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
+                )
+                self._rgsd_outcome = multi_teacher.verifier_outcome(
+                    rewards_per_func[local], self.reward_weights, self.args.gate_success_threshold
+                )
+            return rewards_per_func
         # Pure RGSD: no reward exists; zeros keep GRPO's bookkeeping valid and are never used (advantages are reset).
         return gather(torch.zeros(len(prompts), len(self.reward_funcs), device=self.accelerator.device))
 
@@ -638,20 +687,31 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         head = unwrapped.get_output_embeddings()
 
         mask = inputs["rgsd_loss_mask"].bool()
-        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` they only feed the
-        # `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
-        want_logps = self.args.distillation_support == "sampled_token" or self._logged_step()
+        k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
+        gated = k > 1 and self.args.teacher_combine == "sgsd_gate"
+        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` and the SGSD gate
+        # they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
+        want_logps = self.args.distillation_support == "sampled_token" or gated or self._logged_step()
+        s_tokens, t_tokens, target_ids = (
+            s_hidden[mask],
+            t_hidden[mask] if k == 1 else None,
+            inputs["completion_ids"][mask],
+        )
+        if k > 1:
+            # The K teachers' rows are rollout-major ([B * K]); compare each with the same student tokens, teacher-major.
+            t_tokens = t_hidden.view(-1, k, *t_hidden.shape[1:]).transpose(0, 1)[:, mask].flatten(0, 1)
+            s_tokens, target_ids = s_tokens.repeat(k, 1), target_ids.repeat(k)
         chunk_size = self.args.distillation_chunk_size or (128 if s_hidden.device.type == "cpu" else None)
         out = losses.token_divergence(
-            s_hidden[mask],
+            s_tokens,
             head.weight,
             head.bias,
-            t_hidden[mask].to(s_hidden.dtype),
+            t_tokens.to(s_hidden.dtype),
             t_weight,
             t_bias,
             beta=self.args.distillation_beta,
             support=self.args.distillation_support,
-            target_ids=inputs["completion_ids"][mask] if want_logps else None,
+            target_ids=target_ids if want_logps else None,
             top_k=self.args.distillation_top_k,
             top_k_source=self.args.distillation_top_k_source,
             top_k_tail=self.args.distillation_top_k_tail,
@@ -661,6 +721,19 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         clipped, clipped_mask = losses.clip_token_divergence(
             out.divergence, self.args.token_clip, mode=self.args.token_clip_mode
         )
+        if k > 1:
+            rows = mask.nonzero(as_tuple=True)[0]
+            combined = multi_teacher.combine_teachers(
+                out,
+                clipped,
+                clipped_mask,
+                inputs["teacher_context_weights"][rows].T,
+                self.args.teacher_combine,
+                outcome=inputs["rgsd_outcome"][rows] if gated else None,
+                min_support=self.args.gate_min_support,
+                max_support=self.args.gate_max_support,
+            )
+            out, clipped, clipped_mask = combined.divergence, combined.loss, combined.clipped_frac
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
