@@ -13,9 +13,11 @@ from trl_rubric.teacher_context import (
     TEACHER_CONTEXT_PRESETS,
     ReferenceContext,
     RubricContext,
+    SkillsContext,
     TeacherContextProvider,
     build_teacher_context,
     fill_template,
+    load_skill_bank,
 )
 from trl_rubric.testing import make_rubric_rows
 from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
@@ -218,3 +220,102 @@ def test_one_training_step_per_provider(tiny_model_path, tmp_path, context):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     (log,) = [e for e in trainer.state.log_history if "rgsd/divergence" in e]
     assert log["rgsd/divergence"] > 0 and torch.isfinite(torch.tensor(log["loss"]))
+
+
+# ---------------------------------------------------------------- skills (K teachers per rollout)
+
+SKILLS = [
+    {"skill": "check the dose before naming a drug", "mistake": "naming a dose without the weight"},
+    {"skill": "list fever warning signs", "mistake": "ignoring a fever above 40"},
+    {"skill": "explain heart risk factors plainly"},
+    {"text": "summarise the evidence in one sentence"},
+]
+
+
+def _bank(tmp_path):
+    path = tmp_path / "skills.jsonl"
+    path.write_text("\n".join(json.dumps(s) for s in SKILLS) + "\n", encoding="utf-8")
+    return path
+
+
+def test_skill_bank_reads_skill_mistake_pairs_and_names_a_bad_line(tmp_path):
+    skills = load_skill_bank(_bank(tmp_path))
+    assert skills[0] == "check the dose before naming a drug\nA mistake to avoid: naming a dose without the weight"
+    assert skills[3] == "summarise the evidence in one sentence"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"mistake": "no skill"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2: expected a non-empty 'text' or 'skill'"):
+        load_skill_bank(bad)
+    with pytest.raises(ValueError, match="holds 4 skills"):
+        SkillsContext(_bank(tmp_path), num_contexts=5)
+
+
+def test_bm25_skills_rank_the_matching_skill_first_with_softmax_weights(tmp_path):
+    provider = SkillsContext(_bank(tmp_path), num_contexts=2)
+    contexts = provider.contexts({"prompt": "my child has a fever, what are the warning signs?"})
+    assert len(contexts) == 2
+    assert "list fever warning signs" in contexts[0].prompt
+    assert "list fever warning signs" not in contexts[1].prompt
+    assert contexts[0].weight > contexts[1].weight
+    assert sum(c.weight for c in contexts) == pytest.approx(1.0)
+    _, scores = provider.retrieve("my child has a fever, what are the warning signs?")
+    expected = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0).tolist()
+    assert [c.weight for c in contexts] == pytest.approx(expected)
+
+
+def test_skills_use_the_users_embedding_function(tmp_path):
+    vocab = ["dose", "fever", "heart", "evidence"]
+
+    def embed(texts):
+        return [[float(word in t) + 1e-3 for word in vocab] for t in texts]
+
+    provider = SkillsContext(_bank(tmp_path), num_contexts=1, embed=embed)
+    (context,) = provider.contexts({"prompt": [{"role": "user", "content": "what about the heart?"}]})
+    assert "explain heart risk factors plainly" in context.prompt[-1]["content"]
+    assert context.weight == 1.0
+
+
+def test_skills_teachers_see_their_skill_and_the_student_never_does(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows(4))
+    args = _config(tmp_path, teacher_context="skills", skill_bank=str(_bank(tmp_path)), num_teacher_contexts=2)
+    trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=dataset)
+    batch = trainer._generate_and_score_completions(list(dataset))
+    assert batch["teacher_prompt_ids"].shape[:2] == (4, 2)
+    tok = trainer.processing_class
+    skills = load_skill_bank(_bank(tmp_path))
+    for i, row in enumerate(dataset):
+        student = _decoded(tok, batch["prompt_ids"][i], batch["prompt_mask"][i])
+        contexts = trainer.teacher_context.contexts(row)
+        for k, context in enumerate(contexts):
+            teacher = _decoded(tok, batch["teacher_prompt_ids"][i, k], batch["teacher_prompt_mask"][i, k])
+            assert teacher == tok.apply_chat_template(context.prompt, tokenize=False, add_generation_prompt=True)
+            assert sum(s in teacher for s in skills) == 1
+        assert not any(s.split("\n")[0] in student for s in skills)
+        torch.testing.assert_close(batch["teacher_context_weights"][i], torch.tensor([c.weight for c in contexts]))
+
+
+def _verifier(prompts, completions, **kwargs):
+    return [float(i % 2) for i in range(len(prompts))]
+
+
+@pytest.mark.parametrize("context", ["skills", "sgsd"])
+def test_one_training_step_with_skills(tiny_model_path, tmp_path, context):
+    # "scale" keeps a gradient on tokens above tau, which the tiny random model has many of
+    args = _config(
+        tmp_path,
+        teacher_context=context,
+        skill_bank=str(_bank(tmp_path)),
+        num_teacher_contexts=3,
+        token_clip_mode="scale",
+        gate_min_support=0.0,  # the tiny model's teachers disagree with it by ~0.01 nats, under the 0.1 default
+    )
+    assert args.teacher_combine == ("sgsd_gate" if context == "sgsd" else "mean")
+    rewards = _verifier if context == "sgsd" else None
+    trainer = RGSDTrainer(tiny_model_path, reward_funcs=rewards, args=args, train_dataset=Dataset.from_list(_rows(4)))
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    (log,) = [e for e in trainer.state.log_history if "rgsd/teacher_token_ratio" in e]
+    assert log["rgsd/teacher_token_ratio"] > 3.0  # three teachers, each reading a longer prompt than the student
+    if context == "sgsd":
+        assert 0 < log["rgsd/gate_active_frac"] <= 1

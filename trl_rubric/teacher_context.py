@@ -16,10 +16,14 @@ A preset (see [`TEACHER_CONTEXT_PRESETS`]) is a provider plus the loss settings 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .rubric import Rubric, RubricError
@@ -47,7 +51,15 @@ RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE = (
     "but do not mention, quote or refer to them."
 )
 
-_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference)\}")
+#: Teacher context with one retrieved skill (SGSD, arXiv 2605.28791, shows each teacher one skill-mistake pair).
+SKILL_TEACHER_PROMPT_TEMPLATE = (
+    "{prompt}\n\n"
+    "A skill that may help (the reader will not see it):\n"
+    "{skill}\n\n"
+    "Answer the question above on your own. Use the skill where it applies, but do not mention, quote or refer to it."
+)
+
+_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference|skill)\}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]
 
 
 def fill_template(template: str, **values: str) -> str:
-    """Substitute `{prompt}`, `{rubric}` and `{reference}` in one pass.
+    """Substitute `{prompt}`, `{rubric}`, `{reference}` and `{skill}` in one pass.
 
     One pass, so a reference or rubric that itself contains the text `{prompt}` is inserted as it is; and no
     `str.format`, because answers often contain braces (JSON, LaTeX, code).
@@ -216,6 +228,129 @@ class ReferenceContext:
         return [TeacherContext(prompt)]
 
 
+def load_skill_bank(path: str | os.PathLike) -> list[str]:
+    """Skill texts from a file: `.jsonl` rows with `text`, or with `skill` and optionally `mistake` (SGSD's
+    skill-mistake pairs); any other file has one skill per non-empty line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"skill_bank {str(path)!r} is not a file; expected a .jsonl or text file of skills")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        return [line.strip() for line in lines if line.strip()]
+    skills = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"skill_bank {str(path)!r} line {number}: not JSON ({e})") from None
+        text = entry.get("text") or entry.get("skill") if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"skill_bank {str(path)!r} line {number}: expected a non-empty 'text' or 'skill' field")
+        if isinstance(entry.get("mistake"), str) and entry["mistake"].strip():
+            text = f"{text.strip()}\nA mistake to avoid: {entry['mistake'].strip()}"
+        skills.append(text.strip())
+    return skills
+
+
+def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    """The text a retriever should match: a plain prompt, or the last user turn of chat messages."""
+    if isinstance(prompt, str):
+        return prompt
+    content = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content if b.get("type") == "text")
+    return content
+
+
+@dataclass
+class SkillsContext:
+    """K teachers per rollout, each shown one skill retrieved from a bank (SGSD, arXiv 2605.28791).
+
+    Skills are ranked by `embed` (a function from a list of texts to a `[n, d]` array; cosine similarity) when given,
+    otherwise by BM25 (the `bm25s` package). The K teachers are weighted by a softmax of their retrieval scores at
+    `temperature`, as in SGSD. Retrieval reads only the prompt, so it is deterministic and resumes exactly.
+
+    Args:
+        bank: Path of the skill file (see [`load_skill_bank`]) or the skill texts themselves.
+        num_contexts: K, teachers per rollout; at most the bank's size.
+        embed: Optional embedding function; BM25 when None.
+        temperature: Softmax temperature on the retrieval scores.
+        template: Teacher template with `{prompt}` and `{skill}`.
+    """
+
+    bank: Any
+    num_contexts: int = 4
+    embed: Callable[[list[str]], Any] | None = None
+    temperature: float = 1.0
+    template: str = SKILL_TEACHER_PROMPT_TEMPLATE
+    name: str = "skills"
+    needs_completion: bool = False
+
+    def __post_init__(self):
+        _check_placeholders(self.template, ("prompt", "skill"), self.name)
+        self.skills = load_skill_bank(self.bank) if isinstance(self.bank, (str, os.PathLike)) else list(self.bank)
+        if not 1 <= self.num_contexts <= len(self.skills):
+            raise ValueError(
+                f"num_teacher_contexts is {self.num_contexts} but the skill bank holds {len(self.skills)} skills; "
+                "expected 1 <= K <= bank size"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"skill_weight_temperature is {self.temperature}; expected a positive number")
+        if self.embed is not None:
+            self._bank_vectors = _unit_rows(self.embed(self.skills))
+        else:
+            try:
+                import bm25s
+            except ImportError as e:
+                raise ImportError(
+                    "teacher_context='skills' without an embedding function ranks skills with BM25 from the `bm25s` "
+                    "package: pip install 'trl-rubric[skills]' (or pass embed=...)"
+                ) from e
+            self._bm25 = bm25s.BM25()
+            self._bm25.index(bm25s.tokenize(self.skills, stopwords=None, show_progress=False), show_progress=False)
+
+    def retrieve(self, query: str) -> tuple[list[int], list[float]]:
+        """Indices and scores of the `num_contexts` best skills for `query`, best first."""
+        if self.embed is not None:
+            scores = (self._bank_vectors @ _unit_rows(self.embed([query]))[0]).tolist()
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])[: self.num_contexts]
+            return order, [scores[i] for i in order]
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords=None, show_progress=False)
+        docs, scores = self._bm25.retrieve(tokens, k=self.num_contexts, show_progress=False)
+        return [int(i) for i in docs[0]], [float(x) for x in scores[0]]
+
+    def validate(self, dataset: Any, name: str) -> None:
+        next(_rows_with_columns(dataset, name, ("prompt",)), None)  # the prompt is the retrieval query
+
+    def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
+        indices, scores = self.retrieve(prompt_text(row["prompt"]))
+        top = max(scores)
+        weights = [math.exp((s - top) / self.temperature) for s in scores]
+        return [
+            TeacherContext(
+                weave(
+                    row["prompt"],
+                    lambda text, skill=self.skills[i]: fill_template(self.template, prompt=text, skill=skill),
+                ),
+                w / sum(weights),
+            )
+            for i, w in zip(indices, weights, strict=True)
+        ]
+
+
+def _unit_rows(vectors: Any):
+    import numpy as np
+
+    array = np.asarray(vectors, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"the embedding function must return a [n, d] array; got shape {array.shape}")
+    return array / np.clip(np.linalg.norm(array, axis=1, keepdims=True), 1e-12, None)
+
+
 @dataclass(frozen=True)
 class TeacherContextPreset:
     """A named method: a provider kind, and the `RGSDConfig` settings of its paper.
@@ -238,6 +373,14 @@ TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
     "reference": TeacherContextPreset("reference", description="OPSD / SDFT: a reference answer"),
     "rubric+reference": TeacherContextPreset(
         "rubric+reference", description="a reference answer and the rubric in one teacher pass"
+    ),
+    "skills": TeacherContextPreset(
+        "skills", description="K teachers per rollout, one retrieved skill each (from skill_bank), averaged"
+    ),
+    "sgsd": TeacherContextPreset(
+        "skills",
+        settings={"teacher_combine": "sgsd_gate"},
+        description="SGSD (arXiv 2605.28791): retrieved skills, K teachers combined by the verifier-gated loss",
     ),
     "rcsd": TeacherContextPreset(
         "rubric+reference",
@@ -294,6 +437,15 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
     common = dict(rubric_column=config.rubric_column, pitfall_polarity=config.pitfall_polarity)
     if preset.provider == "rubric":
         return RubricContext(config.teacher_prompt_template, config.rubric_render_style, **common)
+    if preset.provider == "skills":
+        if not config.skill_bank:
+            raise ValueError(f"teacher_context={config.teacher_context!r} needs skill_bank, a file of skills")
+        return SkillsContext(
+            config.skill_bank,
+            num_contexts=config.num_teacher_contexts,
+            temperature=config.skill_weight_temperature,
+            template=config.teacher_prompt_template if custom else SKILL_TEACHER_PROMPT_TEMPLATE,
+        )
     with_rubric = preset.provider == "rubric+reference"
     default = RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE if with_rubric else REFERENCE_TEACHER_PROMPT_TEMPLATE
     return ReferenceContext(
@@ -309,6 +461,9 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
 __all__ = [
     "REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE",
+    "SKILL_TEACHER_PROMPT_TEMPLATE",
+    "SkillsContext",
+    "load_skill_bank",
     "TEACHER_CONTEXT_PRESETS",
     "ReferenceContext",
     "RubricContext",

@@ -83,7 +83,9 @@ class RGSDConfig(GRPOConfig):
             criteria (RGSD). `"reference"`: a reference answer from `reference_column` (OPSD / SDFT).
             `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
             rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
-            those loss fields unless you changed them. See `trl_rubric.teacher_context` for custom providers.
+            those loss fields unless you changed them. `"skills"`: `num_teacher_contexts` teachers per rollout, each
+            shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD gate
+            (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom providers.
         reference_column (`str`, *optional*, defaults to `"reference"`):
             Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
             contexts. A missing or empty value is an error naming the row, before training.
@@ -98,6 +100,13 @@ class RGSDConfig(GRPOConfig):
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
             How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
             in the `weighted` and `json` render styles.
+        skill_bank (`str` or `None`, *optional*, defaults to `None`):
+            File of skills for the `skills` and `sgsd` contexts: `.jsonl` rows with `text` (or `skill` and `mistake`),
+            or one skill per line.
+        num_teacher_contexts (`int`, *optional*, defaults to `4`):
+            K, the skills retrieved per rollout, one teacher each; the teacher forward then costs about K times more.
+        skill_weight_temperature (`float`, *optional*, defaults to `1.0`):
+            The K teachers are weighted by a softmax of their retrieval scores at this temperature.
         teacher_combine (`str`, *optional*, defaults to `"mean"`):
             How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
             per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
@@ -166,10 +175,15 @@ class RGSDConfig(GRPOConfig):
     )
     teacher_context: str = field(
         default="rubric",
-        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference or rcsd."},
+        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills or sgsd."},
     )
     reference_column: str = field(
         default="reference", metadata={"help": "Dataset column holding the reference answer."}
+    )
+    skill_bank: str | None = field(default=None, metadata={"help": "Skill file for the skills / sgsd contexts."})
+    num_teacher_contexts: int = field(default=4, metadata={"help": "Skills (teachers) retrieved per rollout."})
+    skill_weight_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature on the skills' retrieval scores."}
     )
     teacher_combine: Literal["mean", "sgsd_gate"] = field(
         default="mean", metadata={"help": "How K teachers per rollout combine: mean or sgsd_gate."}
@@ -734,6 +748,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 max_support=self.args.gate_max_support,
             )
             out, clipped, clipped_mask = combined.divergence, combined.loss, combined.clipped_frac
+            gate_active = combined.active_frac
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
@@ -768,6 +783,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 (~finite).float().sum(),
                 distill_loss.float(),
                 f.sum() if out.teacher_logps is not None else out.divergence.new_zeros(()),
+                (gate_active * f).sum() if gated else out.divergence.new_zeros(()),
             ]
         )
         return loss, stats
@@ -801,6 +817,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
+        if self.args.teacher_combine == "sgsd_gate" and self.teacher_context.num_contexts > 1:
+            metrics["rgsd/gate_active_frac"].append((totals[8] / n).item())
         return loss
 
     # ------------------------------------------------------------------ logging and checkpoints
