@@ -59,7 +59,7 @@ SKILL_TEACHER_PROMPT_TEMPLATE = (
     "Answer the question above on your own. Use the skill where it applies, but do not mention, quote or refer to it."
 )
 
-_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference|skill)\}")
+_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference|skill|critique)\}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,12 @@ class TeacherContextProvider(Protocol):
         """Raise a `ValueError` naming the dataset, row and column of the first unusable row (before training)."""
 
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
-        """The `num_contexts` teacher contexts of one row (and, when `needs_completion`, its rollout's text)."""
+        """The `num_contexts` teacher contexts of one row (and, when `needs_completion`, its rollout's text).
+
+        A provider that could not build a row's contexts (a failed judge call, say) returns them with weight 0: the
+        trainer then leaves the row out of the loss and counts it in `rgsd/teacher_context_failed`. A provider may
+        also define `prepare(rows, completions)`, called once per batch before `contexts`, to batch its work.
+        """
 
 
 def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]]:
@@ -120,7 +125,7 @@ def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]
 
 
 def fill_template(template: str, **values: str) -> str:
-    """Substitute `{prompt}`, `{rubric}`, `{reference}` and `{skill}` in one pass.
+    """Substitute `{prompt}`, `{rubric}`, `{reference}`, `{skill}` and `{critique}` in one pass.
 
     One pass, so a reference or rubric that itself contains the text `{prompt}` is inserted as it is; and no
     `str.format`, because answers often contain braces (JSON, LaTeX, code).

@@ -555,7 +555,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         completions = None
         if self.teacher_context.needs_completion:
             completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        if hasattr(self.teacher_context, "prepare"):
+            self.teacher_context.prepare(inputs, completions)
         contexts = self._teacher_contexts(inputs, completions)
+        # A row whose contexts all have weight 0 failed to get one (e.g. a failed critique): out of the loss, counted.
+        dropped = torch.tensor([all(c.weight == 0 for c in row) for row in contexts], device=device)
         k = self.teacher_context.num_contexts
         teacher_ids, _, _ = self._tokenize_prompts([c.prompt for row in contexts for c in row])
         limit = self.args.max_teacher_prompt_length
@@ -577,8 +581,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             # [B, K, P] keeps dim 0 per rollout, so GRPO's shuffling and splitting keep a rollout's K teachers together.
             for key in ("teacher_prompt_ids", "teacher_prompt_mask"):
                 output[key] = output[key].view(len(contexts), k, -1)
+            weights = torch.tensor([[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32)
             output["teacher_context_weights"] = multi_teacher.normalize_teacher_weights(
-                torch.tensor([[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32)
+                weights.masked_fill(dropped[:, None], 1.0)  # dropped rows are masked out of the loss below
             )
             if self.args.teacher_combine == "sgsd_gate":
                 output["rgsd_outcome"] = self._rgsd_outcome
@@ -600,6 +605,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             loss_mask = loss_mask * keep
         if self.args.num_loss_tokens_to_skip:
             loss_mask = losses.skip_first_tokens_mask(loss_mask, self.args.num_loss_tokens_to_skip)
+        loss_mask = loss_mask * (~dropped)[:, None]
+        self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
         # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's).
         output["rgsd_num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
