@@ -76,16 +76,20 @@ def assert_same_state(a, b):
 
 
 @pytest.mark.parametrize(
-    "kind, context", [("base", "rubric"), ("ema", "rubric"), ("live", "rubric"), ("base", "rubric+reference")]
+    "kind, context",
+    [("base", "rubric"), ("ema", "rubric"), ("live", "rubric"), ("base", "rubric+reference"), ("base", "skills")],
 )
 def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, context, tiny_model_path, tmp_path):
     rows = make_rubric_rows(8, conversational=True)
     for i, row in enumerate(rows):
         row["reference"] = f"reference answer {i}"
     dataset = Dataset.from_list(rows)
+    bank = tmp_path / "skills.txt"  # for "skills": K = 2 teachers per rollout, from this bank
+    bank.write_text("check the dose\nlist fever warning signs\nexplain heart risk\n", encoding="utf-8")
+    context_args = dict(teacher_context=context, skill_bank=str(bank), num_teacher_contexts=2)
     full = RGSDTrainer(
         tiny_model_path,
-        args=rgsd_args(tmp_path / "full", teacher_model_kind=kind, teacher_context=context),
+        args=rgsd_args(tmp_path / "full", teacher_model_kind=kind, **context_args),
         train_dataset=dataset,
     )
     full_rounds = recording(full)
@@ -99,7 +103,7 @@ def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, context, tiny_mode
 
     resumed = RGSDTrainer(
         tiny_model_path,
-        args=rgsd_args(tmp_path / "resumed", teacher_model_kind=kind, teacher_context=context),
+        args=rgsd_args(tmp_path / "resumed", teacher_model_kind=kind, **context_args),
         train_dataset=dataset,
     )
     resumed_rounds = recording(resumed)

@@ -362,8 +362,9 @@ class TeacherContextPreset:
 
     Args:
         provider: `"rubric"`, `"reference"` or `"rubric+reference"`.
-        settings: Config fields the preset sets. A field the user changed from its default keeps the user's value
-            (with a warning), so a preset never silently overrides an explicit choice.
+        settings: Config fields the preset sets where they still hold their defaults. A field the user changed
+            keeps the user's value, with a warning (a field set to its default value looks unset and takes the
+            preset's).
         description: One line for docs and errors.
     """
 

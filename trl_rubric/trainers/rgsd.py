@@ -83,9 +83,10 @@ class RGSDConfig(GRPOConfig):
             criteria (RGSD). `"reference"`: a reference answer from `reference_column` (OPSD / SDFT).
             `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
             rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
-            those loss fields unless you changed them. `"skills"`: `num_teacher_contexts` teachers per rollout, each
-            shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD gate
-            (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom providers.
+            those loss fields where they hold their defaults. `"skills"`: `num_teacher_contexts` teachers per
+            rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD
+            gate (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom
+            providers.
         reference_column (`str`, *optional*, defaults to `"reference"`):
             Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
             contexts. A missing or empty value is an error naming the row, before training.
