@@ -224,3 +224,28 @@ def test_sgsd_gate_trains_and_needs_a_verifier(tiny_model_path, tmp_path):
 def test_sgsd_gate_needs_a_bounded_loss():
     with pytest.raises(ValueError, match="needs a bounded loss"):
         RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_combine="sgsd_gate", token_clip=None)
+
+
+def test_sgsd_gate_applies_to_a_single_teacher(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows())
+
+    def loss_with(min_support, max_support):
+        args = _config(
+            tmp_path,
+            teacher_combine="sgsd_gate",
+            token_clip=10.0,
+            gate_min_support=min_support,
+            gate_max_support=max_support,
+        )
+        trainer = RGSDTrainer(tiny_model_path, reward_funcs=_verifier, args=args, train_dataset=dataset)
+        trainer.model.train()
+        torch.manual_seed(0)
+        batch = trainer._generate_and_score_completions(list(dataset))
+        assert batch["teacher_prompt_ids"].dim() == 2 and batch["rgsd_outcome"].shape == (4,)
+        loss = trainer._compute_loss(trainer.model, batch)
+        return loss.item(), trainer._metrics["train"]["rgsd/gate_active_frac"][-1]
+
+    closed_loss, closed_active = loss_with(100.0, 1000.0)  # no log-ratio is that large: every teacher is gated off
+    open_loss, open_active = loss_with(0.0, 1000.0)
+    assert closed_loss == 0.0 and closed_active == 0.0
+    assert open_loss != 0.0 and open_active > 0.5

@@ -111,7 +111,8 @@ class RGSDConfig(GRPOConfig):
         teacher_combine (`str`, *optional*, defaults to `"mean"`):
             How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
             per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
-            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`.
+            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`; it gates a
+            single teacher too.
         gate_success_threshold (`float`, *optional*, defaults to `0.5`):
             For `"sgsd_gate"`: a rollout whose weighted reward reaches this is a success, below it a failure.
         gate_min_support (`float`, *optional*, defaults to `0.1`):
@@ -586,8 +587,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             output["teacher_context_weights"] = multi_teacher.normalize_teacher_weights(
                 weights.masked_fill(dropped[:, None], 1.0)  # dropped rows are masked out of the loss below
             )
-            if self.args.teacher_combine == "sgsd_gate":
-                output["rgsd_outcome"] = self._rgsd_outcome
+        if self.args.teacher_combine == "sgsd_gate":
+            output["rgsd_outcome"] = self._rgsd_outcome
         # Extra cost of the teachers: tokens they read per token the student reads (1.0 = one same-size pass).
         teacher_tokens = output["teacher_prompt_mask"].sum() + k * output["completion_mask"].sum()
         student_tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
@@ -710,7 +711,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
         mask = inputs["rgsd_loss_mask"].bool()
         k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
-        gated = k > 1 and self.args.teacher_combine == "sgsd_gate"
+        gated = self.args.teacher_combine == "sgsd_gate"  # the gate applies to one teacher as well
         # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` and the SGSD gate
         # they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
         want_logps = self.args.distillation_support == "sampled_token" or gated or self._logged_step()
@@ -743,13 +744,14 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         clipped, clipped_mask = losses.clip_token_divergence(
             out.divergence, self.args.token_clip, mode=self.args.token_clip_mode
         )
-        if k > 1:
+        if k > 1 or gated:
             rows = mask.nonzero(as_tuple=True)[0]
+            weights = inputs["teacher_context_weights"][rows].T if k > 1 else clipped.new_ones(1, rows.numel())
             combined = multi_teacher.combine_teachers(
                 out,
                 clipped,
                 clipped_mask,
-                inputs["teacher_context_weights"][rows].T,
+                weights,
                 self.args.teacher_combine,
                 outcome=inputs["rgsd_outcome"][rows] if gated else None,
                 min_support=self.args.gate_min_support,
@@ -825,7 +827,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
-        if self.args.teacher_combine == "sgsd_gate" and self.teacher_context.num_contexts > 1:
+        if self.args.teacher_combine == "sgsd_gate":
             metrics["rgsd/gate_active_frac"].append((totals[8] / n).item())
         return loss
 
