@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_rubric.critique import CritiqueContext, critique_messages
+from trl_rubric.critique import CritiqueContext, ReasonFirstContext, critique_messages
 from trl_rubric.judges.llm import ChatReply, ChatRubricJudge, JudgeBackendError
 from trl_rubric.rubric import Rubric
 from trl_rubric.testing import make_rubric_rows
@@ -126,3 +126,55 @@ def test_critique_needs_an_llm_judge():
 
     with pytest.raises(TypeError, match="needs an LLM judge"):
         CritiqueContext(RuleJudge())
+
+
+# ---------------------------------------------------------------- RCSD reason-first
+
+
+def _rows_with_reference(n=4):
+    rows = make_rubric_rows(n, conversational=True)
+    for i, row in enumerate(rows):
+        row["reference"] = f"reference answer {i}"
+    return rows
+
+
+def test_reason_first_teacher_sees_reference_rubric_and_analysis_written_once_per_row(tmp_path):
+    rows = _rows_with_reference(3)
+    critic = FakeCritic(cache_dir=str(tmp_path / "cache"))
+    provider = ReasonFirstContext(critic)
+    provider.prepare(rows)
+    assert len(critic.requests) == 3
+    assert "reference answer 1" in critic.requests[1] and "mentions" in critic.requests[1]
+    (context,) = provider.contexts(rows[1])
+    user = context.prompt[-1]["content"]
+    rendered = Rubric.from_any(rows[1]["rubric"]).render("json")
+    assert "reference answer 1" in user and rendered in user and "CRITIQUE[question 1]" in user
+    assert user.index("reference answer 1") < user.index(rendered) < user.index("CRITIQUE[question 1]")
+    provider.contexts(rows[2])
+    provider.prepare(rows)
+    assert len(critic.requests) == 3  # kept per row: no new call for rows already analysed
+    fresh = ReasonFirstContext(critic)
+    fresh.prepare(rows)
+    assert len(critic.requests) == 3 and fresh.calls == 0  # and cached on disk across runs
+
+
+def test_reason_first_failure_drops_the_row_and_is_asked_again(tmp_path):
+    rows = _rows_with_reference(2)
+    critic = FakeCritic(fail={0})
+    provider = ReasonFirstContext(critic)
+    assert provider.contexts(rows[0])[0].weight == 0.0 and provider.failures == 1
+    critic.fail = set()
+    assert provider.contexts(rows[0])[0].weight == 1.0
+
+
+def test_reason_first_trains_one_step(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows_with_reference(4))
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path),
+        train_dataset=dataset,
+        teacher_context=ReasonFirstContext(FakeCritic()),
+    )
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

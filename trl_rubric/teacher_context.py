@@ -59,7 +59,7 @@ SKILL_TEACHER_PROMPT_TEMPLATE = (
     "Answer the question above on your own. Use the skill where it applies, but do not mention, quote or refer to it."
 )
 
-_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference|skill|critique)\}")
+_PLACEHOLDER = re.compile(r"\{(prompt|rubric|reference|skill|critique|analysis)\}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]
 
 
 def fill_template(template: str, **values: str) -> str:
-    """Substitute `{prompt}`, `{rubric}`, `{reference}`, `{skill}` and `{critique}` in one pass.
+    """Substitute `{prompt}`, `{rubric}`, `{reference}`, `{skill}`, `{critique}` and `{analysis}` in one pass.
 
     One pass, so a reference or rubric that itself contains the text `{prompt}` is inserted as it is; and no
     `str.format`, because answers often contain braces (JSON, LaTeX, code).
