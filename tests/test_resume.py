@@ -75,11 +75,22 @@ def assert_same_state(a, b):
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=1e-6, msg=f"{key} differs after resuming")
 
 
-@pytest.mark.parametrize("kind", ["base", "ema", "live"])
-def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, tiny_model_path, tmp_path):
-    dataset = Dataset.from_list(make_rubric_rows(8, conversational=True))
+@pytest.mark.parametrize(
+    "kind, context",
+    [("base", "rubric"), ("ema", "rubric"), ("live", "rubric"), ("base", "rubric+reference"), ("base", "skills")],
+)
+def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, context, tiny_model_path, tmp_path):
+    rows = make_rubric_rows(8, conversational=True)
+    for i, row in enumerate(rows):
+        row["reference"] = f"reference answer {i}"
+    dataset = Dataset.from_list(rows)
+    bank = tmp_path / "skills.txt"  # for "skills": K = 2 teachers per rollout, from this bank
+    bank.write_text("check the dose\nlist fever warning signs\nexplain heart risk\n", encoding="utf-8")
+    context_args = dict(teacher_context=context, skill_bank=str(bank), num_teacher_contexts=2)
     full = RGSDTrainer(
-        tiny_model_path, args=rgsd_args(tmp_path / "full", teacher_model_kind=kind), train_dataset=dataset
+        tiny_model_path,
+        args=rgsd_args(tmp_path / "full", teacher_model_kind=kind, **context_args),
+        train_dataset=dataset,
     )
     full_rounds = recording(full)
     initial = {k: v.clone() for k, v in full.model.state_dict().items()}
@@ -91,7 +102,9 @@ def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, tiny_model_path, t
         assert any(not torch.equal(saved[k], initial[k]) for k in saved), "the checkpoint holds the moved EMA teacher"
 
     resumed = RGSDTrainer(
-        tiny_model_path, args=rgsd_args(tmp_path / "resumed", teacher_model_kind=kind), train_dataset=dataset
+        tiny_model_path,
+        args=rgsd_args(tmp_path / "resumed", teacher_model_kind=kind, **context_args),
+        train_dataset=dataset,
     )
     resumed_rounds = recording(resumed)
     resumed.train(resume_from_checkpoint=str(checkpoint))

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -28,22 +28,23 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, pad, use_adapter
 
-from .. import losses
-from ..data import named_datasets, validate_rubric_column
+from .. import losses, multi_teacher
+from ..data import named_datasets
 from ..model_card import RubricModelCardMixin
+from ..multi_teacher import TEACHER_COMBINES
 from ..rewards import RubricReward, unknown_where_judge_failed
-from ..rubric import PITFALL_POLARITIES, RENDER_STYLES, Rubric, RubricError
+from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
     EMATeacherCallback,
     adapter_starts_at_zero,
     add_frozen_adapter_copy,
-    build_teacher_prompt,
     freeze,
     teacher_chat_template_differs,
     teacher_shares_tokenizer,
 )
+from ..teacher_context import TEACHER_CONTEXT_PRESETS, TeacherContextProvider, apply_preset, build_teacher_context
 from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ DEFAULT_TOKEN_CLIP_MODE = "clamp"
 #: Warn (once) when more than this fraction of the loss tokens in a logging window were clipped.
 CLIPPED_FRAC_WARNING = 0.5
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
+# Fields a teacher-context preset may set (see `teacher_context.TEACHER_CONTEXT_PRESETS`).
+RGSD_PRESET_FIELDS = {key for preset in TEACHER_CONTEXT_PRESETS.values() for key in preset.settings}
 
 
 @dataclass
@@ -87,9 +90,22 @@ class RGSDConfig(GRPOConfig):
 
     > Parameters that control the teacher context
 
+        teacher_context (`str`, *optional*, defaults to `"rubric"`):
+            What the teacher is shown, by preset name; one line switches the method. `"rubric"`: the rubric as hidden
+            criteria (RGSD). `"reference"`: a reference answer from `reference_column` (OPSD / SDFT).
+            `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
+            rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
+            those loss fields where they hold their defaults. `"skills"`: `num_teacher_contexts` teachers per
+            rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD
+            gate (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom
+            providers.
+        reference_column (`str`, *optional*, defaults to `"reference"`):
+            Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
+            contexts. A missing or empty value is an error naming the row, before training.
         teacher_prompt_template (`str`, *optional*, defaults to [`DEFAULT_TEACHER_PROMPT_TEMPLATE`]):
             Text with `{prompt}` and `{rubric}` placeholders that builds the teacher's view. For chat prompts it fills
-            the last user turn; system turns are kept.
+            the last user turn; system turns are kept. The reference contexts have their own default template; a
+            template set here replaces it and must hold `{reference}` too.
         rubric_render_style (`str`, *optional*, defaults to `"numbered"`):
             How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
@@ -97,6 +113,24 @@ class RGSDConfig(GRPOConfig):
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
             How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
             in the `weighted` and `json` render styles.
+        skill_bank (`str` or `None`, *optional*, defaults to `None`):
+            File of skills for the `skills` and `sgsd` contexts: `.jsonl` rows with `text` (or `skill` and `mistake`),
+            or one skill per line.
+        num_teacher_contexts (`int`, *optional*, defaults to `4`):
+            K, the skills retrieved per rollout, one teacher each; the teacher forward then costs about K times more.
+        skill_weight_temperature (`float`, *optional*, defaults to `1.0`):
+            The K teachers are weighted by a softmax of their retrieval scores at this temperature.
+        teacher_combine (`str`, *optional*, defaults to `"mean"`):
+            How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
+            per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
+            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`; it gates a
+            single teacher too.
+        gate_success_threshold (`float`, *optional*, defaults to `0.5`):
+            For `"sgsd_gate"`: a rollout whose weighted reward reaches this is a success, below it a failure.
+        gate_min_support (`float`, *optional*, defaults to `0.1`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is smaller in size is uncertain and ignored.
+        gate_max_support (`float`, *optional*, defaults to `5.0`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is larger in size is extreme and ignored.
         max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
             Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
             whole training set before training starts. Teacher prompts are never truncated.
@@ -162,6 +196,26 @@ class RGSDConfig(GRPOConfig):
         default=None,
         metadata={"help": "Separate frozen teacher (path or Hub id) sharing the student's tokenizer; default: none."},
     )
+    teacher_context: str = field(
+        default="rubric",
+        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills or sgsd."},
+    )
+    reference_column: str = field(
+        default="reference", metadata={"help": "Dataset column holding the reference answer."}
+    )
+    skill_bank: str | None = field(default=None, metadata={"help": "Skill file for the skills / sgsd contexts."})
+    num_teacher_contexts: int = field(default=4, metadata={"help": "Skills (teachers) retrieved per rollout."})
+    skill_weight_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature on the skills' retrieval scores."}
+    )
+    teacher_combine: Literal["mean", "sgsd_gate"] = field(
+        default="mean", metadata={"help": "How K teachers per rollout combine: mean or sgsd_gate."}
+    )
+    gate_success_threshold: float = field(
+        default=0.5, metadata={"help": "sgsd_gate: weighted reward at or above this is a success."}
+    )
+    gate_min_support: float = field(default=0.1, metadata={"help": "sgsd_gate: smallest |log-ratio| that counts."})
+    gate_max_support: float = field(default=5.0, metadata={"help": "sgsd_gate: largest |log-ratio| that counts."})
     teacher_prompt_template: str = field(
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
@@ -219,6 +273,7 @@ class RGSDConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        apply_preset(self, {f.name: f.default for f in fields(RGSDConfig) if f.name in RGSD_PRESET_FIELDS})
         self._check_rgsd_fields()
         if self.num_generations != 1:
             super().__post_init__()
@@ -265,6 +320,16 @@ class RGSDConfig(GRPOConfig):
         choice("rubric_render_style", RENDER_STYLES)
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
+        choice("teacher_combine", TEACHER_COMBINES)
+        if self.teacher_combine == "sgsd_gate" and self.token_clip is None:
+            raise ValueError(
+                "teacher_combine='sgsd_gate' reverses some teachers, so it needs a bounded loss: set token_clip"
+            )
+        if not 0.0 <= self.gate_min_support <= self.gate_max_support:
+            raise ValueError(
+                f"gate_min_support={self.gate_min_support}, gate_max_support={self.gate_max_support}; expected "
+                "0 <= min <= max"
+            )
         if not 0.0 <= self.distillation_beta <= 1.0:
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
         if not 0.0 <= self.distillation_weight <= 1.0:
@@ -306,7 +371,7 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
         if "{prompt}" not in self.teacher_prompt_template:
             raise ValueError(f"teacher_prompt_template must contain {{prompt}}; got {self.teacher_prompt_template!r}")
-        if "{rubric}" not in self.teacher_prompt_template:
+        if self.teacher_context == "rubric" and "{rubric}" not in self.teacher_prompt_template:
             logger.warning(
                 "teacher_prompt_template has no {rubric} placeholder: the teacher will not see the rubric, so this "
                 "run is plain self-distillation (a useful control, but not RGSD)."
@@ -366,6 +431,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         rollout_func: Any = None,
         environment_factory: Any = None,
         teacher_model: str | PreTrainedModel | None = None,
+        teacher_context: TeacherContextProvider | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -395,6 +461,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"hybrid mode (distillation_weight={args.distillation_weight}) needs group advantages, so "
                 f"num_generations must be at least 2; got {args.num_generations}."
             )
+        if args.teacher_combine == "sgsd_gate" and not self._rgsd_has_rewards:
+            raise ValueError(
+                "teacher_combine='sgsd_gate' gates each teacher by the rollout's verifier outcome, but no reward_funcs "
+                "were given. Pass a verifier reward function, or use teacher_combine='mean'."
+            )
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
         if teacher_model is not None and args.teacher_model_kind != "base":
@@ -402,8 +473,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
                 "applies to the policy's own weights. Leave teacher_model_kind='base' or drop teacher_model."
             )
+        # What the teacher sees comes from one provider (`teacher_context.py`); it checks its own columns.
+        teacher_context = teacher_context if teacher_context is not None else build_teacher_context(args)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
-            validate_rubric_column(dataset, args.rubric_column, name, args.pitfall_polarity)
+            teacher_context.validate(dataset, name)
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
         # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.
         self._rgsd_model_is_path = isinstance(model, str)
@@ -433,6 +506,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         self._rgsd_skip_grpo_logps = False
         if not self._rgsd_hybrid:
             self.vllm_importance_sampling_correction = False
+        self.teacher_context = teacher_context
         if not hasattr(self, "_forward_redirection"):
             self._forward_redirection = _ForwardRedirection()
         if self.aux_loss_enabled:  # the distillation pass adds the MoE router loss itself: check it can, up front
@@ -531,28 +605,34 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             self.add_callback(EMATeacherCallback(teacher, accelerator=self.accelerator))
         return teacher
 
-    def _teacher_prompts(self, inputs: list[dict[str, Any]]) -> list:
-        args = self.args
-        prompts = []
-        for x in inputs:
-            try:
-                rubric = Rubric.from_any(x[args.rubric_column], pitfall_polarity=args.pitfall_polarity)
-            except (RubricError, KeyError) as e:
-                raise ValueError(f"a training row has an unusable {args.rubric_column!r} column: {e}") from None
-            prompts.append(
-                build_teacher_prompt(x["prompt"], rubric, args.teacher_prompt_template, args.rubric_render_style)
-            )
-        return prompts
+    def _teacher_contexts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
+        """Each row's `num_contexts` teacher contexts, from the provider."""
+        provider, k = self.teacher_context, self.teacher_context.num_contexts
+        rows = []
+        for i, x in enumerate(inputs):
+            contexts = provider.contexts(x, completions[i] if completions is not None else None)
+            if len(contexts) != k:
+                raise ValueError(
+                    f"teacher_context {provider.name!r} gave {len(contexts)} contexts for a row; expected {k}"
+                )
+            rows.append(contexts)
+        return rows
+
+    def _teacher_prompts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
+        """All teacher prompts of `inputs`, row-major (`num_contexts` per row)."""
+        return [c.prompt for contexts in self._teacher_contexts(inputs, completions) for c in contexts]
 
     def _check_teacher_prompt_lengths(self, dataset: Dataset) -> None:
-        limit = self.args.max_teacher_prompt_length
+        limit, k = self.args.max_teacher_prompt_length, self.teacher_context.num_contexts
+        if self.teacher_context.needs_completion:
+            return  # contexts depend on the rollout: checked on every batch after sampling
         for start in range(0, len(dataset), 256):
             rows = dataset.select(range(start, min(start + 256, len(dataset))))
             ids, _, _ = self._tokenize_prompts(self._teacher_prompts(list(rows)))
             for offset, row_ids in enumerate(ids):
                 if len(row_ids) > limit:
                     raise ValueError(
-                        f"train_dataset row {start + offset}: the teacher prompt (prompt + rubric) is "
+                        f"train_dataset row {start + offset // k}: the teacher prompt (prompt + rubric) is "
                         f"{len(row_ids)} tokens, over max_teacher_prompt_length={limit}. Teacher prompts are never "
                         "truncated: shorten the rubric, raise the limit, or drop the row."
                     )
@@ -573,8 +653,16 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
 
-        teacher_prompts = self._teacher_prompts(inputs)
-        teacher_ids, _, _ = self._tokenize_prompts(teacher_prompts)
+        completions = None
+        if self.teacher_context.needs_completion:
+            completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        if hasattr(self.teacher_context, "prepare"):
+            self.teacher_context.prepare(inputs, completions)
+        contexts = self._teacher_contexts(inputs, completions)
+        # A row whose contexts all have weight 0 failed to get one (e.g. a failed critique): out of the loss, counted.
+        dropped = torch.tensor([all(c.weight == 0 for c in row) for row in contexts], device=device)
+        k = self.teacher_context.num_contexts
+        teacher_ids, _, _ = self._tokenize_prompts([c.prompt for row in contexts for c in row])
         limit = self.args.max_teacher_prompt_length
         if limit is not None:
             longest = max(len(ids) for ids in teacher_ids)
@@ -590,6 +678,21 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         output["teacher_prompt_mask"] = pad(
             [torch.ones_like(ids) for ids in teacher_ids], padding_value=0, padding_side="left"
         )
+        if k > 1:
+            # [B, K, P] keeps dim 0 per rollout, so GRPO's shuffling and splitting keep a rollout's K teachers together.
+            for key in ("teacher_prompt_ids", "teacher_prompt_mask"):
+                output[key] = output[key].view(len(contexts), k, -1)
+            weights = torch.tensor([[c.weight for c in row] for row in contexts], device=device, dtype=torch.float32)
+            output["teacher_context_weights"] = multi_teacher.normalize_teacher_weights(
+                weights.masked_fill(dropped[:, None], 1.0)  # dropped rows are masked out of the loss below
+            )
+        if self.args.teacher_combine == "sgsd_gate":
+            output["rgsd_outcome"] = self._rgsd_outcome
+        # Extra cost of the teachers: tokens they read per token the student reads (1.0 = one same-size pass).
+        teacher_tokens = output["teacher_prompt_mask"].sum() + k * output["completion_mask"].sum()
+        student_tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
+        cost = self.accelerator.gather(torch.stack([teacher_tokens, student_tokens]).float()[None]).sum(0)
+        self._metrics[mode]["rgsd/teacher_token_ratio"].append((cost[0] / cost[1].clamp(min=1)).item())
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -603,13 +706,15 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             loss_mask = loss_mask * keep
         if self.args.num_loss_tokens_to_skip:
             loss_mask = losses.skip_first_tokens_mask(loss_mask, self.args.num_loss_tokens_to_skip)
+        loss_mask = loss_mask * (~dropped)[:, None]
+        self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
         # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's).
         output["rgsd_num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         if not self._rgsd_hybrid:
             output["advantages"] = torch.zeros_like(output["advantages"])
 
-        prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(1).float())
+        prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(-1).float().flatten())
         self._metrics[mode]["rgsd/teacher_prompt_length"].append(prompt_lengths.mean().item())
         return output
 
@@ -631,10 +736,18 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rgsd_has_rewards:
-            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             # As in RubricGRPOTrainer: a completion the judge could not grade is unknown, never a 0 next to others.
             judges = [i for i, f in enumerate(self.reward_funcs) if isinstance(f, RubricReward)]
-            return unknown_where_judge_failed(rewards, judges)
+            rewards_per_func = unknown_where_judge_failed(rewards_per_func, judges)
+            if self.args.teacher_combine == "sgsd_gate":
+                local = slice(
+                    self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
+                )
+                self._rgsd_outcome = multi_teacher.verifier_outcome(
+                    rewards_per_func[local], self.reward_weights, self.args.gate_success_threshold
+                )
+            return rewards_per_func
         # Pure RGSD: no reward exists; zeros keep GRPO's bookkeeping valid and are never used (advantages are reset).
         return gather(torch.zeros(len(prompts), len(self.reward_funcs), device=self.accelerator.device))
 
@@ -656,9 +769,16 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return out.last_hidden_state[:, -logits_to_keep - 1 : -1, :]
 
     def _teacher_inputs(self, inputs):
-        input_ids = torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["teacher_prompt_mask"], inputs["completion_mask"]], dim=1)
-        return input_ids, attention_mask, inputs["completion_ids"].size(1)
+        prompt_ids, prompt_mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        if prompt_ids.dim() == 3:  # K teachers per rollout: one batched forward over B * K rows
+            k = prompt_ids.size(1)
+            prompt_ids, prompt_mask = prompt_ids.flatten(0, 1), prompt_mask.flatten(0, 1)
+            completion_ids = completion_ids.repeat_interleave(k, dim=0)
+            completion_mask = completion_mask.repeat_interleave(k, dim=0)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        return input_ids, attention_mask, completion_ids.size(1)
 
     def _separate_teacher_hidden(self, inputs):
         unwrapped = self.accelerator.unwrap_model(self.teacher_model)
@@ -699,22 +819,33 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         head = unwrapped.get_output_embeddings()
 
         mask = inputs["rgsd_loss_mask"].bool()
-        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` they only feed the
-        # `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
-        want_logps = self.args.distillation_support == "sampled_token" or self._logged_step()
+        k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
+        gated = self.args.teacher_combine == "sgsd_gate"  # the gate applies to one teacher as well
+        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` and the SGSD gate
+        # they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
+        want_logps = self.args.distillation_support == "sampled_token" or gated or self._logged_step()
+        s_tokens, t_tokens, target_ids = (
+            s_hidden[mask],
+            t_hidden[mask] if k == 1 else None,
+            inputs["completion_ids"][mask],
+        )
+        if k > 1:
+            # The K teachers' rows are rollout-major ([B * K]); compare each with the same student tokens, teacher-major.
+            t_tokens = t_hidden.view(-1, k, *t_hidden.shape[1:]).transpose(0, 1)[:, mask].flatten(0, 1)
+            s_tokens, target_ids = s_tokens.repeat(k, 1), target_ids.repeat(k)
         chunk_size = self.args.distillation_chunk_size or (128 if s_hidden.device.type == "cpu" else None)
         per_entry = self.args.token_clip_mode == "per_entry" and self.args.token_clip is not None
         entry_clip = {"entry_clip": self.args.token_clip} if per_entry else {}
         out = losses.token_divergence(
-            s_hidden[mask],
+            s_tokens,
             head.weight,
             head.bias,
-            t_hidden[mask].to(s_hidden.dtype),
+            t_tokens.to(s_hidden.dtype),
             t_weight,
             t_bias,
             beta=self.args.distillation_beta,
             support=self.args.distillation_support,
-            target_ids=inputs["completion_ids"][mask] if want_logps else None,
+            target_ids=target_ids if want_logps else None,
             top_k=self.args.distillation_top_k,
             top_k_source=self.args.distillation_top_k_source,
             top_k_tail=self.args.distillation_top_k_tail,
@@ -735,6 +866,21 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 mode=self.args.token_clip_mode,
                 signed=self.args.distillation_support == "sampled_token",
             )
+        if k > 1 or gated:
+            rows = mask.nonzero(as_tuple=True)[0]
+            weights = inputs["teacher_context_weights"][rows].T if k > 1 else clipped.new_ones(1, rows.numel())
+            combined = multi_teacher.combine_teachers(
+                out,
+                clipped,
+                clipped_mask,
+                weights,
+                self.args.teacher_combine,
+                outcome=inputs["rgsd_outcome"][rows] if gated else None,
+                min_support=self.args.gate_min_support,
+                max_support=self.args.gate_max_support,
+            )
+            out, clipped, clipped_mask = combined.divergence, combined.loss, combined.clipped_frac
+            gate_active = combined.active_frac
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
@@ -778,6 +924,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 (~finite).float().sum(),
                 distill_loss.float(),
                 f.sum() if out.teacher_logps is not None else out.divergence.new_zeros(()),
+                (gate_active * f).sum() if gated else out.divergence.new_zeros(()),
             ]
         )
         return loss, stats
@@ -813,6 +960,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())
+        if self.args.teacher_combine == "sgsd_gate":
+            metrics["rgsd/gate_active_frac"].append((totals[8] / n).item())
         return loss
 
     # ------------------------------------------------------------------ logging and checkpoints

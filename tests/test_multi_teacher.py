@@ -1,0 +1,251 @@
+"""Several teachers per rollout: the combination math against plain loops, and the trainer's K-teacher path."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_rubric import losses
+from trl_rubric.multi_teacher import (
+    combine_teachers,
+    normalize_teacher_weights,
+    sgsd_gate,
+    softmax_teacher_weights,
+    teacher_polarity,
+    verifier_outcome,
+    weighted_teacher_average,
+)
+from trl_rubric.teacher_context import ReferenceContext, RubricContext, TeacherContext
+from trl_rubric.testing import make_rubric_rows
+from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+
+K, N = 3, 11
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    divergence = torch.rand(K, N, generator=g, dtype=torch.float64).requires_grad_(True)
+    support = torch.randn(K, N, generator=g, dtype=torch.float64) * 3
+    weights = softmax_teacher_weights(torch.randn(N, K, generator=g, dtype=torch.float64)).T
+    outcome = torch.tensor([1.0, -1.0, 0.0] * 3 + [1.0, -1.0], dtype=torch.float64)
+    return divergence, support, weights, outcome
+
+
+def _naive_average(divergence, weights):
+    return torch.stack([sum(weights[k, n] * divergence[k, n] for k in range(K)) for n in range(N)])
+
+
+def _naive_gate(divergence, support, outcome, weights, lo, hi):
+    out = []
+    for n in range(N):
+        total = divergence.new_zeros(())
+        for k in range(K):
+            s, o = float(support[k, n]), float(outcome[n])
+            if o == 0 or not lo <= abs(s) <= hi:
+                continue
+            agrees = (s > 0 and o > 0) or (s < 0 and o < 0)  # supports a success, or suppresses a failure
+            total = total + (1.0 if agrees else -1.0) * weights[k, n] * divergence[k, n]
+        out.append(total)
+    return torch.stack(out)
+
+
+def test_weighted_average_matches_a_loop_on_values_and_gradients():
+    divergence, _, weights, _ = _inputs()
+    fast = weighted_teacher_average(divergence, weights)
+    (g_fast,) = torch.autograd.grad(fast.sum(), divergence)
+    naive = _naive_average(divergence, weights)
+    (g_naive,) = torch.autograd.grad(naive.sum(), divergence)
+    torch.testing.assert_close(fast, naive)
+    torch.testing.assert_close(g_fast, g_naive)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, float("inf")), (0.5, 4.0)])
+def test_sgsd_gate_matches_a_loop_on_values_and_gradients(lo, hi):
+    divergence, support, weights, outcome = _inputs(1)
+    upstream = torch.randn(N, dtype=torch.float64)
+    fast, active = sgsd_gate(divergence, support, outcome, weights, lo, hi)
+    (g_fast,) = torch.autograd.grad((fast * upstream).sum(), divergence)
+    naive = _naive_gate(divergence, support, outcome, weights, lo, hi)
+    (g_naive,) = torch.autograd.grad((naive * upstream).sum(), divergence)
+    torch.testing.assert_close(fast, naive)
+    torch.testing.assert_close(g_fast, g_naive)
+    assert active[:, outcome == 0].sum() == 0  # an unknown outcome gives no signal
+    if lo > 0:
+        assert 0 < active.sum() < active[:, outcome != 0].numel()  # the gate really drops some teachers
+
+
+def test_polarity_follows_support_and_outcome():
+    support = torch.tensor([[2.0, -2.0, 2.0, -2.0, 2.0]])
+    outcome = torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0])
+    assert teacher_polarity(support, outcome).tolist() == [[1.0, 1.0, -1.0, -1.0, 0.0]]
+
+
+def test_verifier_outcome_never_turns_a_failed_judge_into_a_failure():
+    rewards = torch.tensor([[0.9, 0.1], [0.2, 0.1], [float("nan"), float("nan")], [float("nan"), 0.6]])
+    assert verifier_outcome(rewards, torch.ones(2), 0.5).tolist() == [1.0, -1.0, 0.0, 1.0]
+
+
+def test_teacher_weights_are_normalised_and_bad_ones_refused():
+    torch.testing.assert_close(normalize_teacher_weights(torch.tensor([[1.0, 3.0]])), torch.tensor([[0.25, 0.75]]))
+    with pytest.raises(ValueError, match="sum to 0 for rollouts \\[1\\]"):
+        normalize_teacher_weights(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        normalize_teacher_weights(torch.tensor([[1.0, -1.0]]))
+
+
+def test_combined_teachers_match_separate_divergence_calls():
+    g = torch.Generator().manual_seed(0)
+    H, V = 8, 32
+    s_hidden = torch.randn(N, H, generator=g, dtype=torch.float64).requires_grad_(True)
+    head = torch.randn(V, H, generator=g, dtype=torch.float64)
+    t_hidden = torch.randn(K, N, H, generator=g, dtype=torch.float64)
+    weights = softmax_teacher_weights(torch.randn(N, K, generator=g, dtype=torch.float64)).T
+    targets = torch.randint(0, V, (N,), generator=g)
+
+    out = losses.token_divergence(
+        s_hidden.repeat(K, 1), head, None, t_hidden.flatten(0, 1), head, None, target_ids=targets.repeat(K)
+    )
+    clipped, clipped_mask = losses.clip_token_divergence(out.divergence, 0.5)
+    combined = combine_teachers(out, clipped, clipped_mask, weights)
+    (g_fast,) = torch.autograd.grad(combined.loss.sum(), s_hidden)
+
+    per_teacher = [
+        losses.clip_token_divergence(
+            losses.token_divergence(s_hidden, head, None, t_hidden[k], head, None).divergence, 0.5
+        )[0]
+        for k in range(K)
+    ]
+    naive = sum(weights[k] * per_teacher[k] for k in range(K))
+    (g_naive,) = torch.autograd.grad(naive.sum(), s_hidden)
+    torch.testing.assert_close(combined.loss, naive)
+    torch.testing.assert_close(g_fast, g_naive)
+    assert combined.divergence.finite.all() and combined.divergence.student_logps.shape == (N,)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+class TwoTeachers:
+    """The rubric teacher and the reference teacher on every rollout, weighted 1 : 3."""
+
+    name, num_contexts, needs_completion = "two", 2, False
+
+    def __init__(self):
+        self.rubric, self.reference = RubricContext(), ReferenceContext()
+
+    def validate(self, dataset, name):
+        self.reference.validate(dataset, name)
+
+    def contexts(self, row, completion=None):
+        return [
+            TeacherContext(self.rubric.contexts(row)[0].prompt, 1.0),
+            TeacherContext(self.reference.contexts(row)[0].prompt, 3.0),
+        ]
+
+
+def _rows(n=4):
+    rows = make_rubric_rows(n, conversational=True)
+    for i, row in enumerate(rows):
+        row["reference"] = f"reference answer {i}: fever dose"
+    return rows
+
+
+def _config(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        max_completion_length=6,
+        max_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        token_clip=None,
+    )
+    kwargs.update(overrides)
+    return RGSDConfig(**kwargs)
+
+
+def _single_teacher_batch(batch, k):
+    single = dict(batch)
+    single["teacher_prompt_ids"] = batch["teacher_prompt_ids"][:, k]
+    single["teacher_prompt_mask"] = batch["teacher_prompt_mask"][:, k]
+    return single
+
+
+def test_k_teachers_average_equals_the_weighted_single_teacher_losses(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows())
+    trainer = RGSDTrainer(
+        tiny_model_path, args=_config(tmp_path), train_dataset=dataset, teacher_context=TwoTeachers()
+    )
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(list(dataset))
+    assert batch["teacher_prompt_ids"].shape[:2] == (4, 2)
+    torch.testing.assert_close(batch["teacher_context_weights"], torch.tensor([[0.25, 0.75]] * 4))
+    assert trainer._metrics["train"]["rgsd/teacher_token_ratio"][-1] > 2.0  # two teachers, each with a longer prompt
+
+    def loss_and_grads(inputs):
+        trainer.model.zero_grad()
+        loss = trainer._compute_loss(trainer.model, inputs)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+
+    both, g_both = loss_and_grads(batch)
+    rubric, g_rubric = loss_and_grads(_single_teacher_batch(batch, 0))
+    reference, g_reference = loss_and_grads(_single_teacher_batch(batch, 1))
+    assert rubric.item() != pytest.approx(reference.item())
+    torch.testing.assert_close(both, 0.25 * rubric + 0.75 * reference, rtol=1e-5, atol=1e-7)
+    for a, r, f in zip(g_both, g_rubric, g_reference, strict=True):
+        torch.testing.assert_close(a, 0.25 * r + 0.75 * f, rtol=1e-4, atol=1e-7)
+
+
+def _verifier(prompts, completions, **kwargs):
+    return [1.0 if i % 2 == 0 else 0.0 for i in range(len(prompts))]
+
+
+def test_sgsd_gate_trains_and_needs_a_verifier(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows())
+    args = _config(tmp_path, teacher_combine="sgsd_gate", token_clip=0.05, gate_min_support=0.0)
+    with pytest.raises(ValueError, match="no reward_funcs"):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=dataset, teacher_context=TwoTeachers())
+    trainer = RGSDTrainer(
+        tiny_model_path, reward_funcs=_verifier, args=args, train_dataset=dataset, teacher_context=TwoTeachers()
+    )
+    batch = trainer._generate_and_score_completions(list(dataset))
+    assert batch["rgsd_outcome"].tolist() == [1.0, -1.0, 1.0, -1.0]
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_sgsd_gate_needs_a_bounded_loss():
+    with pytest.raises(ValueError, match="needs a bounded loss"):
+        RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_combine="sgsd_gate", token_clip=None)
+
+
+def test_sgsd_gate_applies_to_a_single_teacher(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows())
+
+    def loss_with(min_support, max_support):
+        args = _config(
+            tmp_path,
+            teacher_combine="sgsd_gate",
+            token_clip=10.0,
+            gate_min_support=min_support,
+            gate_max_support=max_support,
+        )
+        trainer = RGSDTrainer(tiny_model_path, reward_funcs=_verifier, args=args, train_dataset=dataset)
+        trainer.model.train()
+        torch.manual_seed(0)
+        batch = trainer._generate_and_score_completions(list(dataset))
+        assert batch["teacher_prompt_ids"].dim() == 2 and batch["rgsd_outcome"].shape == (4,)
+        loss = trainer._compute_loss(trainer.model, batch)
+        return loss.item(), trainer._metrics["train"]["rgsd/gate_active_frac"][-1]
+
+    closed_loss, closed_active = loss_with(100.0, 1000.0)  # no log-ratio is that large: every teacher is gated off
+    open_loss, open_active = loss_with(0.0, 1000.0)
+    assert closed_loss == 0.0 and closed_active == 0.0
+    assert open_loss != 0.0 and open_active > 0.5
