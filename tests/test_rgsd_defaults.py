@@ -328,8 +328,10 @@ def test_nonzero_lora_init_keeps_a_frozen_copy_of_the_initial_adapter(tiny_model
     assert trainable and all(".default." in n for n in trainable)
     # the copy stays frozen through training (with the rubric shown again, so there is something to learn)
     from trl_rubric.teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE
+    from trl_rubric.teacher_context import build_teacher_context
 
     trainer.args.teacher_prompt_template = DEFAULT_TEACHER_PROMPT_TEMPLATE
+    trainer.teacher_context = build_teacher_context(trainer.args)  # the provider reads the template when built
     copy_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".rgsd_teacher." in n}
     trainer.train()
     after = dict(trainer.model.named_parameters())
