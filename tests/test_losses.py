@@ -497,6 +497,26 @@ def test_logit_scale_softcap_and_temperature_pass_through_to_every_support(suppo
     )
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("entry_clip", [None, 0.01])
+def test_full_support_gradient_through_scale_softcap_and_temperature_for_every_beta(beta, entry_clip):
+    # The full support's gradient is written out by hand, chain rule through the logit transform included
+    student, teacher, _, upstream = make_inputs(50, 600, 16, seed=7)
+    kw = {"temperature": 0.8, "student_logit_scale": 1.5, "teacher_logit_scale": 0.7}
+    caps = {"student_final_logit_softcapping": 5.0, "teacher_final_logit_softcapping": None}
+    out = fast(student, teacher, beta=beta, chunk_size=16, entry_clip=entry_clip, **kw, **caps)
+    s_logps = ref_logps(student["hidden"], student["weight"], student["bias"], 0.8, 1.5, 5.0)
+    t_logps = ref_logps(teacher["hidden"], teacher["weight"], teacher["bias"], 0.8, 0.7, None)
+    if entry_clip is None:
+        want = ref_beta_divergence(s_logps, t_logps, beta)
+    else:
+        want = ref_entry_clipped(s_logps, t_logps, beta, entry_clip)
+    torch.testing.assert_close(out.divergence, want, atol=ATOL, rtol=1e-4)
+    assert_close_grads(
+        student_grads(student, (out.divergence * upstream).sum()), student_grads(student, (want * upstream).sum())
+    )
+
+
 @pytest.mark.parametrize(("support", "beta"), [("full", 0.5), ("topk", 0.5), ("sampled_token", 1.0)])
 def test_non_finite_teacher_rows_are_masked_and_the_rest_match_reference(support, beta):
     n = 70

@@ -180,10 +180,12 @@ def transform_logits(
 
     Same order as TRL's chunked kernels.
     """
-    logits = logits * logit_scale
+    # No-op steps are skipped: each would copy a `[c, V]` tile
+    if logit_scale != 1.0:
+        logits = logits * logit_scale
     if final_logit_softcapping is not None:
         logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
-    return logits / temperature
+    return logits / temperature if temperature != 1.0 else logits
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -459,34 +461,91 @@ def _target_logps(
     return logps, entropy
 
 
-def _full_chunk(student_logits: Tensor, teacher_logits: Tensor, *, beta, entry_clip, student_args, teacher_args):
-    # The math of one token chunk on the whole vocabulary: raw `[c, V]` logits in, `[c]` divergence out
+def _transform_backward(raw: Tensor, grad: Tensor, temperature: float, logit_scale: float, softcap: float | None):
+    # Chain rule through `transform_logits`, in place on `grad`: dz/draw = scale / T, times 1 - tanh² with soft-capping
+    if softcap is not None:
+        grad.mul_(1 - torch.tanh(raw * (logit_scale / softcap)).square())
+    factor = logit_scale / temperature
+    return grad.mul_(factor) if factor != 1.0 else grad
+
+
+def _full_chunk(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    grad_output: Tensor | None = None,
+    *,
+    beta: float,
+    entry_clip: float | None,
+    student_args: tuple,
+    teacher_args: tuple,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The math of one token chunk on the whole vocabulary, with its gradient written out.
+
+    Raw `[c, V]` logits in; `(divergence [c], student entropy [c], gradient)` out, the gradient being that of
+    `(divergence * grad_output).sum()` with respect to `student_logits` (None without `grad_output`). Each entry's term
+    `e_v` depends on the student through `log p_s(v)` only, with `de_v / dlog p_s(v)` equal to `-p_t` (beta 0),
+    `p_s (log p_s - log p_t + 1)` (beta 1) and `(1 - beta) p_s (log p_s - log m)` (in between); clipped entries give 0;
+    then `dL/dz_j = g_j - p_s(j) sum_v g_v` through the softmax. Written out rather than autograd because autograd
+    keeps about ten `[c, V]` intermediates and runs several times slower on CPU.
+    """
     s_logps = torch.log_softmax(transform_logits(student_logits, *student_args), dim=-1)
     t_logps = torch.log_softmax(transform_logits(teacher_logits, *teacher_args), dim=-1)
-    return generalized_jsd(s_logps, t_logps, beta, entry_clip)
+    s_probs = s_logps.exp()
+    entropy = -(s_probs * s_logps).sum(-1) if grad_output is None else None  # forward only
+    if beta == 0.0:
+        t_probs = t_logps.exp()
+        terms = (t_logps - s_logps).mul_(t_probs)
+        slope = t_probs.neg_() if grad_output is not None else None
+    elif beta == 1.0:
+        terms = (s_logps - t_logps).mul_(s_probs)
+        slope = terms + s_probs if grad_output is not None else None
+    else:
+        # log m from m itself: the floor keeps log m finite where both probabilities underflow (their terms are 0)
+        t_probs = t_logps.exp()
+        log_m = (s_probs * (1 - beta)).add_(t_probs, alpha=beta).clamp_(min=torch.finfo(torch.float32).tiny).log_()
+        student_part = (s_logps - log_m).mul_(s_probs).mul_(1 - beta)
+        terms = log_m.neg_().add_(t_logps).mul_(t_probs).mul_(beta).add_(student_part)  # reuses log_m's memory
+        slope = student_part
+    if entry_clip is not None and slope is not None:
+        slope = slope.masked_fill_(terms > entry_clip, 0.0)
+    if entry_clip is not None:
+        terms = terms.clamp_(max=entry_clip)
+    divergence = terms.sum(-1)
+    if grad_output is None:
+        return divergence, entropy, None
+    grad = slope.sub_(s_probs * slope.sum(-1, keepdim=True)).mul_(grad_output.unsqueeze(-1))
+    return divergence, entropy, _transform_backward(student_logits, grad, *student_args)
 
 
 def _topk_chunk(
     student_logits: Tensor,
     teacher_logits: Tensor,
+    grad_output: Tensor | None = None,
     *,
-    beta,
-    entry_clip,
-    student_args,
-    teacher_args,
-    top_k,
-    top_k_source,
-    tail,
-):
-    # The math of one token chunk on the top-k support (plus the tail bucket, or renormalised)
-    zs = transform_logits(student_logits, *student_args)
-    zt = transform_logits(teacher_logits, *teacher_args)
-    # Top-k of the logits is top-k of the log-probs; the support carries no gradient
-    support_ids = (zt if top_k_source == "teacher" else zs).detach().topk(top_k, dim=-1).indices
-    s_k = zs.gather(-1, support_ids) - torch.logsumexp(zs, dim=-1, keepdim=True)
-    t_k = zt.gather(-1, support_ids) - torch.logsumexp(zt, dim=-1, keepdim=True)
-    s_k, t_k = (add_tail_bucket(s_k), add_tail_bucket(t_k)) if tail else (renormalize(s_k), renormalize(t_k))
-    return generalized_jsd(s_k, t_k, beta, entry_clip)
+    beta: float,
+    entry_clip: float | None,
+    student_args: tuple,
+    teacher_args: tuple,
+    top_k: int,
+    top_k_source: str,
+    tail: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The math of one token chunk on the top-k support (plus the tail bucket, or renormalised); same contract as
+    [`_full_chunk`], with the gradient from autograd (the support is small, the `[c, V]` work is one logsumexp)."""
+    want_grad = grad_output is not None
+    raw = student_logits.detach().requires_grad_(want_grad)
+    with torch.set_grad_enabled(want_grad):
+        zs = transform_logits(raw, *student_args)
+        zt = transform_logits(teacher_logits, *teacher_args)
+        # Top-k of the logits is top-k of the log-probs; the support carries no gradient
+        support_ids = (zt if top_k_source == "teacher" else zs).detach().topk(top_k, dim=-1).indices
+        s_k = zs.gather(-1, support_ids) - torch.logsumexp(zs, dim=-1, keepdim=True)
+        t_k = zt.gather(-1, support_ids) - torch.logsumexp(zt, dim=-1, keepdim=True)
+        s_k, t_k = (add_tail_bucket(s_k), add_tail_bucket(t_k)) if tail else (renormalize(s_k), renormalize(t_k))
+        divergence = generalized_jsd(s_k, t_k, beta, entry_clip)
+        grad = torch.autograd.grad(divergence, raw, grad_outputs=grad_output)[0] if want_grad else None
+    entropy = None if want_grad else _entropy(zs)
+    return divergence.detach(), entropy, grad
 
 
 def _entropy(logits: Tensor) -> Tensor:
@@ -497,20 +556,21 @@ def _entropy(logits: Tensor) -> Tensor:
 class ChunkedHeadDivergence(torch.autograd.Function):
     """Per-token divergence from two models' hidden states and LM heads, in token chunks, as one autograd function.
 
-    `chunk_math(student_logits, teacher_logits) -> [c]` is the pure per-chunk math on raw `[c, V]` logits (for
-    example `_full_chunk`); this class only chunks. Forward keeps no logits. Backward recomputes each chunk's logits,
-    takes the gradient of `chunk_math` with respect to them, and folds it into one fp32 LM-head gradient buffer (and
-    one for the bias), cast once at the end, so the head's gradient costs one `[V, H]` fp32 buffer whatever the number
-    of chunks. (Liger-Kernel's chunked losses compute the gradient in forward instead; that needs the upstream
-    gradient in advance, i.e. a scalar loss, while this returns per-token values that the trainer clips and weights.)
+    `chunk_math(student_logits, teacher_logits, grad_output=None) -> (divergence, entropy, grad_logits)` is the pure
+    per-chunk math on raw `[c, V]` logits ([`_full_chunk`], [`_topk_chunk`]); this class only chunks. Forward keeps no
+    logits. Backward recomputes each chunk's logits, asks `chunk_math` for the gradient with respect to them, and
+    folds it into one fp32 LM-head gradient buffer (and one for the bias), cast once at the end: the head's gradient
+    costs one `[V, H]` fp32 buffer whatever the number of chunks. (Liger-Kernel's chunked losses compute the gradient
+    in forward instead; that needs the upstream gradient in advance, i.e. a scalar loss, while this returns per-token
+    values that the trainer still clips, masks and normalises.)
 
     Inputs: `student_hidden [N, H_s]`, `student_weight [V, H_s]`, `student_bias [V] | None`, the teacher's three (no
-    gradient), `chunk_math`, `student_args` (temperature, logit scale, soft-cap, for the entropy) and `chunk_size`
-    (tokens per chunk, None for one). Returns `(divergence [N], entropy [N])` in fp32; the entropy has no gradient.
+    gradient), `chunk_math` and `chunk_size` (tokens per chunk, None for one). Returns `(divergence [N], entropy [N])`
+    in fp32; the entropy has no gradient.
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, chunk_math, student_args, chunk_size):
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, chunk_math, chunk_size):
         ctx.set_materialize_grads(False)
         n = s_hidden.shape[0]
         divergence = s_hidden.new_empty((n,), dtype=torch.float32)
@@ -519,8 +579,7 @@ class ChunkedHeadDivergence(torch.autograd.Function):
         for rows in _token_chunks(n, chunk_size):
             s_logits = _project(s_hidden[rows], s_w, s_bias)
             t_logits = _project(t_hidden[rows], t_w, t_bias)
-            divergence[rows] = chunk_math(s_logits, t_logits)
-            entropy[rows] = _entropy(transform_logits(s_logits, *student_args))
+            divergence[rows], entropy[rows], _ = chunk_math(s_logits, t_logits)
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias)
         ctx.chunk_math, ctx.chunk_size = chunk_math, chunk_size
         ctx.mark_non_differentiable(entropy)
@@ -532,7 +591,7 @@ class ChunkedHeadDivergence(torch.autograd.Function):
         s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         if grad_divergence is None:
-            return (None,) * 9
+            return (None,) * 8
 
         def fp32_zeros(t: Tensor) -> Tensor:
             return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
@@ -546,10 +605,7 @@ class ChunkedHeadDivergence(torch.autograd.Function):
         for rows in _token_chunks(s_hidden.shape[0], ctx.chunk_size):
             h = s_hidden[rows].detach().float()
             t_logits = _project(t_hidden[rows], t_w, t_bias)
-            s_logits = _project(h, s_w, s_b).requires_grad_()
-            with torch.enable_grad():
-                value = ctx.chunk_math(s_logits, t_logits)
-                (grad_logits,) = torch.autograd.grad(value, s_logits, grad_outputs=grad_divergence[rows])
+            _, _, grad_logits = ctx.chunk_math(_project(h, s_w, s_b), t_logits, grad_divergence[rows])
             if grad_hidden is not None:
                 grad_hidden[rows] = grad_logits @ s_w
             if grad_weight is not None:
@@ -560,7 +616,7 @@ class ChunkedHeadDivergence(torch.autograd.Function):
             grad_hidden.to(s_hidden.dtype) if grad_hidden is not None else None,
             grad_weight.to(s_weight.dtype) if grad_weight is not None else None,
             grad_bias.to(s_bias.dtype) if grad_bias is not None else None,
-            *(None,) * 6,
+            *(None,) * 5,
         )
 
 
@@ -723,7 +779,6 @@ def token_divergence(
                 teacher_weight,
                 teacher_bias,
                 chunk_math,
-                student_args,
                 chunk_size,
             )
         entropy = entropy.detach()
