@@ -28,8 +28,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 logger = logging.getLogger(__name__)
 
@@ -575,10 +577,13 @@ class ChunkedHeadDivergence(torch.autograd.Function):
         n = s_hidden.shape[0]
         divergence = s_hidden.new_empty((n,), dtype=torch.float32)
         entropy = s_hidden.new_empty((n,), dtype=torch.float32)
-        s_w, t_w = s_weight.float(), t_weight.float()  # once, not per chunk (no-ops in fp32)
+        # Once, not per chunk (no-ops in fp32). The teacher's head may be a parameter (the policy's own head), passed
+        # undetached so that ZeRO-3 can gather it again in backward
+        s_w, t_w = s_weight.float(), t_weight.detach().float()
+        t_b = t_bias.detach() if t_bias is not None else None
         for rows in _token_chunks(n, chunk_size):
             s_logits = _project(s_hidden[rows], s_w, s_bias)
-            t_logits = _project(t_hidden[rows], t_w, t_bias)
+            t_logits = _project(t_hidden[rows], t_w, t_b)
             divergence[rows], entropy[rows], _ = chunk_math(s_logits, t_logits)
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias)
         ctx.chunk_math, ctx.chunk_size = chunk_math, chunk_size
@@ -593,25 +598,29 @@ class ChunkedHeadDivergence(torch.autograd.Function):
         if grad_divergence is None:
             return (None,) * 8
 
-        def fp32_zeros(t: Tensor) -> Tensor:
-            return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+        # Under ZeRO-3 the heads were re-partitioned after forward; gather them again for the recomputation
+        with _gather_zero3(s_weight, s_bias, t_weight, t_bias):
 
-        grad_hidden = fp32_zeros(s_hidden) if need_hidden else None
-        grad_weight = fp32_zeros(s_weight) if need_weight else None  # the one buffer all chunks add into
-        grad_bias = fp32_zeros(s_bias) if need_bias else None
-        s_w, t_w = s_weight.detach().float(), t_weight.float()
-        s_b = s_bias.detach() if s_bias is not None else None
-        grad_divergence = grad_divergence.float()
-        for rows in _token_chunks(s_hidden.shape[0], ctx.chunk_size):
-            h = s_hidden[rows].detach().float()
-            t_logits = _project(t_hidden[rows], t_w, t_bias)
-            _, _, grad_logits = ctx.chunk_math(_project(h, s_w, s_b), t_logits, grad_divergence[rows])
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits @ s_w
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), h)
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
+            def fp32_zeros(t: Tensor) -> Tensor:
+                return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+
+            grad_hidden = fp32_zeros(s_hidden) if need_hidden else None
+            grad_weight = fp32_zeros(s_weight) if need_weight else None  # the one buffer all chunks add into
+            grad_bias = fp32_zeros(s_bias) if need_bias else None
+            s_w, t_w = s_weight.detach().float(), t_weight.detach().float()
+            s_b = s_bias.detach() if s_bias is not None else None
+            t_b = t_bias.detach() if t_bias is not None else None
+            grad_divergence = grad_divergence.float()
+            for rows in _token_chunks(s_hidden.shape[0], ctx.chunk_size):
+                h = s_hidden[rows].detach().float()
+                t_logits = _project(t_hidden[rows], t_w, t_b)
+                _, _, grad_logits = ctx.chunk_math(_project(h, s_w, s_b), t_logits, grad_divergence[rows])
+                if grad_hidden is not None:
+                    grad_hidden[rows] = grad_logits @ s_w
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
         return (
             grad_hidden.to(s_hidden.dtype) if grad_hidden is not None else None,
             grad_weight.to(s_weight.dtype) if grad_weight is not None else None,
@@ -690,9 +699,6 @@ def token_divergence(
     Returns:
         A [`TokenDivergence`].
     """
-    _check_inputs(
-        student_hidden, student_weight, teacher_hidden, teacher_weight, beta, support, target_ids, top_k, top_k_source
-    )
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: expected a positive number of tokens, or None")
     if entry_clip is not None:
@@ -703,10 +709,60 @@ def token_divergence(
         if not entry_clip > 0:
             raise ValueError(f"entry_clip={entry_clip!r}: expected a positive number, or None to disable it")
 
+    # Under DeepSpeed ZeRO-3 the heads are empty partitions outside their module's forward: gather them (TRL's helper,
+    # a no-op otherwise). Under FSDP2 they are sharded DTensors: one full copy each, as TRL's distillation loss does.
+    with _gather_zero3(student_weight, student_bias, teacher_weight, teacher_bias):
+        student_weight, student_bias = full_lm_head(student_weight, student_bias)
+        with torch.no_grad():
+            teacher_weight, teacher_bias = full_lm_head(teacher_weight, teacher_bias)
+        return _token_divergence(
+            student_hidden,
+            student_weight,
+            student_bias,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            beta=beta,
+            support=support,
+            target_ids=target_ids,
+            top_k=top_k,
+            top_k_source=top_k_source,
+            top_k_tail=top_k_tail,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            student_logit_scale=student_logit_scale,
+            teacher_logit_scale=teacher_logit_scale,
+            student_final_logit_softcapping=student_final_logit_softcapping,
+            teacher_final_logit_softcapping=teacher_final_logit_softcapping,
+            entry_clip=entry_clip,
+        )
+
+
+def _gather_zero3(*tensors: Tensor | None):
+    # TRL's helper, given only ZeRO-3 partitioned parameters (it reads `ds_status`; plain tensors need no gather)
+    return maybe_gather_lm_head_ctx(*(t for t in tensors if hasattr(t, "ds_status")))
+
+
+def full_lm_head(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """A full copy of an FSDP2-sharded (DTensor) LM head, differentiable back to the shards; other tensors as is."""
+    if isinstance(weight, DTensor):
+        weight = weight.full_tensor()
+    if isinstance(bias, DTensor):
+        bias = bias.full_tensor()
+    return weight, bias
+
+
+def _token_divergence(
+    student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, *, beta, support,
+    target_ids, top_k, top_k_source, top_k_tail, temperature, chunk_size, student_logit_scale, teacher_logit_scale,
+    student_final_logit_softcapping, teacher_final_logit_softcapping, entry_clip,
+) -> TokenDivergence:  # fmt: skip
+    # Shapes are read here, after the gather: a ZeRO-3 partition has none
+    _check_inputs(
+        student_hidden, student_weight, teacher_hidden, teacher_weight, beta, support, target_ids, top_k, top_k_source
+    )
     student_hidden, student_finite = sanitize_hidden(student_hidden)
     teacher_hidden, teacher_finite = sanitize_hidden(teacher_hidden.detach())
-    teacher_weight = teacher_weight.detach()
-    teacher_bias = teacher_bias.detach() if teacher_bias is not None else None
     student_args = (temperature, student_logit_scale, student_final_logit_softcapping)
     teacher_args = (temperature, teacher_logit_scale, teacher_final_logit_softcapping)
 
