@@ -36,7 +36,11 @@ def engine_args(engine: str) -> dict:
         }
     return {
         "deepspeed": {
-            "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+            "zero_optimization": {
+                "stage": 3,
+                "stage3_gather_16bit_weights_on_model_save": True,
+                "stage3_param_persistence_threshold": 0,  # partition even tiny parameters
+            },
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",
             "zero_allow_untested_optimizer": True,
@@ -108,7 +112,7 @@ def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
     return {
         "engine_active": full.is_fsdp_enabled or full.is_deepspeed_enabled,
         "head_type": type(head).__name__,
-        "head_numel": head.numel(),
+        "head_numel": head.numel(),  # 0 for a ZeRO-3 partition
         "teacher_type": type(full.teacher_model).__name__,
         "initial_hash": initial,
         "hash": digest(full_params(full.model)),
