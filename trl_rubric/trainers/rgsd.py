@@ -562,7 +562,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             hidden = self._forward_redirection(
                 self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *self._teacher_inputs(inputs)
             )
-        return hidden
+        return (hidden, *self._separate_teacher_head())
+
+    def _separate_teacher_head(self):
+        head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
+        return head.weight, head.bias
 
     def _self_teacher_hidden(self, unwrapped, inputs):
         ctx = (
@@ -583,11 +587,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if teacher is None:
             t_hidden, t_weight, t_bias = self._self_teacher_hidden(unwrapped, inputs)
         else:
-            # The head is looked up here rather than passed in: arguments that go through a DeepSpeed engine's forward
-            # are copied, and the copy of a ZeRO-3 parameter is an empty tensor that can no longer be gathered
+            # Only the hidden states come in through the policy wrapper's forward; the head is looked up again here,
+            # because DeepSpeed copies tensor arguments and the copy of a ZeRO-3 partition can no longer be gathered
             t_hidden = teacher
-            t_head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
-            t_weight, t_bias = t_head.weight, t_head.bias
+            t_weight, t_bias = self._separate_teacher_head()
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
@@ -671,7 +674,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        teacher = self._separate_teacher_hidden(inputs) if self.teacher_model is not None else None
+        teacher = self._separate_teacher_hidden(inputs)[0] if self.teacher_model is not None else None
         unwrapped = self.accelerator.unwrap_model(model)
         # One pass through the policy wrapper's forward: DDP prepares its gradient hooks and FSDP / DeepSpeed keep
         # the sharded weights (LM head included) gathered while the divergence is computed from hidden states.
