@@ -50,6 +50,10 @@ POLICY_ONLY_LOSS_TYPES = ("cispo", "sapo", "vespo")
 # Budget for one `[rows, vocab]` projection tile of `ChunkedLogProbFunction`, in elements per token of `chunk_size`
 _LOGPROB_MIN_VOCAB_CHUNK = 256
 
+# Elements of one `[chunk, V]` fp32 tile when `chunk_size=None` on the torch path (512 MiB): large chunks for a GPU, no
+# `[N, V]` tensor however long the batch
+_AUTO_TILE_ELEMENTS = 1 << 27
+
 _warned_sampled_token_beta = False
 
 
@@ -664,7 +668,7 @@ def token_divergence(
     `ChunkedDivergenceFunction`, which tiles by itself. Rows whose hidden states or target log-probs are not finite are
     zeroed first and reported in `finite`, with divergence 0 and no gradient; leave them out of the loss and count
     them. (A row with finite hidden states whose logits overflow is flagged too, but its LM-head gradient may still be
-    NaN.) On CPU, chunks of 128 keep peak memory flat in N; on a GPU with `entry_clip`, use chunks of about 1,024.
+    NaN.) On CPU, chunks of 128 keep peak memory flat in N; with `chunk_size=None` the tiles are about 512 MiB.
 
     Args:
         student_hidden: `[N, H_s]` last hidden states of the student at the completion positions.
@@ -686,7 +690,8 @@ def token_divergence(
         top_k_tail: Add a bucket with the mass outside the top-k (approximates the full divergence); otherwise both
             distributions are renormalised over the top-k.
         temperature: Both distributions are `softmax(logits / temperature)`.
-        chunk_size: Tokens per chunk; None processes all tokens in one call.
+        chunk_size: Tokens per chunk. None: one call to TRL's kernel where that path applies (CUDA, `"full"`, no
+            `entry_clip`), otherwise chunks of about `2**27 / V` tokens (a 512 MiB fp32 `[chunk, V]` tile).
         student_logit_scale, teacher_logit_scale: Multipliers applied to the logits first (models with logit scaling).
         student_final_logit_softcapping, teacher_final_logit_softcapping: `c` in `c * tanh(z / c)` (e.g. Gemma), or
             None.
@@ -835,7 +840,7 @@ def _token_divergence(
                 teacher_weight,
                 teacher_bias,
                 chunk_math,
-                chunk_size,
+                chunk_size or max(1, _AUTO_TILE_ELEMENTS // student_weight.shape[0]),
             )
         entropy = entropy.detach()
 
