@@ -316,6 +316,97 @@ def test_topk_with_tail_over_the_whole_vocabulary_equals_full_divergence():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Per-vocabulary-entry clip (OPSD)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def ref_entry_clipped(s_logps, t_logps, beta, tau):
+    # Each entry's term of the divergence, written in probability space, clipped at tau, then summed
+    p_s, p_t = s_logps.exp(), t_logps.exp()
+    if beta == 0:
+        terms = p_t * torch.log(p_t / p_s)
+    elif beta == 1:
+        terms = p_s * torch.log(p_s / p_t)
+    else:
+        m = (1 - beta) * p_s + beta * p_t
+        terms = beta * p_t * torch.log(p_t / m) + (1 - beta) * p_s * torch.log(p_s / m)
+    return torch.minimum(terms, torch.full_like(terms, tau)).sum(-1)
+
+
+ENTRY_CASES = [  # (N, V, H, bias, chunk_size)
+    (97, 1100, 16, True, 32),
+    (33, 517, 8, False, None),
+    (64, 300, 24, True, 7),
+]
+
+
+@pytest.mark.parametrize("shape", ENTRY_CASES)
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+def test_entry_clip_full_support_matches_reference(shape, beta):
+    n, v, h, bias, chunk = shape
+    student, teacher, _, upstream = make_inputs(n, v, h, bias=bias, seed=n)
+    tau = 0.01
+    out = fast(student, teacher, beta=beta, chunk_size=chunk, entry_clip=tau)
+    s_logps = ref_logps(student["hidden"], student["weight"], student["bias"])
+    t_logps = ref_logps(teacher["hidden"], teacher["weight"], teacher["bias"])
+    want = ref_entry_clipped(s_logps, t_logps, beta, tau)
+    torch.testing.assert_close(out.divergence, want, atol=ATOL, rtol=1e-4)
+    # The clip is active: it lowers the value below the unclipped divergence, by a margin the test can see
+    assert (ref_beta_divergence(s_logps, t_logps, beta) - want).mean() > 0.05
+    assert_close_grads(
+        student_grads(student, (out.divergence * upstream).sum()), student_grads(student, (want * upstream).sum())
+    )
+
+
+@pytest.mark.parametrize("source", ["teacher", "student"])
+@pytest.mark.parametrize("tail", [True, False])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_entry_clip_topk_support_matches_reference(source, tail, beta):
+    student, teacher, _, upstream = make_inputs(90, 800, 16, seed=3)
+    tau = 0.02
+    out = fast(
+        student, teacher, support="topk", top_k=10, top_k_source=source, top_k_tail=tail, beta=beta, chunk_size=25,
+        entry_clip=tau,
+    )  # fmt: skip
+    s_logps = ref_logps(student["hidden"], student["weight"], student["bias"])
+    t_logps = ref_logps(teacher["hidden"], teacher["weight"], teacher["bias"])
+    s_k, t_k = ref_topk(s_logps, t_logps, 10, source, tail)
+    want = ref_entry_clipped(s_k, t_k, beta, tau)
+    torch.testing.assert_close(out.divergence, want, atol=ATOL, rtol=1e-4)
+    assert (ref_beta_divergence(s_k, t_k, beta) - want).mean() > 0.01
+    assert_close_grads(
+        student_grads(student, (out.divergence * upstream).sum()), student_grads(student, (want * upstream).sum())
+    )
+
+
+def test_entry_clip_lets_a_token_loss_go_negative_and_a_large_tau_changes_nothing():
+    student, teacher, _, _ = make_inputs(200, 500, 16, seed=1)
+    clipped = fast(student, teacher, beta=0.0, entry_clip=1e-3).divergence
+    assert (clipped < 0).any(), "with a small tau the negative entries win on some tokens"
+    unclipped = fast(student, teacher, beta=0.0).divergence
+    loose = fast(student, teacher, beta=0.0, entry_clip=1e3).divergence
+    torch.testing.assert_close(loose, unclipped, atol=1e-5, rtol=1e-5)
+    assert (unclipped >= -1e-6).all()
+
+
+@pytest.mark.parametrize("support", ["full", "topk"])
+def test_one_autograd_node_and_one_head_gradient_for_all_chunks(support):
+    # Every token chunk folds into one function, so the LM head gets one gradient (one fp32 buffer), not one per chunk
+    student, teacher, _, _ = make_inputs(300, 400, 8)
+    out = fast(student, teacher, support=support, top_k=5, chunk_size=16)
+    seen, stack, nodes = set(), [out.divergence.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    assert sum("ChunkedHeadDivergence" in name for name in nodes) == 1
+    assert nodes.count("AccumulateGrad") == 3  # hidden, weight, bias: each reached once
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # support="sampled_token"
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -406,6 +497,26 @@ def test_logit_scale_softcap_and_temperature_pass_through_to_every_support(suppo
     )
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("entry_clip", [None, 0.01])
+def test_full_support_gradient_through_scale_softcap_and_temperature_for_every_beta(beta, entry_clip):
+    # The full support's gradient is written out by hand, chain rule through the logit transform included
+    student, teacher, _, upstream = make_inputs(50, 600, 16, seed=7)
+    kw = {"temperature": 0.8, "student_logit_scale": 1.5, "teacher_logit_scale": 0.7}
+    caps = {"student_final_logit_softcapping": 5.0, "teacher_final_logit_softcapping": None}
+    out = fast(student, teacher, beta=beta, chunk_size=16, entry_clip=entry_clip, **kw, **caps)
+    s_logps = ref_logps(student["hidden"], student["weight"], student["bias"], 0.8, 1.5, 5.0)
+    t_logps = ref_logps(teacher["hidden"], teacher["weight"], teacher["bias"], 0.8, 0.7, None)
+    if entry_clip is None:
+        want = ref_beta_divergence(s_logps, t_logps, beta)
+    else:
+        want = ref_entry_clipped(s_logps, t_logps, beta, entry_clip)
+    torch.testing.assert_close(out.divergence, want, atol=ATOL, rtol=1e-4)
+    assert_close_grads(
+        student_grads(student, (out.divergence * upstream).sum()), student_grads(student, (want * upstream).sum())
+    )
+
+
 @pytest.mark.parametrize(("support", "beta"), [("full", 0.5), ("topk", 0.5), ("sampled_token", 1.0)])
 def test_non_finite_teacher_rows_are_masked_and_the_rest_match_reference(support, beta):
     n = 70
@@ -458,6 +569,11 @@ def test_finite_token_mask_and_sanitize_hidden():
         ({"support": "topk", "top_k": 0}, "top_k"),
         ({"support": "topk", "top_k_source": "judge"}, "top_k_source"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"entry_clip": 0.0}, "entry_clip"),
+        (
+            {"entry_clip": 0.05, "support": "sampled_token", "target_ids": torch.zeros(4, dtype=torch.long)},
+            "entry_clip",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):

@@ -19,6 +19,7 @@ skip-first-tokens masks, non-finite detection, and GRPO-style reduction to a sca
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -27,9 +28,10 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.distributed.tensor import DTensor
 from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ POLICY_ONLY_LOSS_TYPES = ("cispo", "sapo", "vespo")
 
 # Budget for one `[rows, vocab]` projection tile of `ChunkedLogProbFunction`, in elements per token of `chunk_size`
 _LOGPROB_MIN_VOCAB_CHUNK = 256
+
+# Elements of one `[chunk, V]` fp32 tile when `chunk_size=None` on the torch path (512 MiB): large chunks for a GPU, no
+# `[N, V]` tensor however long the batch
+_AUTO_TILE_ELEMENTS = 1 << 27
 
 _warned_sampled_token_beta = False
 
@@ -77,7 +83,38 @@ class TokenDivergence:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def generalized_jsd(student_logps: Tensor, teacher_logps: Tensor, beta: float) -> Tensor:
+def per_entry_divergence(student_logps: Tensor, teacher_logps: Tensor, beta: float) -> Tensor:
+    """Each support entry's term of the beta-divergence; their sum over the last dimension is [`generalized_jsd`].
+
+    With `p_s`, `p_t` the two distributions and `m = (1 - beta) p_s + beta p_t`, the term of entry `v` is
+
+    - `beta = 0` (forward KL(teacher‖student)): `p_t(v) (log p_t(v) - log p_s(v))`;
+    - `beta = 1` (reverse KL(student‖teacher)): `p_s(v) (log p_s(v) - log p_t(v))`;
+    - otherwise: `beta p_t(v) (log p_t(v) - log m(v)) + (1 - beta) p_s(v) (log p_s(v) - log m(v))`.
+
+    A single term can be negative (an entry the first distribution puts less mass on); only their sum is `>= 0`.
+
+    Args:
+        student_logps: `[..., K]` log-probabilities of the student (each row sums to 1 in probability).
+        teacher_logps: `[..., K]` log-probabilities of the teacher.
+        beta: `0` = forward KL(teacher‖student), `1` = reverse KL(student‖teacher), in between the generalized JSD.
+
+    Returns:
+        `[..., K]` terms.
+    """
+    if beta == 0.0:
+        return teacher_logps.exp() * (teacher_logps - student_logps)
+    if beta == 1.0:
+        return student_logps.exp() * (student_logps - teacher_logps)
+    log_m = torch.logaddexp(student_logps + math.log(1 - beta), teacher_logps + math.log(beta))
+    return beta * teacher_logps.exp() * (teacher_logps - log_m) + (1 - beta) * student_logps.exp() * (
+        student_logps - log_m
+    )
+
+
+def generalized_jsd(
+    student_logps: Tensor, teacher_logps: Tensor, beta: float, entry_clip: float | None = None
+) -> Tensor:
     """Beta-divergence between two distributions given as log-probabilities over the last dimension.
 
     Same definition as TRL's `ChunkedDivergenceFunction` and `trl.experimental.sdft`'s `compute_divergence`.
@@ -87,18 +124,16 @@ def generalized_jsd(student_logps: Tensor, teacher_logps: Tensor, beta: float) -
         teacher_logps: `[..., K]` log-probabilities of the teacher.
         beta: `0` = forward KL(teacher‖student), `1` = reverse KL(student‖teacher), in between the generalized JSD
             `beta KL(p_teacher‖m) + (1 - beta) KL(p_student‖m)` with `m = (1 - beta) p_student + beta p_teacher`.
+        entry_clip: If given, each entry's term ([`per_entry_divergence`]) is replaced by `min(term, entry_clip)`
+            before the sum (the OPSD clip); the result can then be negative.
 
     Returns:
         `[...]` divergence per row.
     """
-    if beta == 0.0:
-        return (teacher_logps.exp() * (teacher_logps - student_logps)).sum(-1)
-    if beta == 1.0:
-        return (student_logps.exp() * (student_logps - teacher_logps)).sum(-1)
-    log_m = torch.logaddexp(student_logps + math.log(1 - beta), teacher_logps + math.log(beta))
-    kl_teacher = (teacher_logps.exp() * (teacher_logps - log_m)).sum(-1)
-    kl_student = (student_logps.exp() * (student_logps - log_m)).sum(-1)
-    return beta * kl_teacher + (1 - beta) * kl_student
+    terms = per_entry_divergence(student_logps, teacher_logps, beta)
+    if entry_clip is not None:
+        terms = terms.clamp(max=entry_clip)
+    return terms.sum(-1)
 
 
 def add_tail_bucket(logps: Tensor) -> Tensor:
@@ -151,10 +186,12 @@ def transform_logits(
 
     Same order as TRL's chunked kernels.
     """
-    logits = logits * logit_scale
+    # No-op steps are skipped: each would copy a `[c, V]` tile
+    if logit_scale != 1.0:
+        logits = logits * logit_scale
     if final_logit_softcapping is not None:
         logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
-    return logits / temperature
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def logit_processing(config: Any) -> tuple[float, float | None]:
@@ -419,15 +456,6 @@ def reduce_token_loss(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _fp32_accumulator(param: Tensor | None) -> Tensor | None:
-    # Each token chunk returns its own LM-head gradient; autograd sums them in the parameter's dtype. In bf16 that
-    # rounds every partial sum, the bias TRL's kernels avoid by accumulating in fp32, so sum in fp32 and cast once.
-    low_precision = param is not None and param.dtype in (torch.float16, torch.bfloat16)
-    if low_precision and param.requires_grad and torch.is_grad_enabled():
-        return param.float()
-    return param
-
-
 def _token_chunks(n: int, chunk_size: int | None):
     if n == 0:
         # One empty chunk, so an empty selection still returns a `[0]` divergence attached to the student's graph
@@ -469,29 +497,170 @@ def _target_logps(
     return logps, entropy
 
 
-def _topk_student_divergence(
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    student_bias: Tensor | None,
-    support_ids: Tensor,
-    teacher_support_logps: Tensor,
+def _transform_backward(raw: Tensor, grad: Tensor, temperature: float, logit_scale: float, softcap: float | None):
+    # Chain rule through `transform_logits`, in place on `grad`: dz/draw = scale / T, times 1 - tanh² with soft-capping
+    if softcap is not None:
+        grad.mul_(1 - torch.tanh(raw * (logit_scale / softcap)).square())
+    factor = logit_scale / temperature
+    return grad.mul_(factor) if factor != 1.0 else grad
+
+
+def _full_chunk(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    grad_output: Tensor | None = None,
+    *,
     beta: float,
+    entry_clip: float | None,
+    student_args: tuple,
+    teacher_args: tuple,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The math of one token chunk on the whole vocabulary, with its gradient written out.
+
+    Raw `[c, V]` logits in; `(divergence [c], student entropy [c], gradient)` out, the gradient being that of
+    `(divergence * grad_output).sum()` with respect to `student_logits` (None without `grad_output`). Each entry's term
+    `e_v` depends on the student through `log p_s(v)` only, with `de_v / dlog p_s(v)` equal to `-p_t` (beta 0),
+    `p_s (log p_s - log p_t + 1)` (beta 1) and `(1 - beta) p_s (log p_s - log m)` (in between); clipped entries give 0;
+    then `dL/dz_j = g_j - p_s(j) sum_v g_v` through the softmax. Written out rather than autograd because autograd
+    keeps about ten `[c, V]` intermediates and runs several times slower on CPU.
+    """
+    s_logps = torch.log_softmax(transform_logits(student_logits, *student_args), dim=-1)
+    t_logps = torch.log_softmax(transform_logits(teacher_logits, *teacher_args), dim=-1)
+    s_probs = s_logps.exp()
+    entropy = -(s_probs * s_logps).sum(-1) if grad_output is None else None  # forward only
+    if beta == 0.0:
+        t_probs = t_logps.exp()
+        terms = (t_logps - s_logps).mul_(t_probs)
+        slope = t_probs.neg_() if grad_output is not None else None
+    elif beta == 1.0:
+        terms = (s_logps - t_logps).mul_(s_probs)
+        slope = terms + s_probs if grad_output is not None else None
+    else:
+        # log m from m itself: the floor keeps log m finite where both probabilities underflow (their terms are 0)
+        t_probs = t_logps.exp()
+        log_m = (s_probs * (1 - beta)).add_(t_probs, alpha=beta).clamp_(min=torch.finfo(torch.float32).tiny).log_()
+        student_part = (s_logps - log_m).mul_(s_probs).mul_(1 - beta)
+        terms = log_m.neg_().add_(t_logps).mul_(t_probs).mul_(beta).add_(student_part)  # reuses log_m's memory
+        slope = student_part
+    if entry_clip is not None and slope is not None:
+        slope = slope.masked_fill_(terms > entry_clip, 0.0)
+    if entry_clip is not None:
+        terms = terms.clamp_(max=entry_clip)
+    divergence = terms.sum(-1)
+    if grad_output is None:
+        return divergence, entropy, None
+    grad = slope.sub_(s_probs * slope.sum(-1, keepdim=True)).mul_(grad_output.unsqueeze(-1))
+    return divergence, entropy, _transform_backward(student_logits, grad, *student_args)
+
+
+def _topk_chunk(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    grad_output: Tensor | None = None,
+    *,
+    beta: float,
+    entry_clip: float | None,
+    student_args: tuple,
+    teacher_args: tuple,
+    top_k: int,
+    top_k_source: str,
     tail: bool,
-    temperature: float,
-    logit_scale: float,
-    softcap: float | None,
-) -> tuple[Tensor, Tensor]:
-    # Run under activation checkpointing: the [chunk, V] student logits are rebuilt in backward, not kept
-    logits = transform_logits(
-        _project(student_hidden, student_weight, student_bias), temperature, logit_scale, softcap
-    )
-    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
-    support_logps = logits.gather(-1, support_ids) - log_z
-    support_logps = add_tail_bucket(support_logps) if tail else renormalize(support_logps)
-    with torch.no_grad():
-        logps = logits - log_z
-        entropy = -(logps.exp() * logps).sum(-1)
-    return generalized_jsd(support_logps, teacher_support_logps, beta), entropy
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The math of one token chunk on the top-k support (plus the tail bucket, or renormalised); same contract as
+    [`_full_chunk`], with the gradient from autograd (the support is small, the `[c, V]` work is one logsumexp)."""
+    want_grad = grad_output is not None
+    raw = student_logits.detach().requires_grad_(want_grad)
+    with torch.set_grad_enabled(want_grad):
+        zs = transform_logits(raw, *student_args)
+        zt = transform_logits(teacher_logits, *teacher_args)
+        # Top-k of the logits is top-k of the log-probs; the support carries no gradient
+        support_ids = (zt if top_k_source == "teacher" else zs).detach().topk(top_k, dim=-1).indices
+        s_k = zs.gather(-1, support_ids) - torch.logsumexp(zs, dim=-1, keepdim=True)
+        t_k = zt.gather(-1, support_ids) - torch.logsumexp(zt, dim=-1, keepdim=True)
+        s_k, t_k = (add_tail_bucket(s_k), add_tail_bucket(t_k)) if tail else (renormalize(s_k), renormalize(t_k))
+        divergence = generalized_jsd(s_k, t_k, beta, entry_clip)
+        grad = torch.autograd.grad(divergence, raw, grad_outputs=grad_output)[0] if want_grad else None
+    entropy = None if want_grad else _entropy(zs)
+    return divergence.detach(), entropy, grad
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    logps = torch.log_softmax(logits, dim=-1)
+    return -(logps.exp() * logps).sum(-1)
+
+
+class ChunkedHeadDivergence(torch.autograd.Function):
+    """Per-token divergence from two models' hidden states and LM heads, in token chunks, as one autograd function.
+
+    `chunk_math(student_logits, teacher_logits, grad_output=None) -> (divergence, entropy, grad_logits)` is the pure
+    per-chunk math on raw `[c, V]` logits ([`_full_chunk`], [`_topk_chunk`]); this class only chunks. Forward keeps no
+    logits. Backward recomputes each chunk's logits, asks `chunk_math` for the gradient with respect to them, and
+    folds it into one fp32 LM-head gradient buffer (and one for the bias), cast once at the end: the head's gradient
+    costs one `[V, H]` fp32 buffer whatever the number of chunks. (Liger-Kernel's chunked losses compute the gradient
+    in forward instead; that needs the upstream gradient in advance, i.e. a scalar loss, while this returns per-token
+    values that the trainer still clips, masks and normalises.)
+
+    Inputs: `student_hidden [N, H_s]`, `student_weight [V, H_s]`, `student_bias [V] | None`, the teacher's three (no
+    gradient), `chunk_math` and `chunk_size` (tokens per chunk, None for one). Returns `(divergence [N], entropy [N])`
+    in fp32; the entropy has no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, chunk_math, chunk_size):
+        ctx.set_materialize_grads(False)
+        n = s_hidden.shape[0]
+        divergence = s_hidden.new_empty((n,), dtype=torch.float32)
+        entropy = s_hidden.new_empty((n,), dtype=torch.float32)
+        # Once, not per chunk (no-ops in fp32). The teacher's head may be a parameter (the policy's own head), passed
+        # undetached so that ZeRO-3 can gather it again in backward
+        s_w, t_w = s_weight.float(), t_weight.detach().float()
+        t_b = t_bias.detach() if t_bias is not None else None
+        for rows in _token_chunks(n, chunk_size):
+            s_logits = _project(s_hidden[rows], s_w, s_bias)
+            t_logits = _project(t_hidden[rows], t_w, t_b)
+            divergence[rows], entropy[rows], _ = chunk_math(s_logits, t_logits)
+        ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias)
+        ctx.chunk_math, ctx.chunk_size = chunk_math, chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return divergence, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_divergence, _):
+        s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if grad_divergence is None:
+            return (None,) * 8
+
+        # Under ZeRO-3 the heads were re-partitioned after forward; gather them again for the recomputation
+        with _gather_zero3(s_weight, s_bias, t_weight, t_bias):
+
+            def fp32_zeros(t: Tensor) -> Tensor:
+                return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+
+            grad_hidden = fp32_zeros(s_hidden) if need_hidden else None
+            grad_weight = fp32_zeros(s_weight) if need_weight else None  # the one buffer all chunks add into
+            grad_bias = fp32_zeros(s_bias) if need_bias else None
+            s_w, t_w = s_weight.detach().float(), t_weight.detach().float()
+            s_b = s_bias.detach() if s_bias is not None else None
+            t_b = t_bias.detach() if t_bias is not None else None
+            grad_divergence = grad_divergence.float()
+            for rows in _token_chunks(s_hidden.shape[0], ctx.chunk_size):
+                h = s_hidden[rows].detach().float()
+                t_logits = _project(t_hidden[rows], t_w, t_b)
+                _, _, grad_logits = ctx.chunk_math(_project(h, s_w, s_b), t_logits, grad_divergence[rows])
+                if grad_hidden is not None:
+                    grad_hidden[rows] = grad_logits @ s_w
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+        return (
+            grad_hidden.to(s_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight.to(s_weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(s_bias.dtype) if grad_bias is not None else None,
+            *(None,) * 5,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -519,16 +688,17 @@ def token_divergence(
     teacher_logit_scale: float = 1.0,
     student_final_logit_softcapping: float | None = None,
     teacher_final_logit_softcapping: float | None = None,
+    entry_clip: float | None = None,
 ) -> TokenDivergence:
     """Per-token divergence between the student's and the teacher's next-token distributions, from hidden states.
 
-    Neither model's `[N, V]` logits are materialised: the work runs on `chunk_size` tokens at a time (at most
-    `[chunk_size, V]` logits per model). Rows whose hidden states or target log-probs are not finite are zeroed
-    before the kernels and reported in `finite`, with divergence 0 and no gradient; leave them out of the loss and
-    count them. (A row with finite hidden states whose logits overflow is flagged too, but its LM-head gradient may
-    still be NaN.) On CPU, `support="full"` with chunks of 128 keeps peak memory flat in N (about 220 MB at V = 32k)
-    for about twice the CPU time of naive logits (`benchmarks/bench_divergence.py`); with CUDA and Triton, a larger
-    `chunk_size`, or None for one call, is faster.
+    Neither model's `[N, V]` logits are materialised. `"full"` and `"topk"` run as one autograd function
+    ([`ChunkedHeadDivergence`]) over `chunk_size` tokens at a time (at most `[chunk_size, V]` logits per model), with
+    one fp32 LM-head gradient buffer for all chunks; on CUDA, `"full"` without `entry_clip` is one call to TRL's fused
+    `ChunkedDivergenceFunction`, which tiles by itself. Rows whose hidden states or target log-probs are not finite are
+    zeroed first and reported in `finite`, with divergence 0 and no gradient; leave them out of the loss and count
+    them. (A row with finite hidden states whose logits overflow is flagged too, but its LM-head gradient may still be
+    NaN.) On CPU, chunks of 128 keep peak memory flat in N; with `chunk_size=None` the tiles are about 512 MiB.
 
     Args:
         student_hidden: `[N, H_s]` last hidden states of the student at the completion positions.
@@ -540,7 +710,7 @@ def token_divergence(
         beta: `0` = forward KL(teacher‖student), `1` = reverse KL(student‖teacher), in between the generalized JSD
             `beta KL(p_teacher‖m) + (1 - beta) KL(p_student‖m)`, `m = (1 - beta) p_student + beta p_teacher`.
             RGSD uses 0.5. Ignored by `"sampled_token"`, which is always the reverse-KL estimate.
-        support: `"full"` (whole vocabulary, TRL's chunked kernel), `"topk"` (top-k tokens, see `top_k*`) or
+        support: `"full"` (whole vocabulary), `"topk"` (top-k tokens, see `top_k*`) or
             `"sampled_token"` (single-sample reverse-KL estimate on `target_ids`, with the score-function gradient
             `(log p_s - log p_t).detach() * ∇ log p_s`; see [`sampled_token_reverse_kl`]).
         target_ids: `[N]` sampled completion tokens. Needed for `"sampled_token"`; when given, the target log-probs of
@@ -550,26 +720,84 @@ def token_divergence(
         top_k_tail: Add a bucket with the mass outside the top-k (approximates the full divergence); otherwise both
             distributions are renormalised over the top-k.
         temperature: Both distributions are `softmax(logits / temperature)`.
-        chunk_size: Tokens per chunk; None processes all tokens in one call.
+        chunk_size: Tokens per chunk. None: one call to TRL's kernel where that path applies (CUDA, `"full"`, no
+            `entry_clip`), otherwise chunks of about `2**27 / V` tokens (a 512 MiB fp32 `[chunk, V]` tile).
         student_logit_scale, teacher_logit_scale: Multipliers applied to the logits first (models with logit scaling).
         student_final_logit_softcapping, teacher_final_logit_softcapping: `c` in `c * tanh(z / c)` (e.g. Gemma), or
             None.
+        entry_clip: Per-vocabulary-entry clip tau for `"full"` and `"topk"` (the OPSD clip, tau = 0.05 there): each
+            entry's term of the divergence (see [`per_entry_divergence`]: `p_t (log p_t - log p_s)` at beta 0,
+            `p_s (log p_s - log p_t)` at beta 1, `beta p_t (log p_t - log m) + (1 - beta) p_s (log p_s - log m)` in
+            between) becomes `min(term, tau)` before the sum over the support, so entries above tau give no gradient
+            and a token's value can be negative. None (default) clips nothing.
 
     Returns:
         A [`TokenDivergence`].
     """
-    n = student_hidden.shape[0]
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: expected a positive number of tokens, or None")
+    if entry_clip is not None:
+        if support == "sampled_token":
+            raise ValueError(
+                "entry_clip needs a support with vocabulary entries: 'full' or 'topk', not 'sampled_token'"
+            )
+        if not entry_clip > 0:
+            raise ValueError(f"entry_clip={entry_clip!r}: expected a positive number, or None to disable it")
+
+    # Under DeepSpeed ZeRO-3 the heads are empty partitions outside their module's forward: gather them (TRL's helper,
+    # a no-op otherwise). Under FSDP2 they are sharded DTensors: one full copy each, as TRL's distillation loss does.
+    with _gather_zero3(student_weight, student_bias, teacher_weight, teacher_bias):
+        student_weight, student_bias = full_lm_head(student_weight, student_bias)
+        with torch.no_grad():
+            teacher_weight, teacher_bias = full_lm_head(teacher_weight, teacher_bias)
+        return _token_divergence(
+            student_hidden,
+            student_weight,
+            student_bias,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            beta=beta,
+            support=support,
+            target_ids=target_ids,
+            top_k=top_k,
+            top_k_source=top_k_source,
+            top_k_tail=top_k_tail,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            student_logit_scale=student_logit_scale,
+            teacher_logit_scale=teacher_logit_scale,
+            student_final_logit_softcapping=student_final_logit_softcapping,
+            teacher_final_logit_softcapping=teacher_final_logit_softcapping,
+            entry_clip=entry_clip,
+        )
+
+
+def _gather_zero3(*tensors: Tensor | None):
+    # TRL's helper, given only ZeRO-3 partitioned parameters (it reads `ds_status`; plain tensors need no gather)
+    return maybe_gather_lm_head_ctx(*(t for t in tensors if hasattr(t, "ds_status")))
+
+
+def full_lm_head(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """A full copy of an FSDP2-sharded (DTensor) LM head, differentiable back to the shards; other tensors as is."""
+    if isinstance(weight, DTensor):
+        weight = weight.full_tensor()
+    if isinstance(bias, DTensor):
+        bias = bias.full_tensor()
+    return weight, bias
+
+
+def _token_divergence(
+    student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, *, beta, support,
+    target_ids, top_k, top_k_source, top_k_tail, temperature, chunk_size, student_logit_scale, teacher_logit_scale,
+    student_final_logit_softcapping, teacher_final_logit_softcapping, entry_clip,
+) -> TokenDivergence:  # fmt: skip
+    # Shapes are read here, after the gather: a ZeRO-3 partition has none
     _check_inputs(
         student_hidden, student_weight, teacher_hidden, teacher_weight, beta, support, target_ids, top_k, top_k_source
     )
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size}: expected a positive number of tokens, or None")
-
     student_hidden, student_finite = sanitize_hidden(student_hidden)
     teacher_hidden, teacher_finite = sanitize_hidden(teacher_hidden.detach())
-    teacher_weight = teacher_weight.detach()
-    teacher_bias = teacher_bias.detach() if teacher_bias is not None else None
-    weight, bias = _fp32_accumulator(student_weight), _fp32_accumulator(student_bias)
     student_args = (temperature, student_logit_scale, student_final_logit_softcapping)
     teacher_args = (temperature, teacher_logit_scale, teacher_final_logit_softcapping)
 
@@ -577,7 +805,14 @@ def token_divergence(
     if support == "sampled_token":
         _warn_sampled_token_beta(beta)
         student_logps, entropy = _target_logps(
-            student_hidden, weight, bias, target_ids, *student_args, chunk_size, outputs=("entropy",), grad=True
+            student_hidden,
+            student_weight,
+            student_bias,
+            target_ids,
+            *student_args,
+            chunk_size,
+            outputs=("entropy",),
+            grad=True,
         )
         teacher_logps, _ = _target_logps(
             teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
@@ -598,81 +833,52 @@ def token_divergence(
                 teacher_logps, _ = _target_logps(
                     teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
                 )
-        pieces, entropies = [], []
-        for rows in _token_chunks(n, chunk_size):
+        if support == "full" and entry_clip is None and student_hidden.is_cuda:
+            # TRL's fused kernel tiles tokens and vocabulary itself and keeps one fp32 LM-head gradient: one call
+            divergence, entropy = ChunkedDivergenceFunction.apply(
+                student_hidden,
+                student_weight,
+                student_bias,
+                teacher_hidden,
+                teacher_weight,
+                teacher_bias,
+                float(beta),
+                temperature,
+                student_logit_scale,
+                student_final_logit_softcapping,
+                teacher_logit_scale,
+                teacher_final_logit_softcapping,
+            )
+        else:
+            math_kwargs = {
+                "beta": float(beta),
+                "entry_clip": entry_clip,
+                "student_args": student_args,
+                "teacher_args": teacher_args,
+            }
             if support == "full":
-                div, ent = ChunkedDivergenceFunction.apply(
-                    student_hidden[rows],
-                    weight,
-                    bias,
-                    teacher_hidden[rows],
-                    teacher_weight,
-                    teacher_bias,
-                    float(beta),
-                    temperature,
-                    student_logit_scale,
-                    student_final_logit_softcapping,
-                    teacher_logit_scale,
-                    teacher_final_logit_softcapping,
-                )
+                chunk_math = functools.partial(_full_chunk, **math_kwargs)
             else:
-                div, ent = _topk_chunk(
-                    student_hidden[rows],
-                    weight,
-                    bias,
-                    teacher_hidden[rows],
-                    teacher_weight,
-                    teacher_bias,
-                    beta,
-                    top_k,
-                    top_k_source,
-                    top_k_tail,
-                    student_args,
-                    teacher_args,
+                chunk_math = functools.partial(
+                    _topk_chunk, **math_kwargs, top_k=top_k, top_k_source=top_k_source, tail=top_k_tail
                 )
-            pieces.append(div)
-            entropies.append(ent.detach())
-        divergence = torch.cat(pieces) if len(pieces) != 1 else pieces[0]
-        entropy = torch.cat(entropies) if len(entropies) != 1 else entropies[0]
+            divergence, entropy = ChunkedHeadDivergence.apply(
+                student_hidden,
+                student_weight,
+                student_bias,
+                teacher_hidden,
+                teacher_weight,
+                teacher_bias,
+                chunk_math,
+                chunk_size or max(1, _AUTO_TILE_ELEMENTS // student_weight.shape[0]),
+            )
+        entropy = entropy.detach()
 
     finite = student_finite & teacher_finite & finite_token_mask(divergence.detach(), student_logps, teacher_logps)
     if not bool(finite.all()):
         # where() sends a zero gradient to the dropped rows, so no NaN reaches the student
         divergence = torch.where(finite, divergence, divergence.new_zeros(()))
     return TokenDivergence(divergence, student_logps, teacher_logps, entropy, finite)
-
-
-def _topk_chunk(
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    student_bias: Tensor | None,
-    teacher_hidden: Tensor,
-    teacher_weight: Tensor,
-    teacher_bias: Tensor | None,
-    beta: float,
-    top_k: int,
-    top_k_source: str,
-    tail: bool,
-    student_args: tuple,
-    teacher_args: tuple,
-) -> tuple[Tensor, Tensor]:
-    # The support and the teacher side carry no gradient: compute them once, outside the checkpointed region.
-    # Top-k of the logits is top-k of the log-probs, so no softmax is needed to pick the support.
-    with torch.no_grad():
-        teacher_logits = transform_logits(_project(teacher_hidden, teacher_weight, teacher_bias), *teacher_args)
-        if top_k_source == "teacher":
-            support_ids = teacher_logits.topk(top_k, dim=-1).indices
-        else:
-            student_logits = transform_logits(_project(student_hidden, student_weight, student_bias), *student_args)
-            support_ids = student_logits.topk(top_k, dim=-1).indices
-            del student_logits
-        teacher_support = teacher_logits.gather(-1, support_ids) - torch.logsumexp(teacher_logits, -1, keepdim=True)
-        teacher_support = add_tail_bucket(teacher_support) if tail else renormalize(teacher_support)
-        del teacher_logits
-    args = (student_hidden, student_weight, student_bias, support_ids, teacher_support, beta, tail, *student_args)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:3]):
-        return checkpoint(_topk_student_divergence, *args, use_reentrant=False)
-    return _topk_student_divergence(*args)
 
 
 def _detach(t: Tensor | None) -> Tensor | None:

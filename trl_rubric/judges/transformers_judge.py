@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from typing import Any
 
 from .llm import ChatReply, ChatRubricJudge
+
+
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Load a model whole even inside a ZeRO-3 run: transformers partitions every model it loads while the trainer's
+    DeepSpeed config is registered, and a partitioned judge could only generate in lockstep with every process."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
 
 
 class _Batcher:
@@ -59,11 +74,18 @@ class TransformersJudge(ChatRubricJudge):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size is {batch_size!r}; expected an integer >= 1")
         if isinstance(model_or_path, str):
-            model = AutoModelForCausalLM.from_pretrained(model_or_path, **(model_init_kwargs or {}))
+            with _without_zero3_init():
+                model = AutoModelForCausalLM.from_pretrained(model_or_path, **(model_init_kwargs or {}))
             model_name = model_or_path
         else:
             model = model_or_path
             model_name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+            if any(hasattr(p, "ds_id") for p in model.parameters()):
+                raise ValueError(
+                    f"TransformersJudge: the judge model {model_name!r} is partitioned by DeepSpeed ZeRO-3 (it was "
+                    "loaded while a ZeRO-3 config was active). Each process grades its own completions, so the judge "
+                    "must be whole on every process: pass its path instead, and the judge loads it unpartitioned."
+                )
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(model_name)
         if tokenizer.pad_token_id is None:

@@ -22,6 +22,7 @@ import torch
 from accelerate.utils import gather, is_peft_model
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedModel
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -587,8 +588,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             teacher = create_model_from_path(teacher_model, **init_kwargs)
         else:
             teacher = teacher_model
-        s_vocab = self.model.get_output_embeddings().weight.shape[0]
-        t_vocab = teacher.get_output_embeddings().weight.shape[0]
+        s_vocab, t_vocab = _head_rows(self.model), _head_rows(teacher)
         if s_vocab != t_vocab:
             raise ValueError(
                 f"the teacher's LM head has {t_vocab} rows but the student's has {s_vocab}; RGSD compares their "
@@ -787,8 +787,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             hidden = self._forward_redirection(
                 self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *self._teacher_inputs(inputs)
             )
-        head = unwrapped.get_output_embeddings()
-        return hidden, head.weight, head.bias
+        return (hidden, *self._separate_teacher_head())
+
+    def _separate_teacher_head(self):
+        head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
+        return head.weight, head.bias
 
     def _self_teacher_hidden(self, unwrapped, inputs):
         ctx = (
@@ -799,17 +802,23 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         with torch.no_grad(), ctx, disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs):
             hidden = self._last_hidden_state(unwrapped, *self._teacher_inputs(inputs))
             # Read inside the block: with PEFT `modules_to_save=["lm_head"]` the head resolves to the original (or the
-            # frozen teacher copy) only while the teacher's adapter setting is active, not to the trained copy.
+            # frozen teacher copy) only while the teacher's adapter setting is active, not to the trained copy. The
+            # parameters themselves, not detached copies: under ZeRO-3 `token_divergence` gathers them (a detached
+            # partition is empty); no gradient reaches them through the teacher side.
             head = unwrapped.get_output_embeddings()
-            weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+            weight, bias = head.weight, head.bias
         return hidden, weight, bias
 
     def _rgsd_loss(self, unwrapped, inputs, teacher):
         """Distillation (and, in hybrid mode, GRPO) loss; runs inside the policy wrapper's forward."""
         mode = "train" if self.model.training else "eval"
         if teacher is None:
-            teacher = self._self_teacher_hidden(unwrapped, inputs)
-        t_hidden, t_weight, t_bias = teacher
+            t_hidden, t_weight, t_bias = self._self_teacher_hidden(unwrapped, inputs)
+        else:
+            # Only the hidden states come in through the policy wrapper's forward; the head is looked up again here,
+            # because DeepSpeed copies tensor arguments and the copy of a ZeRO-3 partition can no longer be gathered
+            t_hidden = teacher
+            t_weight, t_bias = self._separate_teacher_head()
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
@@ -943,7 +952,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        teacher = self._separate_teacher_hidden(inputs) if self.teacher_model is not None else None
+        teacher = self._separate_teacher_hidden(inputs)[0] if self.teacher_model is not None else None
         unwrapped = self.accelerator.unwrap_model(model)
         # One pass through the policy wrapper's forward: DDP prepares its gradient hooks and FSDP / DeepSpeed keep
         # the sharded weights (LM head included) gathered while the divergence is computed from hidden states.
@@ -995,17 +1004,23 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.teacher_model_kind == "ema" and self.teacher_model is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+        if self.args.teacher_model_kind == "ema" and self.teacher_model is not None:
+            # Every process joins: under ZeRO-3 and FSDP, get_state_dict gathers the shards collectively
             state = self.accelerator.get_state_dict(self.teacher_model)
-            torch.save({k: v.detach().cpu() for k, v in state.items()}, os.path.join(folder, TEACHER_STATE_FILE))
+            if self.args.should_save:
+                folder = os.path.join(
+                    self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                )
+                torch.save({k: v.detach().cpu() for k, v in state.items()}, os.path.join(folder, TEACHER_STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or self.args.teacher_model_kind != "ema" or self.teacher_model is None:
             return
+        self._load_teacher_state(checkpoint)
+
+    def _load_teacher_state(self, checkpoint: str) -> None:
+        """Restore the EMA teacher saved in `checkpoint`, on every process, whatever the engine."""
         path = os.path.join(checkpoint, TEACHER_STATE_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -1013,7 +1028,27 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 "teacher cannot be restored"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.accelerator.unwrap_model(self.teacher_model).load_state_dict(state)
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        if self.is_fsdp_enabled and getattr(self.accelerator, "is_fsdp2", False):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            # Full tensors in, each process keeps its shard
+            set_model_state_dict(teacher, state, options=StateDictOptions(full_state_dict=True))
+        elif is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            # Gathered, loaded on rank 0, re-partitioned from it on exit
+            with deepspeed.zero.GatheredParameters(list(teacher.parameters()), modifier_rank=0):
+                if self.accelerator.is_main_process:
+                    teacher.load_state_dict(state)
+        else:
+            teacher.load_state_dict(state)
+
+
+def _head_rows(model) -> int:
+    # A ZeRO-3 partition has shape [0]; DeepSpeed keeps the real one in `ds_shape`
+    weight = model.get_output_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
 
 
 def _causal_lm(model):

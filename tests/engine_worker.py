@@ -1,0 +1,176 @@
+"""What each process runs in `tests/test_engines.py`: both trainers under FSDP2 or DeepSpeed ZeRO-3, on CPU (gloo).
+
+    python -m torch.distributed.run --nproc_per_node N tests/engine_worker.py ENGINE MODEL OUT_DIR
+
+ENGINE is `fsdp2` or `zero3`. RGSD runs with an EMA teacher (a separate, engine-prepared copy that is synced, saved and
+restored), saves a checkpoint at step 1, and a second trainer resumes from it to step 2. RubricGRPO runs with a local
+`TransformersJudge` (the tiny model, loaded while the engine is active) next to a length reward. Each rank writes
+`OUT_DIR/rank{r}.json`: a hash of the full (gathered) weights, what the checkpoint held, and the logged losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+
+from trl_rubric.testing import make_rubric_rows, set_offline_env
+
+set_offline_env()
+torch.set_num_threads(1)
+
+
+def engine_args(engine: str) -> dict:
+    if engine == "fsdp2":
+        return {
+            "fsdp": "full_shard auto_wrap",
+            "fsdp_config": {
+                "fsdp_version": 2,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"],
+                "reshard_after_forward": True,
+            },
+        }
+    return {
+        "deepspeed": {
+            "zero_optimization": {
+                "stage": 3,
+                "stage3_gather_16bit_weights_on_model_save": True,
+                "stage3_param_persistence_threshold": 0,  # partition even tiny parameters
+            },
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "zero_allow_untested_optimizer": True,
+        }
+    }
+
+
+def full_params(model) -> dict[str, torch.Tensor]:
+    """Every parameter in full on every rank (a collective): DTensors all-gathered, ZeRO-3 partitions gathered."""
+    from torch.distributed.tensor import DTensor
+
+    params = dict(model.named_parameters())
+    if any(hasattr(p, "ds_id") for p in params.values()):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            return {k: p.detach().clone() for k, p in params.items()}
+    return {k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for k, p in params.items()}
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.removeprefix("module.").encode())
+        h.update(tensors[name].cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def common_args(out_dir: str, engine: str, max_steps: int) -> dict:
+    return dict(
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_completion_length=6,
+        per_device_train_batch_size=2,
+        max_steps=max_steps,
+        logging_steps=1,
+        learning_rate=1e-2,
+        seed=0,
+        disable_tqdm=True,
+        **engine_args(engine),
+    )
+
+
+def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
+    from datasets import Dataset
+
+    from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+
+    rows = Dataset.from_list(make_rubric_rows(8))
+    kw = dict(teacher_model_kind="ema", teacher_update_rate=0.5, save_strategy="steps", save_steps=1)
+    full = RGSDTrainer(model_path, args=RGSDConfig(**common_args(out_dir, engine, 2), **kw), train_dataset=rows)
+    head = full.accelerator.unwrap_model(full.model).get_output_embeddings().weight
+    initial = digest(full_params(full.model))
+    full.train()
+    checkpoint = os.path.join(out_dir, "checkpoint-1")
+    saved = torch.load(os.path.join(checkpoint, "rgsd_teacher.pt"), weights_only=True)
+
+    # A fresh trainer resumes from step 1: the EMA teacher comes back from the file, and step 2 is redone
+    resumed_dir = out_dir + "-resumed"
+    resumed = RGSDTrainer(
+        model_path, args=RGSDConfig(**common_args(resumed_dir, engine, 2), **kw), train_dataset=rows
+    )  # fmt: skip
+    resumed._load_teacher_state(checkpoint)  # the restore path alone, before any training
+    teacher_loaded = full_params(resumed.accelerator.unwrap_model(resumed.teacher_model))
+    loaded_matches = all(torch.equal(saved[k.removeprefix("module.")], v.cpu()) for k, v in teacher_loaded.items())
+    resumed.train(resume_from_checkpoint=checkpoint)
+    return {
+        "engine_active": full.is_fsdp_enabled or full.is_deepspeed_enabled,
+        "head_type": type(head).__name__,
+        "head_numel": head.numel(),  # 0 for a ZeRO-3 partition
+        "teacher_type": type(full.teacher_model).__name__,
+        "initial_hash": initial,
+        "hash": digest(full_params(full.model)),
+        "resumed_hash": digest(full_params(resumed.model)),
+        "resumed_step": resumed.state.global_step,
+        "saved_teacher_shapes": sorted({tuple(t.shape) for t in saved.values()}),
+        "saved_teacher_differs_from_init": digest(saved) != initial,
+        "loaded_teacher_matches_file": loaded_matches,
+        "losses": [e["loss"] for e in full.state.log_history if "loss" in e],
+        "resumed_losses": [e["loss"] for e in resumed.state.log_history if "loss" in e],
+    }
+
+
+def length_reward(completions, **kwargs):
+    return [len(c if isinstance(c, str) else c[0]["content"]) / 10 for c in completions]
+
+
+def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
+    from datasets import Dataset
+
+    from trl_rubric.judges import TransformersJudge
+    from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
+
+    args = RubricGRPOConfig(
+        **common_args(out_dir, engine, 2), save_strategy="no", num_generations=2, judge_backend="rule"
+    )  # fmt: skip
+    rows = make_rubric_rows(8)
+    for row in rows:  # a check random completions often pass, so groups can differ
+        row["rubric"].append({"text": "has an e", "weight": 1.0, "category": None, "title": None, "tags": ["rule:contains:e"]})  # fmt: skip
+    trainer = RubricGRPOTrainer(
+        model_path, reward_funcs=[length_reward], args=args, train_dataset=Dataset.from_list(rows)
+    )  # fmt: skip
+    # A local judge model loaded while the engine is active must come out whole on every process
+    judge = TransformersJudge(model_path, max_new_tokens=2)
+    judge_reply = judge._generate([[{"role": "user", "content": "hello"}]])[0]
+    initial = digest(full_params(trainer.model))
+    trainer.train()
+    return {
+        "initial_hash": initial,
+        "hash": digest(full_params(trainer.model)),
+        "judge_calls": trainer.judge.stats.calls,
+        "local_judge_partitioned": any(hasattr(p, "ds_id") for p in judge.model.parameters()),
+        "local_judge_generated": judge_reply.completion_tokens,
+        "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+    }
+
+
+def main(argv: list[str]) -> None:
+    engine, model_path, out_dir = argv
+    rank = int(os.environ["RANK"])
+    result = {
+        "rank": rank,
+        "rgsd": run_rgsd(engine, model_path, os.path.join(out_dir, "rgsd")),
+        "grpo": run_grpo(engine, model_path, os.path.join(out_dir, "grpo")),
+    }
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

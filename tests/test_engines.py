@@ -1,0 +1,106 @@
+"""Both trainers under the sharding engines, on CPU with 2 processes (gloo).
+
+- DeepSpeed ZeRO-3 (its CPU accelerator): every parameter partitioned (persistence threshold 0), RGSD with an EMA
+  teacher (a separate ZeRO-3 engine) saved at step 1 and resumed, RubricGRPO, and a local judge model loaded mid-run.
+- FSDP2: accelerate enables FSDP only on accelerator devices, so the trainers cannot run under it here; the divergence
+  is checked on a real DTensor head sharded over a gloo mesh instead (every op it needs runs on gloo).
+
+Commands: `tests/engine_worker.py` and `tests/dtensor_worker.py` (see their docstrings); docs/multi_gpu.md.
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_rubric.testing import make_tiny_model
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script: Path, *args: str, env_extra: dict | None = None, timeout: int = 240) -> None:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(HERE.parent),
+        **(env_extra or {}),
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def read_ranks(out: Path) -> list:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_dtensor_lm_head_gives_the_plain_head_values_and_gradients(tmp_path):
+    torchrun(HERE / "dtensor_worker.py", str(tmp_path))
+    for rank in read_ranks(tmp_path):
+        for case in rank:
+            assert case["sharded_type"] == "DTensor/DTensor" and case["local_rows"] < 301, "really sharded"
+            assert case["value_diff"] < 1e-5, case["case"]
+            assert max(case["grad_diffs"]) < 1e-5, case["case"]
+            assert min(case["grad_norms"]) > 1e-3, "hidden, weight and bias all receive a gradient"
+
+
+@pytest.fixture(scope="module")
+def zero3(tmp_path_factory):
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install 'trl-rubric[deepspeed]'; DS_BUILD_OPS=0 is enough)")
+    root = tmp_path_factory.mktemp("zero3")
+    model = make_tiny_model(root / "tiny")
+    out = root / "out"
+    out.mkdir()
+    torchrun(HERE / "engine_worker.py", "zero3", model, str(out), env_extra={"DS_ACCELERATOR": "cpu"})
+    return read_ranks(out)
+
+
+@pytest.mark.slow
+def test_rgsd_under_zero3_trains_saves_the_ema_teacher_and_resumes_exactly(zero3):
+    r0, r1 = (r["rgsd"] for r in zero3)
+    assert r0["engine_active"] and r0["teacher_type"] == "DeepSpeedEngine"
+    assert r0["head_numel"] == 0, "the LM head is a real ZeRO-3 partition, so the divergence had to gather it"
+    assert r0["hash"] != r0["initial_hash"], "training moved the weights"
+    assert r0["hash"] == r1["hash"], "the gathered weights agree across ranks"
+    # The checkpoint holds the full teacher, gathered from every rank, and the moved EMA, not the initial policy
+    assert [512, 32] in r0["saved_teacher_shapes"] and [0] not in r0["saved_teacher_shapes"]
+    assert r0["saved_teacher_differs_from_init"]
+    assert r0["loaded_teacher_matches_file"] and r1["loaded_teacher_matches_file"]
+    # Resumed at step 1, it redoes step 2 exactly
+    assert r0["resumed_step"] == 2 and r0["resumed_hash"] == r0["hash"]
+    assert r0["resumed_losses"][-1] == pytest.approx(r0["losses"][-1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_rubric_grpo_under_zero3_trains_and_a_local_judge_loads_whole(zero3):
+    r0, r1 = (r["grpo"] for r in zero3)
+    assert r0["hash"] != r0["initial_hash"] and r0["hash"] == r1["hash"]
+    assert r0["judge_calls"] == r1["judge_calls"] > 0
+    assert not r0["local_judge_partitioned"] and r0["local_judge_generated"] > 0
+
+
+@pytest.mark.skip(
+    reason="FSDP2 trainers need an accelerator device: accelerate 1.x sets DistributedType.FSDP only for GPU-like "
+    "devices (a CPU run with fsdp=... trains as plain MULTI_CPU DDP). No gloo op is missing: "
+    "test_dtensor_lm_head_gives_the_plain_head_values_and_gradients runs the DTensor path on gloo. "
+    "benchmarks/gpu_check.sh runs both trainers under FSDP2 on one GPU."
+)
+def test_both_trainers_under_fsdp2():
+    pass
