@@ -207,6 +207,53 @@ def test_per_entry_clip_is_refused_with_sampled_token(tmp_path):
     assert _config(tmp_path, token_clip_mode="per_entry").token_clip_mode == "per_entry"
 
 
+def _logps_of(model, input_ids, attention_mask, T):
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
+
+
+def test_per_entry_clip_trainer_loss_matches_a_naive_reference_and_learns(tiny_model_path, tmp_path):
+    """token_clip_mode='per_entry' reaches the divergence: the trainer's loss is the naive per-entry-clipped JSD."""
+    teacher = _confident_teacher(tmp_path, tiny_model_path)
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, token_clip_mode="per_entry"),
+        train_dataset=_dataset(8),
+        teacher_model=teacher,
+    )
+    batch = trainer._generate_and_score_completions(list(_dataset()))
+    loss = trainer._compute_loss(trainer.model, batch)
+
+    T = batch["completion_ids"].size(1)
+    s_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    s_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    p_s = _logps_of(trainer.model, s_ids, s_mask, T).exp()
+    p_t = _logps_of(teacher, *trainer._teacher_inputs(batch)).exp()
+    m = 0.5 * p_s + 0.5 * p_t  # beta 0.5: each vocabulary entry's JSD term, clipped at tau before the sum
+    terms = 0.5 * torch.xlogy(p_t, p_t / m) + 0.5 * torch.xlogy(p_s, p_s / m)  # 0 log 0 = 0: teacher underflows
+    per_token = terms.clamp(max=0.05).sum(-1)
+    mask = batch["rgsd_loss_mask"].float()
+    expected = losses.reduce_token_loss(
+        per_token * mask,
+        mask,
+        trainer.loss_type,
+        num_items_in_batch=batch["rgsd_num_items_in_batch"],
+        num_processes=1,
+        max_completion_length=trainer.max_completion_length,
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
+        steps_per_generation=trainer.args.steps_per_generation,
+    )
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-4)
+    assert per_token[mask.bool()].max() > 0.05  # per-token values above tau: a per-token clamp would differ
+
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.state.log_history[0]["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
 # ---------------------------------------------------------------- smaller ones
 
 

@@ -23,18 +23,6 @@ from trl_rubric.testing import make_rubric_rows
 from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 
 
-def _accepts_per_entry():
-    # token_clip_mode="per_entry" (the RCSD clip) comes with issue 14; until then the preset's default is refused.
-    try:
-        RGSDConfig(output_dir="out", use_cpu=True, bf16=False, token_clip_mode="per_entry")
-    except ValueError:
-        return False
-    return True
-
-
-PER_ENTRY = _accepts_per_entry()
-
-
 def _config(tmp_path, **overrides):
     kwargs = dict(
         output_dir=str(tmp_path / "out"),
@@ -138,7 +126,6 @@ def test_rcsd_preset_sets_the_paper_loss_and_keeps_explicit_choices(caplog):
     assert build_teacher_context(config).name == "rubric+reference"
 
 
-@pytest.mark.skipif(not PER_ENTRY, reason="token_clip_mode='per_entry' lands with issue 14 (helpers A/D)")
 def test_rcsd_preset_uses_the_per_entry_clip():
     assert (
         RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_context="rcsd").token_clip_mode == "per_entry"
@@ -211,8 +198,7 @@ def test_teacher_sees_its_context_and_the_student_never_does(
 
 @pytest.mark.parametrize("context", ["rubric", "reference", "rubric+reference", "rcsd"])
 def test_one_training_step_per_provider(tiny_model_path, tmp_path, context):
-    overrides = {} if context != "rcsd" or PER_ENTRY else {"token_clip_mode": "scale"}
-    args = _config(tmp_path, teacher_context=context, token_clip=None, **overrides)
+    args = _config(tmp_path, teacher_context=context, token_clip=None)
     trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(_rows(4)))
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
