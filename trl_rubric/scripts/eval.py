@@ -162,7 +162,10 @@ def run_command(command: str, argv: list[str] | None, make_parser: Callable, bod
 def check_common_args(args: EvalArguments) -> None:
     """Fail fast on options that would only break after the model has loaded."""
     from ..evaluation import check_model_path
+    from ._common import resolve_model_path
 
+    if args.model_name_or_path:
+        args.model_name_or_path = resolve_model_path(args.model_name_or_path)
     check_model_path(args.model_name_or_path)
     if not args.dataset_name:
         raise UsageError("no dataset given; pass --dataset_name <Hub id or local file>")
@@ -188,7 +191,12 @@ def _empty_local_file(path: str) -> bool:
 def load_dataset_from_args(args: EvalArguments):
     """The rubric dataset named by the options, validated row by row."""
     from ..data import RubricDatasetError, load_rubric_dataset
+    from ._common import REAL_DATA_SCHEME, TOY_SCHEME, _toy_dataset, real_dataset
 
+    if args.dataset_name.startswith(TOY_SCHEME):
+        return _toy_dataset(args.dataset_name)
+    if args.dataset_name.startswith(REAL_DATA_SCHEME):
+        return real_dataset(args.dataset_name)
     if _empty_local_file(os.path.expanduser(args.dataset_name)):
         raise RubricDatasetError(
             f"dataset file {args.dataset_name!r} is empty; expected rows with a prompt and a rubric"
