@@ -83,7 +83,7 @@ def main(argv=None) -> dict[str, Any]:
                 per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
                 temperature=args.temperature, token_clip=tau, token_clip_mode=mode,
                 teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE,
-                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
             )  # fmt: skip
         except ValueError as e:
             print(f"{setting}: skipped: {e}", flush=True)

@@ -128,7 +128,7 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
     common = dict(
         output_dir=output_dir, use_cpu=True, bf16=False, seed=args.seed, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", max_completion_length=args.max_completion_length,
-        temperature=args.temperature, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        temperature=args.temperature, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
     )  # fmt: skip
     rgsd = dict(
         token_clip=None, teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE

@@ -160,6 +160,8 @@ def run_real_demo(args) -> dict[str, Any]:
         distillation_beta=args.distillation_beta,
         teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=REAL_RENDER_STYLE,
+        # A 135M model fits in memory many times over; recomputing activations would only cost CPU time.
+        gradient_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
