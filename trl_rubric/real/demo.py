@@ -96,6 +96,9 @@ def run_real_demo(args) -> dict[str, Any]:
     from .model import smollm2_path
     from .world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
 
+    # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
+    # slower (docs/benchmarks.md). A `threads` option, where the demo has one, wins.
+    torch.set_num_threads(getattr(args, "threads", None) or 1)
     started = time.perf_counter()
     budget = RealDemoBudget.for_run(args.quick)
     steps = args.max_steps or budget.steps
