@@ -8,5 +8,15 @@ rubric world whose every criterion a rule judge checks exactly.
 """
 
 from .model import SMOLLM2_SCHEME, RealModelError, gguf_path, resolve_model_alias, smollm2_path
+from .world import REAL_TEACHER_PROMPT_TEMPLATE, RealWorld, make_real_world
 
-__all__ = ["SMOLLM2_SCHEME", "RealModelError", "gguf_path", "resolve_model_alias", "smollm2_path"]
+__all__ = [
+    "REAL_TEACHER_PROMPT_TEMPLATE",
+    "SMOLLM2_SCHEME",
+    "RealModelError",
+    "RealWorld",
+    "gguf_path",
+    "make_real_world",
+    "resolve_model_alias",
+    "smollm2_path",
+]
