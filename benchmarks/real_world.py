@@ -186,8 +186,7 @@ def judge_agreement(llm_judge, rule_judge, examples) -> dict[str, Any]:
 
     agree = known = failed = 0
     for ex in examples:
-        rubric = Rubric.from_any([{k: c[k] for k in ("text", "weight", "category")} | {"tags": c.get("tags", [])}
-                                  for c in ex["rubric"]])  # fmt: skip
+        rubric = Rubric.from_any(ex["rubric"])
         grade = asyncio.run(llm_judge.grade(ex["prompt"], ex["response"], rubric))
         rule = rule_judge.verdicts(ex["response"], rubric)
         for a, b in zip(grade.verdicts, rule, strict=True):
