@@ -17,6 +17,10 @@ def _parser_for(name):
         return rgsd.make_parser()
     if name.startswith("grpo"):
         return grpo.make_parser()
+    if name.startswith("gap"):
+        from trl_rubric.scripts import gap
+
+        return gap.make_parser()
     from trl_rubric.scripts import eval as eval_script
 
     return eval_script.make_parser()
@@ -46,7 +50,7 @@ def test_recipe_parses_with_every_key_consumed(path):
         assert topic in header, f"{name}: header comment must state {topic}"
     assert "LoRA" in text or "lora" in text
     # GPU recipes ask for bf16, which a CPU machine refuses; the override is only for parsing here.
-    overrides = [] if "use_cpu: true" in text or name.startswith("eval") else ["--bf16", "false"]
+    overrides = [] if "use_cpu: true" in text or name.startswith(("eval", "gap")) else ["--bf16", "false"]
     *configs, remaining = _parser_for(name).parse_args_and_config(
         ["--config", path, *overrides], return_remaining_strings=True
     )

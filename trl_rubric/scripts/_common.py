@@ -98,6 +98,8 @@ def load_datasets(data_args: RubricDataArguments, want_eval: bool, pitfall_polar
         raise UsageError("no dataset: set dataset_name (a Hub id, a local .jsonl/.json/.parquet file or a folder)")
     if data_args.dataset_name.startswith(TOY_SCHEME):
         return _toy_dataset(data_args.dataset_name), None
+    if data_args.dataset_name.startswith(REAL_DATA_SCHEME):
+        return real_dataset(data_args.dataset_name), None
 
     def load(split, limit=None):
         return load_rubric_dataset(
@@ -130,6 +132,23 @@ def _toy_dataset(name: str):
     raise UsageError(f"dataset_name {name!r}: expected toy://train or toy://heldout")
 
 
+#: `dataset_name: smollm2://train` (or `smollm2://heldout`) is the real-model health and science rubric world.
+REAL_DATA_SCHEME = "smollm2://"
+
+
+def real_dataset(name: str):
+    """The real-model world's train or held-out split, named `smollm2://train` or `smollm2://heldout`."""
+    from ..real.world import make_real_world
+
+    split = name[len(REAL_DATA_SCHEME) :]
+    world = make_real_world()
+    if split == "train":
+        return world.train_dataset()
+    if split == "heldout":
+        return world.heldout_dataset()
+    raise UsageError(f"dataset_name {name!r}: expected smollm2://train or smollm2://heldout")
+
+
 def _toy_model(name: str) -> str:
     from ..toy import prepare_toy_model
 
@@ -139,12 +158,25 @@ def _toy_model(name: str) -> str:
     return prepare_toy_model(quick=size == "quick")
 
 
+def resolve_model_path(name: str) -> str:
+    """`toy://quick|full` and `smollm2://` become their prepared local folders; other names are returned unchanged."""
+    if name.startswith(TOY_SCHEME):
+        return _toy_model(name)
+    if name == "smollm2" or name.startswith("smollm2://"):
+        from ..real.model import RealModelError, resolve_model_alias
+
+        try:
+            return resolve_model_alias(name)
+        except RealModelError as e:
+            raise UsageError(str(e)) from None
+    return name
+
+
 def prepare_model_init(model_args, training_args) -> None:
     """Fill `training_args.model_init_kwargs` from `ModelConfig`, as TRL's own scripts do."""
     if not model_args.model_name_or_path:
         raise UsageError("no model: set model_name_or_path (a Hub id or a local folder)")
-    if model_args.model_name_or_path.startswith(TOY_SCHEME):
-        model_args.model_name_or_path = _toy_model(model_args.model_name_or_path)
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     path = model_args.model_name_or_path
     if (path.startswith((".", "/", "~")) or os.sep in path.strip("/").replace("/", "", 1)) and not os.path.exists(
         os.path.expanduser(path)

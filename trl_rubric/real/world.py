@@ -1,0 +1,211 @@
+"""The real-model rubric world: everyday health and science questions, each with a rubric a `RuleJudge` checks.
+
+Each prompt's rubric has 5-7 criteria in the normalised form `{text, weight, category, title, tags}`, with a
+`rule:<kind>:<arg>` tag that `RuleJudge()` reads, so grading is exact and needs no model (`--judge_backend rule`).
+Most criteria are **general**: they recur across prompts (tag `scope:general`), so a student can learn them without
+ever seeing the rubric, and carry them to held-out topics:
+
+- health: advises a doctor if symptoms persist, names a warning sign that needs urgent care, gives numbered steps,
+  stays short, and (a pitfall, negative weight, HealthBench style) promises a guaranteed cure;
+- science: gives an everyday example, numbered steps, short, ends with "In short", and (pitfall) talks down to the
+  reader with "obviously";
+
+plus one **prompt-specific** criterion (tag `scope:prompt`): the key term of that question ("mentions aloe vera").
+Train and held-out prompts are split by topic. `if-verifiable` (the IFEval/IFBench checkers) was considered for the
+checks; it needs Python 3.11+, nltk with punkt data fetched at run time, and five more packages for checks that are
+one regular expression each here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+
+from ..data import load_rubric_dataset
+from ..judges.rule import RuleJudge
+from ..rubric import Rubric
+from .questions import QUESTIONS
+
+#: Bump when questions or criteria change.
+WORLD_VERSION = 1
+#: The word limit of the general length criterion. SmolLM2's plain answers run past it.
+MAX_WORDS = 60
+#: Teacher context for this world, used by the demo, the benchmark and `trl-rubric gap` recipes. The default RGSD
+#: template works too; a 135M model follows this shorter, more direct one better (see docs/real_model.md).
+REAL_TEACHER_PROMPT_TEMPLATE = (
+    "{prompt}\n\n"
+    "Write your answer so that it meets every requirement below (do not mention the requirements):\n"
+    "{rubric}"
+)
+REAL_RENDER_STYLE = "numbered"
+
+
+def _criterion(text: str, weight: float, category: str, title: str, rule: str, scope: str) -> dict[str, Any]:
+    return {"text": text, "weight": weight, "category": category, "title": title, "tags": [rule, f"scope:{scope}"]}
+
+
+# General criteria, one builder each; the regular expressions are the exact judge (case-insensitive, see RuleJudge).
+_DOCTOR = _criterion(
+    "Advises seeing a doctor if the symptoms persist or get worse.",
+    2.0,
+    "essential",
+    "professional help",
+    r"rule:regex:\b(doctor|physician|gp|healthcare (provider|professional)|health care (provider|professional)"
+    r"|pharmacist|nurse|medical (help|attention|advice|professional)|dermatologist|optometrist|dentist)s?\b",
+    "general",
+)
+_URGENT = _criterion(
+    "Names one warning sign that needs emergency care right away.",
+    2.0,
+    "important",
+    "urgent warning sign",
+    r"rule:regex:\b(emergency|urgent|911|999|112|immediately|right away|ambulance)\b",
+    "general",
+)
+_STEPS = _criterion(
+    "Gives the answer as a numbered list (1., 2., 3.).",
+    2.0,
+    "important",
+    "numbered steps",
+    r"rule:regex:(?m)^\s*(\*\*)?1[.)].*^\s*(\*\*)?2[.)]",
+    "general",
+)
+_SHORT = _criterion(
+    f"Is short: under {MAX_WORDS} words in all.",
+    1.0,
+    "optional",
+    "short",
+    f"rule:max_words:{MAX_WORDS}",
+    "general",
+)
+_PROMISE = _criterion(
+    "Promises a guaranteed or instant cure (words such as 'guaranteed', 'always works' or '100%').",
+    -2.0,
+    "pitfall",
+    "absolute promise",
+    r"rule:regex:guarantee|always works?\b|100 ?%|instant(ly)? cure|never fails?\b",
+    "general",
+)
+_EXAMPLE = _criterion(
+    "Gives an everyday example that starts with 'For example,'.",
+    2.0,
+    "important",
+    "everyday example",
+    r"rule:regex:\bfor (example|instance)\b",
+    "general",
+)
+_IN_SHORT = _criterion(
+    "Ends with a one-sentence summary that starts with 'In short,'.",
+    1.0,
+    "optional",
+    "in short",
+    r"rule:regex:\bin short\b",
+    "general",
+)
+_TALK_DOWN = _criterion(
+    "Talks down to the reader with words such as 'obviously' or 'everyone knows'.",
+    -1.0,
+    "pitfall",
+    "talks down",
+    r"rule:regex:\bobvious(ly)?\b|everyone knows|simply put",
+    "general",
+)
+#: The general criteria of each domain, in a fixed order (the rubric is shuffled per prompt).
+GENERAL_CRITERIA: dict[str, tuple[dict[str, Any], ...]] = {
+    "health": (_DOCTOR, _URGENT, _STEPS, _SHORT, _PROMISE),
+    "science": (_EXAMPLE, _STEPS, _SHORT, _IN_SHORT, _TALK_DOWN),
+}
+#: One extra general criterion that half the prompts of a domain also get, so rubrics vary in size (6 or 7).
+OPTIONAL_CRITERIA: dict[str, dict[str, Any]] = {"health": _IN_SHORT, "science": _EXAMPLE}
+TOPICS: tuple[str, ...] = tuple(QUESTIONS)
+
+
+def key_term_criterion(term: str, pattern: str) -> dict[str, Any]:
+    """The prompt-specific criterion: the answer mentions `term` (checked by `pattern`)."""
+    return _criterion(f"Mentions {term}.", 2.0, "essential", "key term", f"rule:regex:{pattern}", "prompt")
+
+
+def rubric_for(topic: str, index: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The rubric of question `index` of `topic`: its key term, its domain's general criteria, maybe one more."""
+    domain, questions = QUESTIONS[topic]
+    _, term, pattern = questions[index]
+    criteria = [key_term_criterion(term, pattern), *(dict(c) for c in GENERAL_CRITERIA[domain])]
+    extra = OPTIONAL_CRITERIA[domain]
+    if extra not in GENERAL_CRITERIA[domain] and rng.random() < 0.5:
+        criteria.append(dict(extra))
+    rng.shuffle(criteria)
+    # Pitfalls last: a reader (or a teacher) meets what to do before what to avoid.
+    return [c for c in criteria if c["weight"] > 0] + [c for c in criteria if c["weight"] <= 0]
+
+
+@dataclass
+class RealWorld:
+    """Train and held-out prompts of the health and science world, split by topic. Build one with
+    [`make_real_world`].
+
+    Attributes:
+        seed: The seed of the split and of the rubric variation.
+        train_rows / heldout_rows: Rows `{prompt, rubric, topic, domain}`; `prompt` is a list of chat messages.
+        train_topics / heldout_topics: Disjoint topic sets.
+    """
+
+    seed: int
+    train_rows: list[dict[str, Any]]
+    heldout_rows: list[dict[str, Any]]
+    train_topics: tuple[str, ...]
+    heldout_topics: tuple[str, ...]
+    _judge: RuleJudge = field(default_factory=RuleJudge, repr=False)
+
+    def train_dataset(self) -> Dataset:
+        """The train prompts as a validated rubric dataset."""
+        return load_rubric_dataset(self.train_rows)
+
+    def heldout_dataset(self) -> Dataset:
+        """The held-out prompts as a validated rubric dataset."""
+        return load_rubric_dataset(self.heldout_rows)
+
+    def judge(self) -> RuleJudge:
+        """A `RuleJudge`: it grades every criterion of this world from its `rule:` tag."""
+        return RuleJudge()
+
+    def score(self, response: str, rubric: Any) -> float:
+        """`Rubric.score` of `response` under the rule verdicts."""
+        rubric = Rubric.from_any(rubric)
+        return rubric.score(self._judge.verdicts(response, rubric))
+
+
+def make_real_world(seed: int = 0, heldout_health_topics: int = 4, heldout_science_topics: int = 2) -> RealWorld:
+    """The health and science world: every question of [`QUESTIONS`], topics split into train and held-out.
+
+    Args:
+        seed: Seed of the topic split and of which prompts get the optional criterion.
+        heldout_health_topics / heldout_science_topics: Topics of each domain kept out of training.
+    """
+    rng = random.Random(f"trl-rubric-real-world-{seed}")
+    heldout: list[str] = []
+    for domain, k in (("health", heldout_health_topics), ("science", heldout_science_topics)):
+        topics = [t for t in TOPICS if QUESTIONS[t][0] == domain]
+        if not 1 <= k < len(topics):
+            raise ValueError(f"heldout_{domain}_topics is {k}; expected 1 to {len(topics) - 1}")
+        heldout += rng.sample(topics, k)
+    train_rows, heldout_rows = [], []
+    for topic in TOPICS:
+        domain, questions = QUESTIONS[topic]
+        for i, (question, _, _) in enumerate(questions):
+            row = {
+                "prompt": [{"role": "user", "content": question}],
+                "rubric": rubric_for(topic, i, rng),
+                "topic": topic,
+                "domain": domain,
+            }
+            (heldout_rows if topic in heldout else train_rows).append(row)
+    return RealWorld(
+        seed=seed,
+        train_rows=train_rows,
+        heldout_rows=heldout_rows,
+        train_topics=tuple(t for t in TOPICS if t not in heldout),
+        heldout_topics=tuple(t for t in TOPICS if t in heldout),
+    )
