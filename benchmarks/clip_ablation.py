@@ -103,10 +103,15 @@ def main(argv=None) -> dict[str, Any]:
         results["runs"][setting] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "gap_closed": closed,
                                     "train_seconds": seconds, "clipped_fraction": [c for c in clipped if c is not None]}  # fmt: skip
         print(f"{setting}: score {m.weighted_score:.3f}, gap closed {closed}", flush=True)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
+        _write(results, args.output_dir)  # after every setting: a long run stopped early keeps what it measured
+    _write(results, args.output_dir)
     return results
+
+
+def _write(results: dict[str, Any], output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

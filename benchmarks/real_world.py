@@ -291,6 +291,8 @@ def main(argv=None) -> dict[str, Any]:
         results["arms"][arm] = row
         curves[LABELS[arm]] = points
         print(f"  {arm}: {json.dumps(row, default=str)}", flush=True)
+        with open(os.path.join(args.output_dir, "results.json"), "w") as f:  # after every arm: a stopped run keeps it
+            json.dump(results, f, indent=2, default=str)
 
     lines = ["| arm | train score [95% CI] | train strict | held-out score [95% CI] | held-out strict | length "
              "| train s | completion tokens | judge calls | half gap at step |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -165,8 +165,10 @@ def _training_field_names() -> set[str]:
     from ..trainers.rgsd import RGSDConfig
     from ..trainers.rubric_grpo import RubricGRPOConfig
     from ._common import LAUNCH_OPTIONS, RubricDataArguments
+    from .gap import GapArguments  # gap-only fields (a gap recipe read by `eval`)
 
-    names = {f.name for cls in (RGSDConfig, RubricGRPOConfig, ModelConfig, RubricDataArguments) for f in fields(cls)}
+    classes = (RGSDConfig, RubricGRPOConfig, ModelConfig, RubricDataArguments, GapArguments)
+    names = {f.name for cls in classes for f in fields(cls)}
     return names | {o[2:] for o in LAUNCH_OPTIONS}
 
 
@@ -200,9 +202,10 @@ def parse_command_args(command: str, make_parser: Callable, argv: list[str]):
         unknown = sorted(set(ignored) - _training_field_names())
         if unknown:
             raise UsageError(
-                f"unknown field(s) {unknown} in the recipe: neither `trl-rubric {command}` nor training knows them"
+                f"unknown field(s) {unknown} in the recipe: neither `trl-rubric {command}` nor training nor another "
+                "trl-rubric command knows them"
             )
-        logger.debug("trl-rubric %s: ignoring training-only recipe fields %s", command, ignored)
+        logger.debug("trl-rubric %s: ignoring recipe fields of training or other commands: %s", command, ignored)
         given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
         if "output_dir" in _config_keys(argv) and "output_dir" not in given:
             script_args.output_dir = os.path.join(script_args.output_dir, command)
