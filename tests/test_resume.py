@@ -118,6 +118,22 @@ def test_resumed_rgsd_run_matches_the_uninterrupted_run(kind, context, tiny_mode
         assert_same_state(resumed.teacher_model, full.teacher_model)
 
 
+def test_resumed_bf16_ema_run_keeps_the_fp32_average(tiny_model_path, tmp_path):
+    """A bf16 EMA teacher is an fp32 average rounded; the checkpoint keeps the average, so resuming is exact."""
+    dataset = Dataset.from_list(make_rubric_rows(8, conversational=True))
+    bf16 = dict(teacher_model_kind="ema", teacher_update_rate=0.3, model_init_kwargs={"dtype": torch.bfloat16})
+    full = RGSDTrainer(tiny_model_path, args=rgsd_args(tmp_path / "full", **bf16), train_dataset=dataset)
+    assert next(full.teacher_model.parameters()).dtype == torch.bfloat16
+    full.train()
+    checkpoint = resume_copy(tmp_path / "full", tmp_path / "resumed")
+    assert (checkpoint / "rgsd_teacher_fp32_rank0.pt").exists()
+    resumed = RGSDTrainer(tiny_model_path, args=rgsd_args(tmp_path / "resumed", **bf16), train_dataset=dataset)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for i, shadow in full._ema_callback.shadow.items():
+        torch.testing.assert_close(resumed._ema_callback.shadow[i], shadow, rtol=0, atol=0)
+    assert_same_state(resumed.teacher_model, full.teacher_model)
+
+
 def test_resuming_an_ema_run_without_its_teacher_state_fails_clearly(tiny_model_path, tmp_path):
     dataset = Dataset.from_list(make_rubric_rows(8, conversational=True))
     args = rgsd_args(tmp_path / "full", teacher_model_kind="ema", max_steps=CHECKPOINT)

@@ -58,6 +58,8 @@ DEFAULT_TOKEN_CLIP_MODE = "clamp"
 #: Warn (once) when more than this fraction of the loss tokens in a logging window were clipped.
 CLIPPED_FRAC_WARNING = 0.5
 TEACHER_STATE_FILE = "rgsd_teacher.pt"
+#: The fp32 EMA average of a low-precision teacher, one file per process (see `teacher.EMATeacherCallback`).
+TEACHER_SHADOW_FILE = "rgsd_teacher_fp32_rank{rank}.pt"
 # Fields a teacher-context preset may set (see `teacher_context.TEACHER_CONTEXT_PRESETS`).
 RGSD_PRESET_FIELDS = {key for preset in TEACHER_CONTEXT_PRESETS.values() for key in preset.settings}
 
@@ -602,7 +604,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         else:
             teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         if kind == "ema":
-            self.add_callback(EMATeacherCallback(teacher, accelerator=self.accelerator))
+            self._ema_callback = EMATeacherCallback(teacher, accelerator=self.accelerator)
+            self.add_callback(self._ema_callback)
         return teacher
 
     def _teacher_contexts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
@@ -1012,6 +1015,18 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                     self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
                 )
                 torch.save({k: v.detach().cpu() for k, v in state.items()}, os.path.join(folder, TEACHER_STATE_FILE))
+            shadow = getattr(self, "_ema_callback", None)
+            if shadow is not None and shadow.shadow:
+                # A low-precision teacher is the fp32 average rounded; resuming from the rounded weights alone would
+                # drift from the uninterrupted run, so each process saves the fp32 average it holds.
+                folder = os.path.join(
+                    self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                )
+                os.makedirs(folder, exist_ok=True)
+                torch.save(
+                    {i: t.detach().cpu() for i, t in shadow.shadow.items()},
+                    os.path.join(folder, TEACHER_SHADOW_FILE.format(rank=self.accelerator.process_index)),
+                )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -1043,6 +1058,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                     teacher.load_state_dict(state)
         else:
             teacher.load_state_dict(state)
+        shadow_path = os.path.join(checkpoint, TEACHER_SHADOW_FILE.format(rank=self.accelerator.process_index))
+        callback = getattr(self, "_ema_callback", None)
+        if callback is not None and os.path.exists(shadow_path):
+            device = next(teacher.parameters()).device
+            shadow = torch.load(shadow_path, map_location="cpu", weights_only=True)
+            callback.shadow = {int(i): t.to(device) for i, t in shadow.items()}
 
 
 def _head_rows(model) -> int:
