@@ -209,7 +209,6 @@ def _run(args: DemoArguments) -> dict[str, Any]:
         settings=asdict(args),
     )
 
-    print("[5/5] results", flush=True)
     table = _table(
         [
             ("weighted score, train prompts", scores["base_train"]["score"], scores["rgsd_train"]["score"]),
@@ -219,28 +218,42 @@ def _run(args: DemoArguments) -> dict[str, Any]:
             ("judge calls during training", "-", train_judge_calls),
         ]
     )
+    report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on the offline toy world")
+    return results
+
+
+def report_demo(results: dict[str, Any], table: str, output_dir: str, title: str) -> None:
+    """Print a demo's table and how much of the gap it closed; write `learning_curve.png`, `results.json`, `report.md`.
+
+    Shared by the toy and the SmolLM2 demo; `results` needs the scores, `gap_closed_fraction`, the timings and
+    `learning_curve`.
+    """
+    print("[5/5] results", flush=True)
     print(table)
     print(
-        f"teacher (base shown the rubric): {teacher_score:.3f}. RGSD closed {closed:.0%} of the conditioning gap on "
-        f"train prompts in {train_seconds:.0f} s of training ({time.perf_counter() - started:.0f} s in all)."
+        f"teacher (base shown the rubric): {results['teacher_score']:.3f}. RGSD closed "
+        f"{results['gap_closed_fraction']:.0%} of the conditioning gap on train prompts in "
+        f"{results['train_seconds']:.0f} s of training ({results['total_seconds']:.0f} s in all)."
     )
-    os.makedirs(args.output_dir, exist_ok=True)
+    os.makedirs(output_dir, exist_ok=True)
     try:
         plot_learning_curves(
-            {"RGSD student (prompt only)": curve.points},
-            os.path.join(args.output_dir, "learning_curve.png"),
-            references={"base, prompt only": base_score, "base shown the rubric (teacher)": teacher_score},
-            title="trl-rubric demo: RGSD on the offline toy world",
+            {"RGSD student (prompt only)": results["learning_curve"]},
+            os.path.join(output_dir, "learning_curve.png"),
+            references={
+                "base, prompt only": results["base_score"],
+                "base shown the rubric (teacher)": results["teacher_score"],
+            },
+            title=title,
         )
     except ImportError:
         # The numbers matter more than the picture: without the `plot` extra, say so and go on.
         print("note: no learning_curve.png (needs matplotlib: pip install 'trl-rubric[plot]')", file=sys.stderr)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(table + "\n")
-    print(f"wrote results.json and report.md to {args.output_dir}")
-    return results
+    print(f"wrote results.json and report.md to {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
