@@ -89,8 +89,8 @@ def run_real_demo(args) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..evaluation import conditioning_gap, select_examples
-    from ..scripts.demo import report_demo
-    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+    from ..scripts.demo import demo_rgsd_config, report_demo
+    from ..trainers.rgsd import RGSDTrainer
     from .model import smollm2_path
     from .world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
 
@@ -146,27 +146,18 @@ def run_real_demo(args) -> dict[str, Any]:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    config = RGSDConfig(
-        output_dir=os.path.join(args.output_dir, "student"),
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
+    config = demo_rgsd_config(
+        args,
         max_steps=steps,
         learning_rate=learning_rate,
-        lr_scheduler_type="constant",
         per_device_train_batch_size=batch_size,
         max_completion_length=MAX_NEW_TOKENS,
         temperature=TEMPERATURE,
-        token_clip=token_clip,
-        distillation_beta=args.distillation_beta,
         teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=REAL_RENDER_STYLE,
         # A 135M model fits in memory many times over; recomputing activations would only cost CPU time.
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
     )
     lora = LoraConfig(
         r=16,

@@ -118,7 +118,7 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
-    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+    from ..trainers.rgsd import RGSDTrainer
 
     if args.model == "smollm2":
         from ..real.demo import run_real_demo
@@ -143,25 +143,16 @@ def _run(args: DemoArguments) -> dict[str, Any]:
 
     print(f"[3/5] RGSD: {max_steps} steps of {args.batch_size} prompts, one rollout each, no judge ...", flush=True)
     torch.manual_seed(args.seed)
-    config = RGSDConfig(
-        output_dir=os.path.join(args.output_dir, "student"),
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
+    config = demo_rgsd_config(
+        args,
         max_steps=max_steps,
         learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
         per_device_train_batch_size=args.batch_size,
         max_completion_length=24,
         temperature=1.0,
-        token_clip=args.token_clip,
-        distillation_beta=args.distillation_beta,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=TEACHER_RENDER_STYLE,
         logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
     )
     curve_judge = world.judge()
     curve = LearningCurve(tokenizer, train, curve_judge, every=args.curve_every, seed=args.seed)
@@ -220,6 +211,26 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     )
     report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on the offline toy world")
     return results
+
+
+def demo_rgsd_config(args, **fields):
+    """The `RGSDConfig` of both demos: the student under `output_dir/student` on CPU, seed, token clip and divergence
+    from the demo's options, a constant learning rate, no checkpoints; `fields` set the rest."""
+    from ..trainers.rgsd import RGSDConfig
+
+    common = dict(
+        output_dir=os.path.join(args.output_dir, "student"),
+        use_cpu=True,
+        bf16=False,
+        seed=args.seed,
+        lr_scheduler_type="constant",
+        token_clip=args.token_clip,
+        distillation_beta=args.distillation_beta,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+    )
+    return RGSDConfig(**{**common, **fields})
 
 
 def report_demo(results: dict[str, Any], table: str, output_dir: str, title: str) -> None:
