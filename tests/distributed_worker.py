@@ -34,21 +34,25 @@ def prompt_text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
-def common_args(out_dir: str) -> dict:
-    return dict(
-        output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        max_completion_length=6,
-        per_device_train_batch_size=2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-2,
-        seed=0,
-        disable_tqdm=True,
-    )
+def common_args(out_dir: str, **overrides) -> dict:
+    """Config fields of a short CPU run, shared with `engine_worker.py`; `overrides` win."""
+    return {
+        **dict(
+            output_dir=out_dir,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            max_completion_length=6,
+            per_device_train_batch_size=2,
+            max_steps=2,
+            logging_steps=1,
+            save_strategy="no",
+            learning_rate=1e-2,
+            seed=0,
+            disable_tqdm=True,
+        ),
+        **overrides,
+    }
 
 
 def run_rgsd(model_path: str, out_dir: str) -> dict:

@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+from distributed_worker import common_args, length_reward  # the same short run; this folder is on sys.path
 
 from trl_rubric.testing import make_rubric_rows, set_offline_env
 
@@ -69,23 +70,6 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def common_args(out_dir: str, engine: str, max_steps: int) -> dict:
-    return dict(
-        output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        max_completion_length=6,
-        per_device_train_batch_size=2,
-        max_steps=max_steps,
-        logging_steps=1,
-        learning_rate=1e-2,
-        seed=0,
-        disable_tqdm=True,
-        **engine_args(engine),
-    )
-
-
 def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
     from datasets import Dataset
 
@@ -93,7 +77,9 @@ def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
 
     rows = Dataset.from_list(make_rubric_rows(8))
     kw = dict(teacher_model_kind="ema", teacher_update_rate=0.5, save_strategy="steps", save_steps=1)
-    full = RGSDTrainer(model_path, args=RGSDConfig(**common_args(out_dir, engine, 2), **kw), train_dataset=rows)
+    full = RGSDTrainer(
+        model_path, args=RGSDConfig(**common_args(out_dir, **engine_args(engine), **kw)), train_dataset=rows
+    )
     head = full.accelerator.unwrap_model(full.model).get_output_embeddings().weight
     initial = digest(full_params(full.model))
     full.train()
@@ -103,7 +89,7 @@ def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
     # A fresh trainer resumes from step 1: the EMA teacher comes back from the file, and step 2 is redone
     resumed_dir = out_dir + "-resumed"
     resumed = RGSDTrainer(
-        model_path, args=RGSDConfig(**common_args(resumed_dir, engine, 2), **kw), train_dataset=rows
+        model_path, args=RGSDConfig(**common_args(resumed_dir, **engine_args(engine), **kw)), train_dataset=rows
     )  # fmt: skip
     resumed._load_teacher_state(checkpoint)  # the restore path alone, before any training
     teacher_loaded = full_params(resumed.accelerator.unwrap_model(resumed.teacher_model))
@@ -126,10 +112,6 @@ def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
     }
 
 
-def length_reward(completions, **kwargs):
-    return [len(c if isinstance(c, str) else c[0]["content"]) / 10 for c in completions]
-
-
 def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
     from datasets import Dataset
 
@@ -137,7 +119,7 @@ def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
     from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
     args = RubricGRPOConfig(
-        **common_args(out_dir, engine, 2), save_strategy="no", num_generations=2, judge_backend="rule",
+        **common_args(out_dir, **engine_args(engine)), num_generations=2, judge_backend="rule",
         min_graded_fraction=0.0,  # the rule judge checks only the added criterion; the rest are unknown
     )  # fmt: skip
     rows = make_rubric_rows(8)

@@ -9,8 +9,8 @@ from datasets import Dataset
 from trl_rubric.critique import CritiqueContext, ReasonFirstContext, critique_messages
 from trl_rubric.judges.llm import ChatReply, ChatRubricJudge, JudgeBackendError
 from trl_rubric.rubric import Rubric
-from trl_rubric.testing import make_rubric_rows
-from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric.trainers.rgsd import RGSDTrainer
 
 
 class FakeCritic(ChatRubricJudge):
@@ -29,24 +29,12 @@ class FakeCritic(ChatRubricJudge):
         return ChatReply(f"CRITIQUE[{question}]: step 1 is correct; step 2 misses the fever warning.")
 
 
+# Shorter than the kit's default run: one step of 6-token completions, no progress bar, no token clipping.
+_SHORT_RUN = dict(max_completion_length=6, max_steps=1, disable_tqdm=True, token_clip=None)
+
+
 def _config(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        max_completion_length=6,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        token_clip=None,
-    )
-    kwargs.update(overrides)
-    return RGSDConfig(**kwargs)
+    return rgsd_test_config(tmp_path / "out", **(_SHORT_RUN | overrides))
 
 
 def test_critique_request_holds_the_question_rubric_and_draft():

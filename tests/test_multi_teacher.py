@@ -15,7 +15,7 @@ from trl_rubric.multi_teacher import (
     weighted_teacher_average,
 )
 from trl_rubric.teacher_context import ReferenceContext, RubricContext, TeacherContext
-from trl_rubric.testing import make_rubric_rows
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
 from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 
 K, N = 3, 11
@@ -149,24 +149,12 @@ def _rows(n=4):
     return rows
 
 
+# Shorter than the kit's default run: one step of 6-token completions, no progress bar, no token clipping.
+_SHORT_RUN = dict(max_completion_length=6, max_steps=1, disable_tqdm=True, token_clip=None)
+
+
 def _config(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        max_completion_length=6,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        token_clip=None,
-    )
-    kwargs.update(overrides)
-    return RGSDConfig(**kwargs)
+    return rgsd_test_config(tmp_path / "out", **(_SHORT_RUN | overrides))
 
 
 def _single_teacher_batch(batch, k):

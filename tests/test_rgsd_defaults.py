@@ -6,26 +6,12 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trl_rubric import losses
-from trl_rubric.testing import make_rubric_rows
-from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric.trainers.rgsd import RGSDTrainer
 
 
 def _config(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=1e-2,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return RGSDConfig(**kwargs)
+    return rgsd_test_config(tmp_path / "out", **overrides)
 
 
 def _dataset(n=4):

@@ -3,7 +3,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from trl_rubric.testing import make_rubric_rows
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
 
 
 def test_tiny_model_reloads_with_chat_template_and_special_tokens(tiny_model_path):
@@ -43,3 +43,9 @@ def test_tiny_model_trains_two_steps_with_trl_grpo(tiny_model_path, tmp_path):
     assert trainer.state.global_step == 2
     after = trainer.model.state_dict()
     assert any(not torch.equal(before[k], after[k].cpu()) for k in before)
+
+
+def test_rgsd_test_config_keeps_overrides_and_short_cpu_defaults(tmp_path):
+    args = rgsd_test_config(tmp_path / "out", max_steps=5, token_clip=None)
+    assert args.output_dir == str(tmp_path / "out") and args.use_cpu and not args.bf16
+    assert (args.max_steps, args.token_clip, args.max_completion_length, args.save_strategy) == (5, None, 8, "no")

@@ -37,6 +37,28 @@ def _check_template(template: str) -> None:
         raise ValueError(f"teacher_prompt_template must contain {{prompt}}; got {template!r}")
 
 
+def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]]:
+    """Apply `fill(text) -> text` to a plain prompt, or to the last user turn of chat messages (other turns kept)."""
+    if isinstance(prompt, str):
+        return fill(prompt)
+    messages = [dict(m) for m in prompt]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        raise ValueError(f"conversational prompt has no user turn to put the teacher context in: {prompt!r}")
+    content = messages[last_user]["content"]
+    if isinstance(content, list):  # multimodal blocks: extend the last text block
+        blocks = [dict(b) for b in content]
+        text_idx = max((i for i, b in enumerate(blocks) if b.get("type") == "text"), default=None)
+        if text_idx is None:
+            blocks.append({"type": "text", "text": fill("")})
+        else:
+            blocks[text_idx]["text"] = fill(blocks[text_idx]["text"])
+        messages[last_user]["content"] = blocks
+    else:
+        messages[last_user]["content"] = fill(content)
+    return messages
+
+
 def build_teacher_prompt(
     prompt: str | list[dict[str, Any]],
     rubric: Any,
@@ -62,24 +84,7 @@ def build_teacher_prompt(
         # (JSON, LaTeX, code), and a literal "{rubric}" inside the user's prompt must stay as written.
         return _PLACEHOLDER.sub(lambda m: text if m.group(0) == "{prompt}" else rendered, template)
 
-    if isinstance(prompt, str):
-        return fill(prompt)
-    messages = [dict(m) for m in prompt]
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
-    if last_user is None:
-        raise ValueError(f"conversational prompt has no user turn to put the rubric in: {prompt!r}")
-    content = messages[last_user]["content"]
-    if isinstance(content, list):  # multimodal blocks: extend the last text block
-        blocks = [dict(b) for b in content]
-        text_idx = max((i for i, b in enumerate(blocks) if b.get("type") == "text"), default=None)
-        if text_idx is None:
-            blocks.append({"type": "text", "text": fill("")})
-        else:
-            blocks[text_idx]["text"] = fill(blocks[text_idx]["text"])
-        messages[last_user]["content"] = blocks
-    else:
-        messages[last_user]["content"] = fill(content)
-    return messages
+    return weave(prompt, fill)
 
 
 TEACHER_MODEL_KINDS = ("base", "ema", "live")

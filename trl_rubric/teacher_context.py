@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .rubric import Rubric, RubricError
-from .teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
+from .teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt, weave
 
 logger = logging.getLogger(__name__)
 
@@ -100,28 +100,6 @@ class TeacherContextProvider(Protocol):
         trainer then leaves the row out of the loss and counts it in `rgsd/teacher_context_failed`. A provider may
         also define `prepare(rows, completions)`, called once per batch before `contexts`, to batch its work.
         """
-
-
-def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]]:
-    """Apply `fill(text) -> text` to a plain prompt, or to the last user turn of chat messages (other turns kept)."""
-    if isinstance(prompt, str):
-        return fill(prompt)
-    messages = [dict(m) for m in prompt]
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
-    if last_user is None:
-        raise ValueError(f"conversational prompt has no user turn to put the teacher context in: {prompt!r}")
-    content = messages[last_user]["content"]
-    if isinstance(content, list):  # multimodal blocks: extend the last text block
-        blocks = [dict(b) for b in content]
-        text_idx = max((i for i, b in enumerate(blocks) if b.get("type") == "text"), default=None)
-        if text_idx is None:
-            blocks.append({"type": "text", "text": fill("")})
-        else:
-            blocks[text_idx]["text"] = fill(blocks[text_idx]["text"])
-        messages[last_user]["content"] = blocks
-    else:
-        messages[last_user]["content"] = fill(content)
-    return messages
 
 
 def fill_template(template: str, **values: str) -> str:

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -91,8 +89,8 @@ def run_real_demo(args) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..evaluation import conditioning_gap, select_examples
-    from ..toy.experiment import plot_learning_curves
-    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+    from ..scripts.demo import demo_rgsd_config, report_demo
+    from ..trainers.rgsd import RGSDTrainer
     from .model import smollm2_path
     from .world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
 
@@ -148,27 +146,18 @@ def run_real_demo(args) -> dict[str, Any]:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    config = RGSDConfig(
-        output_dir=os.path.join(args.output_dir, "student"),
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
+    config = demo_rgsd_config(
+        args,
         max_steps=steps,
         learning_rate=learning_rate,
-        lr_scheduler_type="constant",
         per_device_train_batch_size=batch_size,
         max_completion_length=MAX_NEW_TOKENS,
         temperature=TEMPERATURE,
-        token_clip=token_clip,
-        distillation_beta=args.distillation_beta,
         teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=REAL_RENDER_STYLE,
         # A 135M model fits in memory many times over; recomputing activations would only cost CPU time.
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
     )
     lora = LoraConfig(
         r=16,
@@ -243,27 +232,7 @@ def run_real_demo(args) -> dict[str, Any]:
         f"| judge calls during training | - | {train_judge_calls} | |",
     ]
     table = "\n".join(lines)
-    print("[5/5] results", flush=True)
-    print(table)
-    print(
-        f"teacher (base shown the rubric): {teacher_score:.3f}. RGSD closed {closed:.0%} of the conditioning gap on "
-        f"train prompts in {train_seconds:.0f} s of training ({results['total_seconds']:.0f} s in all)."
-    )
-    os.makedirs(args.output_dir, exist_ok=True)
-    try:
-        plot_learning_curves(
-            {"RGSD student (prompt only)": results["learning_curve"]},
-            os.path.join(args.output_dir, "learning_curve.png"),
-            references={"base, prompt only": base_score, "base shown the rubric (teacher)": teacher_score},
-            title="trl-rubric demo: RGSD on SmolLM2-135M-Instruct",
-        )
-    except ImportError:
-        print("note: no learning_curve.png (needs matplotlib: pip install 'trl-rubric[plot]')", file=sys.stderr)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"wrote results.json and report.md to {args.output_dir}")
+    report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on SmolLM2-135M-Instruct")
     return results
 
 

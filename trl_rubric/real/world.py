@@ -19,14 +19,9 @@ one regular expression each here.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
-from datasets import Dataset
-
-from ..data import load_rubric_dataset
-from ..judges.rule import RuleJudge
-from ..rubric import Rubric
+from ..toy.world import ToyWorld
 from .questions import QUESTIONS
 
 #: Bump when questions or criteria change.
@@ -141,40 +136,17 @@ def rubric_for(topic: str, index: int, rng: random.Random) -> list[dict[str, Any
     return [c for c in criteria if c["weight"] > 0] + [c for c in criteria if c["weight"] <= 0]
 
 
-@dataclass
-class RealWorld:
+class RealWorld(ToyWorld):
     """Train and held-out prompts of the health and science world, split by topic. Build one with
     [`make_real_world`].
+
+    It holds and grades its rows exactly as [`ToyWorld`] does (datasets, `RuleJudge`, `score`); only the rows differ.
 
     Attributes:
         seed: The seed of the split and of the rubric variation.
         train_rows / heldout_rows: Rows `{prompt, rubric, topic, domain}`; `prompt` is a list of chat messages.
         train_topics / heldout_topics: Disjoint topic sets.
     """
-
-    seed: int
-    train_rows: list[dict[str, Any]]
-    heldout_rows: list[dict[str, Any]]
-    train_topics: tuple[str, ...]
-    heldout_topics: tuple[str, ...]
-    _judge: RuleJudge = field(default_factory=RuleJudge, repr=False)
-
-    def train_dataset(self) -> Dataset:
-        """The train prompts as a validated rubric dataset."""
-        return load_rubric_dataset(self.train_rows)
-
-    def heldout_dataset(self) -> Dataset:
-        """The held-out prompts as a validated rubric dataset."""
-        return load_rubric_dataset(self.heldout_rows)
-
-    def judge(self) -> RuleJudge:
-        """A `RuleJudge`: it grades every criterion of this world from its `rule:` tag."""
-        return RuleJudge()
-
-    def score(self, response: str, rubric: Any) -> float:
-        """`Rubric.score` of `response` under the rule verdicts."""
-        rubric = Rubric.from_any(rubric)
-        return rubric.score(self._judge.verdicts(response, rubric))
 
 
 def make_real_world(seed: int = 0, heldout_health_topics: int = 4, heldout_science_topics: int = 2) -> RealWorld:

@@ -118,7 +118,7 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
-    from ..trainers.rgsd import RGSDConfig, RGSDTrainer
+    from ..trainers.rgsd import RGSDTrainer
 
     if args.model == "smollm2":
         from ..real.demo import run_real_demo
@@ -143,25 +143,16 @@ def _run(args: DemoArguments) -> dict[str, Any]:
 
     print(f"[3/5] RGSD: {max_steps} steps of {args.batch_size} prompts, one rollout each, no judge ...", flush=True)
     torch.manual_seed(args.seed)
-    config = RGSDConfig(
-        output_dir=os.path.join(args.output_dir, "student"),
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
+    config = demo_rgsd_config(
+        args,
         max_steps=max_steps,
         learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
         per_device_train_batch_size=args.batch_size,
         max_completion_length=24,
         temperature=1.0,
-        token_clip=args.token_clip,
-        distillation_beta=args.distillation_beta,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=TEACHER_RENDER_STYLE,
         logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
     )
     curve_judge = world.judge()
     curve = LearningCurve(tokenizer, train, curve_judge, every=args.curve_every, seed=args.seed)
@@ -209,7 +200,6 @@ def _run(args: DemoArguments) -> dict[str, Any]:
         settings=asdict(args),
     )
 
-    print("[5/5] results", flush=True)
     table = _table(
         [
             ("weighted score, train prompts", scores["base_train"]["score"], scores["rgsd_train"]["score"]),
@@ -219,28 +209,62 @@ def _run(args: DemoArguments) -> dict[str, Any]:
             ("judge calls during training", "-", train_judge_calls),
         ]
     )
+    report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on the offline toy world")
+    return results
+
+
+def demo_rgsd_config(args, **fields):
+    """The `RGSDConfig` of both demos: the student under `output_dir/student` on CPU, seed, token clip and divergence
+    from the demo's options, a constant learning rate, no checkpoints; `fields` set the rest."""
+    from ..trainers.rgsd import RGSDConfig
+
+    common = dict(
+        output_dir=os.path.join(args.output_dir, "student"),
+        use_cpu=True,
+        bf16=False,
+        seed=args.seed,
+        lr_scheduler_type="constant",
+        token_clip=args.token_clip,
+        distillation_beta=args.distillation_beta,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+    )
+    return RGSDConfig(**{**common, **fields})
+
+
+def report_demo(results: dict[str, Any], table: str, output_dir: str, title: str) -> None:
+    """Print a demo's table and how much of the gap it closed; write `learning_curve.png`, `results.json`, `report.md`.
+
+    Shared by the toy and the SmolLM2 demo; `results` needs the scores, `gap_closed_fraction`, the timings and
+    `learning_curve`.
+    """
+    print("[5/5] results", flush=True)
     print(table)
     print(
-        f"teacher (base shown the rubric): {teacher_score:.3f}. RGSD closed {closed:.0%} of the conditioning gap on "
-        f"train prompts in {train_seconds:.0f} s of training ({time.perf_counter() - started:.0f} s in all)."
+        f"teacher (base shown the rubric): {results['teacher_score']:.3f}. RGSD closed "
+        f"{results['gap_closed_fraction']:.0%} of the conditioning gap on train prompts in "
+        f"{results['train_seconds']:.0f} s of training ({results['total_seconds']:.0f} s in all)."
     )
-    os.makedirs(args.output_dir, exist_ok=True)
+    os.makedirs(output_dir, exist_ok=True)
     try:
         plot_learning_curves(
-            {"RGSD student (prompt only)": curve.points},
-            os.path.join(args.output_dir, "learning_curve.png"),
-            references={"base, prompt only": base_score, "base shown the rubric (teacher)": teacher_score},
-            title="trl-rubric demo: RGSD on the offline toy world",
+            {"RGSD student (prompt only)": results["learning_curve"]},
+            os.path.join(output_dir, "learning_curve.png"),
+            references={
+                "base, prompt only": results["base_score"],
+                "base shown the rubric (teacher)": results["teacher_score"],
+            },
+            title=title,
         )
     except ImportError:
         # The numbers matter more than the picture: without the `plot` extra, say so and go on.
         print("note: no learning_curve.png (needs matplotlib: pip install 'trl-rubric[plot]')", file=sys.stderr)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(table + "\n")
-    print(f"wrote results.json and report.md to {args.output_dir}")
-    return results
+    print(f"wrote results.json and report.md to {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

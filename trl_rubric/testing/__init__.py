@@ -155,3 +155,27 @@ def make_rubric_rows(n: int = 8, seed: int = 0, conversational: bool = False) ->
         prompt = f"question {i}: explain {topic} briefly"
         rows.append({"prompt": [{"role": "user", "content": prompt}] if conversational else prompt, "rubric": rubric})
     return rows
+
+
+def rgsd_test_config(output_dir: str | Path, **overrides):
+    """An `RGSDConfig` for a short CPU run on the tiny model: 2 steps of batch 4, 8-token completions, no saving.
+
+    Any field can be changed through `overrides`.
+    """
+    from ..trainers.rgsd import RGSDConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return RGSDConfig(**kwargs)
