@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -200,6 +201,8 @@ def judge_agreement(llm_judge, rule_judge, examples) -> dict[str, Any]:
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    # SIGTERM (kill, a job scheduler's time limit) unwinds like Ctrl-C, so the llama.cpp server is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     os.environ.update(OFFLINE_ENV)
     import importlib.util
 
