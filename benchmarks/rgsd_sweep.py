@@ -1,0 +1,226 @@
+"""Tune RGSD on the real-model world: train one student per setting and score it against the base, paired.
+
+Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` field (`learning_rate=2e-3`,
+`token_clip=none`, `distillation_beta=0`) or one of this script's own:
+
+- `finetune=lora|full` (default `lora`: r 16, alpha 32, every projection);
+- `lora_r=<int>` (alpha = 2 r);
+- `template=direct|default`: the world's direct teacher template (default here) or `RGSDConfig`'s own.
+
+Every student trains on SmolLM2-135M-Instruct for the same steps, prompts per step and seed, and is then scored on
+the same train and held-out prompts, `--eval_samples` answers each, with the same sampling seeds as the base, so each
+difference is paired (bootstrap over prompts). Reported per setting: train and held-out score, the paired difference
+with its 95% interval, the fraction of the train conditioning gap closed, answer length, each criterion's pass rate,
+and the training log (loss, clipped fraction, length per step). `results.json` is rewritten after every setting.
+
+    .venv/bin/python benchmarks/rgsd_sweep.py --smoke --output_dir /tmp/sweep_smoke
+    .venv/bin/python benchmarks/rgsd_sweep.py --steps 24 --output_dir runs/sweep \\
+        --settings "default:" "noclip_lr2e-3:token_clip=none,learning_rate=2e-3"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+from trl_rubric.testing import OFFLINE_ENV
+
+OWN_KEYS = ("finetune", "lora_r", "template")
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, str]]:
+    """`name:key=value,...` -> (name, {key: value}); `name:` alone is the defaults."""
+    name, _, body = text.partition(":")
+    if not name:
+        raise ValueError(f"setting {text!r}: expected name:key=value,...")
+    pairs = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"setting {text!r}: {item!r} is not key=value")
+        pairs[key.strip()] = value.strip()
+    return name, pairs
+
+
+def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
+    """Typed `RGSDConfig` overrides from strings, by each field's declared default type (`none` -> None)."""
+    from trl_rubric import RGSDConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RGSDConfig)}
+    out: dict[str, Any] = {}
+    for key, value in pairs.items():
+        if key in OWN_KEYS:
+            continue
+        if key not in fields:
+            raise ValueError(f"{key!r} is not an RGSDConfig field")
+        if value.lower() == "none":
+            out[key] = None
+            continue
+        default = fields[key].default
+        kind = type(default) if default not in (None, dataclasses.MISSING) else float
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--settings", nargs="+", default=["default:"], help="name:key=value,... (see the module doc).")
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--prompts_per_step", type=int, default=8)
+    p.add_argument("--max_completion_length", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--eval_prompts", type=int, default=48, help="Train prompts scored (the same for every setting).")
+    p.add_argument("--heldout_prompts", type=int, default=30, help="Held-out prompts scored.")
+    p.add_argument("--eval_samples", type=int, default=2, help="Answers per scored prompt.")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
+    p.add_argument("--output_dir", default="rgsd_sweep_results")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.prompts_per_step, args.max_completion_length = 1, 2, 12
+        args.eval_prompts, args.heldout_prompts, args.eval_samples = 2, 2, 1
+    try:
+        args.parsed = [parse_setting(s) for s in args.settings]
+        for _, pairs in args.parsed:
+            config_overrides(pairs)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def criterion_rates(examples) -> dict[str, float]:
+    """Pass rate of each criterion title... keyed by the criterion's text without the prompt-specific part."""
+    hits: dict[str, list[int]] = defaultdict(list)
+    for ex in examples:
+        for c in ex["criteria"]:
+            key = "key term" if c["text"].startswith("Mentions ") else c["text"][:40]
+            if c["verdict"] is not None:
+                hits[key].append(int(c["verdict"]))
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+def paired_delta(after, before, seed: int) -> dict[str, Any]:
+    from trl_rubric.evaluation import bootstrap_ci
+
+    pairs = [(a["score"], b["score"]) for a, b in zip(after.examples, before.examples, strict=True)
+             if a["score"] is not None and b["score"] is not None]  # fmt: skip
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    ci = bootstrap_ci(a, b, 1000, 0.95, seed)
+    return {"before": sum(b) / len(b), "after": sum(a) / len(a), "delta": (sum(a) - sum(b)) / len(a),
+            "delta_ci": list(ci) if ci else None, "n": len(pairs)}  # fmt: skip
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.update(OFFLINE_ENV)
+    import torch
+    import transformers
+    from datasets import concatenate_datasets
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_rubric import RGSDConfig, RGSDTrainer
+    from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
+    from trl_rubric.real import smollm2_path
+    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    world = make_real_world(seed=args.seed)
+    train_all = world.train_dataset()
+
+    def repeated(ds, n):
+        return concatenate_datasets([select_examples(ds, n, args.seed)] * args.eval_samples)
+
+    sets = {"train": (repeated(train_all, args.eval_prompts), args.seed + 1),
+            "heldout": (repeated(world.heldout_dataset(), args.heldout_prompts), args.seed + 2)}  # fmt: skip
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    gen = dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    began = time.perf_counter()
+    gap = conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer, n_samples=None,
+                           seed=sets["train"][1], teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
+                           rubric_render_style=REAL_RENDER_STYLE, **gen)  # fmt: skip
+    base_eval = {"train": gap.without_rubric}
+    base_eval["heldout"] = evaluate(base, sets["heldout"][0], world.judge(), tokenizer=tokenizer,
+                                    seed=sets["heldout"][1], **gen)  # fmt: skip
+    results: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k != "parsed"},
+        "base": {s: base_eval[s].metrics.weighted_score for s in sets},
+        "teacher_train": gap.score_with_rubric,
+        "gap_train": gap.gap,
+        "gap_train_ci": gap.gap_ci,
+        "criteria": {"base_train": criterion_rates(gap.without_rubric.examples),
+                     "teacher_train": criterion_rates(gap.with_rubric.examples)},  # fmt: skip
+        "reference_seconds": time.perf_counter() - began,
+        "runs": {},
+    }
+    print(f"base {results['base']}, teacher {gap.score_with_rubric:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
+    _write(results, args.output_dir)
+    for name, pairs in args.parsed:
+        overrides = config_overrides(pairs)
+        full = pairs.get("finetune", "lora") == "full"
+        r = int(pairs.get("lora_r", 16))
+        template = {} if pairs.get("template") == "default" else {"teacher_prompt_template": REAL_TEACHER_PROMPT_TEMPLATE}
+        kwargs = dict(
+            output_dir=os.path.join(args.output_dir, name), use_cpu=True, bf16=False, seed=args.seed,
+            max_steps=args.steps, learning_rate=5e-4, lr_scheduler_type="constant",
+            per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
+            temperature=args.temperature, rubric_render_style=REAL_RENDER_STYLE, logging_steps=1,
+            save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
+        )  # fmt: skip
+        kwargs.update(template)
+        kwargs.update(overrides)
+        try:
+            config = RGSDConfig(**kwargs)
+        except ValueError as e:
+            print(f"{name}: skipped: {e}", flush=True)
+            results["runs"][name] = {"skipped": str(e)}
+            continue
+        lora = None if full else LoraConfig(
+            r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+        torch.manual_seed(args.seed)
+        print(f"{name}: {pairs or 'defaults'} ...", flush=True)
+        trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora)
+        t = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.eval()
+        row: dict[str, Any] = {"pairs": pairs, "train_seconds": seconds, "criteria": {}}
+        for split, (ds, seed) in sets.items():
+            res = evaluate(model, ds, world.judge(), tokenizer=tokenizer, seed=seed, **gen)
+            row[split] = paired_delta(res, base_eval[split], args.seed)
+            row[split]["length"] = res.metrics.mean_length
+            row["criteria"][split] = criterion_rates(res.examples)
+        row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
+        keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio")
+        row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]
+        results["runs"][name] = row
+        d, h = row["train"], row["heldout"]
+        print(f"{name}: train {d['before']:.3f} -> {d['after']:.3f} {d['delta']:+.3f} {d['delta_ci']} "
+              f"(gap closed {row['gap_closed_train']:.2f}); held-out {h['before']:.3f} -> {h['after']:.3f} "
+              f"{h['delta']:+.3f} {h['delta_ci']}; length {d['length']:.1f}; {seconds:.0f} s", flush=True)  # fmt: skip
+        _write(results, args.output_dir)
+        del trainer, model
+    return results
+
+
+def _write(results: dict[str, Any], output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

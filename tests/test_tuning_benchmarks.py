@@ -1,0 +1,70 @@
+"""The helpers of the RGSD tuning benchmarks (`benchmarks/rgsd_sweep.py`, `benchmarks/teacher_signal.py`)."""
+
+import importlib.util
+import os
+from itertools import combinations
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load("rgsd_sweep")
+signal = _load("teacher_signal")
+
+
+def test_setting_parses_name_and_typed_config_overrides():
+    name, pairs = sweep.parse_setting("fast:learning_rate=2e-3,token_clip=none,max_steps=7,finetune=full")
+    assert name == "fast"
+    assert pairs["finetune"] == "full"
+    overrides = sweep.config_overrides(pairs)
+    assert overrides == {"learning_rate": 2e-3, "token_clip": None, "max_steps": 7}
+    assert isinstance(overrides["max_steps"], int)
+    assert sweep.parse_setting("defaults:") == ("defaults", {})
+    # a field whose default is None is read as a number
+    assert sweep.config_overrides({"token_clip": "0.1"}) == {"token_clip": 0.1}
+
+
+@pytest.mark.parametrize("bad", [":learning_rate=1", "x:learning_rate"])
+def test_malformed_setting_is_refused(bad):
+    with pytest.raises(ValueError, match="setting"):
+        sweep.parse_setting(bad)
+
+
+def test_unknown_config_field_is_named():
+    with pytest.raises(ValueError, match="'lr' is not an RGSDConfig field"):
+        sweep.config_overrides({"lr": "1e-3"})
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--settings", "a:lr=1e-3"])
+
+
+def _naive_agreement(groups):
+    agree = total = 0.0
+    for g in groups:
+        for (a, x), (b, y) in combinations(g, 2):
+            if a != b:
+                total += 1
+                agree += 0.5 if x == y else float((a > b) == (x > y))
+    return agree / total
+
+
+def test_pair_agreement_matches_a_plain_count_and_its_extremes():
+    perfect = [[(0.1, -3.0), (0.5, -1.0), (0.9, 2.0)], [(0.0, 1.0), (1.0, 4.0)]]
+    assert signal.pair_agreement(perfect)["agreement"] == 1.0
+    reversed_ = [[(s, -x) for s, x in g] for g in perfect]
+    assert signal.pair_agreement(reversed_)["agreement"] == 0.0
+    mixed = [[(0.2, 1.0), (0.4, 0.0), (0.4, 3.0), (0.2, 1.0)], [(0.0, 5.0), (1.0, 5.0), (0.5, 1.0)], [(0.3, 0.0)]]
+    got = signal.pair_agreement(mixed, n_bootstrap=200)
+    assert got["agreement"] == pytest.approx(_naive_agreement(mixed))
+    assert got["pairs"] == 4 + 3
+    low, high = got["ci"]
+    assert 0.0 <= low <= got["agreement"] <= high <= 1.0
+    # pairs with equal scores carry no preference and groups without any are ignored
+    assert signal.pair_agreement([[(0.5, 1.0), (0.5, 2.0)]]) == {"agreement": None, "ci": None, "pairs": 0}
