@@ -29,6 +29,11 @@ DEFAULT_TEACHER_PROMPT_TEMPLATE = (
 
 _PLACEHOLDER = re.compile(r"\{prompt\}|\{rubric\}")
 
+#: Whether the teacher is shown the rubric's penalty criteria (negative weight): `"show"` lists them under "A good
+#: answer avoids:" (the RGSD paper's setting); `"omit"` leaves them out of the teacher's context, since a small model
+#: can be primed by a forbidden phrase it reads. Grading always uses the full rubric.
+TEACHER_PENALTIES = ("show", "omit")
+
 
 def _check_template(template: str) -> None:
     # `{rubric}` may be left out on purpose: a teacher that sees exactly the student's prompt is the no-rubric
@@ -59,11 +64,35 @@ def weave(prompt: str | list[dict[str, Any]], fill) -> str | list[dict[str, Any]
     return messages
 
 
+def check_teacher_penalties(penalties: str) -> None:
+    """Raise a `ValueError` naming `penalties` unless it is one of [`TEACHER_PENALTIES`]."""
+    if penalties not in TEACHER_PENALTIES:
+        raise ValueError(f"teacher_penalties is {penalties!r}; expected one of {TEACHER_PENALTIES}")
+
+
+def teacher_rubric(rubric: Any, penalties: str = "show") -> Rubric:
+    """The part of `rubric` the teacher is shown: all of it with `"show"`, its criteria of weight >= 0 with `"omit"`.
+
+    A [`Rubric`] always holds a criterion of positive weight, so `"omit"` never leaves it empty.
+    """
+    check_teacher_penalties(penalties)
+    rubric = Rubric.from_any(rubric)
+    if penalties == "omit":
+        rubric = Rubric(tuple(c for c in rubric.criteria if c.weight >= 0))
+    return rubric
+
+
+def render_for_teacher(rubric: Any, render_style: str = "numbered", penalties: str = "show") -> str:
+    """The rubric text the teacher reads: [`teacher_rubric`] rendered by [`Rubric.render`]."""
+    return teacher_rubric(rubric, penalties).render(render_style)
+
+
 def build_teacher_prompt(
     prompt: str | list[dict[str, Any]],
     rubric: Any,
     template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     render_style: str = "numbered",
+    penalties: str = "show",
 ) -> str | list[dict[str, Any]]:
     """The teacher's view of a prompt: the student's prompt with the rendered rubric woven in by `template`.
 
@@ -75,9 +104,11 @@ def build_teacher_prompt(
         rubric: Anything [`Rubric.from_any`] reads.
         template: Text with `{prompt}` and `{rubric}` placeholders.
         render_style: How the rubric is rendered (see [`Rubric.render`]).
+        penalties: `"show"` lists penalty criteria (negative weight) under "A good answer avoids:"; `"omit"` leaves
+            them out, so the teacher reads only what a good answer contains (see [`TEACHER_PENALTIES`]).
     """
     _check_template(template)
-    rendered = Rubric.from_any(rubric).render(render_style)
+    rendered = render_for_teacher(rubric, render_style, penalties)
 
     def fill(text: str) -> str:
         # One pass over the template only, not str.format or chained replace: prompts and rubrics often contain braces

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .rubric import Rubric, RubricError
-from .teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt, weave
+from .teacher import (
+    DEFAULT_TEACHER_PROMPT_TEMPLATE,
+    build_teacher_prompt,
+    check_teacher_penalties,
+    render_for_teacher,
+    weave,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +149,11 @@ def _rows_with_columns(dataset: Any, name: str, columns: tuple[str, ...]):
 
 @dataclass
 class RubricContext:
-    """The question with its rubric as hidden criteria (RGSD, arXiv 2606.12507): [`build_teacher_prompt`]."""
+    """The question with its rubric as hidden criteria (RGSD, arXiv 2606.12507): [`build_teacher_prompt`].
+
+    `penalties="omit"` leaves the rubric's negative-weight criteria out of the teacher's view (see
+    [`TEACHER_PENALTIES`]).
+    """
 
     template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE
     render_style: str = "numbered"
@@ -152,6 +162,10 @@ class RubricContext:
     name: str = "rubric"
     num_contexts: int = 1
     needs_completion: bool = False
+    penalties: str = "show"
+
+    def __post_init__(self):
+        check_teacher_penalties(self.penalties)
 
     def validate(self, dataset: Any, name: str) -> None:
         from .data import validate_rubric_column
@@ -165,13 +179,20 @@ class RubricContext:
             raise ValueError(f"a training row has an unusable {self.rubric_column!r} column: {e}") from None
 
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
-        prompt = build_teacher_prompt(row["prompt"], self._rubric(row), self.template, self.render_style)
+        prompt = build_teacher_prompt(
+            row["prompt"], self._rubric(row), self.template, self.render_style, self.penalties
+        )
         return [TeacherContext(prompt)]
+
+    def rubric_text(self, row: Mapping[str, Any]) -> str:
+        """The row's rubric as the teacher reads it: rendered in `render_style`, penalties shown or omitted."""
+        return render_for_teacher(self._rubric(row), self.render_style, self.penalties)
 
 
 @dataclass
 class ReferenceContext:
-    """The question with a reference answer (OPSD / SDFT style); with `with_rubric`, the rubric too (RCSD)."""
+    """The question with a reference answer (OPSD / SDFT style); with `with_rubric`, the rubric too (RCSD), its
+    penalty criteria shown or omitted by `penalties` as in [`RubricContext`]."""
 
     template: str = REFERENCE_TEACHER_PROMPT_TEMPLATE
     reference_column: str = "reference"
@@ -182,16 +203,19 @@ class ReferenceContext:
     name: str = "reference"
     num_contexts: int = 1
     needs_completion: bool = False
+    penalties: str = "show"
     _rubric_part: RubricContext | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         required = ("prompt", "reference", "rubric") if self.with_rubric else ("prompt", "reference")
         _check_placeholders(self.template, required, self.name)
+        check_teacher_penalties(self.penalties)
         if self.with_rubric:
             self._rubric_part = RubricContext(
                 render_style=self.render_style,
                 rubric_column=self.rubric_column,
                 pitfall_polarity=self.pitfall_polarity,
+                penalties=self.penalties,
             )
 
     def validate(self, dataset: Any, name: str) -> None:
@@ -206,7 +230,7 @@ class ReferenceContext:
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
         values = {"reference": _reference_text(row, self.reference_column)}
         if self._rubric_part is not None:
-            values["rubric"] = self._rubric_part._rubric(row).render(self.render_style)
+            values["rubric"] = self._rubric_part.rubric_text(row)
         prompt = weave(row["prompt"], lambda text: fill_template(self.template, prompt=text, **values))
         return [TeacherContext(prompt)]
 
@@ -418,7 +442,11 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
     """
     preset = resolve_preset(config.teacher_context)
     custom = config.teacher_prompt_template != DEFAULT_TEACHER_PROMPT_TEMPLATE
-    common = dict(rubric_column=config.rubric_column, pitfall_polarity=config.pitfall_polarity)
+    common = dict(
+        rubric_column=config.rubric_column,
+        pitfall_polarity=config.pitfall_polarity,
+        penalties=config.teacher_penalties,
+    )
     if preset.provider == "rubric":
         return RubricContext(config.teacher_prompt_template, config.rubric_render_style, **common)
     if preset.provider == "skills":

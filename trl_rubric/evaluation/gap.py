@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..judges.base import RubricJudge
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
+from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt, check_teacher_penalties
 from .generation import GenerateFn, _as_generations, generate_responses
 from .grading import EvalResult, _grade_examples, _table_to_pandas, select_examples
 from .loading import _resolve_model
@@ -120,6 +120,7 @@ def conditioning_gap(
     tokenizer=None,
     teacher_prompt_template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     rubric_render_style: str = "numbered",
+    teacher_penalties: str = "show",
     n_samples: int | None = 64,
     max_new_tokens: int = 512,
     batch_size: int = 8,
@@ -138,7 +139,7 @@ def conditioning_gap(
     """Measure the conditioning gap: how much better the model scores when the rubric is in its context.
 
     The same model answers each sampled prompt twice: as the RGSD student sees it (prompt only) and as the RGSD
-    teacher sees it ([`build_teacher_prompt`] with the same template and render style as `RGSDConfig`). Both answers
+    teacher sees it ([`build_teacher_prompt`] with the same template, render style and penalties as `RGSDConfig`). Both answers
     are graded by the same judge against the original prompt. Run it before training: a small gap means RGSD has
     little to distill.
 
@@ -149,6 +150,8 @@ def conditioning_gap(
         tokenizer: The model's tokenizer.
         teacher_prompt_template: Teacher context with `{prompt}` and `{rubric}` placeholders.
         rubric_render_style: How the rubric is written into it (`"numbered"`, `"weighted"`, `"json"`).
+        teacher_penalties: `"show"` or `"omit"` the rubric's penalty criteria in the teacher's view, as
+            `RGSDConfig.teacher_penalties`; both answers are still graded against the whole rubric.
         n_samples: Prompts to sample (seeded); `None` for all.
         max_new_tokens, batch_size, temperature, top_p, seed: Generation settings; both views share the seed.
         judge_max_concurrency: Bound on concurrent judge calls.
@@ -163,10 +166,13 @@ def conditioning_gap(
     Returns:
         [`GapResult`].
     """
+    check_teacher_penalties(teacher_penalties)
     dataset = select_examples(dataset, n_samples, seed)
     prompts, rubrics = list(dataset["prompt"]), list(dataset["rubric"])
     teacher_prompts = [
-        build_teacher_prompt(p, r, template=teacher_prompt_template, render_style=rubric_render_style)
+        build_teacher_prompt(
+            p, r, template=teacher_prompt_template, render_style=rubric_render_style, penalties=teacher_penalties
+        )
         for p, r in zip(prompts, rubrics, strict=True)
     ]
     if generate_fn is None:
@@ -186,6 +192,7 @@ def conditioning_gap(
     settings = {
         "teacher_prompt_template": teacher_prompt_template,
         "rubric_render_style": rubric_render_style,
+        "teacher_penalties": teacher_penalties,
         "n_samples": n_samples,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -228,6 +235,7 @@ def conditioning_gap(
                 student.token_ids[:k],
                 teacher_prompt_template=teacher_prompt_template,
                 rubric_render_style=rubric_render_style,
+                teacher_penalties=teacher_penalties,
             )
     return GapResult(
         score_without_rubric=s_without,

@@ -80,6 +80,7 @@ def token_logratio_view(
     completions: Sequence[Sequence[int] | str] | None = None,
     teacher_prompt_template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     rubric_render_style: str = "numbered",
+    teacher_penalties: str = "show",
     max_new_tokens: int = 256,
     seed: int = 0,
 ) -> list[TokenView]:
@@ -97,6 +98,7 @@ def token_logratio_view(
             samples them with [`generate_responses`].
         teacher_prompt_template: Teacher context, as in [`conditioning_gap`].
         rubric_render_style: Rubric rendering in the teacher context.
+        teacher_penalties: `"show"` or `"omit"` penalty criteria in the teacher context, as in [`conditioning_gap`].
         max_new_tokens: Completion budget when sampling.
         seed: Sampling seed.
 
@@ -124,7 +126,9 @@ def token_logratio_view(
                     if isinstance(completion, str)
                     else [int(t) for t in completion]
                 )
-                teacher_prompt = build_teacher_prompt(prompt, rubric, teacher_prompt_template, rubric_render_style)
+                teacher_prompt = build_teacher_prompt(
+                    prompt, rubric, teacher_prompt_template, rubric_render_style, teacher_penalties
+                )
                 if ids:
                     student_lp = _completion_logprobs(model, _prompt_ids(tokenizer, prompt), ids)
                     teacher_lp = _completion_logprobs(model, _prompt_ids(tokenizer, teacher_prompt), ids)

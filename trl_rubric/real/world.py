@@ -36,6 +36,9 @@ REAL_TEACHER_PROMPT_TEMPLATE = (
     "{rubric}"
 )
 REAL_RENDER_STYLE = "numbered"
+#: Whether the teacher view lists the penalty criteria (see `RGSDConfig.teacher_penalties`); the demo's gap and
+#: training both read it, so they always share one teacher view.
+REAL_TEACHER_PENALTIES = "show"
 
 
 def _criterion(text: str, weight: float, category: str, title: str, rule: str, scope: str) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..toy import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
+    from ..toy import TEACHER_PENALTIES, TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, make_world, prepare_toy_model
     from ..trainers.rgsd import RGSDTrainer
 
     if args.model == "smollm2":
@@ -152,6 +152,7 @@ def _run(args: DemoArguments) -> dict[str, Any]:
         temperature=1.0,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=TEACHER_RENDER_STYLE,
+        teacher_penalties=TEACHER_PENALTIES,
         logging_steps=5,
     )
     curve_judge = world.judge()

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE
+from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, TEACHER_PENALTIES
 from .eval import (
     EvalArguments,
     UsageError,
@@ -59,6 +59,13 @@ class GapArguments(EvalArguments):
     rubric_render_style: Literal["numbered", "weighted", "json"] = field(
         default="numbered", metadata={"help": "How the rubric is written into the teacher context."}
     )
+    teacher_penalties: Literal["show", "omit"] = field(
+        default="show",
+        metadata={
+            "help": "Whether the teacher context shows the rubric's penalty criteria (show) or leaves them out (omit); "
+            "use the value you will train RGSD with. Answers are graded against the whole rubric either way."
+        },
+    )
     n_token_views: int = field(
         default=4,
         metadata={
@@ -97,6 +104,8 @@ def run_gap(args: GapArguments, judge_args) -> int:
     for placeholder in ("{prompt}", "{rubric}"):
         if placeholder not in args.teacher_prompt_template:
             raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
+    if args.teacher_penalties not in TEACHER_PENALTIES:
+        raise UsageError(f"--teacher_penalties is {args.teacher_penalties!r}; expected one of {TEACHER_PENALTIES}")
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
     model, tokenizer, generate_fn = load_generator_from_args(args)
@@ -107,6 +116,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
         tokenizer=tokenizer,
         teacher_prompt_template=args.teacher_prompt_template,
         rubric_render_style=args.rubric_render_style,
+        teacher_penalties=args.teacher_penalties,
         n_samples=None,  # already sampled above
         max_new_tokens=args.max_completion_length,
         batch_size=args.batch_size,
@@ -136,6 +146,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
             result.student_token_ids[:k],
             teacher_prompt_template=args.teacher_prompt_template,
             rubric_render_style=args.rubric_render_style,
+            teacher_penalties=args.teacher_penalties,
         )
     result.settings.update(
         model_name_or_path=args.model_name_or_path,

@@ -11,6 +11,7 @@ GPU: the toy model answers better when it sees the rubric, and RGSD can move the
 """
 
 from .pretrain import (
+    TEACHER_PENALTIES,
     TEACHER_PROMPT_TEMPLATE,
     TEACHER_RENDER_STYLE,
     ToyModelSettings,
@@ -24,6 +25,7 @@ from .world import ToyWorld, ignoring_response, make_world, minimal_response, re
 
 __all__ = [
     "TEACHER_PROMPT_TEMPLATE",
+    "TEACHER_PENALTIES",
     "TEACHER_RENDER_STYLE",
     "ToyModelSettings",
     "ToyWorld",

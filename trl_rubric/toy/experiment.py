@@ -46,7 +46,7 @@ def toy_gap(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0):
     """The conditioning gap (`trl_rubric.evaluation.conditioning_gap`) on the toy world, with the teacher view the
     toy model was pretrained on and the same sampling as [`score_model`]."""
     from ..evaluation import conditioning_gap
-    from .pretrain import TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE
+    from .pretrain import TEACHER_PENALTIES, TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE
 
     return conditioning_gap(
         model,
@@ -55,6 +55,7 @@ def toy_gap(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0):
         tokenizer=tokenizer,
         teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         rubric_render_style=TEACHER_RENDER_STYLE,
+        teacher_penalties=TEACHER_PENALTIES,
         n_samples=None,
         max_new_tokens=MAX_NEW_TOKENS,
         batch_size=64,

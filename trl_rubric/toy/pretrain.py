@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..rubric import Rubric
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
+from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt, render_for_teacher
 from .tokenizer import build_toy_tokenizer
 from .world import (
     PHRASINGS,
@@ -56,6 +56,8 @@ PRETRAIN_VERSION = 1
 #: The teacher view the model is pretrained on. A trainer must build its teacher prompt the same way.
 TEACHER_PROMPT_TEMPLATE = DEFAULT_TEACHER_PROMPT_TEMPLATE
 TEACHER_RENDER_STYLE = "numbered"
+#: Whether that view lists the rubric's penalty criteria (see `RGSDConfig.teacher_penalties`).
+TEACHER_PENALTIES = "show"
 #: Written last into a prepared checkpoint; its presence marks the checkpoint complete.
 METADATA_FILE = "toy_model.json"
 
@@ -117,6 +119,8 @@ def _cache_key(settings: ToyModelSettings, seed: int) -> dict[str, Any]:
         "pretrain_version": PRETRAIN_VERSION,
         "teacher_prompt_template": TEACHER_PROMPT_TEMPLATE,
         "teacher_render_style": TEACHER_RENDER_STYLE,
+        # Only when it departs from "show" (the view before the switch existed), so existing caches stay valid.
+        **({"teacher_penalties": TEACHER_PENALTIES} if TEACHER_PENALTIES != "show" else {}),
     }
 
 
@@ -132,10 +136,12 @@ def _example(rng: random.Random, view: str) -> tuple[list[dict[str, str]], str]:
     rubric = sample_rubric(rng, topic)
     if view == "short":
         # The warm-up drill: the rubric alone, answered with nothing but what it asks for.
-        answer = minimal_response(rubric)
-        return [{"role": "user", "content": Rubric.from_any(rubric).render(TEACHER_RENDER_STYLE)}], answer
-    answer = reference_response(rng, topic, rubric)
-    return build_teacher_prompt(messages, rubric, TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE), answer
+        text = render_for_teacher(rubric, TEACHER_RENDER_STYLE, TEACHER_PENALTIES)
+        return [{"role": "user", "content": text}], minimal_response(rubric)
+    teacher_view = build_teacher_prompt(
+        messages, rubric, TEACHER_PROMPT_TEMPLATE, TEACHER_RENDER_STYLE, TEACHER_PENALTIES
+    )
+    return teacher_view, reference_response(rng, topic, rubric)
 
 
 def encode_example(tokenizer, messages: list[dict[str, str]], response: str) -> tuple[list[int], int]:
@@ -395,6 +401,7 @@ def measure_gap(
     max_prompts: int | None = None,
     teacher_prompt_template: str = TEACHER_PROMPT_TEMPLATE,
     render_style: str = TEACHER_RENDER_STYLE,
+    teacher_penalties: str = TEACHER_PENALTIES,
     num_threads: int | None = 1,
 ) -> dict[str, dict[str, Any]]:
     """The conditioning gap: how much better the model answers when its prompt includes the rubric.
@@ -413,6 +420,7 @@ def measure_gap(
         max_prompts: Use only the first `max_prompts` prompts of each split.
         teacher_prompt_template: Template of the rubric-conditioned view.
         render_style: How the rubric is rendered into it.
+        teacher_penalties: Whether it lists the rubric's penalty criteria (`"show"` or `"omit"`).
         num_threads: Cap on torch CPU threads while sampling; `None` leaves it.
 
     Returns:
@@ -436,7 +444,7 @@ def measure_gap(
             rubrics = [Rubric.from_any(r["rubric"]) for r in rows for _ in range(n)]
             plain = [r["prompt"] for r in rows for _ in range(n)]
             teacher = [
-                build_teacher_prompt(p, rb, teacher_prompt_template, render_style)
+                build_teacher_prompt(p, rb, teacher_prompt_template, render_style, teacher_penalties)
                 for p, rb in zip(plain, rubrics, strict=True)
             ]
             entry: dict[str, Any] = {"num_prompts": len(rows), "num_samples": len(plain)}

@@ -38,6 +38,7 @@ from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
+    TEACHER_PENALTIES,
     EMATeacherCallback,
     adapter_starts_at_zero,
     add_frozen_adapter_copy,
@@ -111,6 +112,12 @@ class RGSDConfig(GRPOConfig):
             template set here replaces it and must hold `{reference}` too.
         rubric_render_style (`str`, *optional*, defaults to `"numbered"`):
             How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
+        teacher_penalties (`str`, *optional*, defaults to `"show"`):
+            Whether the teacher sees the rubric's penalty criteria (negative weight). `"show"` lists them under "A
+            good answer avoids:" (the paper's setting, fine on larger models); `"omit"` leaves them out of the
+            teacher's context (grading still uses the whole rubric). On SmolLM2-135M the teacher shown penalties wrote
+            the forbidden word in 17% of answers, and `"omit"` doubled the conditioning gap (+13pp to +28pp). `trl-rubric
+            gap` reads the same field, so measure the gap with the setting you train with.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
@@ -227,6 +234,9 @@ class RGSDConfig(GRPOConfig):
     rubric_render_style: Literal["numbered", "weighted", "json"] = field(
         default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
     )
+    teacher_penalties: Literal["show", "omit"] = field(
+        default="show", metadata={"help": "Whether the teacher sees penalty criteria: show or omit."}
+    )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
     pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
         default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
@@ -322,6 +332,7 @@ class RGSDConfig(GRPOConfig):
         choice("distillation_support", DISTILLATION_SUPPORTS)
         choice("distillation_top_k_source", ("teacher", "student"))
         choice("rubric_render_style", RENDER_STYLES)
+        choice("teacher_penalties", TEACHER_PENALTIES)
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         choice("teacher_combine", TEACHER_COMBINES)
