@@ -139,9 +139,9 @@ def conditioning_gap(
     """Measure the conditioning gap: how much better the model scores when the rubric is in its context.
 
     The same model answers each sampled prompt twice: as the RGSD student sees it (prompt only) and as the RGSD
-    teacher sees it ([`build_teacher_prompt`] with the same template, render style and penalties as `RGSDConfig`). Both answers
-    are graded by the same judge against the original prompt. Run it before training: a small gap means RGSD has
-    little to distill.
+    teacher sees it ([`build_teacher_prompt`] with the same template, render style and penalties as `RGSDConfig`).
+    Both answers are graded by the same judge against the original prompt. Run it before training: a small gap means
+    RGSD has little to distill.
 
     Args:
         model: A causal LM or a path (see [`evaluate`]); may be `None` when `generate_fn` is given.

@@ -62,8 +62,8 @@ class GapArguments(EvalArguments):
     teacher_penalties: Literal["show", "omit"] = field(
         default="show",
         metadata={
-            "help": "Whether the teacher context shows the rubric's penalty criteria (show) or leaves them out (omit); "
-            "use the value you will train RGSD with. Answers are graded against the whole rubric either way."
+            "help": "Whether the teacher context shows the rubric's penalty criteria (show) or leaves them out "
+            "(omit); use the value you will train RGSD with. Answers are graded against the whole rubric either way."
         },
     )
     n_token_views: int = field(

@@ -116,8 +116,8 @@ class RGSDConfig(GRPOConfig):
             Whether the teacher sees the rubric's penalty criteria (negative weight). `"show"` lists them under "A
             good answer avoids:" (the paper's setting, fine on larger models); `"omit"` leaves them out of the
             teacher's context (grading still uses the whole rubric). On SmolLM2-135M the teacher shown penalties wrote
-            the forbidden word in 17% of answers, and `"omit"` doubled the conditioning gap (+13pp to +28pp). `trl-rubric
-            gap` reads the same field, so measure the gap with the setting you train with.
+            the forbidden word in 17% of answers, and `"omit"` doubled the conditioning gap (+13pp to +28pp).
+            `trl-rubric gap` reads the same field: measure the gap with the setting you train with.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
