@@ -81,6 +81,35 @@ def test_rubric_reference_provider_shows_both_with_the_rubric_as_json():
     assert user.index(row["reference"]) < user.index(rendered)
 
 
+@pytest.mark.parametrize("context, style", [("rubric", "numbered"), ("rubric+reference", "json")])
+def test_providers_leave_penalties_out_of_the_teacher_view_when_told(context, style):
+    config = RGSDConfig(
+        output_dir="out", use_cpu=True, bf16=False, teacher_context=context, rubric_render_style=style,
+        teacher_penalties="omit",
+    )  # fmt: skip
+    provider = build_teacher_context(config)
+    assert provider.penalties == "omit"
+    rows = [row for row in _rows(6, conversational=False) if any(c["weight"] < 0 for c in row["rubric"])]
+    assert rows  # the kit's rows carry penalties
+    for row in rows:
+        (context_,) = provider.contexts(row)
+        kept = [c for c in row["rubric"] if c["weight"] >= 0]
+        assert Rubric.from_any(kept).render(style) in context_.prompt
+        assert all(c["text"] not in context_.prompt for c in row["rubric"] if c["weight"] < 0)
+        if context == "rubric":
+            assert context_.prompt == build_teacher_prompt(
+                row["prompt"], row["rubric"], DEFAULT_TEACHER_PROMPT_TEMPLATE, style, penalties="omit"
+            )
+
+
+def test_unknown_teacher_penalties_is_refused_by_name():
+    with pytest.raises(ValueError, match="teacher_penalties is 'hide'; expected one of"):
+        RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_penalties="hide")
+    for provider in (RubricContext, ReferenceContext):
+        with pytest.raises(ValueError, match="teacher_penalties is 'hide'"):
+            provider(penalties="hide")
+
+
 def test_fill_template_substitutes_in_one_pass():
     out = fill_template(
         "{prompt}|{reference}|{rubric}|{other}", prompt="P {rubric}", reference="R {prompt}", rubric="C"
@@ -143,6 +172,22 @@ def test_missing_reference_column_is_named(tiny_model_path, tmp_path):
         )
 
 
+@pytest.mark.parametrize("context", ["rubric", "rubric+reference"])
+def test_rubric_of_penalties_only_names_the_row_before_training_when_penalties_are_omitted(
+    tiny_model_path, tmp_path, context
+):
+    rows = _rows(4)
+    rows[2]["rubric"] = [{"text": "mentions wrong", "weight": -2.0, "category": "pitfall", "title": None, "tags": []}]
+    with pytest.raises(
+        ValueError, match="train_dataset row 2: column 'rubric': rubric has no criterion with a positive"
+    ):
+        RGSDTrainer(
+            tiny_model_path,
+            args=_config(tmp_path, teacher_context=context, teacher_penalties="omit"),
+            train_dataset=Dataset.from_list(rows),
+        )
+
+
 def test_long_reference_teacher_prompt_names_the_row(tiny_model_path, tmp_path):
     rows = _rows(4)
     rows[1]["reference"] = "fever " * 300
@@ -182,6 +227,25 @@ def test_teacher_sees_its_context_and_the_student_never_does(
             assert criterion["text"] not in student
         assert (row["reference"] in teacher) == shows_reference
         assert row["reference"] not in student
+
+
+@pytest.mark.parametrize("context", ["rubric", "rubric+reference"])
+def test_trainer_teacher_prompts_hold_no_penalty_when_penalties_are_omitted(tiny_model_path, tmp_path, context):
+    dataset = Dataset.from_list(_rows(4))
+    args = _config(tmp_path, teacher_context=context, teacher_penalties="omit")
+    trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=dataset)
+    batch = trainer._generate_and_score_completions(list(dataset))
+    tok = trainer.processing_class
+    penalties_seen = 0
+    for i, row in enumerate(dataset):
+        teacher = _decoded(tok, batch["teacher_prompt_ids"][i], batch["teacher_prompt_mask"][i])
+        expected = trainer.teacher_context.contexts(row)[0].prompt
+        assert teacher == tok.apply_chat_template(expected, tokenize=False, add_generation_prompt=True)
+        for criterion in row["rubric"]:
+            assert (criterion["text"] in teacher) == (criterion["weight"] >= 0)
+            penalties_seen += criterion["weight"] < 0
+        assert "A good answer avoids:" not in teacher
+    assert penalties_seen > 0
 
 
 @pytest.mark.parametrize("context", ["rubric", "reference", "rubric+reference", "rcsd"])
