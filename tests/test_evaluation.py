@@ -276,6 +276,34 @@ def test_gap_is_positive_when_the_rubric_in_context_helps(tiny):
     assert result.to_dict()["gap_ci"][0] > 0
 
 
+def test_gap_with_penalties_omitted_hides_them_from_the_teacher_and_still_grades_them(tiny):
+    _, tokenizer = tiny
+    template = "{prompt}\nCRITERIA:\n{rubric}"
+    echo, rows = EchoModel(), rule_rows()
+    result = conditioning_gap(
+        None,
+        rows,
+        RuleJudge(),
+        tokenizer=tokenizer,
+        teacher_prompt_template=template,
+        teacher_penalties="omit",
+        n_samples=None,
+        generate_fn=echo,
+        n_bootstrap=50,
+    )
+    student_prompts, teacher_prompts = echo.calls
+    assert teacher_prompts == [
+        build_teacher_prompt(p, r["rubric"], template, "numbered", penalties="omit")
+        for p, r in zip(student_prompts, rows, strict=True)
+    ]
+    assert all("mentions wrong" not in p[-1]["content"] and "mentions" in p[-1]["content"] for p in teacher_prompts)
+    # The echo now meets both gains and not the pitfall: (2 + 1) / 3, where showing it gave (2 + 1 - 1) / 3.
+    assert result.score_with_rubric == pytest.approx(1.0)
+    assert result.settings["teacher_penalties"] == "omit"
+    with pytest.raises(ValueError, match="teacher_penalties is 'hide'"):
+        conditioning_gap(None, rows, RuleJudge(), teacher_penalties="hide", generate_fn=echo, n_samples=None)
+
+
 def test_no_gap_recommends_grpo_instead():
     judge = RuleJudge()
     result = conditioning_gap(
@@ -312,6 +340,22 @@ def test_token_view_student_logprobs_match_the_generation_scores(tiny):
     assert "".join(view.tokens) == tokenizer.decode(completion)
     # The rubric changes the context, so the teacher's numbers differ.
     assert max(abs(x) for x in view.logratios) > 1e-4
+
+
+def test_token_view_teacher_reads_the_rubric_without_penalties_when_told(tiny):
+    from trl_rubric.evaluation import _prompt_ids
+    from trl_rubric.evaluation.token_view import _completion_logprobs
+
+    model, tokenizer = tiny
+    prompt, rubric = rule_rows()[0]["prompt"], rule_rows()[0]["rubric"]
+    completion = tokenizer("the fever dose is wrong", add_special_tokens=False)["input_ids"]
+    (omitted,) = token_logratio_view(model, tokenizer, [prompt], [rubric], [completion], teacher_penalties="omit")
+    (shown,) = token_logratio_view(model, tokenizer, [prompt], [rubric], [completion])
+    teacher_prompt = build_teacher_prompt(prompt, rubric, penalties="omit")
+    expected = _completion_logprobs(model, _prompt_ids(tokenizer, teacher_prompt), completion)
+    assert omitted.teacher_logprobs == pytest.approx(expected, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(omitted.teacher_logprobs, shown.teacher_logprobs, strict=True)) > 1e-4
+    assert omitted.student_logprobs == pytest.approx(shown.student_logprobs, abs=1e-6)
 
 
 def test_token_view_html_escapes_model_text(tiny, tmp_path):
@@ -444,6 +488,25 @@ def test_gap_cli_reads_a_recipe_and_writes_token_views(tiny_model_path, tmp_path
         assert_png(out / png)
     printed = capsys.readouterr().out
     assert "Conditioning gap" in printed and "gap" in printed
+
+
+def test_gap_cli_passes_a_training_recipes_teacher_penalties_through(tiny_model_path, tmp_path, capsys):
+    from trl_rubric.cli import main
+
+    data = write_rows(tmp_path / "data.jsonl", rule_rows())
+    recipe = tmp_path / "recipe.yaml"
+    # An RGSD training recipe: learning_rate is a training field, teacher_penalties is shared with gap.
+    recipe.write_text(
+        f"model_name_or_path: {tiny_model_path}\ndataset_name: {data}\njudge_backend: rule\nmax_completion_length: 3\n"
+        "n_samples: 2\nn_token_views: 0\nbootstrap_samples: 20\nprogress: false\nplots: false\n"
+        "learning_rate: 1.0e-5\nteacher_penalties: omit\n"
+    )
+    out = tmp_path / "gap"
+    assert main(["gap", "--config", str(recipe), "--output_dir", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["settings"]["teacher_penalties"] == "omit"
+    # the command line overrides the recipe, as for every option
+    assert main(["gap", "--config", str(recipe), "--output_dir", str(out), "--teacher_penalties", "show"]) == 0
+    assert json.loads((out / "results.json").read_text())["settings"]["teacher_penalties"] == "show"
 
 
 def test_console_script_runs_eval_in_a_subprocess(tiny_model_path, tmp_path):

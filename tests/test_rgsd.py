@@ -57,6 +57,7 @@ def test_config_allows_one_generation_and_keeps_grpo_checks():
         ("distillation_beta", 1.5, "distillation_beta is 1.5"),
         ("token_clip", -1.0, "token_clip is -1.0"),
         ("rubric_render_style", "fancy", "rubric_render_style is 'fancy'"),
+        ("teacher_penalties", "hide", "teacher_penalties is 'hide'"),
         ("teacher_prompt_template", "no placeholders", "must contain {prompt}"),
     ],
 )
