@@ -57,7 +57,7 @@ def main(argv=None) -> dict[str, Any]:
     from trl_rubric import RGSDConfig, RGSDTrainer
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
     from trl_rubric.real import smollm2_path
-    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+    from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -69,7 +69,7 @@ def main(argv=None) -> dict[str, Any]:
     gen = dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     gap = conditioning_gap(base, train, world.judge(), tokenizer=tokenizer, n_samples=None, seed=args.seed + 1,
-                           teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE,
+                           **REAL_TEACHER_VIEW,
                            **gen)  # fmt: skip
     base_score, teacher_score = gap.score_without_rubric, gap.score_with_rubric
     print(f"base {base_score:.3f}, teacher {teacher_score:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
@@ -82,7 +82,7 @@ def main(argv=None) -> dict[str, Any]:
                 seed=args.seed, max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant",
                 per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
                 temperature=args.temperature, token_clip=tau, token_clip_mode=mode,
-                teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE,
+                **REAL_TEACHER_VIEW,
                 logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
             )  # fmt: skip
         except ValueError as e:

@@ -121,7 +121,7 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
     from peft import LoraConfig
 
     from trl_rubric import RGSDConfig, RGSDTrainer, RubricGRPOConfig, RubricGRPOTrainer, RubricReward
-    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
 
     P = args.prompts_per_step
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -131,9 +131,7 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
         learning_rate=args.lr, lr_scheduler_type="constant", max_completion_length=args.max_completion_length,
         temperature=args.temperature, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
     )  # fmt: skip
-    rgsd = dict(
-        token_clip=None, teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE, rubric_render_style=REAL_RENDER_STYLE
-    )
+    rgsd = dict(token_clip=None, **REAL_TEACHER_VIEW)
     if arm == "rgsd":
         config = RGSDConfig(per_device_train_batch_size=P, num_generations=1, **rgsd, **common)
         return RGSDTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora)
@@ -213,7 +211,7 @@ def main(argv=None) -> dict[str, Any]:
     from trl_rubric import OpenAIJudge
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
     from trl_rubric.real import gguf_path, smollm2_path
-    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+    from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
     from trl_rubric.toy.experiment import plot_learning_curves
 
     torch.set_num_threads(args.threads)
@@ -232,8 +230,7 @@ def main(argv=None) -> dict[str, Any]:
     references, base_examples = {}, {}
     for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
         gap = conditioning_gap(base, dataset, world.judge(), tokenizer=tokenizer, n_samples=None,
-                               teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
-                               rubric_render_style=REAL_RENDER_STYLE, seed=args.seed + offset, **gen)  # fmt: skip
+                               **REAL_TEACHER_VIEW, seed=args.seed + offset, **gen)  # fmt: skip
         references[f"base_{split}"], references[f"teacher_{split}"] = gap.score_without_rubric, gap.score_with_rubric
         references[f"gap_{split}_ci"] = gap.gap_ci
         base_examples[split] = [

@@ -128,7 +128,7 @@ def main(argv=None) -> dict[str, Any]:
     from trl_rubric import RGSDConfig, RGSDTrainer
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
     from trl_rubric.real import smollm2_path
-    from trl_rubric.real.world import REAL_RENDER_STYLE, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+    from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -146,8 +146,7 @@ def main(argv=None) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     began = time.perf_counter()
     gap = conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer, n_samples=None,
-                           seed=sets["train"][1], teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
-                           rubric_render_style=REAL_RENDER_STYLE, **gen)  # fmt: skip
+                           seed=sets["train"][1], **REAL_TEACHER_VIEW, **gen)  # fmt: skip
     base_eval = {"train": gap.without_rubric}
     base_eval["heldout"] = evaluate(base, sets["heldout"][0], world.judge(), tokenizer=tokenizer,
                                     seed=sets["heldout"][1], **gen)  # fmt: skip
@@ -157,27 +156,30 @@ def main(argv=None) -> dict[str, Any]:
         "teacher_train": gap.score_with_rubric,
         "gap_train": gap.gap,
         "gap_train_ci": gap.gap_ci,
-        "criteria": {"base_train": criterion_rates(gap.without_rubric.examples),
-                     "teacher_train": criterion_rates(gap.with_rubric.examples)},  # fmt: skip
+        "criteria": {
+            "base_train": criterion_rates(gap.without_rubric.examples),
+            "teacher_train": criterion_rates(gap.with_rubric.examples),
+        },  # fmt: skip
         "reference_seconds": time.perf_counter() - began,
         "runs": {},
     }
     print(f"base {results['base']}, teacher {gap.score_with_rubric:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
     _write(results, args.output_dir)
+    teacher_scores: dict[str, float] = {}
     for name, pairs in args.parsed:
         overrides = config_overrides(pairs)
         full = pairs.get("finetune", "lora") == "full"
         r = int(pairs.get("lora_r", 16))
-        template = {} if pairs.get("template") == "default" else {"teacher_prompt_template": REAL_TEACHER_PROMPT_TEMPLATE}
         kwargs = dict(
             output_dir=os.path.join(args.output_dir, name), use_cpu=True, bf16=False, seed=args.seed,
             max_steps=args.steps, learning_rate=5e-4, lr_scheduler_type="constant",
             per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
-            temperature=args.temperature, rubric_render_style=REAL_RENDER_STYLE, logging_steps=1,
+            temperature=args.temperature, logging_steps=1, **REAL_TEACHER_VIEW,
             save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
         )  # fmt: skip
-        kwargs.update(template)
         kwargs.update(overrides)
+        if pairs.get("template") == "default":
+            kwargs.pop("teacher_prompt_template")
         try:
             config = RGSDConfig(**kwargs)
         except ValueError as e:
@@ -204,6 +206,17 @@ def main(argv=None) -> dict[str, Any]:
             row[split]["length"] = res.metrics.mean_length
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
+        view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
+        if view != dict(REAL_TEACHER_VIEW):
+            # The student learns from this view's teacher: also report the gap that teacher leaves.
+            key = json.dumps(view, sort_keys=True)
+            if key not in teacher_scores:
+                teacher_scores[key] = conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer,
+                                                       n_samples=None, seed=sets["train"][1], **view, **gen).gap  # fmt: skip
+            row["own_view_gap_train"] = teacher_scores[key]
+            row["own_view_gap_closed_train"] = (
+                row["train"]["delta"] / teacher_scores[key] if teacher_scores[key] else None
+            )
         keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio")
         row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]
         results["runs"][name] = row

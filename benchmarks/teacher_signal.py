@@ -4,7 +4,9 @@ RGSD moves the student towards what the same model predicts when it sees the rub
 student's own answers, the teacher gives more probability to the ones the rubric rates higher. This script samples
 `--samples` answers per prompt from SmolLM2-135M-Instruct (no rubric), grades them with the world's exact rule judge,
 and computes each answer's teacher-student log-ratio `sum_t log p_teacher(y_t) - log p_student(y_t)` (end-of-answer
-token included when the answer ended) under each teacher template. It reports, per template:
+token included when the answer ended) under each teacher view (`--views`, `<template>:<penalties>`: the world's
+direct template or `RGSDConfig`'s default one, with the rubric's penalty criteria shown or omitted). It reports, per
+view:
 
 - **pairwise agreement**: over pairs of answers to the same prompt with different scores, how often the higher-scored
   one has the higher log-ratio (0.5 = no signal), for the summed and the per-token mean log-ratio, with a bootstrap
@@ -35,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=4, help="Answers per prompt.")
     p.add_argument("--max_completion_length", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--templates", nargs="+", default=["direct", "default"], choices=["direct", "default"])
+    p.add_argument("--views", nargs="+", default=["direct:show", "direct:omit", "default:show"],
+                   help="Teacher views, <direct|default>:<show|omit>.")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
@@ -43,6 +46,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.prompts, args.samples, args.max_completion_length = 2, 2, 12
+    for view in args.views:
+        template, _, penalties = view.partition(":")
+        if template not in ("direct", "default") or penalties not in ("show", "omit"):
+            p.error(f"--views {view!r}: expected <direct|default>:<show|omit>")
     return args
 
 
@@ -103,11 +110,13 @@ def main(argv=None) -> dict[str, Any]:
         ids = tokenizer(ex["response"], add_special_tokens=False)["input_ids"]
         completions.append(ids if ex["truncated"] else [*ids, ends])
     templates = {"direct": REAL_TEACHER_PROMPT_TEMPLATE, "default": DEFAULT_TEACHER_PROMPT_TEMPLATE}
-    out: dict[str, Any] = {"settings": vars(args), "mean_score": result.metrics.weighted_score, "templates": {}}
+    out: dict[str, Any] = {"settings": vars(args), "mean_score": result.metrics.weighted_score, "views": {}}
     n = len(rows)
-    for name in args.templates:
+    for name in args.views:
+        template, _, penalties = name.partition(":")
         views = token_logratio_view(model, tokenizer, list(data["prompt"]), list(data["rubric"]), completions,
-                                    teacher_prompt_template=templates[name], rubric_render_style=REAL_RENDER_STYLE)  # fmt: skip
+                                    teacher_prompt_template=templates[template], rubric_render_style=REAL_RENDER_STYLE,
+                                    teacher_penalties=penalties)  # fmt: skip
         sums = [sum(v.logratios) for v in views]
         means = [s / max(len(v.logratios), 1) for s, v in zip(sums, views, strict=True)]
         scores = [ex["score"] for ex in result.examples]
@@ -130,7 +139,7 @@ def main(argv=None) -> dict[str, Any]:
                 )
         for key, groups in sorted(per_criterion.items()):
             row["criteria"][key] = pair_agreement(groups, seed=args.seed)
-        out["templates"][name] = row
+        out["views"][name] = row
         print(f"{name}: agreement (sum) {row['sum']}, (mean) {row['mean']}", flush=True)
         for key, agg in row["criteria"].items():
             print(f"   {key:42s} {agg}", flush=True)

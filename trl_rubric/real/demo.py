@@ -92,7 +92,7 @@ def run_real_demo(args) -> dict[str, Any]:
     from ..scripts.demo import demo_rgsd_config, report_demo
     from ..trainers.rgsd import RGSDTrainer
     from .model import smollm2_path
-    from .world import REAL_RENDER_STYLE, REAL_TEACHER_PENALTIES, REAL_TEACHER_PROMPT_TEMPLATE, make_real_world
+    from .world import REAL_TEACHER_VIEW, make_real_world
 
     # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
     # slower (docs/benchmarks.md). A `threads` option, where the demo has one, wins.
@@ -119,9 +119,7 @@ def run_real_demo(args) -> dict[str, Any]:
         train,
         judge,
         tokenizer=tokenizer,
-        teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
-        rubric_render_style=REAL_RENDER_STYLE,
-        teacher_penalties=REAL_TEACHER_PENALTIES,
+        **REAL_TEACHER_VIEW,
         n_samples=None,
         max_new_tokens=MAX_NEW_TOKENS,
         batch_size=16,
@@ -154,9 +152,7 @@ def run_real_demo(args) -> dict[str, Any]:
         per_device_train_batch_size=batch_size,
         max_completion_length=MAX_NEW_TOKENS,
         temperature=TEMPERATURE,
-        teacher_prompt_template=REAL_TEACHER_PROMPT_TEMPLATE,
-        rubric_render_style=REAL_RENDER_STYLE,
-        teacher_penalties=REAL_TEACHER_PENALTIES,
+        **REAL_TEACHER_VIEW,
         # A 135M model fits in memory many times over; recomputing activations would only cost CPU time.
         gradient_checkpointing=False,
         logging_steps=1,

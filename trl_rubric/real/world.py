@@ -19,6 +19,8 @@ one regular expression each here.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ..toy.world import ToyWorld
@@ -39,6 +41,15 @@ REAL_RENDER_STYLE = "numbered"
 #: Whether the teacher view lists the penalty criteria (see `RGSDConfig.teacher_penalties`); the demo's gap and
 #: training both read it, so they always share one teacher view.
 REAL_TEACHER_PENALTIES = "show"
+#: The teacher's view of this world as keyword arguments that `RGSDConfig`, `conditioning_gap` and the gap recipe share,
+#: so training, the gap and the benchmarks always show the teacher the same thing.
+REAL_TEACHER_VIEW: Mapping[str, str] = MappingProxyType(
+    {
+        "teacher_prompt_template": REAL_TEACHER_PROMPT_TEMPLATE,
+        "rubric_render_style": REAL_RENDER_STYLE,
+        "teacher_penalties": REAL_TEACHER_PENALTIES,
+    }
+)
 
 
 def _criterion(text: str, weight: float, category: str, title: str, rule: str, scope: str) -> dict[str, Any]:
