@@ -204,6 +204,8 @@ def main(argv=None) -> dict[str, Any]:
             res = evaluate(model, ds, world.judge(), tokenizer=tokenizer, seed=seed, **gen)
             row[split] = paired_delta(res, base_eval[split], args.seed)
             row[split]["length"] = res.metrics.mean_length
+            # Per answer, in the shared order: two settings can be compared with each other, paired, afterwards.
+            row[split]["scores"] = [ex["score"] for ex in res.examples]
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
         view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}

@@ -251,6 +251,7 @@ def test_gap_is_positive_when_the_rubric_in_context_helps(tiny):
         tokenizer=tokenizer,
         teacher_prompt_template=template,
         rubric_render_style="weighted",
+        teacher_penalties="show",
         n_samples=None,
         generate_fn=echo,
         n_bootstrap=200,
@@ -259,7 +260,8 @@ def test_gap_is_positive_when_the_rubric_in_context_helps(tiny):
     student_prompts, teacher_prompts = echo.calls
     assert [p[-1]["content"] for p in student_prompts] == [r["prompt"] for r in rows]
     expected = [
-        build_teacher_prompt(p, r["rubric"], template, "weighted") for p, r in zip(student_prompts, rows, strict=True)
+        build_teacher_prompt(p, r["rubric"], template, "weighted", "show")
+        for p, r in zip(student_prompts, rows, strict=True)
     ]
     assert teacher_prompts == expected
     # The judge grades both views against the original question, never the rubric-conditioned one.
@@ -350,7 +352,7 @@ def test_token_view_teacher_reads_the_rubric_without_penalties_when_told(tiny):
     prompt, rubric = rule_rows()[0]["prompt"], rule_rows()[0]["rubric"]
     completion = tokenizer("the fever dose is wrong", add_special_tokens=False)["input_ids"]
     (omitted,) = token_logratio_view(model, tokenizer, [prompt], [rubric], [completion], teacher_penalties="omit")
-    (shown,) = token_logratio_view(model, tokenizer, [prompt], [rubric], [completion])
+    (shown,) = token_logratio_view(model, tokenizer, [prompt], [rubric], [completion], teacher_penalties="show")
     teacher_prompt = build_teacher_prompt(prompt, rubric, penalties="omit")
     expected = _completion_logprobs(model, _prompt_ids(tokenizer, teacher_prompt), completion)
     assert omitted.teacher_logprobs == pytest.approx(expected, abs=1e-5)

@@ -24,7 +24,7 @@ HEALTHBENCH_RUBRIC = [
 
 
 def test_multi_turn_healthbench_teacher_keeps_earlier_turns_and_lists_the_penalty_as_avoided():
-    messages = build_teacher_prompt(HEALTHBENCH_CONVERSATION, HEALTHBENCH_RUBRIC)
+    messages = build_teacher_prompt(HEALTHBENCH_CONVERSATION, HEALTHBENCH_RUBRIC, penalties="show")
     assert messages[:2] == HEALTHBENCH_CONVERSATION[:2]  # every earlier turn kept as it was
     last = messages[2]["content"]
     assert last.startswith(HEALTHBENCH_CONVERSATION[2]["content"])
@@ -96,10 +96,13 @@ def test_omit_keeps_a_rubric_without_penalties_as_it_is():
 
 @pytest.mark.parametrize("style", ["numbered", "weighted", "json"])
 @pytest.mark.parametrize("prompt", ["How do I take it?", HEALTHBENCH_CONVERSATION])
-def test_showing_penalties_is_byte_identical_to_the_default_teacher_prompt(style, prompt):
+def test_showing_penalties_is_byte_identical_to_the_view_before_the_switch(style, prompt):
     for rubric in (MIXED_RUBRIC, HEALTHBENCH_RUBRIC):
         shown = build_teacher_prompt(prompt, rubric, render_style=style, penalties="show")
-        assert shown == build_teacher_prompt(prompt, rubric, render_style=style)
+        # The default is "omit" (decided on SmolLM2, see DEFAULT_TEACHER_PENALTIES).
+        assert build_teacher_prompt(prompt, rubric, render_style=style) == build_teacher_prompt(
+            prompt, rubric, render_style=style, penalties="omit"
+        ) != shown
         # ... and to the view built by hand from Rubric.render, as it was before the switch existed.
         rendered = Rubric.from_any(rubric).render(style)
         last = prompt if isinstance(prompt, str) else prompt[-1]["content"]

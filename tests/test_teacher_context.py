@@ -68,7 +68,12 @@ def test_reference_provider_shows_the_reference_and_not_the_rubric():
 
 def test_rubric_reference_provider_shows_both_with_the_rubric_as_json():
     config = RGSDConfig(
-        output_dir="out", use_cpu=True, bf16=False, teacher_context="rubric+reference", rubric_render_style="json"
+        output_dir="out",
+        use_cpu=True,
+        bf16=False,
+        teacher_context="rubric+reference",
+        rubric_render_style="json",
+        teacher_penalties="show",
     )
     row = _rows(1, conversational=True)[0]
     (context,) = build_teacher_context(config).contexts(row)
@@ -214,7 +219,8 @@ def test_teacher_sees_its_context_and_the_student_never_does(
     tiny_model_path, tmp_path, context, shows_reference, shows_rubric
 ):
     dataset = Dataset.from_list(_rows(4))
-    trainer = RGSDTrainer(tiny_model_path, args=_config(tmp_path, teacher_context=context), train_dataset=dataset)
+    config = _config(tmp_path, teacher_context=context, teacher_penalties="show")
+    trainer = RGSDTrainer(tiny_model_path, args=config, train_dataset=dataset)
     batch = trainer._generate_and_score_completions(list(dataset))
     tok = trainer.processing_class
     for i, row in enumerate(dataset):
@@ -357,3 +363,9 @@ def test_one_training_step_with_skills(tiny_model_path, tmp_path, context):
     assert log["rgsd/teacher_token_ratio"] > 3.0  # three teachers, each reading a longer prompt than the student
     if context == "sgsd":
         assert 0 < log["rgsd/gate_active_frac"] <= 1
+
+
+def test_default_teacher_omits_penalties_and_the_rcsd_preset_shows_the_whole_rubric():
+    assert RGSDConfig(output_dir="out", use_cpu=True, bf16=False).teacher_penalties == "omit"
+    rcsd = RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_context="rcsd")
+    assert rcsd.teacher_penalties == "show" and build_teacher_context(rcsd).penalties == "show"

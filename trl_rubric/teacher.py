@@ -33,6 +33,10 @@ _PLACEHOLDER = re.compile(r"\{prompt\}|\{rubric\}")
 #: answer avoids:" (the RGSD paper's setting); `"omit"` leaves them out of the teacher's context, since a small model
 #: can be primed by a forbidden phrase it reads. Grading always uses the full rubric.
 TEACHER_PENALTIES = ("show", "omit")
+#: `"omit"`, decided on a real model: on SmolLM2-135M-Instruct a teacher shown the penalties wrote the forbidden
+#: phrase in 17% of its answers and scored 0.260 against 0.412 without them (base 0.129), and an RGSD student trained
+#: from the teacher without them gained +14.7pp on train prompts against +5.7pp (24 LoRA steps, docs/benchmarks.md).
+DEFAULT_TEACHER_PENALTIES = "omit"
 
 
 def _check_template(template: str) -> None:
@@ -70,7 +74,7 @@ def check_teacher_penalties(penalties: str) -> None:
         raise ValueError(f"teacher_penalties is {penalties!r}; expected one of {TEACHER_PENALTIES}")
 
 
-def teacher_rubric(rubric: Any, penalties: str = "show") -> Rubric:
+def teacher_rubric(rubric: Any, penalties: str = DEFAULT_TEACHER_PENALTIES) -> Rubric:
     """The part of `rubric` the teacher is shown: all of it with `"show"`, its criteria of weight >= 0 with `"omit"`.
 
     A [`Rubric`] always holds a criterion of positive weight, so `"omit"` never leaves it empty.
@@ -82,7 +86,7 @@ def teacher_rubric(rubric: Any, penalties: str = "show") -> Rubric:
     return rubric
 
 
-def render_for_teacher(rubric: Any, render_style: str = "numbered", penalties: str = "show") -> str:
+def render_for_teacher(rubric: Any, render_style: str = "numbered", penalties: str = DEFAULT_TEACHER_PENALTIES) -> str:
     """The rubric text the teacher reads: [`teacher_rubric`] rendered by [`Rubric.render`]."""
     return teacher_rubric(rubric, penalties).render(render_style)
 
@@ -92,7 +96,7 @@ def build_teacher_prompt(
     rubric: Any,
     template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     render_style: str = "numbered",
-    penalties: str = "show",
+    penalties: str = DEFAULT_TEACHER_PENALTIES,
 ) -> str | list[dict[str, Any]]:
     """The teacher's view of a prompt: the student's prompt with the rendered rubric woven in by `template`.
 

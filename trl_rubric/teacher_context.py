@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .rubric import Rubric, RubricError
 from .teacher import (
+    DEFAULT_TEACHER_PENALTIES,
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     build_teacher_prompt,
     check_teacher_penalties,
@@ -162,7 +163,7 @@ class RubricContext:
     name: str = "rubric"
     num_contexts: int = 1
     needs_completion: bool = False
-    penalties: str = "show"
+    penalties: str = DEFAULT_TEACHER_PENALTIES
 
     def __post_init__(self):
         check_teacher_penalties(self.penalties)
@@ -203,7 +204,7 @@ class ReferenceContext:
     name: str = "reference"
     num_contexts: int = 1
     needs_completion: bool = False
-    penalties: str = "show"
+    penalties: str = DEFAULT_TEACHER_PENALTIES
     _rubric_part: RubricContext | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -394,6 +395,7 @@ TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
         "rubric+reference",
         settings={
             "rubric_render_style": "json",
+            "teacher_penalties": "show",
             "distillation_beta": 0.0,
             "distillation_support": "topk",
             "distillation_top_k": 20,

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..judges.base import RubricJudge
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt, check_teacher_penalties
+from ..teacher import (
+    DEFAULT_TEACHER_PENALTIES,
+    DEFAULT_TEACHER_PROMPT_TEMPLATE,
+    build_teacher_prompt,
+    check_teacher_penalties,
+)
 from .generation import GenerateFn, _as_generations, generate_responses
 from .grading import EvalResult, _grade_examples, _table_to_pandas, select_examples
 from .loading import _resolve_model
@@ -120,7 +125,7 @@ def conditioning_gap(
     tokenizer=None,
     teacher_prompt_template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     rubric_render_style: str = "numbered",
-    teacher_penalties: str = "show",
+    teacher_penalties: str = DEFAULT_TEACHER_PENALTIES,
     n_samples: int | None = 64,
     max_new_tokens: int = 512,
     batch_size: int = 8,

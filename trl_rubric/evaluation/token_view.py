@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..judges.base import prompt_to_text
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
+from ..teacher import DEFAULT_TEACHER_PENALTIES, DEFAULT_TEACHER_PROMPT_TEMPLATE, build_teacher_prompt
 from .generation import _prompt_ids, generate_responses
 
 
@@ -80,7 +80,7 @@ def token_logratio_view(
     completions: Sequence[Sequence[int] | str] | None = None,
     teacher_prompt_template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE,
     rubric_render_style: str = "numbered",
-    teacher_penalties: str = "show",
+    teacher_penalties: str = DEFAULT_TEACHER_PENALTIES,
     max_new_tokens: int = 256,
     seed: int = 0,
 ) -> list[TokenView]:

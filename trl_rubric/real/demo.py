@@ -18,9 +18,6 @@ from typing import Any
 MAX_NEW_TOKENS = 96
 #: Sampling temperature for rollouts and scoring: a 135M model rambles off topic at 1.0.
 TEMPERATURE = 0.7
-#: LoRA learning rate of the real demo, used when `--learning_rate` is left at the toy demo's default.
-LORA_LEARNING_RATE = 5e-4
-TOY_DEFAULT_LEARNING_RATE = 2e-3
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,9 @@ class RealDemoBudget:
 
     train_eval_prompts: int
     heldout_eval_prompts: int
+    #: Answers per scored prompt: one answer at temperature 0.7 is a noisy score, and a pair per prompt narrows the
+    #: paired intervals at the cost of scoring time.
+    eval_samples: int
     steps: int
     batch_size: int
     curve_every: int
@@ -38,10 +38,22 @@ class RealDemoBudget:
     def for_run(cls, quick: bool) -> RealDemoBudget:
         if quick:
             return cls(
-                train_eval_prompts=16, heldout_eval_prompts=16, steps=6, batch_size=8, curve_every=0, curve_prompts=0
+                train_eval_prompts=16,
+                heldout_eval_prompts=16,
+                eval_samples=1,
+                steps=6,
+                batch_size=8,
+                curve_every=0,
+                curve_prompts=0,
             )
         return cls(
-            train_eval_prompts=48, heldout_eval_prompts=30, steps=40, batch_size=8, curve_every=10, curve_prompts=16
+            train_eval_prompts=48,
+            heldout_eval_prompts=30,
+            eval_samples=2,
+            steps=40,
+            batch_size=8,
+            curve_every=10,
+            curve_prompts=16,
         )
 
 
@@ -85,6 +97,7 @@ def _paired(after, before, seed: int) -> dict[str, Any]:
 def run_real_demo(args) -> dict[str, Any]:
     """Run the real-model demo with the toy demo's options (`DemoArguments`) and return `results.json`'s content."""
     import torch
+    from datasets import concatenate_datasets
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,10 +123,16 @@ def run_real_demo(args) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_pretrained(path)
     world = make_real_world(seed=args.seed)
     judge = world.judge()
-    train = select_examples(world.train_dataset(), budget.train_eval_prompts, args.seed)
-    heldout = select_examples(world.heldout_dataset(), budget.heldout_eval_prompts, args.seed)
+    train_prompts = select_examples(world.train_dataset(), budget.train_eval_prompts, args.seed)
+    # Each scored prompt `eval_samples` times; base and student share the sampling seed, so answers pair up.
+    train = concatenate_datasets([train_prompts] * budget.eval_samples)
+    heldout = concatenate_datasets(
+        [select_examples(world.heldout_dataset(), budget.heldout_eval_prompts, args.seed)] * budget.eval_samples
+    )
 
-    print(f"[2/5] conditioning gap on {len(train)} train prompts ...", flush=True)
+    print(
+        f"[2/5] conditioning gap on {len(train_prompts)} train prompts x {budget.eval_samples} answers ...", flush=True
+    )
     gap = conditioning_gap(
         base,
         train,
@@ -136,9 +155,9 @@ def run_real_demo(args) -> dict[str, Any]:
     # real model the tokens that carry a rubric behaviour ("1.", "doctor") are exactly those (see issue 14).
     token_clip = args.token_clip
     batch_size = budget.batch_size
-    # The toy demo's learning rate (2e-3, for a model trained from scratch) is the option's default; a LoRA adapter
-    # on a pretrained model takes a smaller one unless asked otherwise.
-    learning_rate = LORA_LEARNING_RATE if args.learning_rate == TOY_DEFAULT_LEARNING_RATE else args.learning_rate
+    # The option's default, 2e-3, suits the LoRA adapter too: after 24 steps it closed 44% of the train gap where
+    # 5e-4 closed 23% (benchmarks/rgsd_sweep.py, docs/benchmarks.md).
+    learning_rate = args.learning_rate
     print(
         f"[3/5] RGSD with LoRA: {steps} steps of {batch_size} prompts, one rollout each, lr {learning_rate:g}, "
         f"token_clip={token_clip}, no judge ...",
@@ -169,7 +188,7 @@ def run_real_demo(args) -> dict[str, Any]:
     )
     curve = [{"step": 0, "seconds": 0.0, "score": base_score}]
     if budget.curve_every:
-        curve_set = select_examples(train, budget.curve_prompts, args.seed)
+        curve_set = select_examples(train_prompts, budget.curve_prompts, args.seed)
         trainer.add_callback(_CurveCallback(curve, tokenizer, curve_set, judge, budget.curve_every, args.seed))
     train_started = time.perf_counter()
     trainer.train()

@@ -40,7 +40,7 @@ REAL_TEACHER_PROMPT_TEMPLATE = (
 REAL_RENDER_STYLE = "numbered"
 #: Whether the teacher view lists the penalty criteria (see `RGSDConfig.teacher_penalties`); the demo's gap and
 #: training both read it, so they always share one teacher view.
-REAL_TEACHER_PENALTIES = "show"
+REAL_TEACHER_PENALTIES = "omit"
 #: The teacher's view of this world as keyword arguments that `RGSDConfig`, `conditioning_gap` and the gap recipe share,
 #: so training, the gap and the benchmarks always show the teacher the same thing.
 REAL_TEACHER_VIEW: Mapping[str, str] = MappingProxyType(

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..teacher import DEFAULT_TEACHER_PROMPT_TEMPLATE, TEACHER_PENALTIES
+from ..teacher import DEFAULT_TEACHER_PENALTIES, DEFAULT_TEACHER_PROMPT_TEMPLATE, TEACHER_PENALTIES
 from .eval import (
     EvalArguments,
     UsageError,
@@ -60,7 +60,7 @@ class GapArguments(EvalArguments):
         default="numbered", metadata={"help": "How the rubric is written into the teacher context."}
     )
     teacher_penalties: Literal["show", "omit"] = field(
-        default="show",
+        default=DEFAULT_TEACHER_PENALTIES,
         metadata={
             "help": "Whether the teacher context shows the rubric's penalty criteria (show) or leaves them out "
             "(omit); use the value you will train RGSD with. Answers are graded against the whole rubric either way."

@@ -36,6 +36,7 @@ from ..multi_teacher import TEACHER_COMBINES
 from ..rewards import RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
+    DEFAULT_TEACHER_PENALTIES,
     DEFAULT_TEACHER_PROMPT_TEMPLATE,
     TEACHER_MODEL_KINDS,
     TEACHER_PENALTIES,
@@ -112,12 +113,14 @@ class RGSDConfig(GRPOConfig):
             template set here replaces it and must hold `{reference}` too.
         rubric_render_style (`str`, *optional*, defaults to `"numbered"`):
             How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
-        teacher_penalties (`str`, *optional*, defaults to `"show"`):
-            Whether the teacher sees the rubric's penalty criteria (negative weight). `"show"` lists them under "A
-            good answer avoids:" (the paper's setting, fine on larger models); `"omit"` leaves them out of the
-            teacher's context (grading still uses the whole rubric). On SmolLM2-135M the teacher shown penalties wrote
-            the forbidden word in 17% of answers, and `"omit"` doubled the conditioning gap (+13pp to +28pp).
-            `trl-rubric gap` reads the same field: measure the gap with the setting you train with.
+        teacher_penalties (`str`, *optional*, defaults to `"omit"`):
+            Whether the teacher sees the rubric's penalty criteria (negative weight). `"omit"` leaves them out of the
+            teacher's context (grading and rewards still use the whole rubric); `"show"` lists them under "A good
+            answer avoids:", as the paper's teacher sees the whole rubric. Decided on SmolLM2-135M-Instruct: shown the
+            penalties, the teacher wrote the forbidden phrase in 17% of its answers and its gap halved (+13pp vs
+            +28pp), and the student trained from it gained +5.7pp vs +14.7pp. A large model may heed "avoids" where a
+            small one is primed by it: `"show"` is one line away. The `rcsd` preset sets `"show"` (its paper shows
+            the whole rubric). `trl-rubric gap` reads the same field: measure the gap with the view you train with.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
@@ -235,7 +238,8 @@ class RGSDConfig(GRPOConfig):
         default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
     )
     teacher_penalties: Literal["show", "omit"] = field(
-        default="show", metadata={"help": "Whether the teacher sees penalty criteria: show or omit."}
+        default=DEFAULT_TEACHER_PENALTIES,
+        metadata={"help": "Whether the teacher sees penalty criteria: show or omit."},
     )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
     pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
