@@ -268,3 +268,14 @@ def test_gap_command_runs_on_the_aliases_with_the_recipe(smollm2, tmp_path):
     assert gap.main([*argv, "--plots", "false", "--progress", "false"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["n_paired"] == 2 and result["settings"]["model_name_or_path"] == smollm2
+
+
+@pytest.mark.parametrize("recipe", ["gap_smollm2.yaml", "rgsd_smollm2.yaml"])
+def test_smollm2_recipes_show_the_teacher_what_the_demo_shows_it(recipe):
+    import yaml
+
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "recipes", recipe)) as f:
+        settings = yaml.safe_load(f)
+    assert {key: settings[key] for key in REAL_TEACHER_VIEW} == dict(REAL_TEACHER_VIEW)
