@@ -13,6 +13,7 @@ from trl_rubric.real.world import (
     GENERAL_CRITERIA,
     MAX_WORDS,
     REAL_RENDER_STYLE,
+    REAL_TEACHER_PENALTIES,
     REAL_TEACHER_PROMPT_TEMPLATE,
     key_term_criterion,
     make_real_world,
@@ -180,11 +181,15 @@ def test_teacher_prompt_through_the_real_chat_template(smollm2):
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     row = make_real_world().train_rows[0]
-    messages = build_teacher_prompt(row["prompt"], row["rubric"], REAL_TEACHER_PROMPT_TEMPLATE, REAL_RENDER_STYLE)
+    messages = build_teacher_prompt(
+        row["prompt"], row["rubric"], REAL_TEACHER_PROMPT_TEMPLATE, REAL_RENDER_STYLE, REAL_TEACHER_PENALTIES
+    )
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     student = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    assert REAL_TEACHER_PENALTIES == "omit" and any(c["weight"] < 0 for c in row["rubric"])
     for criterion in row["rubric"]:
-        assert criterion["text"] in text and criterion["text"] not in student
+        # The world's teacher reads what a good answer contains; its penalties stay out of its view.
+        assert (criterion["text"] in text) == (criterion["weight"] > 0) and criterion["text"] not in student
     assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
 
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trl_rubric import losses
 from trl_rubric.testing import make_rubric_rows, rgsd_test_config
-from trl_rubric.trainers.rgsd import RGSDTrainer
+from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 
 
 def _config(tmp_path, **overrides):
@@ -162,7 +162,7 @@ def _confident_teacher(tmp_path, tiny_model_path):
 def test_mostly_clipped_window_warns_once_naming_the_fields(tiny_model_path, tmp_path, caplog):
     teacher = _confident_teacher(tmp_path, tiny_model_path)
     trainer = RGSDTrainer(
-        tiny_model_path, args=_config(tmp_path, max_steps=3), train_dataset=_dataset(8), teacher_model=teacher
+        tiny_model_path, args=_config(tmp_path, max_steps=3, token_clip=0.05), train_dataset=_dataset(8), teacher_model=teacher
     )
     with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
         trainer.train()
@@ -176,7 +176,7 @@ def test_confident_teacher_moves_the_weights_when_the_clip_keeps_gradients(tiny_
     teacher = _confident_teacher(tmp_path, tiny_model_path)
     trainer = RGSDTrainer(
         tiny_model_path,
-        args=_config(tmp_path, token_clip_mode="scale"),
+        args=_config(tmp_path, token_clip=0.05, token_clip_mode="scale"),
         train_dataset=_dataset(8),
         teacher_model=teacher,
     )
@@ -205,7 +205,7 @@ def test_per_entry_clip_trainer_loss_matches_a_naive_reference_and_learns(tiny_m
     teacher = _confident_teacher(tmp_path, tiny_model_path)
     trainer = RGSDTrainer(
         tiny_model_path,
-        args=_config(tmp_path, token_clip_mode="per_entry"),
+        args=_config(tmp_path, token_clip=0.05, token_clip_mode="per_entry"),
         train_dataset=_dataset(8),
         teacher_model=teacher,
     )
@@ -558,3 +558,17 @@ def test_separate_teacher_with_another_chat_template_warns(tiny_model_path, tmp_
     with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
         RGSDTrainer(tiny_model_path, args=_config(tmp_path), train_dataset=_dataset(), teacher_model=teacher)
     assert any("chat template differs" in r.getMessage() for r in caplog.records)
+
+
+def test_default_is_no_clip_and_every_token_gives_a_gradient(tiny_model_path, tmp_path):
+    """No clip by default (decided on SmolLM2, docs/benchmarks.md): the loss is the plain mean JSD and no token is
+    counted as clipped, even with a teacher far from the student."""
+    assert RGSDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).token_clip is None
+    teacher = _confident_teacher(tmp_path, tiny_model_path)
+    trainer = RGSDTrainer(
+        tiny_model_path, args=_config(tmp_path, max_steps=1), train_dataset=_dataset(4), teacher_model=teacher
+    )
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["rgsd/clipped_frac"] == 0 and log["rgsd/loss"] == pytest.approx(log["rgsd/divergence"], rel=1e-4)
+    assert log["rgsd/divergence"] > 0.05  # above the old clamp, so a 0.05 clip would have changed the loss

@@ -388,7 +388,7 @@ TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
     ),
     "sgsd": TeacherContextPreset(
         "skills",
-        settings={"teacher_combine": "sgsd_gate"},
+        settings={"teacher_combine": "sgsd_gate", "token_clip": 0.05},
         description="SGSD (arXiv 2605.28791): retrieved skills, K teachers combined by the verifier-gated loss",
     ),
     "rcsd": TeacherContextPreset(
