@@ -162,7 +162,10 @@ def _confident_teacher(tmp_path, tiny_model_path):
 def test_mostly_clipped_window_warns_once_naming_the_fields(tiny_model_path, tmp_path, caplog):
     teacher = _confident_teacher(tmp_path, tiny_model_path)
     trainer = RGSDTrainer(
-        tiny_model_path, args=_config(tmp_path, max_steps=3, token_clip=0.05), train_dataset=_dataset(8), teacher_model=teacher
+        tiny_model_path,
+        args=_config(tmp_path, max_steps=3, token_clip=0.05),
+        train_dataset=_dataset(8),
+        teacher_model=teacher,
     )
     with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
         trainer.train()

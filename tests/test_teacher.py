@@ -100,9 +100,11 @@ def test_showing_penalties_is_byte_identical_to_the_view_before_the_switch(style
     for rubric in (MIXED_RUBRIC, HEALTHBENCH_RUBRIC):
         shown = build_teacher_prompt(prompt, rubric, render_style=style, penalties="show")
         # The default is "omit" (decided on SmolLM2, see DEFAULT_TEACHER_PENALTIES).
-        assert build_teacher_prompt(prompt, rubric, render_style=style) == build_teacher_prompt(
-            prompt, rubric, render_style=style, penalties="omit"
-        ) != shown
+        assert (
+            build_teacher_prompt(prompt, rubric, render_style=style)
+            == build_teacher_prompt(prompt, rubric, render_style=style, penalties="omit")
+            != shown
+        )
         # ... and to the view built by hand from Rubric.render, as it was before the switch existed.
         rendered = Rubric.from_any(rubric).render(style)
         last = prompt if isinstance(prompt, str) else prompt[-1]["content"]
