@@ -51,7 +51,9 @@ def training_facts(trainer) -> dict[str, Any]:
             teacher=trainer.teacher_description,
             divergence=args.distillation_support,
             beta=args.distillation_beta,
-            token_clip=args.token_clip,
+            # "none" rather than a missing row: no clip is a choice the reader should see (the paper clips at 0.05).
+            token_clip="none" if args.token_clip is None else args.token_clip,
+            teacher_penalties=args.teacher_penalties,
             rollouts_per_prompt=args.num_generations,
             mask_thinking=args.mask_thinking,
             train_judge_calls=0,
