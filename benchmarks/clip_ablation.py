@@ -51,12 +51,11 @@ def main(argv=None) -> dict[str, Any]:
     os.environ.update(OFFLINE_ENV)
     import torch
     import transformers
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_rubric import RGSDConfig, RGSDTrainer
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
-    from trl_rubric.real import smollm2_path
+    from trl_rubric.real import lora_config, smollm2_path
     from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
 
     torch.set_num_threads(args.threads)
@@ -90,9 +89,9 @@ def main(argv=None) -> dict[str, Any]:
             results["runs"][setting] = {"skipped": str(e)}
             continue
         torch.manual_seed(args.seed)
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
-        trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora)
+        trainer = RGSDTrainer(
+            path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora_config()
+        )
         began = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - began

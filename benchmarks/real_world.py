@@ -118,14 +118,12 @@ def llama_cpp_server(gguf: str, timeout: float = 120.0):
 
 
 def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
-    from peft import LoraConfig
-
     from trl_rubric import RGSDConfig, RGSDTrainer, RubricGRPOConfig, RubricGRPOTrainer, RubricReward
+    from trl_rubric.real import lora_config
     from trl_rubric.real.world import REAL_TEACHER_VIEW
 
     P = args.prompts_per_step
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    lora = lora_config()
     common = dict(
         output_dir=output_dir, use_cpu=True, bf16=False, seed=args.seed, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", max_completion_length=args.max_completion_length,

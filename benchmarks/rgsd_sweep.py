@@ -105,29 +105,18 @@ def criterion_rates(examples) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
-def paired_delta(after, before, seed: int) -> dict[str, Any]:
-    from trl_rubric.evaluation import bootstrap_ci
-
-    pairs = [(a["score"], b["score"]) for a, b in zip(after.examples, before.examples, strict=True)
-             if a["score"] is not None and b["score"] is not None]  # fmt: skip
-    a, b = [x for x, _ in pairs], [y for _, y in pairs]
-    ci = bootstrap_ci(a, b, 1000, 0.95, seed)
-    return {"before": sum(b) / len(b), "after": sum(a) / len(a), "delta": (sum(a) - sum(b)) / len(a),
-            "delta_ci": list(ci) if ci else None, "n": len(pairs)}  # fmt: skip
-
-
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
     import torch
     import transformers
     from datasets import concatenate_datasets
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_rubric import RGSDConfig, RGSDTrainer
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
-    from trl_rubric.real import smollm2_path
+    from trl_rubric.real import lora_config, smollm2_path
+    from trl_rubric.real.demo import paired_delta
     from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
 
     torch.set_num_threads(args.threads)
@@ -186,9 +175,7 @@ def main(argv=None) -> dict[str, Any]:
             print(f"{name}: skipped: {e}", flush=True)
             results["runs"][name] = {"skipped": str(e)}
             continue
-        lora = None if full else LoraConfig(
-            r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+        lora = None if full else lora_config(r)
         torch.manual_seed(args.seed)
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
         trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora)

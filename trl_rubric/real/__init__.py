@@ -7,7 +7,7 @@ rubric world whose every criterion a rule judge checks exactly.
     world = make_real_world()      # train / held-out questions, split by topic
 """
 
-from .model import SMOLLM2_SCHEME, RealModelError, gguf_path, resolve_model_alias, smollm2_path
+from .model import SMOLLM2_SCHEME, RealModelError, gguf_path, lora_config, resolve_model_alias, smollm2_path
 from .world import REAL_TEACHER_PROMPT_TEMPLATE, RealWorld, make_real_world
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "RealModelError",
     "RealWorld",
     "gguf_path",
+    "lora_config",
     "make_real_world",
     "resolve_model_alias",
     "smollm2_path",

@@ -74,7 +74,7 @@ def _score(model, tokenizer, dataset, judge, seed: int):
     )
 
 
-def _paired(after, before, seed: int) -> dict[str, Any]:
+def paired_delta(after, before, seed: int) -> dict[str, Any]:
     """Mean score before and after, and the paired bootstrap interval of the difference (same prompts, same seed)."""
     from ..evaluation import bootstrap_ci
 
@@ -98,13 +98,12 @@ def run_real_demo(args) -> dict[str, Any]:
     """Run the real-model demo with the toy demo's options (`DemoArguments`) and return `results.json`'s content."""
     import torch
     from datasets import concatenate_datasets
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..evaluation import conditioning_gap, select_examples
     from ..scripts.demo import demo_rgsd_config, report_demo
     from ..trainers.rgsd import RGSDTrainer
-    from .model import smollm2_path
+    from .model import lora_config, smollm2_path
     from .world import REAL_TEACHER_VIEW, make_real_world
 
     # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
@@ -176,15 +175,8 @@ def run_real_demo(args) -> dict[str, Any]:
         gradient_checkpointing=False,
         logging_steps=1,
     )
-    lora = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        task_type="CAUSAL_LM",
-    )
     trainer = RGSDTrainer(
-        path, args=config, train_dataset=world.train_dataset(), processing_class=tokenizer, peft_config=lora
+        path, args=config, train_dataset=world.train_dataset(), processing_class=tokenizer, peft_config=lora_config()
     )
     curve = [{"step": 0, "seconds": 0.0, "score": base_score}]
     if budget.curve_every:
@@ -202,8 +194,8 @@ def run_real_demo(args) -> dict[str, Any]:
     rgsd_train = _score(student, tokenizer, train, judge, args.seed + 1)
     base_heldout = _score(base, tokenizer, heldout, judge, args.seed + 2)
     rgsd_heldout = _score(student, tokenizer, heldout, judge, args.seed + 2)
-    train_delta = _paired(rgsd_train, gap.without_rubric, args.seed)
-    heldout_delta = _paired(rgsd_heldout, base_heldout, args.seed)
+    train_delta = paired_delta(rgsd_train, gap.without_rubric, args.seed)
+    heldout_delta = paired_delta(rgsd_heldout, base_heldout, args.seed)
     curve.append({"step": steps, "seconds": train_seconds, "score": rgsd_train.metrics.weighted_score})
     gap_size = teacher_score - base_score
     rgsd_score = rgsd_train.metrics.weighted_score

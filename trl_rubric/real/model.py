@@ -126,3 +126,16 @@ def resolve_model_alias(name: str) -> str:
     if name.startswith(SMOLLM2_SCHEME):
         raise ValueError(f"model {name!r}: expected smollm2:// (the converted SmolLM2-135M-Instruct)")
     return name
+
+
+def lora_config(r: int = 16):
+    """The LoRA adapter the SmolLM2 demo, recipe and benchmarks train: rank `r` (alpha 2r) on every projection."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
