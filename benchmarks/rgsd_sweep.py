@@ -145,6 +145,11 @@ def main(argv=None) -> dict[str, Any]:
         "teacher_train": gap.score_with_rubric,
         "gap_train": gap.gap,
         "gap_train_ci": gap.gap_ci,
+        "responses": {
+            "base_train": [ex["response"] for ex in gap.without_rubric.examples],
+            "teacher_train": [ex["response"] for ex in gap.with_rubric.examples],
+            "base_heldout": [ex["response"] for ex in base_eval["heldout"].examples],
+        },
         "criteria": {
             "base_train": criterion_rates(gap.without_rubric.examples),
             "teacher_train": criterion_rates(gap.with_rubric.examples),
@@ -193,6 +198,8 @@ def main(argv=None) -> dict[str, Any]:
             row[split]["length"] = res.metrics.mean_length
             # Per answer, in the shared order: two settings can be compared with each other, paired, afterwards.
             row[split]["scores"] = [ex["score"] for ex in res.examples]
+            # The answers themselves, so degeneration (repeated lines, echoed rubric text) can be read and scored later.
+            row[split]["responses"] = [ex["response"] for ex in res.examples]
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
         view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
