@@ -18,12 +18,14 @@ COMMANDS = {
     "gap": "Conditioning-gap preflight: does the model do better when it sees the rubric?",
     "demo": "Offline toy world: prepare a tiny model, train it with RGSD, and report.",
     "env": "Print library versions for bug reports.",
+    "judge-check": "Check a judge's verdicts against labelled verdicts or a second judge (kappa, bias).",
 }
 
 
 def _usage() -> str:
     lines = [f"usage: trl-rubric <command> [options]   (trl-rubric {__version__})", "", "commands:"]
-    lines += [f"  {name:<6} {help_}" for name, help_ in COMMANDS.items()]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "Run `trl-rubric <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -40,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"trl-rubric: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # `judge-check` lives in `trl_rubric.scripts.judge_check`: module names cannot hold a dash.
+    module_name = f"trl_rubric.scripts.{command.replace('-', '_')}"
     try:
-        module = importlib.import_module(f"trl_rubric.scripts.{command}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name != f"trl_rubric.scripts.{command}":
+        if e.name != module_name:
             raise
         print(f"trl-rubric: command {command!r} is not available in this build", file=sys.stderr)
         return 2
