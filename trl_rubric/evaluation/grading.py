@@ -31,7 +31,7 @@ class EvalResult:
         metrics: Dataset-level [`EvalMetrics`].
         examples: One dict per example: `index`, `prompt` (text), `response`, `score`, `unweighted_score`, `strict`,
             `num_tokens`, `truncated`, `failed`, `judge_error` and `criteria` (a list of `{text, weight, category,
-            verdict}`).
+            title, tags, verdict}`).
         config: The settings that produced it (generation, judge, dataset), for the record.
     """
 
@@ -118,7 +118,8 @@ def _grade_examples(
                 "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
                 "judge_error": grade.error,
                 "criteria": [
-                    {"text": c.text, "weight": c.weight, "category": c.category, "verdict": v}
+                    # The full criterion (title and tags too), so the rows can be regraded or used as labels.
+                    {**c.to_dict(), "verdict": v}
                     for c, v in zip(rubric, verdicts, strict=True)
                 ],
             }
