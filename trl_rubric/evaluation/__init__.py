@@ -16,13 +16,20 @@ Scores follow [`Rubric.score`]: per example, the sum of the weights of met crite
 positive weights, leaving unknown verdicts out; dataset means are clipped to [0, 1] as HealthBench does.
 
 The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters), `grading`
-([`evaluate`]), `metrics` ([`summarize`]), `stats` (bootstrap), `gap` ([`conditioning_gap`]), `verdict` (its
-plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report` (output files).
+([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `stats`
+(bootstrap), `gap` ([`conditioning_gap`]), `verdict` (its plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report` (output files).
 Everything is importable from `trl_rubric.evaluation` as before.
 """
 
 from __future__ import annotations
 
+from .degeneration import (
+    DEGENERATION_FLAGS,
+    META_TALK_PATTERNS,
+    Degeneration,
+    degeneration,
+    degeneration_rates,
+)
 from .errors import EvaluationError
 from .gap import GapResult, conditioning_gap
 from .generation import (
@@ -44,6 +51,9 @@ from .token_view_html import write_token_view_html
 from .verdict import gap_verdict
 
 __all__ = [
+    "DEGENERATION_FLAGS",
+    "META_TALK_PATTERNS",
+    "Degeneration",
     "UNCATEGORIZED",
     "EvalMetrics",
     "EvalResult",
@@ -56,6 +66,8 @@ __all__ = [
     "bootstrap_ci",
     "check_model_path",
     "conditioning_gap",
+    "degeneration",
+    "degeneration_rates",
     "evaluate",
     "format_prompt",
     "gap_verdict",

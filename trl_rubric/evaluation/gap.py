@@ -46,6 +46,8 @@ class GapResult:
         n_examples: Prompts sampled.
         n_paired: Prompts scored in both views.
         verdict: Plain-language lines: whether RGSD has something to distill, and any length warning.
+        (`to_dict()["degeneration"]` holds each view's degeneration rates: the teacher's own rate is the "with
+        rubric" one, and RGSD distils it.)
         recommend_rgsd: `False` when the gap is small or not clearly above 0.
         length_warning: `True` when the rubric makes answers much longer.
         without_rubric, with_rubric: Full [`EvalResult`] of each view.
@@ -87,6 +89,10 @@ class GapResult:
             "recommend_rgsd": self.recommend_rgsd,
             "length_warning": self.length_warning,
             "verdict": self.verdict,
+            "degeneration": {
+                "without_rubric": self.without_rubric.metrics.degeneration,
+                "with_rubric": self.with_rubric.metrics.degeneration,
+            },
             "without_rubric": self.without_rubric.metrics.to_dict(),
             "with_rubric": self.with_rubric.metrics.to_dict(),
             "settings": self.settings,
@@ -109,6 +115,8 @@ class GapResult:
                     "num_tokens_with_rubric": b["num_tokens"],
                     "response_without_rubric": a["response"],
                     "response_with_rubric": b["response"],
+                    "degenerate_without_rubric": a.get("degeneration", {}).get("degenerate"),
+                    "degenerate_with_rubric": b.get("degeneration", {}).get("degenerate"),
                 }
             )
         return rows

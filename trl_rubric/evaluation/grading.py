@@ -7,6 +7,7 @@ from typing import Any
 
 from ..judges.base import RubricJudge, prompt_to_text
 from ..rubric import Rubric
+from .degeneration import degeneration
 from .errors import EvaluationError
 from .generation import GenerateFn, Generations, _as_generations, generate_responses
 from .loading import _resolve_model
@@ -30,8 +31,9 @@ class EvalResult:
     Attributes:
         metrics: Dataset-level [`EvalMetrics`].
         examples: One dict per example: `index`, `prompt` (text), `response`, `score`, `unweighted_score`, `strict`,
-            `num_tokens`, `truncated`, `failed`, `judge_error` and `criteria` (a list of `{text, weight, category,
-            title, tags, verdict}`).
+            `num_tokens`, `truncated`, `failed`, `judge_error`, `degeneration` (the flags of
+            `trl_rubric.evaluation.degeneration`) and `criteria` (a list of `{text, weight, category, title, tags,
+            verdict}`).
         config: The settings that produced it (generation, judge, dataset), for the record.
     """
 
@@ -97,7 +99,9 @@ def _grade_examples(
     grades = judge.grade_many_sync(
         prompts, generations.texts, rubrics, max_concurrency=max_concurrency, progress=progress
     )
-    metrics = summarize(grades, rubrics, generations.lengths, n_bootstrap, confidence_level, seed)
+    metrics = summarize(
+        grades, rubrics, generations.lengths, n_bootstrap, confidence_level, seed, responses=generations.texts
+    )
     examples = []
     for i, (prompt, grade, rubric) in enumerate(zip(prompts, grades, rubrics, strict=True)):
         rubric = Rubric.from_any(rubric)
@@ -117,6 +121,7 @@ def _grade_examples(
                 "failed": grade.score is None or score is None,
                 "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
                 "judge_error": grade.error,
+                "degeneration": degeneration(generations.texts[i] or "", rubric).to_dict(),
                 "criteria": [
                     # The full criterion (title and tags too), so the rows can be regraded or used as labels.
                     {**c.to_dict(), "verdict": v}

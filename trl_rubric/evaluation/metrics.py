@@ -4,11 +4,12 @@ rates, lengths and judge failures ([`summarize`])."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..judges.base import Grade
 from ..rubric import Rubric
+from .degeneration import degeneration_rates
 from .stats import _clip01, _mean, _median, bootstrap_ci
 
 #: Criteria with no category are reported under this name.
@@ -38,6 +39,10 @@ class EvalMetrics:
             (`"reward"`, `"penalty"` or `"mixed"`); for a penalty category a lower `met_rate` is better.
         by_tag: The same per criterion tag (HealthBench `axis:`/`level:` tags, ...); `rule:` check tags are skipped.
         confidence_level: Coverage of `weighted_score_ci`.
+        by_criterion: The same per criterion title (the criterion's text when it has no title): which criteria moved.
+        degeneration: Shares of answers that repeat a line, copy rubric text, talk about the requirements, and any of
+            them (`repeats_line`, `copies_rubric`, `meta_talk`, `degenerate`, `n`; see
+            `trl_rubric.evaluation.degeneration`); `None` when the answers were not given.
     """
 
     n_examples: int
@@ -55,6 +60,8 @@ class EvalMetrics:
     by_category: dict[str, dict[str, Any]]
     by_tag: dict[str, dict[str, Any]]
     confidence_level: float = 0.95
+    by_criterion: dict[str, dict[str, Any]] = field(default_factory=dict)
+    degeneration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -113,6 +120,7 @@ def summarize(
     n_bootstrap: int = 1000,
     confidence_level: float = 0.95,
     seed: int = 0,
+    responses: Sequence[str] | None = None,
 ) -> EvalMetrics:
     """Dataset metrics from grades, rubrics and response lengths. A pure function: same inputs, same numbers.
 
@@ -136,18 +144,23 @@ def summarize(
         n_bootstrap: Bootstrap resamples for `weighted_score_ci`; `0` skips it.
         confidence_level: Coverage of the interval.
         seed: Seed of the bootstrap.
+        responses: The answers themselves; when given, `degeneration` holds their degeneration rates against their
+            rubrics ([`degeneration_rates`]).
 
     Returns:
         [`EvalMetrics`].
     """
     if not (len(grades) == len(rubrics) == len(lengths)):
         raise ValueError(f"summarize got {len(grades)} grades, {len(rubrics)} rubrics and {len(lengths)} lengths")
+    if responses is not None and len(responses) != len(grades):
+        raise ValueError(f"summarize got {len(grades)} grades and {len(responses)} responses")
     n = len(grades)
     weighted, unweighted = [], []
     strict_known, strict_met = 0, 0
     failures = unknown_verdicts = total_verdicts = 0
     categories: dict[str, dict[str, Any]] = {}
     tags: dict[str, dict[str, Any]] = {}
+    titles: dict[str, dict[str, Any]] = {}
 
     def count(groups, key, criterion, verdict):
         g = groups.setdefault(key, {"n": 0, "met": 0, "weight": 0.0, "pos": 0, "neg": 0})
@@ -184,6 +197,7 @@ def summarize(
             strict_met += int(strict)
         for criterion, verdict in zip(rubric, grade.verdicts, strict=True):
             count(categories, criterion.category or UNCATEGORIZED, criterion, verdict)
+            count(titles, criterion.title or criterion.text, criterion, verdict)
             for tag in criterion.tags:
                 if not tag.startswith("rule:"):
                     count(tags, tag, criterion, verdict)
@@ -206,4 +220,6 @@ def summarize(
         by_category=_group_rates(categories),
         by_tag=_group_rates(tags),
         confidence_level=confidence_level,
+        by_criterion=_group_rates(titles),
+        degeneration=degeneration_rates(list(responses), list(rubrics)) if responses is not None else None,
     )

@@ -34,6 +34,29 @@ def _group_table(title: str, groups: Mapping[str, Mapping[str, Any]], level: int
     return [*lines, ""]
 
 
+#: Row labels of the degeneration table, by flag name.
+_DEGENERATION_LABELS = {
+    "repeats_line": "repeats a line or list item",
+    "copies_rubric": "copies rubric text",
+    "meta_talk": "speaks of requirements",
+    "degenerate": "any of these (degenerate)",
+}
+
+
+def degeneration_markdown(columns: Mapping[str, Mapping[str, Any] | None], level: int = 2) -> list[str]:
+    """A table of degeneration rates, one column per set of answers (`{column title: degeneration_rates(...)}`)."""
+    columns = {k: v for k, v in columns.items() if v}
+    if not columns:
+        return []
+    head = " | ".join(columns)
+    lines = [f"{'#' * level} Degeneration", "", f"| share of answers that | {head} |",
+             "|---|" + "---:|" * len(columns)]  # fmt: skip
+    for name, label in _DEGENERATION_LABELS.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(c.get(name), pct=True) for c in columns.values()) + " |")
+    lines += ["", "Definitions and thresholds: `trl_rubric.evaluation.degeneration` (docs/evaluation.md).", ""]
+    return lines
+
+
 def metrics_markdown(metrics: EvalMetrics, level: int = 2) -> list[str]:
     """The metrics as Markdown table lines (used in `report.md`); breakdown headings at Markdown heading `level`."""
     ci = metrics.weighted_score_ci
@@ -54,7 +77,9 @@ def metrics_markdown(metrics: EvalMetrics, level: int = 2) -> list[str]:
     ]
     return [
         *lines,
+        *degeneration_markdown({"answers": metrics.degeneration}, level),
         *_group_table("By category", metrics.by_category, level),
+        *_group_table("By criterion", metrics.by_criterion, level),
         *_group_table("By tag", metrics.by_tag, level),
     ]
 
@@ -149,6 +174,12 @@ def write_gap_outputs(
         f"| length ratio (with / without) | {_fmt(result.length_ratio)} |",
         f"| prompts (scored in both views) | {result.n_examples} ({result.n_paired}) |",
         "",
+        *degeneration_markdown(
+            {
+                "without rubric (student's view)": result.without_rubric.metrics.degeneration,
+                "with rubric (teacher's view)": result.with_rubric.metrics.degeneration,
+            }
+        ),
         "## Without the rubric",
         "",
         *metrics_markdown(result.without_rubric.metrics, level=3),

@@ -1,0 +1,272 @@
+"""Degeneration flags (repeated lines, copied rubric text, meta-talk) against hand-labelled answers, and their place in
+the eval/gap metrics and reports."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from trl_rubric.evaluation.degeneration import (
+    META_TALK_PATTERNS,
+    _units,
+    copied_rubric_fraction,
+    copies_rubric,
+    degeneration,
+    degeneration_rates,
+    meta_talk,
+    repeats_line,
+)
+
+# Criteria of the SmolLM2 health and science world (trl_rubric.real.world), as the teacher saw them.
+RUBRIC = [
+    {"text": "Advises seeing a doctor if the symptoms persist or get worse.", "weight": 2.0, "title": "doctor"},
+    {"text": "Names one warning sign that needs emergency care right away.", "weight": 2.0, "title": "urgent"},
+    {"text": "Gives the answer as a numbered list (1., 2., 3.).", "weight": 2.0, "title": "numbered steps"},
+    {"text": "Gives an everyday example that starts with 'For example,'.", "weight": 2.0, "title": "example"},
+    {"text": "Mentions aloe vera.", "weight": 1.0, "title": "key term"},
+]
+
+CLEAN_LIST = (
+    "1. Crack the eggs into a bowl.\n2. Whisk them with a pinch of salt.\n"
+    "3. Cook on low heat, stirring gently.\n4. Take them off the heat while still soft."
+)
+
+# (answer, repeats_line, copies_rubric, meta_talk): labelled by hand. The first ones are quoted in issue 19 and
+# DESIGN.md ("How RGSD degenerates on a 135M model") or were written by SmolLM2-135M with the rubric in view.
+LABELLED = [
+    ("Tips:\n7. Use a different sentence.\n8. Use a different sentence.", True, False, False),
+    ("1.1. 2.1 3.1", True, False, False),
+    ("Steps:\n1.\n2.\n3.", True, False, False),
+    (
+        "1. How to make scrambled eggs creamy. 2. What to make scrambled eggs. 3. What to eat scrambled eggs.",
+        True,
+        False,
+        False,
+    ),
+    ("Your answer should contain a bullet point.", False, False, True),
+    ("Here's your answer:\nRest and drink fluids.", False, False, True),
+    ("Rest and drink fluids.\n\nThis answer meets the requirements.", False, False, True),
+    ("Rest, drink fluids and sleep. That is it, in under 60 words.", False, False, True),
+    (
+        "1. Gives an everyday example that starts with 'For example,'.\n2. Mentioning the rock cycle.\n"
+        "3. Mentioning the rock cycle.",
+        True,
+        True,
+        False,
+    ),
+    ("1. **In the year 2023**\n2. **In the year 2023**", True, False, False),
+    ("- Drink plenty of water every day.\n* drink plenty of water every day", True, False, False),
+    ("Rest as much as you can. Drink water. Rest as much as you can.", True, False, False),
+    # Clean answers that must not be flagged.
+    (CLEAN_LIST, False, False, False),
+    ("Aloe vera gel cools sunburned skin. For example, keep a bottle in the fridge.", False, False, False),
+    ("See a doctor if it hurts for more than a week, and go to the emergency room if you faint.", False, False, False),
+    ("A doctor should be consulted if the symptoms persist or get worse.", False, False, False),
+    ("1. Rest.\n2. Drink fluids.\n3.", False, False, False),  # cut off at the token limit: one empty marker
+    ("**Tips:**\n- Rest.\n**Tips:**\n- Drink.", False, False, False),  # a repeated one-word heading
+    ("Eat more vegetables.\nEat more fruit.", False, False, False),  # parallel, short, distinct
+    ("1. Boil water.\n2. Add the pasta.\n3. Stir after 2. Then drain it.", False, False, False),
+    ("---\nRest well.\n---", False, False, False),
+]
+
+
+@pytest.mark.parametrize(("answer", "repeats", "copies", "meta"), LABELLED)
+def test_flags_match_hand_labels(answer, repeats, copies, meta):
+    flags = degeneration(answer, RUBRIC)
+    assert (flags.repeats_line, flags.copies_rubric, flags.meta_talk) == (repeats, copies, meta)
+    assert flags.degenerate == (repeats or copies or meta)
+    assert flags.to_dict()["degenerate"] == flags.degenerate
+
+
+def test_list_markers_are_stripped_before_lines_are_compared():
+    # The same item under new numbers is a repeat; without marker stripping "7. x" and "8. x" differ.
+    assert repeats_line("7. Use a different sentence.\n8. Use a different sentence.")
+    assert repeats_line("1) Rest in a quiet room\n2) rest in a quiet room!")
+    assert repeats_line("a) Rest in a quiet room\nb) Rest in a quiet room")
+    assert repeats_line("• Rest in a quiet room\n• Rest in a quiet room")
+    assert not repeats_line("7. Use a different sentence.\n8. Use a shorter word.")
+
+
+def test_near_repeats_can_be_turned_off():
+    eggs = "1. What to make scrambled eggs.\n2. What to eat scrambled eggs."
+    assert repeats_line(eggs)
+    assert not repeats_line(eggs, near_min_words=0)
+
+
+def test_one_trailing_empty_item_is_not_a_list_of_empty_items():
+    assert not repeats_line("1. Rest.\n2. Drink fluids.\n3.")
+    assert repeats_line("1. Rest.\n2.\n3.")
+    assert not repeats_line("1. Rest.\n2.\n3.", min_empty_items=0)
+
+
+def _reference_repeats(answer, min_words=3, near_min_words=5):
+    """Plain pairwise comparison of every two units (the fast path uses masked-key sets)."""
+    units, empty = _units(answer)
+    if empty >= 2:
+        return True
+    for a, b in itertools.combinations(units, 2):
+        if a == b and len(a) >= min_words:
+            return True
+        if len(a) == len(b) >= near_min_words and sum(x != y for x, y in zip(a, b, strict=True)) <= 1:
+            return True
+    return False
+
+
+def test_repeats_line_matches_a_pairwise_reference():
+    rng = random.Random(0)
+    vocab = ["rest", "drink", "water", "sleep", "early", "doctor", "the", "a", "eggs", "slowly"]
+    for _ in range(300):
+        lines = []
+        for i in range(rng.randint(1, 5)):
+            words = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 7)))
+            lines.append(f"{rng.choice(['', f'{i + 1}. ', '- ', '* '])}{words}.")
+        answer = "\n".join(lines)
+        assert repeats_line(answer) == _reference_repeats(answer), answer
+
+
+def _reference_copied_fraction(answer, criteria, min_words=5):
+    """Longest common run of words by the textbook quadratic table."""
+    import re
+
+    def words(t):
+        return re.findall(r"[^\W_]+", t.lower())
+
+    a = words(answer)
+    best = 0.0
+    for text in criteria:
+        c = words(text)
+        longest = 0
+        table = [[0] * (len(a) + 1) for _ in range(len(c) + 1)]
+        for i in range(1, len(c) + 1):
+            for j in range(1, len(a) + 1):
+                if c[i - 1] == a[j - 1]:
+                    table[i][j] = table[i - 1][j - 1] + 1
+                    longest = max(longest, table[i][j])
+        if longest >= min_words and len(c) >= min_words:
+            best = max(best, longest / len(c))
+    return best
+
+
+def test_copied_fraction_matches_a_longest_common_run_reference():
+    rng = random.Random(1)
+    texts = [c["text"] for c in RUBRIC]
+    pool = " ".join(texts).lower().replace(".", "").split() + ["rest", "water", "sleep"]
+    for _ in range(200):
+        answer = " ".join(rng.choice(pool) for _ in range(rng.randint(3, 30)))
+        if rng.random() < 0.5:  # paste part of a criterion in the middle
+            words = rng.choice(texts).split()
+            k = rng.randint(1, len(words))
+            answer += " " + " ".join(words[:k]) + " and more"
+        assert copied_rubric_fraction(answer, texts) == pytest.approx(_reference_copied_fraction(answer, texts))
+
+
+def test_a_key_term_from_a_criterion_is_not_copying():
+    assert copied_rubric_fraction("Put aloe vera on it.", RUBRIC) == 0.0
+    assert not copies_rubric("1. Rest.\n2. See a doctor.\n3. For example, drink tea.", RUBRIC)
+
+
+def test_copy_threshold_is_a_parameter():
+    answer = "A doctor should be consulted if the symptoms persist or get worse."  # 7 of 11 criterion words
+    assert copied_rubric_fraction(answer, RUBRIC) == pytest.approx(7 / 11)
+    assert not copies_rubric(answer, RUBRIC)
+    assert copies_rubric(answer, RUBRIC, threshold=0.6)
+    assert not copies_rubric(answer, RUBRIC, threshold=0.6, min_words=8)
+    with pytest.raises(ValueError, match="copy threshold"):
+        copies_rubric(answer, RUBRIC, threshold=0)
+
+
+def test_rubric_forms_are_all_read():
+    from trl_rubric.rubric import Rubric
+
+    pasted = "Gives the answer as a numbered list (1., 2., 3.)."
+    for rubric in (RUBRIC, Rubric.from_any(RUBRIC), [c["text"] for c in RUBRIC], RUBRIC[2]["text"]):
+        assert copies_rubric(pasted, rubric)
+    assert not copies_rubric(pasted, None)
+
+
+def test_meta_talk_patterns_are_a_parameter():
+    assert meta_talk("It meets every requirement.")
+    assert not meta_talk("It meets every requirement.", patterns=[r"\bbanana\b"])
+    assert meta_talk("I like a banana.", patterns=[("fruit", r"\bbanana\b")])
+    assert all(isinstance(name, str) and isinstance(regex, str) for name, regex in META_TALK_PATTERNS)
+
+
+def test_rates_are_shares_of_answers():
+    answers = [CLEAN_LIST, "1.1. 2.1 3.1", "Your answer should be short.", "Gives the answer as a numbered list."]
+    rates = degeneration_rates(answers, [RUBRIC] * 4)
+    assert rates == {"repeats_line": 0.25, "copies_rubric": 0.25, "meta_talk": 0.25, "degenerate": 0.75, "n": 4}
+    assert degeneration_rates([], [])["degenerate"] is None
+    with pytest.raises(ValueError, match="3 answers and 1 rubrics"):
+        degeneration_rates(["a", "b", "c"], [RUBRIC])
+
+
+def test_a_training_step_of_completions_is_cheap():
+    import time
+
+    answer = "\n".join(
+        f"{i}. Drink some water and rest in a quiet room for a while to feel better." for i in range(12)
+    )
+    start = time.perf_counter()
+    degeneration_rates([answer] * 64, [RUBRIC] * 64)
+    # 64 long answers against 5 criteria: well under a second even on a loaded 2-core machine (about 30 ms idle).
+    assert time.perf_counter() - start < 2.0
+
+
+def test_eval_metrics_carry_degeneration_and_per_criterion_rates(tmp_path):
+    from trl_rubric.evaluation import evaluate, write_eval_outputs
+    from trl_rubric.judges.base import Grade, RubricJudge
+
+    class MetEverySecond(RubricJudge):
+        async def _grade(self, prompt, response, rubric):
+            return Grade.from_verdicts(rubric, [i % 2 == 0 for i in range(len(rubric))])
+
+    rows = [{"prompt": f"q{i}", "rubric": RUBRIC} for i in range(4)]
+    answers = [CLEAN_LIST, "1.1. 2.1 3.1", CLEAN_LIST, "Here is your answer: rest."]
+    result = evaluate(None, rows, MetEverySecond(), generate_fn=lambda ps: answers, progress=False, n_bootstrap=0)
+    assert result.metrics.degeneration["degenerate"] == 0.5
+    assert result.metrics.degeneration["repeats_line"] == 0.25
+    assert result.metrics.by_criterion["doctor"]["met_rate"] == 1.0
+    assert result.metrics.by_criterion["urgent"]["met_rate"] == 0.0
+    flags = [row["degeneration"]["degenerate"] for row in result.examples]
+    assert sorted(flags) == [False, False, True, True]
+    files = write_eval_outputs(result, tmp_path, plots=False)
+    report = open(files["report"]).read()
+    assert "speaks of requirements" in report and "By criterion" in report and "| urgent | 4 | 0.0% |" in report
+    import json
+
+    saved = json.load(open(files["results"]))
+    assert saved["degeneration"]["degenerate"] == 0.5 and "numbered steps" in saved["by_criterion"]
+
+
+def test_gap_reports_the_teachers_own_degeneration(tmp_path):
+    import json
+
+    from trl_rubric.evaluation import conditioning_gap, write_gap_outputs
+    from trl_rubric.judges import RuleJudge
+
+    rubric = [{"text": "Says that the kettle boils water in about three minutes.", "weight": 1.0,
+               "title": "kettle", "tags": ["rule:contains:kettle"]}]  # fmt: skip
+
+    def generate(prompts):
+        # The teacher's view holds the rubric: this "model" pastes it, as SmolLM2's teacher did; the student answers.
+        return [
+            "1. Says that the kettle boils water in about three minutes.\n2. It meets the requirements."
+            if "kettle boils" in str(p)
+            else "Fill it and switch it on."
+            for p in prompts
+        ]
+
+    rows = [{"prompt": f"How do I boil water, way {i}?", "rubric": rubric} for i in range(3)]
+    result = conditioning_gap(None, rows, RuleJudge(), n_samples=None, generate_fn=generate, n_bootstrap=0,
+                              progress=False)  # fmt: skip
+    rates = result.to_dict()["degeneration"]
+    assert rates["without_rubric"]["degenerate"] == 0.0
+    assert rates["with_rubric"]["copies_rubric"] == 1.0 and rates["with_rubric"]["meta_talk"] == 1.0
+    assert result.to_dict()["with_rubric"]["by_criterion"]["kettle"]["met_rate"] == 1.0
+    assert [r["degenerate_with_rubric"] for r in result.table()] == [True] * 3
+    files = write_gap_outputs(result, tmp_path, plots=False)
+    report = open(files["report"]).read()
+    assert "| copies rubric text | 0.0% | 100.0% |" in report
+    assert json.load(open(files["results"]))["degeneration"]["with_rubric"]["degenerate"] == 1.0

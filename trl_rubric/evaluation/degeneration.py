@@ -1,0 +1,237 @@
+"""Degeneration flags for one answer: repeated lines, rubric text copied in, talk about the requirements.
+
+Self-distillation from a rubric-conditioned teacher copies what the teacher does with the rubric in view, including
+its failures: on SmolLM2-135M the teacher (and then the student) wrote numbered lists whose items repeat under new
+numbers, lists of empty items, criterion text pasted into the answer, and lines about "the requirements". A rule judge
+rewards some of these; a user would not. These checks are pure string functions, cheap enough for every training
+step (a few microseconds per answer), and the one definition that `trl-rubric eval`, `gap`, the trainers' logs and
+the benchmarks share.
+
+- **repeats_line**: the answer is cut into units (lines, inline numbered items such as "1. ... 2. ...", and sentences);
+  each unit is compared after stripping list markers ("1.", "2)", "1.1.", "-", "*", "•", "a)"), Markdown emphasis,
+  punctuation, case and whitespace. Flagged when two units of at least `min_words` words are equal, when two units of
+  at least `near_min_words` words differ by one substituted word ("What to make scrambled eggs." / "What to eat
+  scrambled eggs."), or when the answer holds `min_empty_items` or more list markers with nothing after them
+  ("1.1. 2.1 3.1"). One trailing empty marker (an answer cut off at the token limit) is not enough.
+- **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
+  normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
+  criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
+  aloe vera"), so a few shared words are what meeting the criterion looks like; pasting most of a criterion's own
+  sentence is not. Defaults 5 words and 0.7, set on SmolLM2 teacher answers: pasted criteria ("1. Gives an everyday
+  example that starts with ...", 7 of 10 words) reach 0.7 or more, while "A doctor should be consulted if the
+  symptoms persist or get worse." (7 of the 11 words of "Advises seeing a doctor if the symptoms persist or get
+  worse.", 0.64) reads as advice and stays unflagged. A restatement that keeps still more of a criterion's wording in
+  order ("see a doctor if the symptoms persist or get worse", 0.82) counts as copying by this rule.
+- **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): words such as "requirement", "criteria",
+  "rubric", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
+  word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
+  well-structured answer"). An everyday answer may say "nutritional requirements"; on SmolLM2's health and science
+  world the base model's rate was 0 (see docs/evaluation.md).
+- **degenerate**: any of the three.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from difflib import SequenceMatcher
+from typing import Any
+
+from ..rubric import Rubric
+
+#: Flag names, in the order reports list them; `degenerate` is "any of the others".
+DEGENERATION_FLAGS = ("repeats_line", "copies_rubric", "meta_talk", "degenerate")
+
+#: Meta-talk patterns: `(name, regex)`, matched case-insensitively anywhere in the answer. Each is phrasing an answer
+#: to the user has no reason to contain but a model that read its rubric does.
+META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("rubric words", r"\b(requirements?|criteri(on|a)|rubrics?)\b"),
+    (
+        "meets / follows the instructions",
+        r"\b(meets?|meeting|satisf(y|ies|ying)|follows?|fulfil+s?) (all |every |each )?"
+        r"(of )?(the |your |these |those )?(instructions?|guidelines?|constraints?|rules?)\b",
+    ),  # fmt: skip
+    ("here is your answer", r"(^|\n)\W*here('s| is| are) (is )?(your|the|my|an?) (\w+ )?(answers?|responses?)\b"),
+    ("the answer is:", r"(^|\n)\W*(so, )?the (answer|response) (to (this|your|the) question )?(is|would be)\s*:"),
+    ("your answer should", r"\b(your|the|my|this) (answer|response) (should|must|needs? to|has to|will)\b"),
+    ("this answer", r"\b(this|my) (answer|response|list)\b|\bthis is an? ([\w-]+,? ){0,4}(answer|response)\b"),
+    ("the answer below", r"\b(the|this) (answer|response) (below|above)\b"),
+    ("as requested", r"\b(requested|as required|as instructed)\b"),
+    ("word count", r"\b(word (limit|count)|(under|fewer than|less than|within|at most) \d+ words)\b"),
+    ("do not mention", r"\b(do not|don't|without) mention(ing)?\b"),
+)
+
+_MARKER = re.compile(
+    r"^(?:[-*•·+–—>]|#+|\(?\d{1,3}(?:\.\d{1,3})*[.):]?\)?|\(?[a-zA-Z][.)]|\*\*\d+[.)]\*\*)(?=\s|$)\s*"
+)
+_INLINE_ITEM = re.compile(r"(?:^|(?<=\s))(?=\d{1,2}[.)]\s)")
+_SENTENCE_END = re.compile(r"(?<=[A-Za-z)\]\"'][.!?])\s+(?=[A-Z\"'*(])")
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class Degeneration:
+    """The flags of one answer (see the module docstring for the definitions)."""
+
+    repeats_line: bool
+    copies_rubric: bool
+    meta_talk: bool
+
+    @property
+    def degenerate(self) -> bool:
+        return self.repeats_line or self.copies_rubric or self.meta_talk
+
+    def to_dict(self) -> dict[str, bool]:
+        return {**asdict(self), "degenerate": self.degenerate}
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _strip_markers(text: str) -> tuple[str, int]:
+    """The text without its leading list markers, and how many were stripped ("1.1. 2.1 3.1" -> ("", 3))."""
+    text = text.strip().replace("**", "").replace("__", "")
+    n = 0
+    while text:
+        m = _MARKER.match(text)
+        if not m or not m.group(0):
+            break
+        text = text[m.end() :]
+        n += 1
+    return text, n
+
+
+def _units(answer: str) -> tuple[list[tuple[str, ...]], int]:
+    """Normalised word tuples of the answer's lines, inline numbered items and sentences; and the count of empty
+    list items (markers with no words after them)."""
+    units: list[tuple[str, ...]] = []
+    empty = 0
+    for line in answer.splitlines():
+        for item in _INLINE_ITEM.split(line):
+            rest, n_markers = _strip_markers(item)
+            if not _words(rest):
+                if n_markers and not rest.strip(" .:;,!?"):
+                    empty += n_markers
+                continue
+            for sentence in _SENTENCE_END.split(rest):
+                words = tuple(_words(_strip_markers(sentence)[0]))
+                if words:
+                    units.append(words)
+    return units, empty
+
+
+def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2) -> bool:
+    """Whether the answer repeats a line, list item or sentence, or lists empty items (see the module docstring).
+
+    Args:
+        answer: The answer text.
+        min_words: Units shorter than this are ignored for exact repeats (headings such as "Tips:").
+        near_min_words: Units at least this long also count as repeats when they differ by one substituted word;
+            `0` turns near-repeats off.
+        min_empty_items: Empty list items needed to flag (one trailing marker of a truncated answer is not enough).
+    """
+    units, empty = _units(answer)
+    if min_empty_items and empty >= min_empty_items:
+        return True
+    seen: set[tuple[str, ...]] = set()
+    near: dict[tuple[Any, ...], None] = {}
+    for words in units:
+        if len(words) >= min_words:
+            if words in seen:
+                return True
+            seen.add(words)
+        if near_min_words and len(words) >= near_min_words:
+            # Two units equal up to one substituted word share one of these masked keys.
+            for i in range(len(words)):
+                key = (i, words[:i], words[i + 1 :])
+                if key in near:
+                    return True
+                near[key] = None
+    return False
+
+
+def _criterion_texts(rubric: Any) -> list[str]:
+    if rubric is None:
+        return []
+    if isinstance(rubric, str):
+        return [rubric]
+    if isinstance(rubric, Sequence) and all(isinstance(c, str) for c in rubric):
+        return [c for c in rubric if c]
+    return [c.text for c in Rubric.from_any(rubric) if c.text]
+
+
+def copied_rubric_fraction(answer: str, rubric: Any, min_words: int = 5) -> float:
+    """The largest share of one criterion's words that the answer repeats as one consecutive run (0 when no run of
+    `min_words` words is shared). `rubric`: a `Rubric`, a list of criterion dicts or texts, or one text."""
+    answer_words = _words(answer)
+    best = 0.0
+    for text in _criterion_texts(rubric):
+        words = _words(text)
+        if len(words) < min_words or len(answer_words) < min_words:
+            continue
+        match = SequenceMatcher(None, words, answer_words, autojunk=False).find_longest_match(
+            0, len(words), 0, len(answer_words)
+        )
+        if match.size >= min_words:
+            best = max(best, match.size / len(words))
+    return best
+
+
+def copies_rubric(answer: str, rubric: Any, threshold: float = 0.7, min_words: int = 5) -> bool:
+    """Whether the answer pastes most of a criterion's text (see [`copied_rubric_fraction`])."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"copy threshold is {threshold}; expected a share in (0, 1]")
+    return copied_rubric_fraction(answer, rubric, min_words) >= threshold
+
+
+def _compiled(patterns: Iterable[tuple[str, str] | str]) -> list[re.Pattern]:
+    return [re.compile(p[1] if isinstance(p, tuple) else p, re.IGNORECASE) for p in patterns]
+
+
+_META_DEFAULT = _compiled(META_TALK_PATTERNS)
+
+
+def meta_talk(answer: str, patterns: Sequence[tuple[str, str] | str] | None = None) -> bool:
+    """Whether the answer talks about its requirements: any of `patterns` (default [`META_TALK_PATTERNS`]) matches."""
+    compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
+    return any(p.search(answer) for p in compiled)
+
+
+def degeneration(
+    answer: str,
+    rubric: Any = None,
+    copy_threshold: float = 0.7,
+    copy_min_words: int = 5,
+    meta_patterns: Sequence[tuple[str, str] | str] | None = None,
+) -> Degeneration:
+    """The three flags of one answer against its rubric (the criteria it was written for; `None` skips copying).
+
+    Args:
+        answer: The answer text (the completion only, never the prompt).
+        rubric: A `Rubric`, a list of criterion dicts or texts, or `None`.
+        copy_threshold: Share of a criterion's words an answer must repeat in one run to count as copying.
+        copy_min_words: Shortest shared run that counts.
+        meta_patterns: Meta-talk regular expressions (default [`META_TALK_PATTERNS`]).
+    """
+    return Degeneration(
+        repeats_line=repeats_line(answer),
+        copies_rubric=copies_rubric(answer, rubric, copy_threshold, copy_min_words),
+        meta_talk=meta_talk(answer, meta_patterns),
+    )
+
+
+def degeneration_rates(answers: Sequence[str], rubrics: Sequence[Any] | None = None, **kwargs) -> dict[str, Any]:
+    """Shares of `answers` flagged by each check, plus `n` (answers counted); each share is `None` when there are no
+    answers. `kwargs` go to [`degeneration`]."""
+    if rubrics is not None and len(rubrics) != len(answers):
+        raise ValueError(f"degeneration_rates got {len(answers)} answers and {len(rubrics)} rubrics")
+    flags = [
+        degeneration(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
+        for i, a in enumerate(answers)
+    ]
+    n = len(flags)
+    out: dict[str, Any] = {name: (sum(f[name] for f in flags) / n if n else None) for name in DEGENERATION_FLAGS}
+    out["n"] = n
+    return out
