@@ -10,6 +10,7 @@ import pytest
 
 from trl_rubric.evaluation.degeneration import (
     META_TALK_PATTERNS,
+    _loops,
     _units,
     copied_rubric_fraction,
     copies_rubric,
@@ -59,7 +60,19 @@ LABELLED = [
     ("1. **In the year 2023**\n2. **In the year 2023**", True, False, False),
     ("- Drink plenty of water every day.\n* drink plenty of water every day", True, False, False),
     ("Rest as much as you can. Drink water. Rest as much as you can.", True, False, False),
+    ("The seeds grow towards the growth of the growth of the growth of the light.", True, False, False),
+    ("No no no no no, never do that.", True, False, False),
+    ("1. Yes, you need a tetanus shot.\n2. Not mentioning any other requirements.", False, False, True),
+    ("Please provide the requested information.", False, False, True),
     # Clean answers that must not be flagged.
+    (
+        "Without water, plants cannot survive. It's a fundamental requirement for any living organism.",
+        False,
+        False,
+        False,
+    ),  # fmt: skip
+    ("Adults have higher nutritional requirements for iron during pregnancy.", False, False, False),
+    ("It is very, very cold. Wear a coat, a hat and gloves.", False, False, False),
     (CLEAN_LIST, False, False, False),
     ("Aloe vera gel cools sunburned skin. For example, keep a bottle in the fridge.", False, False, False),
     ("See a doctor if it hurts for more than a week, and go to the emergency room if you faint.", False, False, False),
@@ -89,6 +102,24 @@ def test_list_markers_are_stripped_before_lines_are_compared():
     assert not repeats_line("7. Use a different sentence.\n8. Use a shorter word.")
 
 
+def _reference_loops(words):
+    """A phrase of length p repeated three times in a row (or a word five times), by slicing."""
+    for p in range(1, 9):
+        reps = 5 if p == 1 else 3
+        for i in range(len(words) - reps * p + 1):
+            if all(words[i + k * p : i + (k + 1) * p] == words[i : i + p] for k in range(reps)):
+                return True
+    return False
+
+
+def test_phrase_loops_match_a_slicing_reference():
+    rng = random.Random(2)
+    for _ in range(500):
+        words = tuple(rng.choice("ab") for _ in range(rng.randint(0, 14)))
+        if len(words) // 3 >= 1:
+            assert _loops(words) == _reference_loops(words), words
+
+
 def test_near_repeats_can_be_turned_off():
     eggs = "1. What to make scrambled eggs.\n2. What to eat scrambled eggs."
     assert repeats_line(eggs)
@@ -104,7 +135,7 @@ def test_one_trailing_empty_item_is_not_a_list_of_empty_items():
 def _reference_repeats(answer, min_words=3, near_min_words=5):
     """Plain pairwise comparison of every two units (the fast path uses masked-key sets)."""
     units, empty = _units(answer)
-    if empty >= 2:
+    if empty >= 2 or any(_loops(u) for u in units):
         return True
     for a, b in itertools.combinations(units, 2):
         if a == b and len(a) >= min_words:

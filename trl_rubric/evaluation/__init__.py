@@ -17,7 +17,8 @@ positive weights, leaving unknown verdicts out; dataset means are clipped to [0,
 
 The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters), `grading`
 ([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `stats`
-(bootstrap), `gap` ([`conditioning_gap`]), `verdict` (its plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report` (output files).
+(bootstrap), `gap` ([`conditioning_gap`]), `verdict` (its plain-language reading), `token_view` (per-token
+log-ratios), `token_view_html`, `plots` and `report` (output files).
 Everything is importable from `trl_rubric.evaluation` as before.
 """
 

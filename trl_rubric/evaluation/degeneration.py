@@ -12,7 +12,9 @@ the benchmarks share.
   punctuation, case and whitespace. Flagged when two units of at least `min_words` words are equal, when two units of
   at least `near_min_words` words differ by one substituted word ("What to make scrambled eggs." / "What to eat
   scrambled eggs."), or when the answer holds `min_empty_items` or more list markers with nothing after them
-  ("1.1. 2.1 3.1"). One trailing empty marker (an answer cut off at the token limit) is not enough.
+  ("1.1. 2.1 3.1"), or when a unit loops on a phrase ("of the growth of the growth of the growth", a phrase three
+  times in a row, or one word five times). One trailing empty marker (an answer cut off at the token limit) is not
+  enough.
 - **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
   normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
   criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
@@ -22,11 +24,11 @@ the benchmarks share.
   symptoms persist or get worse." (7 of the 11 words of "Advises seeing a doctor if the symptoms persist or get
   worse.", 0.64) reads as advice and stays unflagged. A restatement that keeps still more of a criterion's wording in
   order ("see a doctor if the symptoms persist or get worse", 0.82) counts as copying by this rule.
-- **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): words such as "requirement", "criteria",
-  "rubric", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
+- **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): "criteria", "rubric", "the / every / three
+  requirements", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
   word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
-  well-structured answer"). An everyday answer may say "nutritional requirements"; on SmolLM2's health and science
-  world the base model's rate was 0 (see docs/evaluation.md).
+  well-structured answer"). "Requirement" alone is not enough: SmolLM2's base answers say "a fundamental requirement
+  for any living organism", and an everyday answer may say "nutritional requirements".
 - **degenerate**: any of the three.
 """
 
@@ -46,7 +48,14 @@ DEGENERATION_FLAGS = ("repeats_line", "copies_rubric", "meta_talk", "degenerate"
 #: Meta-talk patterns: `(name, regex)`, matched case-insensitively anywhere in the answer. Each is phrasing an answer
 #: to the user has no reason to contain but a model that read its rubric does.
 META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("rubric words", r"\b(requirements?|criteri(on|a)|rubrics?)\b"),
+    ("rubric words", r"\b(criteri(on|a)|rubrics?)\b"),
+    # "the requirements", "every requirement", "three requirements"; not "a fundamental requirement" or
+    # "nutritional requirements", which an everyday answer may say.
+    (
+        "the requirements",
+        r"\b(the|all|every|each|any|these|those|your|specified|listed|given|stated|above|following|"
+        r"other|two|three|four|five|six|\d+) requirements?\b",
+    ),  # fmt: skip
     (
         "meets / follows the instructions",
         r"\b(meets?|meeting|satisf(y|ies|ying)|follows?|fulfil+s?) (all |every |each )?"
@@ -122,6 +131,18 @@ def _units(answer: str) -> tuple[list[tuple[str, ...]], int]:
     return units, empty
 
 
+def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:
+    """Whether a phrase repeats three times in a row ("of the growth of the growth of the growth"), or one word five
+    times: a stretch where `words[i] == words[i + p]` holds for at least `max(2 p, 4)` consecutive `i`."""
+    for p in range(1, min(max_period, len(words) // 3) + 1):
+        run = 0
+        for i in range(len(words) - p):
+            run = run + 1 if words[i] == words[i + p] else 0
+            if run >= max(2 * p, 4):
+                return True
+    return False
+
+
 def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2) -> bool:
     """Whether the answer repeats a line, list item or sentence, or lists empty items (see the module docstring).
 
@@ -138,6 +159,8 @@ def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_e
     seen: set[tuple[str, ...]] = set()
     near: dict[tuple[Any, ...], None] = {}
     for words in units:
+        if _loops(words):
+            return True
         if len(words) >= min_words:
             if words in seen:
                 return True
