@@ -243,7 +243,8 @@ def main(argv=None) -> dict[str, Any]:
         for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
             m = evaluate(model, dataset, world.judge(), tokenizer=tokenizer, seed=args.seed + offset, **gen).metrics
             out[split] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "strict": m.strict_completion,
-                          "length": m.mean_length}  # fmt: skip
+                          "length": m.mean_length, "degenerate": m.degeneration["degenerate"],
+                          "degeneration": m.degeneration}  # fmt: skip
         return out
 
     results: dict[str, Any] = {"settings": vars(args), "references": references, "arms": {}}
@@ -293,10 +294,11 @@ def main(argv=None) -> dict[str, Any]:
             json.dump(results, f, indent=2, default=str)
 
     lines = ["| arm | train score [95% CI] | train strict | held-out score [95% CI] | held-out strict | length "
-             "| train s | completion tokens | judge calls | half gap at step |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| degenerate (train) | train s | completion tokens | judge calls | half gap at step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, r in results["arms"].items():
         if "skipped" in r:
-            lines.append(f"| {LABELS[arm]} | skipped: {r['skipped']} |||||||||")
+            lines.append(f"| {LABELS[arm]} | skipped: {r['skipped']} ||||||||||")
             continue
 
         def ci(s):
@@ -305,7 +307,8 @@ def main(argv=None) -> dict[str, Any]:
 
         half = r.get("half_gap_point")
         lines.append(f"| {LABELS[arm]} | {ci(r['train'])} | {fmt(r['train']['strict'])} | {ci(r['heldout'])} "
-                     f"| {fmt(r['heldout']['strict'])} | {fmt(r['train']['length'], 1)} | {fmt(r.get('train_seconds'), 0)} "
+                     f"| {fmt(r['heldout']['strict'])} | {fmt(r['train']['length'], 1)} | {fmt(r['train']['degenerate'])} "
+                     f"| {fmt(r.get('train_seconds'), 0)} "
                      f"| {fmt(r.get('generated_tokens'))} | {fmt(r.get('judge_calls'))} "
                      f"| {half['step'] if half else '-'} |")  # fmt: skip
     table = "\n".join(lines)

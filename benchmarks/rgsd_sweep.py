@@ -150,6 +150,13 @@ def main(argv=None) -> dict[str, Any]:
             "teacher_train": [ex["response"] for ex in gap.with_rubric.examples],
             "base_heldout": [ex["response"] for ex in base_eval["heldout"].examples],
         },
+        # Shares of answers that repeat a line, copy rubric text, talk about the requirements (one definition:
+        # trl_rubric.evaluation.degeneration): the teacher's own rate is what RGSD distils.
+        "degeneration": {
+            "base_train": gap.without_rubric.metrics.degeneration,
+            "teacher_train": gap.with_rubric.metrics.degeneration,
+            "base_heldout": base_eval["heldout"].metrics.degeneration,
+        },
         "criteria": {
             "base_train": criterion_rates(gap.without_rubric.examples),
             "teacher_train": criterion_rates(gap.with_rubric.examples),
@@ -200,6 +207,7 @@ def main(argv=None) -> dict[str, Any]:
             row[split]["scores"] = [ex["score"] for ex in res.examples]
             # The answers themselves, so degeneration (repeated lines, echoed rubric text) can be read and scored later.
             row[split]["responses"] = [ex["response"] for ex in res.examples]
+            row[split]["degeneration"] = res.metrics.degeneration
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
         view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
@@ -213,13 +221,15 @@ def main(argv=None) -> dict[str, Any]:
             row["own_view_gap_closed_train"] = (
                 row["train"]["delta"] / teacher_scores[key] if teacher_scores[key] else None
             )
-        keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio")
+        keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio",
+                "rgsd/degenerate")  # fmt: skip
         row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]
         results["runs"][name] = row
         d, h = row["train"], row["heldout"]
         print(f"{name}: train {d['before']:.3f} -> {d['after']:.3f} {d['delta']:+.3f} {d['delta_ci']} "
               f"(gap closed {row['gap_closed_train']:.2f}); held-out {h['before']:.3f} -> {h['after']:.3f} "
-              f"{h['delta']:+.3f} {h['delta_ci']}; length {d['length']:.1f}; {seconds:.0f} s", flush=True)  # fmt: skip
+              f"{h['delta']:+.3f} {h['delta_ci']}; length {d['length']:.1f}; degenerate {d['degeneration']['degenerate']:.2f}; "
+              f"{seconds:.0f} s", flush=True)  # fmt: skip
         _write(results, args.output_dir)
         del trainer, model
     return results
