@@ -34,6 +34,8 @@ RENDER_STYLES = ("numbered", "weighted", "json")
 #: Headings of the two lists a rubric with penalties is rendered as (see [`Rubric.render`]).
 GOOD_ANSWER_CONTAINS = "A good answer contains:"
 GOOD_ANSWER_AVOIDS = "A good answer avoids:"
+#: Heading of a rubric's guidelines (a note on applying the whole rubric) in [`Rubric.render`].
+GUIDELINES_HEADING = "Guidelines for the whole rubric:"
 
 # RaR writes the category as a prefix of `description`: "Essential Criteria: Identifies ..."
 _RAR_PREFIX = re.compile(r"^\s*(essential|important|optional|pitfall)(?:\s+criteria)?\s*:\s*", re.IGNORECASE)
@@ -191,11 +193,19 @@ def _criterion_from_dict(item: Mapping[str, Any], fmt: str, where: str, pitfall_
 
 @dataclass(frozen=True)
 class Rubric:
-    """An ordered list of criteria for one prompt. Build one with [`Rubric.from_any`]."""
+    """An ordered list of criteria for one prompt. Build one with [`Rubric.from_any`].
+
+    `guidelines` is an optional note on how to apply the whole rubric (autorubric files carry one: "judge against a
+    grade 8-12 level"). [`Rubric.render`] shows it after the criteria. It is not stored in a dataset's `rubric` column
+    ([`Rubric.to_list`] holds criteria only).
+    """
 
     criteria: tuple[Criterion, ...]
+    guidelines: str | None = None
 
     def __post_init__(self):
+        if self.guidelines is not None and not isinstance(self.guidelines, str):
+            raise RubricError(f"rubric has guidelines {self.guidelines!r}; expected a string")
         if not self.criteria:
             raise RubricError("rubric is empty; expected at least one criterion")
         if not any(c.weight > 0 for c in self.criteria):
@@ -239,7 +249,7 @@ class Rubric:
         if isinstance(obj, Rubric):
             if pitfall_polarity == "as_is":
                 return obj
-            obj = [c.to_dict() for c in obj.criteria]
+            obj = {"criteria": [c.to_dict() for c in obj.criteria], "guidelines": obj.guidelines}
         if isinstance(obj, str):
             try:
                 obj = json.loads(obj)
@@ -248,10 +258,16 @@ class Rubric:
                     f"rubric string is not valid JSON ({e.msg} at position {e.pos}): {obj[:80]!r}"
                 ) from None
         if isinstance(obj, Mapping):
-            # Some dumps wrap the list: {"rubrics": [...]} or {"criteria": [...]}.
+            # Some dumps wrap the list: {"rubrics": [...]} or {"criteria": [...]}, with optional "guidelines".
             for key in ("rubrics", "rubric", "criteria"):
                 if key in obj:
-                    return cls.from_any(obj[key], format=format, pitfall_polarity=pitfall_polarity)
+                    rubric = cls.from_any(obj[key], format=format, pitfall_polarity=pitfall_polarity)
+                    guidelines = obj.get("guidelines")
+                    if guidelines is not None and not isinstance(guidelines, str):
+                        raise RubricError(f"rubric has guidelines {guidelines!r}; expected a string")
+                    if guidelines and guidelines.strip():
+                        rubric = cls(rubric.criteria, guidelines=guidelines.strip())
+                    return rubric
             raise RubricError(f"rubric is a dict with keys {sorted(obj)}; expected a list of criteria")
         if obj is None or not isinstance(obj, Iterable):
             raise RubricError(f"rubric is {obj!r}; expected a list of criteria")
@@ -341,7 +357,9 @@ class Rubric:
             - `"weighted"`: "1. [essential, +5 points] criterion" lines, grouped the same way; penalties show their
               negative points.
             - `"json"`: a JSON list of `{id, text, weight, category, good_answer}` with 1-based ids, `good_answer`
-              being `"contains"` or `"avoids"`.
+              being `"contains"` or `"avoids"` (guidelines are not shown: the list has no place for them).
+
+        The first two end with the rubric's guidelines, if it has any.
         """
         if style not in RENDER_STYLES:
             raise RubricError(f"unknown render style {style!r}; expected one of {RENDER_STYLES}")
@@ -368,8 +386,9 @@ class Rubric:
 
         gains = [c for c in self.criteria if c.weight >= 0]
         penalties = [c for c in self.criteria if c.weight < 0]
+        note = [f"{GUIDELINES_HEADING} {self.guidelines}"] if self.guidelines else []
         if not penalties:  # unchanged plain list: nothing to tell apart
-            return "\n".join(line(i, c) for i, c in enumerate(gains, start=1))
+            return "\n".join([*(line(i, c) for i, c in enumerate(gains, start=1)), *note])
         # Grouped, numbered on through both lists, so the teacher never reads a penalty as a goal.
         ordered = gains + penalties
         lines = [GOOD_ANSWER_CONTAINS]
@@ -377,4 +396,4 @@ class Rubric:
             if i == len(gains) + 1:
                 lines.append(GOOD_ANSWER_AVOIDS)
             lines.append(line(i, c))
-        return "\n".join(lines)
+        return "\n".join(lines + note)
