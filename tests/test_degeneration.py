@@ -301,3 +301,25 @@ def test_gap_reports_the_teachers_own_degeneration(tmp_path):
     report = open(files["report"]).read()
     assert "| copies rubric text | 0.0% | 100.0% |" in report
     assert json.load(open(files["results"]))["degeneration"]["with_rubric"]["degenerate"] == 1.0
+
+
+def test_trainer_log_hook_appends_prefixed_rates_and_reduces_over_processes():
+    from collections import defaultdict
+
+    from trl_rubric.evaluation.degeneration import log_degeneration
+
+    metrics = defaultdict(list)
+    answers = [CLEAN_LIST, "1.1. 2.1 3.1"]
+    log_degeneration(metrics, "rgsd", answers, [RUBRIC, RUBRIC])
+    assert metrics["rgsd/degenerate"] == [0.5] and metrics["rgsd/repeats_line"] == [0.5]
+    assert metrics["rgsd/copies_rubric"] == [0.0] and metrics["rgsd/meta_talk"] == [0.0]
+    # Two processes: the other one saw two clean answers; rates are over the whole batch.
+    seen = []
+
+    def reduce(counts):
+        seen.append(counts)
+        return [c + o for c, o in zip(counts, [2.0, 0.0, 0.0, 0.0, 0.0], strict=True)]
+
+    log_degeneration(metrics, "rubric_grpo", answers, [RUBRIC, RUBRIC], reduce=reduce)
+    assert seen == [[2.0, 1.0, 0.0, 0.0, 1.0]]
+    assert metrics["rubric_grpo/degenerate"] == [0.25]

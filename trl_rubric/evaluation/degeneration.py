@@ -35,7 +35,7 @@ the benchmarks share.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 from typing import Any
@@ -258,3 +258,29 @@ def degeneration_rates(answers: Sequence[str], rubrics: Sequence[Any] | None = N
     out: dict[str, Any] = {name: (sum(f[name] for f in flags) / n if n else None) for name in DEGENERATION_FLAGS}
     out["n"] = n
     return out
+
+
+def log_degeneration(
+    metrics: Mapping[str, list[float]],
+    prefix: str,
+    answers: Sequence[str],
+    rubrics: Sequence[Any] | None,
+    reduce: Callable[[list[float]], Sequence[float]] | None = None,
+    **kwargs,
+) -> None:
+    """Append the step's degeneration rates to a trainer's metric lists as `{prefix}/{flag}` (`rgsd/degenerate`, ...).
+
+    Trainers call this once per generation batch on its completions and their rubrics. With several processes, pass
+    `reduce`: it gets this process's counts `[n, repeats_line, copies_rubric, meta_talk, degenerate]` and returns
+    their sum over processes, so every process logs the rates of the whole batch. `kwargs` go to [`degeneration`].
+    """
+    flags = [
+        degeneration(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
+        for i, a in enumerate(answers)
+    ]
+    counts = [float(len(flags))] + [float(sum(f[name] for f in flags)) for name in DEGENERATION_FLAGS]
+    if reduce is not None:
+        counts = [float(c) for c in reduce(counts)]
+    if counts[0] > 0:
+        for name, count in zip(DEGENERATION_FLAGS, counts[1:], strict=True):
+            metrics[f"{prefix}/{name}"].append(count / counts[0])
