@@ -444,9 +444,9 @@ def test_sampled_token_needs_targets_and_warns_once_when_beta_is_not_one(caplog)
     student, teacher, targets, _ = make_inputs(8, 100, 8)
     with pytest.raises(ValueError, match="target_ids"):
         fast(student, teacher, support="sampled_token", beta=1.0)
-    import trl_rubric.losses as losses
+    from trl_rubric.losses import head_divergence
 
-    losses._warned_sampled_token_beta = False
+    head_divergence._warned_sampled_token_beta = False
     with caplog.at_level("WARNING", logger="trl_rubric.losses"):
         fast(student, teacher, support="sampled_token", beta=0.5, target_ids=targets)
         fast(student, teacher, support="sampled_token", beta=0.5, target_ids=targets)
