@@ -63,6 +63,7 @@ def test_rule_judge_against_its_own_labels_has_kappa_one(tmp_path, capsys):
     assert "## Length bias" in (tmp_path / "out" / "report.md").read_text()
     assert len((tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()) == 12
     assert (tmp_path / "out" / "judge_check.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["least_reliable"] == []  # nothing disagrees, so nothing is ranked
     assert "kappa 1.000" in capsys.readouterr().out
 
 

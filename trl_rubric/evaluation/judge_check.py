@@ -319,8 +319,8 @@ class JudgeCheckResult:
         by_criterion: The same per criterion title (the criterion's text where it has no title), no intervals.
         by_category: The same per category, with intervals.
         length_bias: See [`length_bias`].
-        least_reliable: Criterion titles with at least `min_pairs` scored pairs, lowest kappa first (accuracy breaks
-            ties; a criterion whose kappa is undefined sorts by accuracy after those with a kappa).
+        least_reliable: Criterion titles with at least `min_pairs` scored pairs and at least one disagreement, lowest
+            kappa first (accuracy breaks ties; a criterion whose kappa is undefined sorts after those with a kappa).
         config: The settings, for the record.
     """
 
@@ -390,7 +390,8 @@ def check_judge(
         c: _group_summary(pairs, categories == c, n_rows, weights, confidence_level)
         for c in dict.fromkeys(pairs.category)
     }
-    ranked = [(t, s) for t, s in by_criterion.items() if s["n"] >= min_pairs]
+    # Only criteria with at least one disagreement: a fully agreeing criterion is not "least reliable" by rank alone.
+    ranked = [(t, s) for t, s in by_criterion.items() if s["n"] >= min_pairs and s["accuracy"] < 1.0]
     ranked.sort(key=lambda ts: (ts[1]["kappa"] is None, ts[1]["kappa"] or 0.0, ts[1]["accuracy"] or 0.0))
     bias = length_bias(pairs.judge, pairs.label, pairs.length, pairs.row, n_resamples, confidence_level, seed)
     config = {

@@ -75,7 +75,9 @@ def report_markdown(result: JudgeCheckResult) -> str:
             for i, t in enumerate(result.least_reliable, start=1)
         ]
     else:
-        lines.append(f"No criterion has {result.config.get('min_pairs')} scored verdicts yet.")
+        lines.append(
+            f"None: every criterion with {result.config.get('min_pairs')} or more scored verdicts agrees fully."
+        )
     slope = "n/a (answer lengths do not vary)" if bias["slope"] is None else f"{bias['slope']:+.3f}"
     lines += [
         "",
