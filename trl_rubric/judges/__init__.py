@@ -1,6 +1,7 @@
 """Rubric judges: the `RubricJudge` protocol and its backends."""
 
 from .base import (
+    CANNOT_ASSESS_POLICIES,
     Grade,
     JudgeStats,
     JudgeUnavailableError,
@@ -19,6 +20,7 @@ from .rule import RuleJudge
 from .transformers_judge import TransformersJudge
 
 __all__ = [
+    "CANNOT_ASSESS_POLICIES",
     "JUDGE_MODES",
     "PROMPT_VERSION",
     "ChatRubricJudge",

@@ -31,13 +31,67 @@ class JudgeUsage:
         self.latency_s += other.latency_s
 
 
+#: How a "cannot assess" verdict counts in a score (a judge option, [`RubricJudge.cannot_assess_policy`]):
+#:   - `"penalties_worst_case"` (default): a penalty criterion (negative weight) counts as met, so that being
+#:     unassessable never removes a penalty; a positive criterion is left out of the score, as an unknown is.
+#:   - `"worst_case"`: the worst verdict for the response: penalties met, positive criteria unmet.
+#:   - `"skip"`: left out of both sums of [`Rubric.score`], whatever the sign.
+#:   - `"unmet"`: counts as not met, whatever the sign (for a penalty this is the best case).
+CANNOT_ASSESS_POLICIES = ("penalties_worst_case", "worst_case", "skip", "unmet")
+DEFAULT_CANNOT_ASSESS_POLICY = "penalties_worst_case"
+#: The four outcomes of one criterion, as [`Grade.outcomes`] spells them (judge-check and eval reports read these).
+MET, UNMET, CANNOT_ASSESS, UNKNOWN = "met", "unmet", "cannot_assess", "unknown"
+
+
+def check_cannot_assess_policy(policy: str) -> str:
+    if policy not in CANNOT_ASSESS_POLICIES:
+        raise ValueError(f"cannot_assess policy is {policy!r}; expected one of {CANNOT_ASSESS_POLICIES}")
+    return policy
+
+
+def resolve_cannot_assess(
+    rubric: Rubric,
+    verdicts: Sequence[bool | None],
+    cannot_assess: Sequence[bool],
+    policy: str = DEFAULT_CANNOT_ASSESS_POLICY,
+) -> list[bool | None]:
+    """The verdicts a score is computed from: each cannot-assess criterion replaced as `policy` says.
+
+    True / False / None (unknown) verdicts pass through unchanged; see [`CANNOT_ASSESS_POLICIES`].
+    """
+    check_cannot_assess_policy(policy)
+    out: list[bool | None] = []
+    for criterion, verdict, unassessable in zip(rubric, verdicts, cannot_assess, strict=True):
+        if not unassessable:
+            out.append(verdict)
+        elif policy == "skip":
+            out.append(None)
+        elif policy == "unmet":
+            out.append(False)
+        elif criterion.weight < 0:  # worst case for a penalty: the mistake counts as made
+            out.append(True)
+        else:
+            out.append(False if policy == "worst_case" else None)
+    return out
+
+
 @dataclass
 class Grade:
     """A judge's verdicts on one response.
 
+    **Verdict representation.** Each criterion has one of four outcomes ([`Grade.outcomes`]): met, unmet,
+    *cannot assess* (the judge said that it cannot tell from the response and the conversation: a parsed answer, not a
+    failure; never retried; cached) and unknown (no usable verdict: a failure, retried, never cached). `verdicts`
+    keeps its old type, `True` / `False` / `None`, so code that reads it keeps working: a cannot-assess criterion has
+    `verdicts[i] is None` **and** `cannot_assess[i] is True`; an unknown one has `verdicts[i] is None` and
+    `cannot_assess[i] is False`. How a cannot-assess criterion scores is the judge's option (see
+    [`CANNOT_ASSESS_POLICIES`]); `scored_verdicts` holds the verdicts after that choice, and `score` is
+    [`Rubric.score`] of them.
+
     Attributes:
-        verdicts: One per criterion, in rubric order: `True` met, `False` not met, `None` unknown.
-        score: [`Rubric.score`] of the verdicts (weighted), or `None` when nothing usable is known.
+        verdicts: One per criterion, in rubric order: `True` met, `False` not met, `None` unknown or cannot-assess.
+        score: [`Rubric.score`] of `scored_verdicts` (weighted), or `None` when nothing usable is known (also when
+            every positive criterion is cannot-assess and the policy skips them: then `error` is `None`).
         unweighted_score: The same with every criterion counting +1 / -1.
         raw: The judge's raw output (concatenated for per-criterion mode).
         usage: Requests, retries, tokens and latency spent on this grade.
@@ -45,6 +99,12 @@ class Grade:
         rating: Set only by judges in implicit mode (one holistic rating for the whole rubric): the rating mapped to
             [0, 1]. Then `score` and `unweighted_score` both equal it and every verdict is `None`, because the judge
             gave no per-criterion verdicts; such a grade is complete, not failed.
+        cannot_assess: One flag per criterion: `True` where the judge answered "cannot assess" (then the verdict is
+            `None`). Empty at construction means none.
+        explanations: One per criterion: the judge's own explanation of its verdict, or `None` where it gave none
+            (rule judges, implicit mode, failures). Empty at construction means none.
+        scored_verdicts: The verdicts the score was computed from (cannot-assess resolved by the judge's policy).
+            Empty at construction means `verdicts`.
     """
 
     verdicts: list[bool | None]
@@ -54,14 +114,48 @@ class Grade:
     usage: JudgeUsage = field(default_factory=JudgeUsage)
     error: str | None = None
     rating: float | None = None
+    cannot_assess: list[bool] = field(default_factory=list)
+    explanations: list[str | None] = field(default_factory=list)
+    scored_verdicts: list[bool | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.verdicts)
+        self.cannot_assess = [bool(x) for x in self.cannot_assess] or [False] * n
+        self.explanations = list(self.explanations) or [None] * n
+        self.scored_verdicts = list(self.scored_verdicts) or list(self.verdicts)
+        for name in ("cannot_assess", "explanations", "scored_verdicts"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Grade.{name} has {len(getattr(self, name))} entries for {n} verdicts")
+        bad = [
+            i for i, (v, c) in enumerate(zip(self.verdicts, self.cannot_assess, strict=True)) if c and v is not None
+        ]
+        if bad:
+            raise ValueError(
+                f"Grade: criteria {bad} are cannot-assess but carry a verdict; their verdict must be None"
+            )
 
     @classmethod
-    def from_verdicts(cls, rubric: Rubric, verdicts: Sequence[bool | None], **kwargs: Any) -> Grade:
+    def from_verdicts(
+        cls,
+        rubric: Rubric,
+        verdicts: Sequence[bool | None],
+        cannot_assess: Sequence[bool] | None = None,
+        explanations: Sequence[str | None] | None = None,
+        cannot_assess_policy: str = DEFAULT_CANNOT_ASSESS_POLICY,
+        **kwargs: Any,
+    ) -> Grade:
+        """A grade from per-criterion verdicts; cannot-assess criteria are scored as `cannot_assess_policy` says."""
         verdicts = list(verdicts)
+        flags = [bool(x) for x in cannot_assess] if cannot_assess else [False] * len(verdicts)
+        verdicts = [None if c else v for v, c in zip(verdicts, flags, strict=True)]
+        scored = resolve_cannot_assess(rubric, verdicts, flags, cannot_assess_policy)
         return cls(
             verdicts=verdicts,
-            score=rubric.score(verdicts),
-            unweighted_score=rubric.score(verdicts, weighted=False),
+            score=rubric.score(scored),
+            unweighted_score=rubric.score(scored, weighted=False),
+            cannot_assess=flags,
+            explanations=list(explanations) if explanations else [],
+            scored_verdicts=scored,
             **kwargs,
         )
 
@@ -72,10 +166,30 @@ class Grade:
 
     @property
     def num_unknown(self) -> int:
-        """Verdicts the judge should have given but did not (always 0 for a rated implicit-mode grade)."""
+        """Verdicts the judge should have given but did not (always 0 for a rated implicit-mode grade); a
+        cannot-assess verdict is an answer, not an unknown."""
         if self.rating is not None:
             return 0
-        return sum(v is None for v in self.verdicts)
+        return sum(v is None and not c for v, c in zip(self.verdicts, self.cannot_assess, strict=True))
+
+    @property
+    def num_cannot_assess(self) -> int:
+        """Criteria the judge said it cannot assess."""
+        return sum(self.cannot_assess)
+
+    @property
+    def outcomes(self) -> list[str]:
+        """Per criterion: `"met"`, `"unmet"`, `"cannot_assess"` or `"unknown"` (all unknown in implicit mode)."""
+        return [
+            CANNOT_ASSESS if c else UNKNOWN if v is None else MET if v else UNMET
+            for v, c in zip(self.verdicts, self.cannot_assess, strict=True)
+        ]
+
+    @property
+    def graded_verdicts(self) -> list[bool | None]:
+        """`verdicts` with each cannot-assess criterion as `False`: non-`None` wherever the judge answered, for
+        [`Rubric.graded_fraction`] (a cannot-assess answer is graded, not missing)."""
+        return [False if c else v for v, c in zip(self.verdicts, self.cannot_assess, strict=True)]
 
     @property
     def failed(self) -> bool:
@@ -130,6 +244,7 @@ class JudgeStats:
     retries: int = 0
     failures: int = 0
     unknown_verdicts: int = 0
+    cannot_assess: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -161,6 +276,8 @@ class RubricJudge(ABC):
     thinking_delimiters: tuple[str, str] = ("<think>", "</think>")
     #: Default bound on concurrent `grade` calls in `grade_many`.
     max_concurrency: int = 8
+    #: How a "cannot assess" verdict scores; one of [`CANNOT_ASSESS_POLICIES`] (see [`Grade`]).
+    cannot_assess_policy: str = DEFAULT_CANNOT_ASSESS_POLICY
 
     #: Attributes that cannot or must not be pickled (locks, live network clients); rebuilt lazily after unpickling.
     _transient: tuple[str, ...] = ("_stats_lock",)
@@ -207,6 +324,7 @@ class RubricJudge(ABC):
             s.grades += 1
             s.failures += int(grade.failed)
             s.unknown_verdicts += grade.num_unknown
+            s.cannot_assess += grade.num_cannot_assess
             if grade.usage.cached:
                 s.cache_hits += 1
             else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..rubric import Rubric
-from .base import Grade, JudgeUsage, RubricJudge
+from .base import DEFAULT_CANNOT_ASSESS_POLICY, Grade, JudgeUsage, RubricJudge, check_cannot_assess_policy
 from .cache import GradeCache, cache_key
 from .parsing import parse_rating, parse_single_verdict, parse_verdicts
 from .prompts import (
@@ -70,6 +70,9 @@ class ChatRubricJudge(RubricJudge):
         max_concurrency: Bound on concurrent grades in [`RubricJudge.grade_many`].
         backoff_base: First backoff delay in seconds after a transport failure; doubles on each retry.
         backoff_max: Cap on one backoff delay, also on a server's `Retry-After`.
+        cannot_assess: How a "cannot assess" verdict scores: `"penalties_worst_case"` (default: a penalty counts as
+            met, a positive criterion is left out), `"worst_case"`, `"skip"` or `"unmet"`; see
+            [`CANNOT_ASSESS_POLICIES`]. Only the score changes; the cache stores the verdicts, so it is shared.
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class ChatRubricJudge(RubricJudge):
         max_concurrency: int = 8,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
+        cannot_assess: str = DEFAULT_CANNOT_ASSESS_POLICY,
     ):
         super().__init__()
+        self.cannot_assess_policy = check_cannot_assess_policy(cannot_assess)
         if mode not in JUDGE_MODES:
             raise ValueError(f"judge mode is {mode!r}; expected one of {JUDGE_MODES}")
         if int(max_retries) < 0:
@@ -154,7 +159,14 @@ class ChatRubricJudge(RubricJudge):
                 usage = JudgeUsage(cached=True)
                 if self.mode == "implicit":
                     return Grade.from_rating(rubric, entry["rating"], raw=entry.get("raw"), usage=usage)
-                return Grade.from_verdicts(rubric, entry["verdicts"], raw=entry.get("raw"), usage=usage)
+                return self._verdict_grade(
+                    rubric,
+                    entry["verdicts"],
+                    entry.get("cannot_assess"),
+                    entry.get("explanations"),
+                    raw=entry.get("raw"),
+                    usage=usage,
+                )
         if self.mode == "batched":
             grade = await self._grade_batched(prompt, response, rubric)
         elif self.mode == "per_criterion":
@@ -163,9 +175,28 @@ class ChatRubricJudge(RubricJudge):
             grade = await self._grade_implicit(prompt, response, rubric)
         if key is not None and grade.error is None:
             # Only complete grades are stored: a failure must be asked again next time, not replayed.
-            entry = {"rating": grade.rating} if self.mode == "implicit" else {"verdicts": grade.verdicts}
+            # Cannot-assess is an answer, so it is stored too (and never asked again); the policy applies on reading.
+            entry = (
+                {"rating": grade.rating}
+                if self.mode == "implicit"
+                else {
+                    "verdicts": grade.verdicts,
+                    "cannot_assess": grade.cannot_assess,
+                    "explanations": grade.explanations,
+                }
+            )
             await asyncio.to_thread(self.cache.put, key, {**entry, "raw": grade.raw})
         return grade
+
+    def _verdict_grade(self, rubric, verdicts, cannot_assess=None, explanations=None, **kwargs) -> Grade:
+        return Grade.from_verdicts(
+            rubric,
+            verdicts,
+            cannot_assess=cannot_assess,
+            explanations=explanations,
+            cannot_assess_policy=self.cannot_assess_policy,
+            **kwargs,
+        )
 
     async def _grade_batched(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
         verdicts: list[bool | None] = [None] * len(rubric)
