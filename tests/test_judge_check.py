@@ -176,3 +176,18 @@ def test_verdict_spellings_and_bad_values():
 def test_rows_whose_lengths_do_not_fit_the_rubric_are_refused():
     with pytest.raises(ValueError, match=r"row 0: 2 judge verdicts and 1 labels for a rubric of 1 criteria"):
         check_judge([[True, False]], [[True]], [RUBRIC], ["x"], n_resamples=0)
+
+
+def test_a_grades_cannot_assess_outcome_is_its_own_class_not_a_failure():
+    from trl_rubric.judges.base import Grade
+    from trl_rubric.rubric import Rubric
+
+    rubric = Rubric.from_any(
+        [{"text": "a", "title": "a"}, {"text": "b", "title": "b"}, {"text": "c", "title": "c", "weight": -1}]
+    )
+    grade = Grade.from_verdicts(rubric, [True, None, None], cannot_assess=[False, True, False])
+    assert grade.outcomes == [MET, CANNOT_ASSESS, UNKNOWN]
+    result = check_judge([grade.outcomes], [[True, True, False]], [rubric], ["x"], n_resamples=0)
+    o = result.overall
+    assert o["n"] == 1 and o["judge_cannot_assess"] == 1 and o["judge_unknown"] == 1
+    assert result.by_criterion["b"]["judge_cannot_assess"] == 1 and result.by_criterion["b"]["n"] == 0

@@ -157,3 +157,22 @@ def test_missing_and_empty_label_files_and_implicit_judges_are_refused(tmp_path,
         labels, tmp_path / "out", "--judge_backend", "openai", "--judge_model", "m", "--judge_mode", "implicit"
     )
     assert code == 2 and "verdict per criterion" in capsys.readouterr().err
+
+
+def test_eval_rows_tell_cannot_assess_from_unknown(tmp_path):
+    from trl_rubric.evaluation.judge_labels import read_labels
+
+    row = {
+        "prompt": "q",
+        "response": "r",
+        "criteria": [
+            {"text": "a", "weight": 1, "verdict": None, "cannot_assess": True, "explanation": "no context"},
+            {"text": "b", "weight": 1, "verdict": None, "outcome": "unknown"},
+            {"text": "c", "weight": 1, "verdict": True},
+        ],
+    }
+    path = tmp_path / "responses.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (labelled,) = read_labels(path)
+    assert labelled.labels == ["cannot_assess", None, True]
+    assert [c.text for c in labelled.rubric] == ["a", "b", "c"]

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..judges.base import CANNOT_ASSESS, MET, UNKNOWN, UNMET
 from ..rubric import Rubric
 from .errors import EvaluationError
 
-MET, UNMET, CANNOT_ASSESS, UNKNOWN = "met", "unmet", "cannot_assess", "unknown"
 VERDICT_CLASSES = (MET, UNMET, CANNOT_ASSESS, UNKNOWN)
 
 # Spellings read as each class (compared lower-cased, spaces and dashes as underscores). autorubric writes
@@ -49,8 +49,8 @@ class LabelError(EvaluationError):
 def verdict_class(value: Any, where: str = "verdict") -> str:
     """The class of a verdict or label: `"met"`, `"unmet"`, `"cannot_assess"` or `"unknown"`.
 
-    Reads `True` / `False` / `None`, 1 / 0, the strings above (any case), and objects with a `cannot_assess` marker
-    (such as a judge's cannot-assess verdict). Anything else raises [`LabelError`] naming `where`.
+    Reads `True` / `False` / `None`, 1 / 0, and the spellings above in any case, including those of
+    [`Grade.outcomes`]. Anything else raises [`LabelError`] naming `where`.
     """
     if value is None:
         return UNKNOWN
@@ -58,10 +58,8 @@ def verdict_class(value: Any, where: str = "verdict") -> str:
         return MET if value else UNMET
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
         return MET if value == 1 else UNMET
-    if getattr(value, "cannot_assess", False) is True:
-        return CANNOT_ASSESS
-    if isinstance(value, str) or hasattr(value, "value"):
-        text = str(getattr(value, "value", value)).strip().lower().replace("-", "_").replace(" ", "_")
+    if isinstance(value, str):
+        text = value.strip().lower().replace("-", "_").replace(" ", "_")
         for cls, spellings in _SPELLINGS.items():
             if text in spellings:
                 return cls
@@ -356,8 +354,9 @@ def check_judge(
     """Compare a judge's verdicts with labels, criterion by criterion.
 
     Args:
-        judge_verdicts: Per response, one verdict per criterion (`True` / `False` / `None`, cannot-assess markers,
-            or any spelling [`verdict_class`] reads); `None` for a whole row means the judge failed on it.
+        judge_verdicts: Per response, one verdict per criterion: a grade's `outcomes` (met / unmet / cannot_assess /
+            unknown), `True` / `False` / `None`, or any spelling [`verdict_class`] reads; `None` for a whole row means
+            the judge failed on it.
         labels: Per response, one label per criterion, read the same way.
         rubrics: Per response, its rubric (anything [`Rubric.from_any`] reads), for titles and categories.
         responses: Per response, its text (for length bias).

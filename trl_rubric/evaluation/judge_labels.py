@@ -50,8 +50,23 @@ class LabelledRow:
         }
 
 
-def _normalise_label(value: Any, where: str) -> bool | str | None:
+def as_label(value: Any, where: str = "label") -> bool | str | None:
+    """A label as a labels file stores it: `True` / `False` / `"cannot_assess"` / `None`."""
     return _AS_LABEL.get(verdict_class(value, where))
+
+
+#: Keys of an eval `responses.jsonl` criterion that describe the verdict, not the criterion.
+_VERDICT_KEYS = ("verdict", "outcome", "cannot_assess", "explanation")
+
+
+def _eval_label(criterion: Any) -> Any:
+    if not isinstance(criterion, dict):
+        return None
+    if criterion.get("outcome") is not None:
+        return criterion["outcome"]
+    if criterion.get("cannot_assess") is True:
+        return CANNOT_ASSESS
+    return criterion.get("verdict")
 
 
 def _row(obj: Any, i: int, source: str, require_labels: bool) -> LabelledRow:
@@ -69,13 +84,17 @@ def _row(obj: Any, i: int, source: str, require_labels: bool) -> LabelledRow:
     if raw_rubric is None:
         raise LabelError(f"{where}: no field 'rubric'; expected the response's rubric (a list of criteria)")
     if criteria_with_verdicts:  # eval's responses.jsonl: the verdict sits inside each criterion
-        raw_rubric = [{k: v for k, v in c.items() if k != "verdict"} if isinstance(c, dict) else c for c in raw_rubric]
+        raw_rubric = [
+            {k: v for k, v in c.items() if k not in _VERDICT_KEYS} if isinstance(c, dict) else c for c in raw_rubric
+        ]
     try:
         rubric = Rubric.from_any(raw_rubric)
     except RubricError as e:
         raise LabelError(f"{where}: field 'rubric': {e}") from None
     if criteria_with_verdicts:
-        raw_labels = [c.get("verdict") if isinstance(c, dict) else None for c in obj["criteria"]]
+        # A cannot-assess verdict is None in `verdict`; `outcome` (or a `cannot_assess` flag), where given, tells it
+        # apart from an unknown one.
+        raw_labels = [_eval_label(c) for c in obj["criteria"]]
         label_field = "criteria[].verdict"
     else:
         raw_labels = obj.get("labels")
@@ -96,9 +115,7 @@ def _row(obj: Any, i: int, source: str, require_labels: bool) -> LabelledRow:
             raise LabelError(
                 f"{where}: field '{label_field}' has {len(raw_labels)} labels for a rubric of {len(rubric)} criteria"
             )
-        labels = [
-            _normalise_label(v, f"{where}: field '{label_field}' item {j + 1}") for j, v in enumerate(raw_labels)
-        ]
+        labels = [as_label(v, f"{where}: field '{label_field}' item {j + 1}") for j, v in enumerate(raw_labels)]
     extra = {k: obj[k] for k in ("index", "num_tokens", "labeller") if k in obj}
     return LabelledRow(prompt=prompt, response=response, rubric=rubric, labels=labels, extra=extra)
 

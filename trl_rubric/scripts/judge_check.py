@@ -153,8 +153,8 @@ def build(args, judge_args):
 
 
 def judge_verdicts(grade) -> list[Any]:
-    """A grade's per-criterion verdicts for [`check_judge`]: met / unmet / cannot-assess / unknown."""
-    return list(grade.verdicts)
+    """A grade's per-criterion outcomes for [`check_judge`]: met / unmet / cannot_assess / unknown."""
+    return list(grade.outcomes)
 
 
 def _grade(judge, rows, judge_args, progress: bool):
@@ -180,7 +180,7 @@ def _judge_record(judge_args: JudgeArguments | None, judge) -> dict[str, Any] | 
 def execute(built, args, judge_args) -> int:
     from ..evaluation.judge_check import check_judge
     from ..evaluation.judge_check_report import summary_line, write_judge_check_outputs
-    from ..evaluation.judge_labels import write_labels
+    from ..evaluation.judge_labels import as_label, write_labels
 
     rows, judge, reference_judge = built
     before = judge.stats.snapshot()
@@ -189,7 +189,7 @@ def execute(built, args, judge_args) -> int:
     if reference_judge is not None:
         for row, grade in zip(rows, _grade(reference_judge, rows, reference_judge_args(args), args.progress),
                               strict=True):  # fmt: skip
-            row.labels = judge_verdicts(grade)
+            row.labels = [as_label(v) for v in judge_verdicts(grade)]
             row.extra["labeller"] = getattr(reference_judge, "name", "reference judge")
     verdicts = [judge_verdicts(g) for g in grades]
     result = check_judge(
@@ -219,6 +219,7 @@ def execute(built, args, judge_args) -> int:
             "criteria": [c.text for c in r.rubric],
             "labels": r.labels,
             "judge": v,
+            "judge_explanations": list(g.explanations),
             "judge_error": g.error,
         }
         for i, (r, v, g) in enumerate(zip(rows, verdicts, grades, strict=True))
