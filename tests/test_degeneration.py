@@ -72,6 +72,12 @@ LABELLED = [
         False,
     ),  # fmt: skip
     ("Adults have higher nutritional requirements for iron during pregnancy.", False, False, False),
+    (
+        "This list includes 10 reasons why plastic lasts:\n1. It resists water.\n2. Microbes cannot digest it.",
+        False,
+        False,
+        False,
+    ),  # fmt: skip
     ("It is very, very cold. Wear a coat, a hat and gloves.", False, False, False),
     (CLEAN_LIST, False, False, False),
     ("Aloe vera gel cools sunburned skin. For example, keep a bottle in the fridge.", False, False, False),

@@ -64,7 +64,7 @@ META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
     ("here is your answer", r"(^|\n)\W*here('s| is| are) (is )?(your|the|my|an?) (\w+ )?(answers?|responses?)\b"),
     ("the answer is:", r"(^|\n)\W*(so, )?the (answer|response) (to (this|your|the) question )?(is|would be)\s*:"),
     ("your answer should", r"\b(your|the|my|this) (answer|response) (should|must|needs? to|has to|will)\b"),
-    ("this answer", r"\b(this|my) (answer|response|list)\b|\bthis is an? ([\w-]+,? ){0,4}(answer|response)\b"),
+    ("this answer", r"\b(this|my) (answer|response)\b|\bthis is an? ([\w-]+,? ){0,4}(answer|response)\b"),
     ("the answer below", r"\b(the|this) (answer|response) (below|above)\b"),
     ("as requested", r"\b(requested|as required|as instructed)\b"),
     ("word count", r"\b(word (limit|count)|(under|fewer than|less than|within|at most) \d+ words)\b"),
