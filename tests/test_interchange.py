@@ -106,3 +106,10 @@ def test_written_file_has_autorubric_shape_and_reports_lost_tags(tmp_path):
     ]
     body, _ = to_autorubric(Rubric((Criterion("a"),), guidelines="g"))
     assert body == {"guidelines": "g", "criteria": [{"requirement": "a", "weight": 1.0}]}
+
+
+def test_json_and_yaml_text_are_read_like_files():
+    yaml_text = "guidelines: Be strict.\ncriteria:\n  - requirement: Names a cause\n    weight: 4\n"
+    rubric = read_autorubric(yaml_text)
+    assert rubric.guidelines == "Be strict." and rubric[0].weight == 4.0
+    assert read_autorubric(json.dumps(CRITERIA)) == read_autorubric(CRITERIA)

@@ -32,8 +32,17 @@ from .rubric import Criterion, Rubric, RubricError
 AUTORUBRIC_DEFAULT_WEIGHT = 10.0
 
 
+def _is_file(source: Any) -> bool:
+    if isinstance(source, str) and ("\n" in source or source.lstrip()[:1] in ("[", "{")):
+        return False  # text, not a path
+    try:
+        return Path(os.path.expanduser(str(source))).is_file()
+    except OSError:  # a name too long for the file system is text too
+        return False
+
+
 def _load(source: Any) -> Any:
-    if isinstance(source, (str, os.PathLike)) and Path(os.path.expanduser(str(source))).is_file():
+    if isinstance(source, (str, os.PathLike)) and _is_file(source):
         path = Path(os.path.expanduser(str(source)))
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() in (".yaml", ".yml"):
