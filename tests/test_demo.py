@@ -34,12 +34,12 @@ def test_demo_rejects_unknown_options(capsys):
 
 
 def test_demo_without_matplotlib_still_reports(tmp_path, monkeypatch, capsys):
-    import trl_rubric.scripts.demo as demo
+    import trl_rubric.demo_report as demo_report
 
     def no_matplotlib(*args, **kwargs):
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(demo, "plot_learning_curves", no_matplotlib)
+    monkeypatch.setattr(demo_report, "plot_learning_curves", no_matplotlib)
     out_dir = tmp_path / "demo"
     argv = ["demo", "--quick", "--output_dir", str(out_dir), "--max_steps", "2", "--eval_samples", "1"]
     assert main(argv) == 0

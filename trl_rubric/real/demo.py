@@ -100,8 +100,8 @@ def run_real_demo(args) -> dict[str, Any]:
     from datasets import concatenate_datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..demo_report import demo_rgsd_config, report_demo
     from ..evaluation import conditioning_gap, select_examples
-    from ..scripts.demo import demo_rgsd_config, report_demo
     from ..trainers.rgsd import RGSDTrainer
     from .model import lora_config, smollm2_path
     from .world import REAL_TEACHER_VIEW, make_real_world

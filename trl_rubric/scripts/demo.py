@@ -14,14 +14,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..toy.experiment import LearningCurve, plot_learning_curves, score_model, toy_gap
+from ..demo_report import demo_rgsd_config, demo_table, report_demo
+from ..toy.experiment import LearningCurve, score_model, toy_gap
 from ._common import UsageError, trl_parser
 
 
@@ -89,17 +89,6 @@ class DemoArguments:
 
 def make_parser():
     return trl_parser((DemoArguments,), "trl-rubric demo")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _table(rows: list[tuple[str, Any, Any]]) -> str:
-    lines = ["| | base | RGSD |", "|---|---|---|"]
-    for name, base, rgsd in rows:
-        lines.append(f"| {name} | {_fmt(base)} | {_fmt(rgsd)} |")
-    return "\n".join(lines)
 
 
 def run(args: DemoArguments) -> dict[str, Any]:
@@ -203,7 +192,7 @@ def _run(args: DemoArguments) -> dict[str, Any]:
         settings=asdict(args),
     )
 
-    table = _table(
+    table = demo_table(
         [
             ("weighted score, train prompts", scores["base_train"]["score"], scores["rgsd_train"]["score"]),
             ("weighted score, held-out prompts", scores["base_heldout"]["score"], scores["rgsd_heldout"]["score"]),
@@ -214,60 +203,6 @@ def _run(args: DemoArguments) -> dict[str, Any]:
     )
     report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on the offline toy world")
     return results
-
-
-def demo_rgsd_config(args, **fields):
-    """The `RGSDConfig` of both demos: the student under `output_dir/student` on CPU, seed, token clip and divergence
-    from the demo's options, a constant learning rate, no checkpoints; `fields` set the rest."""
-    from ..trainers.rgsd import RGSDConfig
-
-    common = dict(
-        output_dir=os.path.join(args.output_dir, "student"),
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
-        lr_scheduler_type="constant",
-        token_clip=args.token_clip,
-        distillation_beta=args.distillation_beta,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
-    )
-    return RGSDConfig(**{**common, **fields})
-
-
-def report_demo(results: dict[str, Any], table: str, output_dir: str, title: str) -> None:
-    """Print a demo's table and how much of the gap it closed; write `learning_curve.png`, `results.json`, `report.md`.
-
-    Shared by the toy and the SmolLM2 demo; `results` needs the scores, `gap_closed_fraction`, the timings and
-    `learning_curve`.
-    """
-    print("[5/5] results", flush=True)
-    print(table)
-    print(
-        f"teacher (base shown the rubric): {results['teacher_score']:.3f}. RGSD closed "
-        f"{results['gap_closed_fraction']:.0%} of the conditioning gap on train prompts in "
-        f"{results['train_seconds']:.0f} s of training ({results['total_seconds']:.0f} s in all)."
-    )
-    os.makedirs(output_dir, exist_ok=True)
-    try:
-        plot_learning_curves(
-            {"RGSD student (prompt only)": results["learning_curve"]},
-            os.path.join(output_dir, "learning_curve.png"),
-            references={
-                "base, prompt only": results["base_score"],
-                "base shown the rubric (teacher)": results["teacher_score"],
-            },
-            title=title,
-        )
-    except ImportError:
-        # The numbers matter more than the picture: without the `plot` extra, say so and go on.
-        print("note: no learning_curve.png (needs matplotlib: pip install 'trl-rubric[plot]')", file=sys.stderr)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"wrote results.json and report.md to {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,128 +16,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any
 
 from ..evaluation import EvaluationError
 from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, trl_parser
+from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments
 
 COMMAND = "eval"
 
 logger = logging.getLogger(__name__)
-
-#: Old option names of `eval` and `gap`, still read (with a warning): `{old: new}`. `dataset_split` maps to the split
-#: that command reads, see [`split_to_read`].
-DEPRECATED_ALIASES = {
-    "prompt_column": "dataset_prompt_column",
-    "rubric_column": "dataset_rubric_column",
-    "max_new_tokens": "max_completion_length",
-    "dataset_split": None,
-}
-
-
-@dataclass
-class EvalArguments:
-    """Options of `trl-rubric eval`, grouped as model, data, generation and report; each field's `help` says what it
-    changes. The judge's options (`--judge_backend`, `--judge_model`, ...) come from `JudgeArguments`.
-    """
-
-    # > Model
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Model to evaluate: a local folder or a Hub id. A folder with adapter_config.json is loaded as a "
-            "PEFT (LoRA) adapter on its base model."
-        },
-    )
-    base_model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Base model for an adapter; defaults to the base named in adapter_config.json."},
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "Weights dtype; `auto` uses the checkpoint's."}
-    )
-    device: str | None = field(
-        default=None,
-        metadata={"help": "Device for the model (`cpu`, `cuda`, `cuda:1`); defaults to CUDA if available."},
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
-
-    # > Data
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Rubric dataset: a Hub id, a local .json/.jsonl/.parquet/.csv file or a save_to_disk folder "
-            "(anything load_rubric_dataset reads)."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration (subset) name."})
-    dataset_train_split: str = field(
-        default="train",
-        metadata={"help": "The training split: `gap` samples it; `eval` reads it when dataset_test_split is unset."},
-    )
-    dataset_test_split: str | None = field(
-        default=None, metadata={"help": "The held-out split: `eval` reads it when set (`gap` never does)."}
-    )
-    dataset_prompt_column: str | None = field(
-        default=None, metadata={"help": "Prompt column; detected (prompt, question, ...) if not given."}
-    )
-    dataset_rubric_column: str | None = field(
-        default=None, metadata={"help": "Rubric column; detected (rubric, rubrics, criteria) if not given."}
-    )
-    rubric_format: Literal["auto", "rar", "healthbench", "rubrichub", "researchrubrics", "normalized", "strings"] = (
-        field(default="auto", metadata={"help": "Rubric format; `auto` detects it from each criterion's keys."})
-    )
-    pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
-        default="as_is", metadata={"help": "How to sign RaR 'Pitfall' criteria (see Rubric.from_any)."}
-    )
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "System turn prepended to prompts that have none."}
-    )
-    on_bad_rows: Literal["raise", "skip"] = field(
-        default="raise", metadata={"help": "raise (default) stops at the first malformed row; skip drops them."}
-    )
-    n_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "Evaluate a seeded random subset of this many prompts (all prompts if unset). The same seed "
-            "picks the same prompts, so checkpoints compare on the same questions."
-        },
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Seed for the subset, the sampling and the bootstrap; same seed, same run."}
-    )
-
-    # > Generation
-    max_completion_length: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature (1.0 matches training rollouts); 0 means greedy."}
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch (transformers)."})
-    use_vllm: bool = field(
-        default=False, metadata={"help": "Generate with vLLM (must be installed: pip install 'trl-rubric[vllm]')."}
-    )
-    vllm_gpu_memory_utilization: float = field(
-        default=0.9, metadata={"help": "Fraction of GPU memory vLLM may use (with --use_vllm)."}
-    )
-
-    # > Report
-    output_dir: str = field(default="trl-rubric-eval", metadata={"help": "Folder for results and charts."})
-    bootstrap_samples: int = field(
-        default=1000, metadata={"help": "Bootstrap resamples for confidence intervals; 0 disables them."}
-    )
-    confidence_level: float = field(default=0.95, metadata={"help": "Coverage of the confidence intervals."})
-    plots: bool = field(default=True, metadata={"help": "Write PNG charts (needs matplotlib: the `plot` extra)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    # > Deprecated aliases (read with a warning)
-    dataset_split: str | None = field(
-        default=None, metadata={"help": "Deprecated: use dataset_test_split (eval) or dataset_train_split (gap)."}
-    )
-    prompt_column: str | None = field(default=None, metadata={"help": "Deprecated: use dataset_prompt_column."})
-    rubric_column: str | None = field(default=None, metadata={"help": "Deprecated: use dataset_rubric_column."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Deprecated: use max_completion_length."})
 
 
 def build_parser(command: str, args_type: type):
@@ -165,8 +53,8 @@ def _training_field_names() -> set[str]:
     from ..trainers.rgsd import RGSDConfig
     from ..trainers.rubric_grpo import RubricGRPOConfig
     from ._common import LAUNCH_OPTIONS, RubricDataArguments
-    from .gap import GapArguments  # gap-only fields (a gap recipe read by `eval`)
 
+    # GapArguments: gap-only fields (a gap recipe read by `eval`)
     classes = (RGSDConfig, RubricGRPOConfig, ModelConfig, RubricDataArguments, GapArguments)
     names = {f.name for cls in classes for f in fields(cls)}
     return names | {o[2:] for o in LAUNCH_OPTIONS}

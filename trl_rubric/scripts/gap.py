@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Literal
 
-from ..teacher import DEFAULT_TEACHER_PENALTIES, DEFAULT_TEACHER_PROMPT_TEMPLATE, TEACHER_PENALTIES
+from ..teacher import TEACHER_PENALTIES
+from ._eval_args import GapArguments
 from .eval import (
-    EvalArguments,
     UsageError,
     build_judge_from_args,
     build_parser,
@@ -34,53 +32,6 @@ from .eval import (
 )
 
 COMMAND = "gap"
-
-
-@dataclass
-class GapArguments(EvalArguments):
-    """Options of `trl-rubric gap`: those of `trl-rubric eval`, plus the teacher's context (the same fields as
-    `RGSDConfig`), the per-token view and the verdict thresholds.
-    """
-
-    n_samples: int | None = field(
-        default=64,
-        metadata={
-            "help": "Training prompts to sample (seeded); more prompts give a tighter interval on the gap, at the "
-            "cost of two generations and two gradings per prompt."
-        },
-    )
-    output_dir: str = field(default="trl-rubric-gap", metadata={"help": "Folder for results and charts."})
-    teacher_prompt_template: str = field(
-        default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
-        metadata={
-            "help": "Teacher context with {prompt} and {rubric} placeholders; use the one you will train RGSD with."
-        },
-    )
-    rubric_render_style: Literal["numbered", "weighted", "json"] = field(
-        default="numbered", metadata={"help": "How the rubric is written into the teacher context."}
-    )
-    teacher_penalties: Literal["show", "omit"] = field(
-        default=DEFAULT_TEACHER_PENALTIES,
-        metadata={
-            "help": "Whether the teacher context shows the rubric's penalty criteria (show) or leaves them out "
-            "(omit); use the value you will train RGSD with. Answers are graded against the whole rubric either way."
-        },
-    )
-    n_token_views: int = field(
-        default=4,
-        metadata={
-            "help": "Student completions to show token by token, shaded by log p_teacher - log p_student "
-            "(token_view.html / .png); 0 skips it."
-        },
-    )
-    min_gap: float = field(
-        default=0.05,
-        metadata={"help": "Smallest gap (0-1 scale) for which RGSD is recommended; below it, GRPO with a judge is."},
-    )
-    max_length_ratio: float = field(
-        default=1.3,
-        metadata={"help": "Warn that the gap may be mere length when answers with the rubric are this much longer."},
-    )
 
 
 def make_parser():

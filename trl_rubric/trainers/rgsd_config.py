@@ -1,0 +1,374 @@
+"""[`RGSDConfig`]: every `GRPOConfig` field plus the RGSD fields, documented where declared, and their checks.
+
+As TRL keeps `grpo_config.py` apart from `grpo_trainer.py`; the trainer lives in `rgsd.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from trl import GRPOConfig
+
+from .. import losses
+from ..multi_teacher import TEACHER_COMBINES
+from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
+from ..teacher import (
+    DEFAULT_TEACHER_PENALTIES,
+    DEFAULT_TEACHER_PROMPT_TEMPLATE,
+    TEACHER_MODEL_KINDS,
+    TEACHER_PENALTIES,
+)
+from ..teacher_context import TEACHER_CONTEXT_PRESETS, apply_preset
+
+logger = logging.getLogger(__name__)
+
+DISTILLATION_SUPPORTS = ("full", "topk", "sampled_token")
+TOKEN_CLIP_MODES = ("clamp", "scale", "per_entry")
+#: The clip default, in one place, chosen on SmolLM2 (docs/benchmarks.md): no clip. The default JSD (beta 0.5) is
+#: bounded by ln 2 per token, so the clip is not needed for stability, and at a learning rate that learns it cost gain.
+DEFAULT_TOKEN_CLIP: float | None = None
+DEFAULT_TOKEN_CLIP_MODE = "clamp"
+#: Warn (once) when more than this fraction of the loss tokens in a logging window were clipped.
+# Fields a teacher-context preset may set (see `teacher_context.TEACHER_CONTEXT_PRESETS`).
+RGSD_PRESET_FIELDS = {key for preset in TEACHER_CONTEXT_PRESETS.values() for key in preset.settings}
+
+
+@dataclass
+class RGSDConfig(GRPOConfig):
+    r"""
+    Configuration for [`RGSDTrainer`]: every [`~trl.GRPOConfig`] field, plus the fields below.
+
+    Rubric-Guided Self-Distillation (arXiv 2606.12507) samples one completion per prompt and distils a
+    rubric-conditioned teacher into the prompt-only student, so `num_generations` defaults to 1 here, and no reward
+    function is needed.
+
+    > Parameters that control the teacher
+
+        teacher_model_kind (`str`, *optional*, defaults to `"base"`):
+            Which weights score the completions. `"base"`: the frozen initial policy (the paper's choice; with a PEFT
+            model, the same model with adapters disabled, so no copy). `"ema"`: an exponential moving average of the
+            policy, updated every `teacher_sync_steps` with rate `teacher_update_rate`. `"live"`: the current policy
+            weights, without gradients. A separate teacher (`teacher_model_name_or_path`, or `teacher_model=` on the
+            trainer) is always frozen and needs the default `"base"`.
+        teacher_update_rate (`float`, *optional*, defaults to `0.05`):
+            EMA rate for `teacher_model_kind="ema"`: `teacher = (1 - rate) * teacher + rate * policy`. The average is
+            kept in fp32 even when the teacher is bf16, so small updates are not rounded away.
+        teacher_sync_steps (`int`, *optional*, defaults to `1`):
+            Optimizer steps between EMA updates for `teacher_model_kind="ema"`.
+        teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            A separate, frozen teacher model (path or Hub id) with the student's tokenizer, e.g. a larger model of the
+            same family; as TRL's `GKDConfig`. The trainer's `teacher_model` argument takes precedence. Lets recipes
+            and the `trl-rubric rgsd` command use a separate teacher.
+
+    > Parameters that control the teacher context
+
+        teacher_context (`str`, *optional*, defaults to `"rubric"`):
+            What the teacher is shown, by preset name; one line switches the method. `"rubric"`: the rubric as hidden
+            criteria (RGSD). `"reference"`: a reference answer from `reference_column` (OPSD / SDFT).
+            `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
+            rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
+            those loss fields where they hold their defaults. `"skills"`: `num_teacher_contexts` teachers per
+            rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD
+            gate (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom
+            providers.
+        reference_column (`str`, *optional*, defaults to `"reference"`):
+            Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
+            contexts. A missing or empty value is an error naming the row, before training.
+        teacher_prompt_template (`str`, *optional*, defaults to [`DEFAULT_TEACHER_PROMPT_TEMPLATE`]):
+            Text with `{prompt}` and `{rubric}` placeholders that builds the teacher's view. For chat prompts it fills
+            the last user turn; system turns are kept. The reference contexts have their own default template; a
+            template set here replaces it and must hold `{reference}` too.
+        rubric_render_style (`str`, *optional*, defaults to `"numbered"`):
+            How the rubric is rendered for the teacher: `"numbered"`, `"weighted"` or `"json"`.
+        teacher_penalties (`str`, *optional*, defaults to `"omit"`):
+            Whether the teacher sees the rubric's penalty criteria (negative weight). `"omit"` leaves them out of the
+            teacher's context (grading and rewards still use the whole rubric); `"show"` lists them under "A good
+            answer avoids:", as the paper's teacher sees the whole rubric. Decided on SmolLM2-135M-Instruct: shown the
+            penalties, the teacher wrote the forbidden phrase in 17% of its answers and its gap halved (+13pp vs
+            +28pp), and the student trained from it gained +5.7pp vs +14.7pp. A large model may heed "avoids" where a
+            small one is primed by it: `"show"` is one line away. The `rcsd` preset sets `"show"` (its paper shows
+            the whole rubric). `trl-rubric gap` reads the same field: measure the gap with the view you train with.
+        rubric_column (`str`, *optional*, defaults to `"rubric"`):
+            Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
+        pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
+            How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
+            in the `weighted` and `json` render styles.
+        skill_bank (`str` or `None`, *optional*, defaults to `None`):
+            File of skills for the `skills` and `sgsd` contexts: `.jsonl` rows with `text` (or `skill` and `mistake`),
+            or one skill per line.
+        num_teacher_contexts (`int`, *optional*, defaults to `4`):
+            K, the skills retrieved per rollout, one teacher each; the teacher forward then costs about K times more.
+        skill_weight_temperature (`float`, *optional*, defaults to `1.0`):
+            The K teachers are weighted by a softmax of their retrieval scores at this temperature.
+        teacher_combine (`str`, *optional*, defaults to `"mean"`):
+            How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
+            per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
+            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`; it gates a
+            single teacher too.
+        gate_success_threshold (`float`, *optional*, defaults to `0.5`):
+            For `"sgsd_gate"`: a rollout whose weighted reward reaches this is a success, below it a failure.
+        gate_min_support (`float`, *optional*, defaults to `0.1`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is smaller in size is uncertain and ignored.
+        gate_max_support (`float`, *optional*, defaults to `5.0`):
+            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is larger in size is extreme and ignored.
+        max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
+            whole training set before training starts. Teacher prompts are never truncated.
+
+    > Parameters that control the distillation loss
+
+        distillation_beta (`float`, *optional*, defaults to `0.5`):
+            Divergence between student and teacher: `0.0` is the forward KL(teacher‖student), `1.0` the reverse
+            KL(student‖teacher), values in between the generalized Jensen-Shannon divergence. 0.5 is the paper's.
+        distillation_support (`str`, *optional*, defaults to `"full"`):
+            `"full"`: the whole vocabulary, computed from hidden states in token chunks so that no logits tensor is
+            ever materialised. `"topk"`: the top-k tokens (plus a tail bucket). `"sampled_token"`: the reverse-KL
+            estimator on the sampled token only, the cheapest.
+        distillation_top_k (`int`, *optional*, defaults to `20`):
+            k for `distillation_support="topk"`.
+        distillation_top_k_source (`str`, *optional*, defaults to `"teacher"`):
+            Whose top-k tokens form the support: `"teacher"` or `"student"`.
+        distillation_top_k_tail (`bool`, *optional*, defaults to `True`):
+            Add a bucket holding the probability mass outside the top-k.
+        distillation_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per call of the full-vocabulary divergence kernel. `None` picks 128 on CPU, where TRL's torch
+            fallback would otherwise allocate 4096-token tiles (128 keeps peak memory flat), and one call on GPUs,
+            where the Triton kernel tiles the tokens itself and every extra call costs a full fp32 LM-head gradient.
+        token_clip (`float` or `None`, *optional*, defaults to `None`):
+            Bound on each token's divergence (tau; see `token_clip_mode`); `None`, the default, turns clipping off.
+            The paper clips at 0.05 (the OPSD line's value). On SmolLM2-135M-Instruct (LoRA, learning rate 2e-3, 24
+            steps) no clip gained more than a 0.05 clamp on train prompts in all three comparisons (+14.7 vs +9.4pp,
+            +14.0 vs +9.6pp on a second seed, +5.7 vs +4.0pp with penalties shown; paired difference on the second
+            seed +4.4pp [+0.3, +8.5]), and the default JSD is bounded by ln 2 per token anyway. Set a clip with
+            `distillation_beta` 0 or 1 (KL is unbounded), as the `rcsd` and `sgsd` presets do. When more than half of
+            the loss tokens in a logging window are clipped, a warning says so: raise tau or change the mode.
+        token_clip_mode (`str`, *optional*, defaults to `"clamp"`):
+            `"clamp"`: a token's divergence above tau counts as tau and gives no gradient, so the tokens the rubric
+            changes most can drop out (with a confident teacher, all of them). `"scale"`: their value is tau and their
+            gradient is scaled by tau / divergence, so the direction is kept. `"per_entry"`: the OPSD code's clip
+            (used by RCSD), on each vocabulary entry's contribution before the sum over the vocabulary, so a token's
+            loss can be negative; `full` and `topk` supports only. With `sampled_token` the clip is symmetric,
+            `[-tau, tau]`, because that estimate is signed. With a clip set, `"clamp"` (the mode default) closed the most
+            gap in the 12-step clip ablation on SmolLM2-135M-Instruct (42% vs scale 32%, per-entry 15%; one small run,
+            overlapping intervals); see `docs/benchmarks.md`.
+        mask_thinking (`bool`, *optional*, defaults to `False`):
+            Leave tokens between `thinking_start` and `thinking_end` (inclusive) out of the loss. Use it for thinking
+            models: the teacher's reasoning mentions the criteria.
+        thinking_start (`str`, *optional*, defaults to `"<think>"`):
+            Text that opens a thinking block.
+        thinking_end (`str`, *optional*, defaults to `"</think>"`):
+            Text that closes a thinking block.
+        num_loss_tokens_to_skip (`int`, *optional*, defaults to `0`):
+            Leave the first N completion tokens of every sample out of the loss.
+        distillation_weight (`float`, *optional*, defaults to `1.0`):
+            Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
+            `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
+            and the GRPO-only work is skipped: the old log-prob forward, vLLM's importance-sampling correction, and
+            the reference model of GRPO's `beta` (which pure RGSD refuses; the divergence's beta is
+            `distillation_beta`).
+    """
+
+    num_generations: int | None = field(
+        default=1,
+        metadata={"help": "Completions sampled per prompt. RGSD needs one; hybrid mode needs at least 2."},
+    )
+    teacher_model_kind: Literal["base", "ema", "live"] = field(
+        default="base",
+        metadata={"help": "Teacher weights: 'base' (frozen initial policy), 'ema' or 'live'."},
+    )
+    teacher_update_rate: float = field(default=0.05, metadata={"help": "EMA rate for teacher_model_kind='ema'."})
+    teacher_sync_steps: int = field(default=1, metadata={"help": "Optimizer steps between EMA teacher updates."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Separate frozen teacher (path or Hub id) sharing the student's tokenizer; default: none."},
+    )
+    teacher_context: str = field(
+        default="rubric",
+        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills or sgsd."},
+    )
+    reference_column: str = field(
+        default="reference", metadata={"help": "Dataset column holding the reference answer."}
+    )
+    skill_bank: str | None = field(default=None, metadata={"help": "Skill file for the skills / sgsd contexts."})
+    num_teacher_contexts: int = field(default=4, metadata={"help": "Skills (teachers) retrieved per rollout."})
+    skill_weight_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature on the skills' retrieval scores."}
+    )
+    teacher_combine: Literal["mean", "sgsd_gate"] = field(
+        default="mean", metadata={"help": "How K teachers per rollout combine: mean or sgsd_gate."}
+    )
+    gate_success_threshold: float = field(
+        default=0.5, metadata={"help": "sgsd_gate: weighted reward at or above this is a success."}
+    )
+    gate_min_support: float = field(default=0.1, metadata={"help": "sgsd_gate: smallest |log-ratio| that counts."})
+    gate_max_support: float = field(default=5.0, metadata={"help": "sgsd_gate: largest |log-ratio| that counts."})
+    teacher_prompt_template: str = field(
+        default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
+        metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
+    )
+    rubric_render_style: Literal["numbered", "weighted", "json"] = field(
+        default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
+    )
+    teacher_penalties: Literal["show", "omit"] = field(
+        default=DEFAULT_TEACHER_PENALTIES,
+        metadata={"help": "Whether the teacher sees penalty criteria: show or omit."},
+    )
+    rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
+    pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
+        default="as_is", metadata={"help": "Sign of RaR pitfall criteria: as_is, negative or positive."}
+    )
+    max_teacher_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest teacher prompt in tokens; longer rows raise an error. Never truncated."},
+    )
+    distillation_beta: float = field(
+        default=0.5,
+        metadata={"help": "0 = forward KL(teacher||student), 1 = reverse KL(student||teacher), between = JSD."},
+    )
+    distillation_support: Literal["full", "topk", "sampled_token"] = field(
+        default="full", metadata={"help": "Divergence support: full, topk or sampled_token."}
+    )
+    distillation_top_k: int = field(default=20, metadata={"help": "k for distillation_support='topk'."})
+    distillation_top_k_source: Literal["teacher", "student"] = field(
+        default="teacher", metadata={"help": "Whose top-k forms the support: teacher or student."}
+    )
+    distillation_top_k_tail: bool = field(
+        default=True, metadata={"help": "Add a bucket for the mass outside the top-k."}
+    )
+    distillation_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per divergence-kernel call; None = 128 on CPU, one call on GPU."},
+    )
+    token_clip: float | None = field(
+        default=DEFAULT_TOKEN_CLIP, metadata={"help": "Bound tau on each token's divergence; None disables."}
+    )
+    token_clip_mode: Literal["clamp", "scale", "per_entry"] = field(
+        default=DEFAULT_TOKEN_CLIP_MODE,
+        metadata={
+            "help": "clamp (no gradient above tau), scale (gradient scaled by tau/div) or per_entry (each "
+            "vocabulary entry clipped before the sum; full and topk only)."
+        },
+    )
+    mask_thinking: bool = field(
+        default=False, metadata={"help": "Exclude tokens inside thinking blocks from the loss."}
+    )
+    thinking_start: str = field(default="<think>", metadata={"help": "Text opening a thinking block."})
+    thinking_end: str = field(default="</think>", metadata={"help": "Text closing a thinking block."})
+    num_loss_tokens_to_skip: int = field(
+        default=0, metadata={"help": "Exclude the first N completion tokens of each sample from the loss."}
+    )
+    distillation_weight: float = field(
+        default=1.0,
+        metadata={"help": "Hybrid mode: loss = (1-w) * GRPO + w * distillation. 1.0 = pure RGSD."},
+    )
+
+    def __post_init__(self):
+        apply_preset(self, {f.name: f.default for f in fields(RGSDConfig) if f.name in RGSD_PRESET_FIELDS})
+        self._check_rgsd_fields()
+        if self.num_generations != 1:
+            super().__post_init__()
+            return
+        # GRPOConfig rejects num_generations < 2 because group advantages need a group. RGSD has no advantages, so
+        # one rollout is the method itself. TRL raises at the very end of its checks, so finishing the remaining
+        # checks here keeps every other validation intact (`tests/test_trl_contract.py` pins this).
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            if "at least 2 generations" not in str(e):
+                raise
+            self._finish_grpo_post_init()
+
+    def _finish_grpo_post_init(self) -> None:
+        # The checks GRPOConfig.__post_init__ runs after its num_generations check (TRL 1.16).
+        if self.vllm_importance_sampling_cap is not None:
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
+        lo, hi = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(
+                f"vllm_importance_sampling_clip_min ({lo}) must be less than vllm_importance_sampling_clip_max ({hi})."
+            )
+        if (
+            self.vllm_importance_sampling_correction
+            and self.vllm_importance_sampling_mode in ("token_truncate", "sequence_truncate")
+            and lo is None
+            and hi is None
+        ):
+            raise ValueError(
+                "At least one of `vllm_importance_sampling_clip_min` or `vllm_importance_sampling_clip_max` "
+                "must be set when `vllm_importance_sampling_mode` is a `*_truncate` mode."
+            )
+
+    def _check_rgsd_fields(self) -> None:
+        def choice(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(f"{name} is {value!r}; expected one of {tuple(options)}")
+
+        choice("teacher_model_kind", TEACHER_MODEL_KINDS)
+        choice("distillation_support", DISTILLATION_SUPPORTS)
+        choice("distillation_top_k_source", ("teacher", "student"))
+        choice("rubric_render_style", RENDER_STYLES)
+        choice("teacher_penalties", TEACHER_PENALTIES)
+        choice("token_clip_mode", TOKEN_CLIP_MODES)
+        choice("pitfall_polarity", PITFALL_POLARITIES)
+        choice("teacher_combine", TEACHER_COMBINES)
+        if self.teacher_combine == "sgsd_gate" and self.token_clip is None:
+            raise ValueError(
+                "teacher_combine='sgsd_gate' reverses some teachers, so it needs a bounded loss: set token_clip"
+            )
+        if not 0.0 <= self.gate_min_support <= self.gate_max_support:
+            raise ValueError(
+                f"gate_min_support={self.gate_min_support}, gate_max_support={self.gate_max_support}; expected "
+                "0 <= min <= max"
+            )
+        if not 0.0 <= self.distillation_beta <= 1.0:
+            raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise ValueError(f"distillation_weight is {self.distillation_weight}; expected a value in [0, 1]")
+        if self.distillation_weight == 1.0 and (self.entropy_coef != 0.0 or self.use_adaptive_entropy):
+            # GRPO's entropy bonus regularises its policy-gradient term; pure RGSD has none, and the divergence to
+            # the teacher already governs the student's entropy.
+            raise ValueError(
+                f"entropy_coef={self.entropy_coef} / use_adaptive_entropy={self.use_adaptive_entropy} act on GRPO's "
+                "policy loss, which pure RGSD (distillation_weight=1.0) does not have; drop them, or use hybrid mode "
+                "(distillation_weight < 1 with reward_funcs), where they scale by 1 - distillation_weight"
+            )
+        if self.token_clip is not None and self.token_clip <= 0:
+            raise ValueError(f"token_clip is {self.token_clip}; expected a positive number or None")
+        if self.beta != 0.0 and self.distillation_weight == 1.0:
+            raise ValueError(
+                f"beta is {self.beta}: that is GRPO's KL penalty to a reference model, which pure RGSD "
+                "(distillation_weight=1.0) never uses, though it would build and run a reference model every round. "
+                "The divergence's beta is distillation_beta. Set beta=0.0, or use hybrid mode (distillation_weight < 1)."
+            )
+        if self.loss_type in losses.POLICY_ONLY_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type is {self.loss_type!r}, which reshapes GRPO's importance-ratio objective and has no "
+                f"distillation analogue; use one of {losses.LOSS_TYPES}"
+            )
+        if self.token_clip_mode == "per_entry" and self.distillation_support == "sampled_token":
+            raise ValueError(
+                "token_clip_mode='per_entry' clips each vocabulary entry's contribution, but "
+                "distillation_support='sampled_token' has one entry per token; use token_clip_mode 'clamp' or "
+                "'scale' (symmetric for that estimate), or distillation_support 'full' or 'topk'."
+            )
+        if not 0.0 < self.teacher_update_rate <= 1.0:
+            raise ValueError(f"teacher_update_rate is {self.teacher_update_rate}; expected a value in (0, 1]")
+        if self.teacher_sync_steps < 1:
+            raise ValueError(f"teacher_sync_steps is {self.teacher_sync_steps}; expected at least 1")
+        if self.distillation_chunk_size is not None and self.distillation_chunk_size < 1:
+            raise ValueError(f"distillation_chunk_size is {self.distillation_chunk_size}; expected at least 1")
+        if self.num_loss_tokens_to_skip < 0:
+            raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
+        if "{prompt}" not in self.teacher_prompt_template:
+            raise ValueError(f"teacher_prompt_template must contain {{prompt}}; got {self.teacher_prompt_template!r}")
+        if self.teacher_context == "rubric" and "{rubric}" not in self.teacher_prompt_template:
+            logger.warning(
+                "teacher_prompt_template has no {rubric} placeholder: the teacher will not see the rubric, so this "
+                "run is plain self-distillation (a useful control, but not RGSD)."
+            )
+
+
+__all__ = ["DEFAULT_TOKEN_CLIP", "DEFAULT_TOKEN_CLIP_MODE", "DISTILLATION_SUPPORTS", "TOKEN_CLIP_MODES", "RGSDConfig"]
