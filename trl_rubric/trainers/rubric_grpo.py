@@ -34,6 +34,9 @@ from .resume import ExactResumeMixin
 logger = logging.getLogger(__name__)
 
 REWARD_AGGREGATIONS = ("weighted", "unweighted")
+#: The `loss_type` values TRL 1.16's `GRPOTrainer._compute_loss` implements (it raises "Unknown loss type" on any
+#: other, but only at the first loss, after generation and judging); `tests/test_trl_contract.py` pins the list.
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo")
 SIGNAL_KEY = "rubric_has_signal"
 
 
@@ -114,6 +117,11 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type is {self.loss_type!r}, which RubricGRPOTrainer (TRL's GRPO loss) does not know; expected "
+                f"one of {GRPO_LOSS_TYPES}"
+            )
         if self.reward_aggregation not in REWARD_AGGREGATIONS:
             raise ValueError(
                 f"reward_aggregation is {self.reward_aggregation!r}; expected one of {REWARD_AGGREGATIONS}"
