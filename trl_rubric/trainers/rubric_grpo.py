@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 REWARD_AGGREGATIONS = ("weighted", "unweighted")
 #: The `loss_type` values TRL 1.16's `GRPOTrainer._compute_loss` implements (it raises "Unknown loss type" on any
-#: other, but only at the first loss, after generation and judging); `tests/test_trl_contract.py` pins the list.
+#: other, but only at the first loss, after generation and judging); `tests/test_loss_type.py` pins the list.
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo")
 SIGNAL_KEY = "rubric_has_signal"
 
