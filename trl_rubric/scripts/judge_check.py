@@ -170,8 +170,8 @@ def _grade(judge, rows, judge_args, progress: bool):
 def _judge_record(judge_args: JudgeArguments | None, judge) -> dict[str, Any] | None:
     if judge_args is None:
         return None
-    # The API key's variable name only, never its value.
-    keep = ("judge_backend", "judge_model", "judge_base_url", "judge_mode", "judge_api_key_env")
+    # As eval records it: no URL (it may carry a token) and nothing about the key.
+    keep = ("judge_backend", "judge_model", "judge_mode")
     record = {k: getattr(judge_args, k) for k in keep}
     record["name"] = getattr(judge, "name", type(judge).__name__)
     return record
