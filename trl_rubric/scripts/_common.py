@@ -132,21 +132,25 @@ def _toy_dataset(name: str):
     raise UsageError(f"dataset_name {name!r}: expected toy://train or toy://heldout")
 
 
-#: `dataset_name: smollm2://train` (or `smollm2://heldout`) is the real-model health and science rubric world.
+#: `dataset_name: smollm2://train` (or `smollm2://heldout`) is the real-model health and science rubric world;
+#: `smollm2://<world>/train|heldout` names any world of `trl_rubric.real.worlds.WORLDS` (`health`, `instructions`).
 REAL_DATA_SCHEME = "smollm2://"
 
 
 def real_dataset(name: str):
-    """The real-model world's train or held-out split, named `smollm2://train` or `smollm2://heldout`."""
-    from ..real.world import make_real_world
+    """A real-model world's train or held-out split: `smollm2://train|heldout` (the health and science world) or
+    `smollm2://<world>/train|heldout`, e.g. `smollm2://instructions/train`."""
+    from ..real.worlds import DEFAULT_WORLD, WORLDS, make_named_world
 
-    split = name[len(REAL_DATA_SCHEME) :]
-    world = make_real_world()
-    if split == "train":
-        return world.train_dataset()
-    if split == "heldout":
-        return world.heldout_dataset()
-    raise UsageError(f"dataset_name {name!r}: expected smollm2://train or smollm2://heldout")
+    world_name, _, split = name[len(REAL_DATA_SCHEME) :].rpartition("/")
+    world_name = world_name or DEFAULT_WORLD
+    expected = (
+        f"expected smollm2://train|heldout or smollm2://<world>/train|heldout with world one of {sorted(WORLDS)}"
+    )
+    if world_name not in WORLDS or split not in ("train", "heldout"):
+        raise UsageError(f"dataset_name {name!r}: {expected}")
+    world = make_named_world(world_name)
+    return world.train_dataset() if split == "train" else world.heldout_dataset()
 
 
 def _toy_model(name: str) -> str:
