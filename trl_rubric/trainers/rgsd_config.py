@@ -348,6 +348,12 @@ class RGSDConfig(GRPOConfig):
                 f"loss_type is {self.loss_type!r}, which reshapes GRPO's importance-ratio objective and has no "
                 f"distillation analogue; use one of {losses.LOSS_TYPES}"
             )
+        if self.loss_type not in losses.LOSS_TYPES:
+            # Checked here, not at the first loss: the reduction runs only after generation and the teacher pass.
+            raise ValueError(
+                f"loss_type is {self.loss_type!r}, which RGSDTrainer does not know; expected one of "
+                f"{losses.LOSS_TYPES} (the token normalisations the distillation loss shares with GRPO)"
+            )
         if self.token_clip_mode == "per_entry" and self.distillation_support == "sampled_token":
             raise ValueError(
                 "token_clip_mode='per_entry' clips each vocabulary entry's contribution, but "
