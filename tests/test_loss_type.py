@@ -9,8 +9,8 @@ import pytest
 from trl.trainer import grpo_trainer
 
 from trl_rubric import losses
-from trl_rubric.trainers.rubric_grpo import GRPO_LOSS_TYPES, RubricGRPOConfig
 from trl_rubric.testing import rgsd_test_config
+from trl_rubric.trainers.rubric_grpo import GRPO_LOSS_TYPES, RubricGRPOConfig
 
 
 def test_rgsd_config_refuses_unknown_loss_type_at_construction(tmp_path):
