@@ -18,14 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..rubric import Rubric
-from .base import DEFAULT_CANNOT_ASSESS_POLICY, Grade, JudgeUsage, RubricJudge, check_cannot_assess_policy
+from .base import (
+    DEFAULT_CANNOT_ASSESS_POLICY,
+    Grade,
+    JudgeUsage,
+    RubricJudge,
+    check_cannot_assess_policy,
+    prompt_to_text,
+)
 from .cache import GradeCache, cache_key
-from .parsing import parse_rating, parse_single_verdict, parse_verdicts
+from .parsing import CANNOT_ASSESS, parse_answer, parse_rating, parse_single_answer
 from .prompts import (
     JUDGE_MODES,
     PROMPT_VERSION,
     batched_messages,
     implicit_messages,
+    neutralise,
+    new_nonce,
     per_criterion_messages,
     rating_to_score,
 )
@@ -73,6 +82,8 @@ class ChatRubricJudge(RubricJudge):
         cannot_assess: How a "cannot assess" verdict scores: `"penalties_worst_case"` (default: a penalty counts as
             met, a positive criterion is left out), `"worst_case"`, `"skip"` or `"unmet"`; see
             [`CANNOT_ASSESS_POLICIES`]. Only the score changes; the cache stores the verdicts, so it is shared.
+        seed: Seed of the per-request delimiter codes (see `trl_rubric.judges.prompts`); `None` draws them from the
+            operating system. Set it only to make prompts reproducible in tests.
     """
 
     def __init__(
@@ -85,8 +96,10 @@ class ChatRubricJudge(RubricJudge):
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         cannot_assess: str = DEFAULT_CANNOT_ASSESS_POLICY,
+        seed: int | None = None,
     ):
         super().__init__()
+        self._rng = random.Random(seed)  # seeded from the OS when `seed` is None
         self.cannot_assess_policy = check_cannot_assess_policy(cannot_assess)
         if mode not in JUDGE_MODES:
             raise ValueError(f"judge mode is {mode!r}; expected one of {JUDGE_MODES}")
@@ -198,49 +211,70 @@ class ChatRubricJudge(RubricJudge):
             **kwargs,
         )
 
+    @staticmethod
+    def _echo(response: str) -> str:
+        # What a judge can quote of the response: as written, and as the prompt showed it (neutralised).
+        return f"{response}\n{neutralise(response)}"
+
+    def _nonce(self, prompt: Any, response: str) -> str:
+        # A fresh delimiter code per request, drawn from the judge's own generator (seedable for tests).
+        return new_nonce(self._rng, avoid=(prompt_to_text(prompt), response))
+
     async def _grade_batched(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
         verdicts: list[bool | None] = [None] * len(rubric)
+        cannot = [False] * len(rubric)
+        explanations: list[str | None] = [None] * len(rubric)
 
         def read(text):
-            got, problems = parse_verdicts(text, len(rubric))
+            got = parse_answer(text, len(rubric), echo=self._echo(response))
             # Keep what earlier attempts established; a retry only has to fill the gaps.
-            for i, v in enumerate(got):
-                if verdicts[i] is None:
-                    verdicts[i] = v
-            missing = [i + 1 for i, v in enumerate(verdicts) if v is None]
-            return f"no verdict for criteria {missing}: {'; '.join(problems)}" if missing else None
+            for i, (v, c, e) in enumerate(zip(got.verdicts, got.cannot_assess, got.explanations, strict=True)):
+                if verdicts[i] is None and not cannot[i] and (v is not None or c):
+                    verdicts[i], cannot[i], explanations[i] = v, c, e
+            missing = [i + 1 for i, v in enumerate(verdicts) if v is None and not cannot[i]]
+            return f"no verdict for criteria {missing}: {'; '.join(got.problems)}" if missing else None
 
-        usage, raw, problem = await self._ask(batched_messages(prompt, response, rubric), read)
-        return Grade.from_verdicts(rubric, verdicts, raw=raw, usage=usage, error=problem)
+        messages = batched_messages(prompt, response, rubric, nonce=self._nonce(prompt, response))
+        usage, raw, problem = await self._ask(messages, read)
+        return self._verdict_grade(rubric, verdicts, cannot, explanations, raw=raw, usage=usage, error=problem)
 
     async def _grade_per_criterion(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
         async def one(criterion):
-            box: list[bool | None] = [None]
+            box: list[Any] = [None, None]
 
             def read(text):
-                box[0], problem = parse_single_verdict(text)
+                box[0], box[1], problem = parse_single_answer(text, echo=self._echo(response))
                 return problem
 
-            usage, raw, problem = await self._ask(per_criterion_messages(prompt, response, criterion), read)
-            return box[0], usage, raw, problem
+            messages = per_criterion_messages(prompt, response, criterion, nonce=self._nonce(prompt, response))
+            usage, raw, problem = await self._ask(messages, read)
+            return box[0], box[1], usage, raw, problem
 
         results = await asyncio.gather(*(one(c) for c in rubric))
         usage = JudgeUsage()
-        for _, u, _, _ in results:
+        for *_, u, _, _ in results:
             usage.add(u)
-        errors = [f"criterion {i}: {p}" for i, (_, _, _, p) in enumerate(results, start=1) if p]
-        raw = "\n".join(f"[{i}] {r}" for i, (_, _, r, _) in enumerate(results, start=1))
-        return Grade.from_verdicts(
-            rubric, [v for v, *_ in results], raw=raw, usage=usage, error="; ".join(errors) or None
+        errors = [f"criterion {i}: {r[-1]}" for i, r in enumerate(results, start=1) if r[-1]]
+        raw = "\n".join(f"[{i}] {r[3]}" for i, r in enumerate(results, start=1))
+        cannot = [r[0] == CANNOT_ASSESS for r in results]
+        return self._verdict_grade(
+            rubric,
+            [None if c else r[0] for r, c in zip(results, cannot, strict=True)],
+            cannot,
+            [r[1] for r in results],
+            raw=raw,
+            usage=usage,
+            error="; ".join(errors) or None,
         )
 
     async def _grade_implicit(self, prompt: Any, response: str, rubric: Rubric) -> Grade:
         box: list[float | None] = [None]
 
         def read(text):
-            box[0], problem = parse_rating(text)
+            box[0], problem = parse_rating(text, echo=self._echo(response))
             return problem
 
-        usage, raw, problem = await self._ask(implicit_messages(prompt, response, rubric), read)
+        messages = implicit_messages(prompt, response, rubric, nonce=self._nonce(prompt, response))
+        usage, raw, problem = await self._ask(messages, read)
         score = rating_to_score(box[0]) if box[0] is not None else None
         return Grade.from_rating(rubric, score, raw=raw, usage=usage, error=problem)

@@ -75,6 +75,9 @@ class OpenAIJudge(ChatRubricJudge):
         probe_timeout: Seconds [`OpenAIJudge.probe`] waits for each endpoint.
         backoff_base: First backoff delay in seconds; doubles on each retry.
         backoff_max: Cap on one backoff delay.
+        cannot_assess: How a "cannot assess" verdict scores (default `"penalties_worst_case"`: a penalty counts as
+            met, a positive criterion is left out); see [`ChatRubricJudge`].
+        seed: Seed of the per-request delimiter codes; `None` (default) draws them at random. For tests.
     """
 
     name = "openai"
@@ -96,6 +99,8 @@ class OpenAIJudge(ChatRubricJudge):
         probe_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
+        cannot_assess: str = "penalties_worst_case",
+        seed: int | None = None,
     ):
         if not model:
             raise ValueError("OpenAIJudge needs model=..., the model name the judge server expects")
@@ -109,6 +114,8 @@ class OpenAIJudge(ChatRubricJudge):
             max_concurrency=max_concurrency,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            cannot_assess=cannot_assess,
+            seed=seed,
         )
         self.model = model
         self.base_urls = split_base_urls(base_url)

@@ -52,6 +52,9 @@ class TransformersJudge(ChatRubricJudge):
         cache_dir: Folder for the on-disk grade cache; `None` disables it.
         generation_kwargs: Extra arguments for `model.generate` (e.g. `{"do_sample": True, "temperature": 0.7}`).
         model_init_kwargs: Extra arguments for `from_pretrained` when `model_or_path` is a string.
+        cannot_assess: How a "cannot assess" verdict scores (default `"penalties_worst_case"`: a penalty counts as
+            met, a positive criterion is left out); see [`ChatRubricJudge`].
+        seed: Seed of the per-request delimiter codes; `None` (default) draws them at random. For tests.
     """
 
     name = "transformers"
@@ -68,6 +71,8 @@ class TransformersJudge(ChatRubricJudge):
         cache_dir: str | None = None,
         generation_kwargs: dict[str, Any] | None = None,
         model_init_kwargs: dict[str, Any] | None = None,
+        cannot_assess: str = "penalties_worst_case",
+        seed: int | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,6 +102,8 @@ class TransformersJudge(ChatRubricJudge):
             cache_dir=cache_dir,
             # Enough concurrent grades in flight that batches can fill up.
             max_concurrency=max(int(batch_size) * 2, 8),
+            cannot_assess=cannot_assess,
+            seed=seed,
         )
         self.model = model.eval()
         self.tokenizer = tokenizer

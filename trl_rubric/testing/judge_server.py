@@ -7,9 +7,10 @@
         ...
         assert server.requests == 4
 
-**Grading rule.** The server reads the prompts written by `trl_rubric.judges.prompts` (it finds the response and the
-criteria by their section headers). A criterion is met if and only if the criterion's **last word** (lower-cased,
-punctuation stripped) appears as a word in the response. "mentions fever" is met by "the fever rose" and not by
+**Grading rule.** The server reads the prompts written by `trl_rubric.judges.prompts`: the response is what lies
+between the first `<<<RESPONSE code>>>` tag and its `<<<END RESPONSE code>>>` (the code is random per request, so a
+response cannot forge it), the criteria are read after that end tag by their section headers. A criterion is met if and only if the criterion's **last word** (lower-cased,
+punctuation stripped, ignoring words without a letter such as "3.") appears as a word in the response. "mentions fever" is met by "the fever rose" and not by
 "feverish". In implicit mode the rating is `1 + round(9 * met / K)`, counting criteria regardless of sign.
 
 **Faults.** `server.fault = kind` applies to every request; `server.inject(kind, times=n)` to the next `n` requests
@@ -20,7 +21,11 @@ only (injected faults are used first). Kinds:
 - `"malformed"`: a 200 whose message is not JSON;
 - `"missing"`: leave the last criterion out (per-criterion mode: an answer without `met`);
 - `"out_of_range"`: number criteria 0..K-1 instead of 1..K, so id 0 is out of range and id K is missing;
-- `"duplicate"`: give criterion 1 twice with opposite verdicts.
+- `"duplicate"`: give criterion 1 twice with opposite verdicts;
+- `"echo"`: quote the response first ("The response reads: ..."), then give the verdicts, as chatty judges do: a
+  forged verdict inside the response then appears in the answer before the real one;
+- `"cannot_assess"`: answer "cannot_assess" for the last criterion (per-criterion mode: for
+  each penalty criterion, one with negative points).
 
 It counts chat requests (`requests`), tracks the most requests in flight at once (`max_in_flight`), records the
 `Authorization` headers it saw, can delay each answer by `delay` seconds, and can be stopped and started again on the
@@ -37,16 +42,29 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..judges.prompts import CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, RESPONSE_HEADER
+from ..judges.parsing import CANNOT_ASSESS
+from ..judges.prompts import CLOSE_TAG, CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, OPEN_TAG, RESPONSE
 
-FAULT_KINDS = ("500", "429", "401", "hang", "malformed", "missing", "out_of_range", "duplicate")
+FAULT_KINDS = (
+    "500",
+    "429",
+    "401",
+    "hang",
+    "malformed",
+    "missing",
+    "out_of_range",
+    "duplicate",
+    "echo",
+    "cannot_assess",
+)
+_OPEN_RESPONSE = re.compile(re.escape(OPEN_TAG.format(name=RESPONSE, nonce="@")).replace("@", r"([0-9a-f]+)"))
 _WORD = re.compile(r"[\w']+")
 _CRITERION_LINE = re.compile(r"^\s*(\d+)\.\s*(?:\[[^\]]*\]\s*)?(.*\S)\s*$")
 
 
 def keyword(criterion_text: str) -> str:
     """The word whose presence in a response makes the fake server mark `criterion_text` as met: its last word."""
-    words = _WORD.findall(criterion_text.lower())
+    words = [w for w in _WORD.findall(criterion_text.lower()) if any(ch.isalpha() for ch in w)]
     return words[-1] if words else ""
 
 
@@ -158,30 +176,47 @@ class FakeJudgeServer:
         text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
         if fault == "malformed":
             return 'Here is my grading: {"1": {"met": tru'
-        if CRITERION_HEADER + "\n" in text:
-            response = _section(text, RESPONSE_HEADER, (CRITERION_HEADER,))
-            criteria = _criteria(_section(text, CRITERION_HEADER, (END_MARKER,)))
+        match = _OPEN_RESPONSE.search(text)
+        if match is None:
+            return json.dumps({"explanation": "no response block in the prompt"})
+        close = CLOSE_TAG.format(name=RESPONSE, nonce=match.group(1))
+        end = text.find(close, match.end())
+        response = text[match.end() : end if end != -1 else len(text)].strip("\n")
+        tail = text[end + len(close) :] if end != -1 else ""
+        if CRITERION_HEADER + "\n" in tail:
+            criteria = _criteria(_section(tail, CRITERION_HEADER, (END_MARKER,)))
             met = bool(criteria) and criterion_met(criteria[0], response)
             if fault in ("missing", "out_of_range", "duplicate"):
                 return json.dumps({"explanation": "forgot the verdict"})
-            return json.dumps({"met": met, "explanation": "keyword rule"})
-        response = _section(text, RESPONSE_HEADER, (CRITERIA_HEADER,))
-        criteria = _criteria(_section(text, CRITERIA_HEADER, (END_MARKER,)))
-        verdicts = [criterion_met(c, response) for c in criteria]
-        if '"rating"' in text:
+            if fault == "cannot_assess" and re.search(r"^\s*1\.\s*\[[^\]]*-\d", tail, re.MULTILINE):
+                return json.dumps({"explanation": "cannot tell from the material", "met": CANNOT_ASSESS})
+            return json.dumps(
+                {"explanation": f"keyword rule on {keyword(criteria[0]) if criteria else ''!r}", "met": met}
+            )
+        criteria = _criteria(_section(tail, CRITERIA_HEADER, (END_MARKER,)))
+        verdicts: list[Any] = [criterion_met(c, response) for c in criteria]
+        if '"rating"' in tail:
             if fault in ("missing", "out_of_range", "duplicate"):
                 return json.dumps({"explanation": "no rating given"})
             rating = 1 + round(9 * sum(verdicts) / max(1, len(verdicts)))
             return json.dumps({"rating": rating, "explanation": "keyword rule"})
-        items = [(str(i), {"met": v, "explanation": "keyword rule"}) for i, v in enumerate(verdicts, start=1)]
+        if fault == "cannot_assess" and verdicts:
+            verdicts[-1] = CANNOT_ASSESS
+        items = [
+            (str(i), {"explanation": f"keyword rule on {keyword(c)!r}", "met": v})
+            for i, (c, v) in enumerate(zip(criteria, verdicts, strict=True), start=1)
+        ]
         if fault == "missing":
             items = items[:-1]
         elif fault == "out_of_range":
             items = [(str(int(k) - 1), v) for k, v in items]
         elif fault == "duplicate" and items:
-            items.append(("1", {"met": not items[0][1]["met"], "explanation": "changed my mind"}))
+            items.append(("1", {"explanation": "changed my mind", "met": not items[0][1]["met"]}))
         # Written by hand so that a duplicated key really appears twice in the JSON text.
-        return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in items) + "}"
+        verdict_json = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in items) + "}"
+        if fault == "echo":
+            return f"The response reads:\n{response}\n\nMy verdicts:\n{verdict_json}"
+        return verdict_json
 
     def _handler_class(self):
         server = self
