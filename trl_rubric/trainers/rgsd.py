@@ -40,6 +40,7 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
     RGSDConfig,
 )
 from .rgsd_teacher import build_teacher
+from .vllm_mode import refuse_vllm_server_without_cuda
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"RGSDTrainer needs an RGSDConfig, got {type(args).__name__}. Replace GRPOConfig with RGSDConfig "
                 "(it takes the same arguments)."
             )
+        refuse_vllm_server_without_cuda(args, "RGSDTrainer")
         if environment_factory is not None:
             raise ValueError(
                 "RGSDTrainer does not take an environment_factory: its teacher needs each row's rubric, and rollouts "

@@ -30,6 +30,7 @@ from ..model_card import RubricModelCardMixin
 from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
 from .resume import ExactResumeMixin
+from .vllm_mode import refuse_vllm_server_without_cuda
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f"RubricGRPOTrainer got a {type(args).__name__} and no judge; use RubricGRPOConfig (it has the judge_* "
                 "fields) or pass judge=..."
             )
+        refuse_vllm_server_without_cuda(args, "RubricGRPOTrainer")
         if args.remove_unused_columns:
             raise ValueError(
                 f"remove_unused_columns=True would drop the {_setting(args, 'rubric_column')!r} column the judge "
