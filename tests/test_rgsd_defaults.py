@@ -398,6 +398,61 @@ def test_default_lora_needs_no_copy(tiny_model_path, tmp_path):
     assert _step0_loss(trainer) < 1e-6
 
 
+def test_loaded_lora_on_embeddings_is_copied_into_the_teacher(tiny_model_path, tmp_path):
+    # PEFT names embedding LoRA weights `lora_embedding_A.default` (no trailing dot): a name match missed them, so the
+    # "base" teacher's copy kept its own fresh init and was not the initial policy
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=32, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False),
+    )
+    trainer = RGSDTrainer(model, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset())
+    assert trainer._teacher_adapter == "rgsd_teacher"
+    params = dict(trainer.model.named_parameters())
+    copied = [n for n in params if n.endswith("lora_embedding_B.rgsd_teacher")]
+    assert copied and all(torch.equal(params[n], params[n.replace("rgsd_teacher", "default")]) for n in copied)
+    assert not any(params[n].requires_grad for n in copied)
+    assert _step0_loss(trainer) < 1e-6
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_peft_model_passed_in_gets_a_teacher_copy_only_when_its_adapter_changes_the_model(
+    tiny_model_path, tmp_path, init
+):
+    # LoRA's default init adds nothing (B = 0 on linear layers, A = 0 on embeddings): no copy, no rgsd_teacher/ saved
+    from peft import LoraConfig, get_peft_model
+
+    from trl_rubric.teacher import adapter_starts_at_zero
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=32, target_modules=["embed_tokens", "q_proj"], init_lora_weights=init),
+    )
+    assert adapter_starts_at_zero(model) is init
+    trainer = RGSDTrainer(model, args=_config(tmp_path, **_SAME_VIEW), train_dataset=_dataset())
+    assert trainer._teacher_adapter == (None if init else "rgsd_teacher")
+    assert _step0_loss(trainer) < 1e-6
+    trainer.save_model(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "saved" / "rgsd_teacher").exists() is (not init)
+
+
+def test_trained_modules_to_save_copy_does_not_start_at_zero(tiny_model_path):
+    from peft import LoraConfig, get_peft_model
+
+    from trl_rubric.teacher import adapter_starts_at_zero
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    assert adapter_starts_at_zero(model)
+    with torch.no_grad():
+        model.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.1)
+    assert not adapter_starts_at_zero(model)
+
+
 def test_peft_modules_to_save_lm_head_teacher_reads_the_original_head(tmp_path):
     from peft import LoraConfig
 

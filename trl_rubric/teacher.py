@@ -229,26 +229,70 @@ TEACHER_ADAPTER = "rgsd_teacher"
 def adapter_starts_at_zero(model, adapter: str = "default") -> bool:
     """Whether the PEFT model with `adapter` active computes the same function as with adapters disabled.
 
-    True only for a LoRA adapter whose every `B` matrix is zero (the default LoRA init). A loaded adapter, PiSSA /
-    OLoRA / LoftQ / CorDA (which also rewrite the base weights), `init_lora_weights=False` and other PEFT types give
-    False: with adapters disabled, such a model is not the initial policy.
+    True only for a LoRA adapter each of whose layers adds nothing: its `B` (or, with no bias, its `A`) all zero,
+    which covers the default init of linear layers (B = 0) and of embeddings (A = 0), and `modules_to_save` copies
+    still equal to their originals. The adapter's weights are read with PEFT's `get_peft_model_state_dict`, so every
+    layer type PEFT names its own way is seen. A loaded adapter, PiSSA / OLoRA / LoftQ / CorDA (which also rewrite the
+    base weights), `init_lora_weights=False`, DoRA and other PEFT types give False: with adapters disabled, such a
+    model may not be the initial policy.
     """
+    from peft import get_peft_model_state_dict
+    from peft.utils import ModulesToSaveWrapper
+
     config = model.peft_config.get(adapter)
     if config is None or str(getattr(config, "peft_type", "")).split(".")[-1] != "LORA":
         return False
-    lora_b = [
-        p for n, p in model.named_parameters() if f".{adapter}." in n and ("lora_B" in n or "lora_embedding_B" in n)
-    ]
-    return bool(lora_b) and all(not p.detach().any() for p in lora_b)
+    if getattr(config, "use_dora", False):
+        return False
+    state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
+    layers: dict[str, dict[str, list[torch.Tensor]]] = {}
+    others = False
+    for key, value in state.items():
+        match = re.search(r"\.lora_(embedding_)?([AB])(\.(weight|bias))?$", key)
+        if match is None:
+            others = True  # modules_to_save copies (checked below), or an extra kind of weight
+            continue
+        part = "B_bias" if match.group(2) == "B" and match.group(4) == "bias" else match.group(2)
+        layers.setdefault(key[: match.start()], {}).setdefault(part, []).append(value)
+    if not layers:
+        return False
+
+    def zero(tensors):
+        return all(not t.detach().any() for t in tensors)
+
+    for parts in layers.values():
+        if not (zero(parts.get("B", [])) and zero(parts.get("B_bias", []))) and not (
+            zero(parts.get("A", [])) and zero(parts.get("B_bias", []))
+        ):
+            return False
+    if others:
+        wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper) and adapter in m.modules_to_save]
+        if not wrappers:
+            return False
+        for wrapper in wrappers:
+            original = wrapper.original_module.state_dict()
+            copy = wrapper.modules_to_save[adapter].state_dict()
+            if original.keys() != copy.keys() or any(not torch.equal(original[k], copy[k]) for k in original):
+                return False
+    return True
 
 
 def add_frozen_adapter_copy(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
-    """Add a frozen copy of `adapter` (weights as they are now) under `name`, as `GRPOTrainer` keeps its reference."""
+    """Add a frozen copy of `adapter` (weights as they are now) under `name`, as `GRPOTrainer` keeps its reference.
+
+    The weights travel through PEFT's own `get_peft_model_state_dict` / `set_peft_model_state_dict`, so every layer
+    PEFT adapts (linear, embedding, `modules_to_save`) is copied, whatever it names its weights."""
+    import copy
+
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     try:
-        model.add_adapter(name, model.peft_config[adapter])
-        for param_name, param in model.named_parameters():
-            if f".{adapter}." in param_name:
-                model.get_parameter(param_name.replace(f".{adapter}.", f".{name}.")).data.copy_(param.data)
+        model.add_adapter(name, copy.deepcopy(model.peft_config[adapter]))
+        state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
+        result = set_peft_model_state_dict(model, {k: v.detach().clone() for k, v in state.items()}, adapter_name=name)
+        missing = [k for k in getattr(result, "unexpected_keys", []) or []]
+        if missing:
+            raise ValueError(f"weights not taken by the copy: {missing[:3]}")
     except Exception as e:
         raise ValueError(
             f"the policy's PEFT adapter {adapter!r} does not start at zero (a loaded adapter or a non-zero init), so "
@@ -257,6 +301,6 @@ def add_frozen_adapter_copy(model, adapter: str = "default", name: str = TEACHER
         ) from e
     model.set_adapter(adapter)  # the policy keeps training its own adapter; the copy stays frozen
     for param_name, param in model.named_parameters():
-        if f".{name}." in param_name:
+        if name in param_name.split("."):
             param.requires_grad_(False)
     return name

@@ -32,7 +32,9 @@ def build_teacher(trainer, teacher_model, quantization_config):
     args, kind = trainer.args, trainer.args.teacher_model_kind
     peft = is_peft_model(trainer.model)
     if teacher_model is None and kind == "base" and peft:
-        if trainer._rgsd_pretrained_adapter or not adapter_starts_at_zero(trainer.model):
+        # A frozen copy only when the adapter changes the model now (loaded or non-zero init): one that adds
+        # nothing leaves the policy with adapters disabled equal to the initial policy, and saves no teacher folder
+        if not adapter_starts_at_zero(trainer.model):
             trainer._teacher_adapter = add_frozen_adapter_copy(trainer.model)
         return None  # the policy itself scores, with adapters disabled or the frozen initial adapter: no copy
     if teacher_model is None and kind == "live":
