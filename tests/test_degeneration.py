@@ -14,7 +14,7 @@ from trl_rubric.evaluation.degeneration import (
     _units,
     copied_rubric_fraction,
     copies_rubric,
-    degeneration,
+    degeneration_flags,
     degeneration_rates,
     meta_talk,
     repeats_line,
@@ -93,7 +93,7 @@ LABELLED = [
 
 @pytest.mark.parametrize(("answer", "repeats", "copies", "meta"), LABELLED)
 def test_flags_match_hand_labels(answer, repeats, copies, meta):
-    flags = degeneration(answer, RUBRIC)
+    flags = degeneration_flags(answer, RUBRIC)
     assert (flags.repeats_line, flags.copies_rubric, flags.meta_talk) == (repeats, copies, meta)
     assert flags.degenerate == (repeats or copies or meta)
     assert flags.to_dict()["degenerate"] == flags.degenerate
@@ -223,6 +223,14 @@ def test_rubric_forms_are_all_read():
     assert not copies_rubric(pasted, None)
 
 
+def test_only_the_answer_is_checked_not_the_reasoning_and_messages_are_read():
+    thinking = "<think>The requirements say: be short. Be short.</think>Rest and drink water."
+    assert not degeneration_flags(thinking, RUBRIC).degenerate
+    assert degeneration_flags("<think>ok</think>Here is your answer: rest.", RUBRIC).meta_talk
+    messages = [{"role": "assistant", "content": "1.1. 2.1 3.1"}]
+    assert degeneration_flags(messages, RUBRIC).repeats_line
+
+
 def test_meta_talk_patterns_are_a_parameter():
     assert meta_talk("It meets every requirement.")
     assert not meta_talk("It meets every requirement.", patterns=[r"\bbanana\b"])
@@ -329,3 +337,66 @@ def test_trainer_log_hook_appends_prefixed_rates_and_reduces_over_processes():
     log_degeneration(metrics, "rubric_grpo", answers, [RUBRIC, RUBRIC], reduce=reduce)
     assert seen == [[2.0, 1.0, 0.0, 0.0, 1.0]]
     assert metrics["rubric_grpo/degenerate"] == [0.25]
+
+
+# ---------------------------------------------------------------- training logs
+
+
+def _recording(monkeypatch, module):
+    """Wrap the trainer module's `log_degeneration` to see what each step checked and logged."""
+    import trl_rubric.evaluation.degeneration as real
+
+    calls = []
+
+    def record(metrics, prefix, answers, rubrics, reduce=None, **kwargs):
+        calls.append({"answers": [a for a in answers], "rubrics": rubrics})
+        real.log_degeneration(metrics, prefix, answers, rubrics, reduce, **kwargs)
+        calls[-1]["logged"] = metrics[f"{prefix}/degenerate"][-1]
+
+    monkeypatch.setattr(module, "log_degeneration", record)
+    return calls
+
+
+def test_rgsd_logs_degeneration_of_each_steps_completions_against_their_rubrics(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    from datasets import Dataset
+
+    import trl_rubric.trainers.rgsd as rgsd
+    from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+
+    calls = _recording(monkeypatch, rgsd)
+    rows = make_rubric_rows(8, conversational=True)
+    trainer = rgsd.RGSDTrainer(tiny_model_path, args=rgsd_test_config(tmp_path / "out"),
+                               train_dataset=Dataset.from_list(rows))  # fmt: skip
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "rgsd/divergence" in e]
+    assert calls and all(k in logs[0] for k in ("rgsd/degenerate", "rgsd/repeats_line", "rgsd/copies_rubric",
+                                                 "rgsd/meta_talk"))  # fmt: skip
+    texts = {c["text"] for r in rows for c in r["rubric"]}
+    for call in calls:
+        # The checks see the student's completions (text) with the rubric of the row each came from.
+        assert all(isinstance(a, str) for a in call["answers"]) and len(call["answers"]) == len(call["rubrics"])
+        assert all({c["text"] for c in rubric} <= texts for rubric in call["rubrics"])
+        assert call["logged"] == degeneration_rates(call["answers"], call["rubrics"])["degenerate"]
+
+
+def test_rubric_grpo_logs_degeneration_under_its_prefix(tiny_model_path, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    import trl_rubric.trainers.rubric_grpo as rubric_grpo
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.testing import make_rubric_rows
+
+    calls = _recording(monkeypatch, rubric_grpo)
+    args = rubric_grpo.RubricGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                                        max_completion_length=8, per_device_train_batch_size=4, num_generations=2,
+                                        max_steps=1, logging_steps=1, save_strategy="no", judge_probe=False)  # fmt: skip
+    rows = make_rubric_rows(4, seed=1)
+    trainer = rubric_grpo.RubricGRPOTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows),
+                                            judge=RuleJudge(resolver=lambda c: (lambda r: True)))  # fmt: skip
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "judge/calls" in e]
+    assert "rubric_grpo/degenerate" in logs[0] and "rubric_grpo/meta_talk" in logs[0]
+    assert len(calls) == 1 and len(calls[0]["answers"]) == 4
+    assert logs[0]["rubric_grpo/degenerate"] == pytest.approx(calls[0]["logged"])

@@ -28,7 +28,7 @@ from .degeneration import (
     DEGENERATION_FLAGS,
     META_TALK_PATTERNS,
     Degeneration,
-    degeneration,
+    degeneration_flags,
     degeneration_rates,
 )
 from .errors import EvaluationError
@@ -67,7 +67,7 @@ __all__ = [
     "bootstrap_ci",
     "check_model_path",
     "conditioning_gap",
-    "degeneration",
+    "degeneration_flags",
     "degeneration_rates",
     "evaluate",
     "format_prompt",

@@ -4,8 +4,8 @@ Self-distillation from a rubric-conditioned teacher copies what the teacher does
 its failures: on SmolLM2-135M the teacher (and then the student) wrote numbered lists whose items repeat under new
 numbers, lists of empty items, criterion text pasted into the answer, and lines about "the requirements". A rule judge
 rewards some of these; a user would not. These checks are pure string functions, cheap enough for every training
-step (a few microseconds per answer), and the one definition that `trl-rubric eval`, `gap`, the trainers' logs and
-the benchmarks share.
+step (about 0.3 ms of CPU per 96-token answer), and the one definition that `trl-rubric eval`, `gap`, the trainers'
+logs and the benchmarks share.
 
 - **repeats_line**: the answer is cut into units (lines, inline numbered items such as "1. ... 2. ...", and sentences);
   each unit is compared after stripping list markers ("1.", "2)", "1.1.", "-", "*", "•", "a)"), Markdown emphasis,
@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
+from ..judges.base import completion_to_text, strip_thinking
 from ..rubric import Rubric
 
 #: Flag names, in the order reports list them; `degenerate` is "any of the others".
@@ -182,6 +183,8 @@ def _criterion_texts(rubric: Any) -> list[str]:
         return [rubric]
     if isinstance(rubric, Sequence) and all(isinstance(c, str) for c in rubric):
         return [c for c in rubric if c]
+    if isinstance(rubric, Sequence) and all(isinstance(c, Mapping) and isinstance(c.get("text"), str) for c in rubric):
+        return [c["text"] for c in rubric if c["text"]]  # the normalised dataset form: skip re-validating it
     return [c.text for c in Rubric.from_any(rubric) if c.text]
 
 
@@ -190,13 +193,16 @@ def copied_rubric_fraction(answer: str, rubric: Any, min_words: int = 5) -> floa
     `min_words` words is shared). `rubric`: a `Rubric`, a list of criterion dicts or texts, or one text."""
     answer_words = _words(answer)
     best = 0.0
+    if len(answer_words) < min_words:
+        return best
+    matcher = SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(answer_words)  # indexed once, matched against every criterion
     for text in _criterion_texts(rubric):
         words = _words(text)
-        if len(words) < min_words or len(answer_words) < min_words:
+        if len(words) < min_words:
             continue
-        match = SequenceMatcher(None, words, answer_words, autojunk=False).find_longest_match(
-            0, len(words), 0, len(answer_words)
-        )
+        matcher.set_seq1(words)
+        match = matcher.find_longest_match(0, len(words), 0, len(answer_words))
         if match.size >= min_words:
             best = max(best, match.size / len(words))
     return best
@@ -209,8 +215,9 @@ def copies_rubric(answer: str, rubric: Any, threshold: float = 0.7, min_words: i
     return copied_rubric_fraction(answer, rubric, min_words) >= threshold
 
 
-def _compiled(patterns: Iterable[tuple[str, str] | str]) -> list[re.Pattern]:
-    return [re.compile(p[1] if isinstance(p, tuple) else p, re.IGNORECASE) for p in patterns]
+def _compiled(patterns: Iterable[tuple[str, str] | str]) -> re.Pattern:
+    # One alternation, one scan of the answer.
+    return re.compile("|".join(f"(?:{p[1] if isinstance(p, tuple) else p})" for p in patterns), re.IGNORECASE)
 
 
 _META_DEFAULT = _compiled(META_TALK_PATTERNS)
@@ -219,10 +226,10 @@ _META_DEFAULT = _compiled(META_TALK_PATTERNS)
 def meta_talk(answer: str, patterns: Sequence[tuple[str, str] | str] | None = None) -> bool:
     """Whether the answer talks about its requirements: any of `patterns` (default [`META_TALK_PATTERNS`]) matches."""
     compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
-    return any(p.search(answer) for p in compiled)
+    return compiled.search(answer) is not None
 
 
-def degeneration(
+def degeneration_flags(
     answer: str,
     rubric: Any = None,
     copy_threshold: float = 0.7,
@@ -231,13 +238,17 @@ def degeneration(
 ) -> Degeneration:
     """The three flags of one answer against its rubric (the criteria it was written for; `None` skips copying).
 
+    Only the answer is checked, as the judges grade it: a `<think>...</think>` block is removed first, so a thinking
+    model's reasoning about "the requirements" is not meta-talk.
+
     Args:
-        answer: The answer text (the completion only, never the prompt).
+        answer: The completion (text, or TRL's list of assistant messages; never the prompt).
         rubric: A `Rubric`, a list of criterion dicts or texts, or `None`.
         copy_threshold: Share of a criterion's words an answer must repeat in one run to count as copying.
         copy_min_words: Shortest shared run that counts.
         meta_patterns: Meta-talk regular expressions (default [`META_TALK_PATTERNS`]).
     """
+    answer = strip_thinking(completion_to_text(answer or ""))
     return Degeneration(
         repeats_line=repeats_line(answer),
         copies_rubric=copies_rubric(answer, rubric, copy_threshold, copy_min_words),
@@ -245,13 +256,13 @@ def degeneration(
     )
 
 
-def degeneration_rates(answers: Sequence[str], rubrics: Sequence[Any] | None = None, **kwargs) -> dict[str, Any]:
+def degeneration_rates(answers: Sequence[Any], rubrics: Sequence[Any] | None = None, **kwargs) -> dict[str, Any]:
     """Shares of `answers` flagged by each check, plus `n` (answers counted); each share is `None` when there are no
-    answers. `kwargs` go to [`degeneration`]."""
+    answers. `kwargs` go to [`degeneration_flags`]."""
     if rubrics is not None and len(rubrics) != len(answers):
         raise ValueError(f"degeneration_rates got {len(answers)} answers and {len(rubrics)} rubrics")
     flags = [
-        degeneration(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
+        degeneration_flags(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
         for i, a in enumerate(answers)
     ]
     n = len(flags)
@@ -263,7 +274,7 @@ def degeneration_rates(answers: Sequence[str], rubrics: Sequence[Any] | None = N
 def log_degeneration(
     metrics: Mapping[str, list[float]],
     prefix: str,
-    answers: Sequence[str],
+    answers: Sequence[Any],
     rubrics: Sequence[Any] | None,
     reduce: Callable[[list[float]], Sequence[float]] | None = None,
     **kwargs,
@@ -272,10 +283,10 @@ def log_degeneration(
 
     Trainers call this once per generation batch on its completions and their rubrics. With several processes, pass
     `reduce`: it gets this process's counts `[n, repeats_line, copies_rubric, meta_talk, degenerate]` and returns
-    their sum over processes, so every process logs the rates of the whole batch. `kwargs` go to [`degeneration`].
+    their sum over processes, so every process logs the rates of the whole batch. `kwargs` go to [`degeneration_flags`].
     """
     flags = [
-        degeneration(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
+        degeneration_flags(a, rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
         for i, a in enumerate(answers)
     ]
     counts = [float(len(flags))] + [float(sum(f[name] for f in flags)) for name in DEGENERATION_FLAGS]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..judges.base import RubricJudge, prompt_to_text
 from ..rubric import Rubric
-from .degeneration import degeneration
+from .degeneration import degeneration_flags
 from .errors import EvaluationError
 from .generation import GenerateFn, Generations, _as_generations, generate_responses
 from .loading import _resolve_model
@@ -121,7 +121,7 @@ def _grade_examples(
                 "failed": grade.score is None or score is None,
                 "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
                 "judge_error": grade.error,
-                "degeneration": degeneration(generations.texts[i] or "", rubric).to_dict(),
+                "degeneration": degeneration_flags(generations.texts[i] or "", rubric).to_dict(),
                 "criteria": [
                     # The full criterion (title and tags too), so the rows can be regraded or used as labels.
                     {**c.to_dict(), "verdict": v}

@@ -26,6 +26,7 @@ from trl.trainer.utils import get_config_model_id, pad, use_adapter
 
 from .. import losses, multi_teacher
 from ..data import named_datasets
+from ..evaluation.degeneration import log_degeneration
 from ..model_card import RubricModelCardMixin
 from ..rewards import RubricReward, unknown_where_judge_failed
 from ..teacher_context import TeacherContextProvider, build_teacher_context
@@ -300,6 +301,13 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         student_tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
         cost = self.accelerator.gather(torch.stack([teacher_tokens, student_tokens]).float()[None]).sum(0)
         self._metrics[mode]["rgsd/teacher_token_ratio"].append((cost[0] / cost[1].clamp(min=1)).item())
+        # rgsd/degenerate, /repeats_line, /copies_rubric, /meta_talk: string checks on this batch's completions, which
+        # show a student that learns the teacher's repeated lists or rubric talk before any evaluation does.
+        if completions is None:
+            completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        rubrics = [x.get("rubric") for x in inputs]
+        total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
+        log_degeneration(self._metrics[mode], "rgsd", completions, rubrics, reduce=total)
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:

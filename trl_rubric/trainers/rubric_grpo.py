@@ -24,6 +24,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..data import named_datasets, validate_rubric_column
+from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
@@ -299,6 +300,11 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # rubric_grpo/degenerate, /repeats_line, /copies_rubric, /meta_talk: a policy that learns to please the judge
+        # with repeated lists or rubric talk shows here (string checks, summed over processes).
+        device, mode = self.accelerator.device, "train" if self.model.training else "eval"
+        total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
+        log_degeneration(self._metrics[mode], "rubric_grpo", completions, [x.get("rubric") for x in inputs], total)
         # Column 0 is the rubric reward (gathered across processes, so every rank decides alike).
         rewards = unknown_where_judge_failed(rewards, [0])
         self._generation_has_signal = bool((~torch.isnan(rewards)).any())
