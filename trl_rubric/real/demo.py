@@ -210,6 +210,13 @@ def run_real_demo(args) -> dict[str, Any]:
         rgsd_strict=rgsd_train.metrics.strict_completion,
         base_mean_length=gap.without_rubric.metrics.mean_length,
         rgsd_mean_length=rgsd_train.metrics.mean_length,
+        # Shares of answers that repeat a line, copy rubric text or talk about the requirements
+        # (trl_rubric.evaluation.degeneration): the teacher's own rate is what RGSD distils.
+        base_degenerate=gap.without_rubric.metrics.degeneration["degenerate"],
+        teacher_degenerate=gap.with_rubric.metrics.degeneration["degenerate"],
+        rgsd_degenerate=rgsd_train.metrics.degeneration["degenerate"],
+        heldout_base_degenerate=base_heldout.metrics.degeneration["degenerate"],
+        heldout_rgsd_degenerate=rgsd_heldout.metrics.degeneration["degenerate"],
         gap_closed_fraction=closed,
         train_judge_calls=train_judge_calls,
         train_steps=steps,
@@ -238,6 +245,10 @@ def run_real_demo(args) -> dict[str, Any]:
         f"{results['heldout_rgsd_score']:.3f} | {heldout_delta['delta']:+.3f} {ci(heldout_delta['delta_ci'])} |",
         f"| strict completion, train | {results['base_strict']:.3f} | {results['rgsd_strict']:.3f} | |",
         f"| mean length (tokens), train | {results['base_mean_length']:.1f} | {results['rgsd_mean_length']:.1f} | |",
+        f"| degenerate answers, train (teacher view: {results['teacher_degenerate']:.0%}) | "
+        f"{results['base_degenerate']:.0%} | {results['rgsd_degenerate']:.0%} | |",
+        f"| degenerate answers, held-out | {results['heldout_base_degenerate']:.0%} | "
+        f"{results['heldout_rgsd_degenerate']:.0%} | |",
         f"| judge calls during training | - | {train_judge_calls} | |",
     ]
     table = "\n".join(lines)
