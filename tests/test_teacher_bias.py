@@ -1,0 +1,158 @@
+"""Teacher-side n-gram penalties (trl_rubric.losses.teacher_bias): the bans against transformers' processor and plain
+loops, and the divergence with the penalty against a dense reference (values and gradients, every support)."""
+
+import random
+
+import pytest
+import torch
+from transformers import NoRepeatNGramLogitsProcessor
+
+from trl_rubric.losses import generalized_jsd, token_divergence
+from trl_rubric.losses import teacher_bias as tb
+
+V = 13
+
+
+def _hf_bans(ids, n):
+    # transformers' own rule, applied to every prefix of the completion
+    proc, bans = NoRepeatNGramLogitsProcessor(n), set()
+    for t in range(len(ids)):
+        prefix = torch.tensor([ids[:t]], dtype=torch.long).reshape(1, t)
+        scores = proc(prefix, torch.zeros(1, V))
+        bans |= {(t, int(v)) for v in torch.nonzero(torch.isinf(scores[0])).flatten()}
+    return bans
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeat_bans_equal_transformers_no_repeat_ngram_processor(n):
+    rng = random.Random(n)
+    for _ in range(30):
+        ids = [rng.randrange(V) for _ in range(rng.randrange(0, 24))]
+        assert set(tb.repeated_ngram_bans(ids, n)) == _hf_bans(ids, n)
+
+
+def test_copy_bans_equal_plain_loop():
+    rng = random.Random(0)
+    for _ in range(30):
+        n = rng.choice([2, 3, 4])
+        teacher = [rng.randrange(6) for _ in range(30)]
+        student = teacher[:8]
+        completion = [rng.randrange(6) for _ in range(25)]
+        expected = set()
+        for t in range(len(completion)):
+            for i in range(len(teacher) - n + 1):
+                gram = teacher[i : i + n]
+                in_student = any(student[j : j + n] == gram for j in range(len(student) - n + 1))
+                if not in_student and t >= n - 1 and completion[t - n + 1 : t] == gram[:-1]:
+                    expected.add((t, gram[-1]))
+        table = tb.teacher_only_ngrams(teacher, student, n)
+        assert set(tb.copy_ngram_bans(completion, table, n)) == expected
+
+
+def test_content_filter_leaves_list_markers_alone():
+    # 0..2 are markers ("\n", "2", "."), 5..9 words: a repeated marker run is no ban, a repeated item is
+    content = frozenset(range(5, 10))
+    markers_only = [0, 1, 2, 5, 0, 1, 2, 6]
+    assert tb.repeated_ngram_bans(markers_only, 3, content) == []
+    repeated_item = [0, 1, 2, 5, 6, 7, 0, 1, 2, 5, 6, 7]
+    assert (11, 7) in tb.repeated_ngram_bans(repeated_item, 3, content)
+
+
+def _dense_reference(bans, mask, penalty, t_hidden, t_weight):
+    logits = t_hidden.float() @ t_weight.float().t()
+    flat = torch.full(mask.shape, -1, dtype=torch.long)
+    flat[mask] = torch.arange(int(mask.sum()))
+    for b, row in enumerate(bans):
+        for t, tok in row:
+            if mask[b, t]:
+                logits[flat[b, t], tok] -= penalty
+    return logits
+
+
+def _batch(seed=0, B=3, T=10, H=8):
+    g = torch.Generator().manual_seed(seed)
+    completion = torch.randint(0, 4, (B, T), generator=g)  # a small alphabet: many repeats
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 7:] = False
+    bans = [tb.repeated_ngram_bans(row[m].tolist(), 2) for row, m in zip(completion, mask, strict=True)]
+    n = int(mask.sum())
+    return completion, mask, bans, torch.randn(n, H, generator=g), torch.randn(V, H, generator=g)
+
+
+def test_bias_columns_add_the_penalty_to_exactly_the_banned_logits():
+    completion, mask, bans, t_hidden, t_weight = _batch()
+    assert sum(map(len, bans)) > 5
+    cols, table = tb.bias_columns(bans, mask, 3.0, V)
+    got = torch.cat([t_hidden, cols], 1) @ torch.cat([t_weight, table], 1).t()
+    torch.testing.assert_close(got, _dense_reference(bans, mask, 3.0, t_hidden, t_weight))
+
+
+@pytest.mark.parametrize("support", ["full", "topk", "sampled_token"])
+def test_divergence_with_teacher_penalty_equals_dense_biased_teacher(support):
+    completion, mask, bans, t_hidden, t_weight = _batch(1)
+    g = torch.Generator().manual_seed(2)
+    n, H = t_hidden.shape
+    s_hidden = torch.randn(n, H, generator=g)
+    s_weight = torch.randn(V, H, generator=g)
+    targets = completion[mask]
+    kwargs = dict(beta=0.5 if support != "sampled_token" else 1.0, support=support, target_ids=targets, top_k=4)
+    cols, table = tb.bias_columns(bans, mask, 4.0, V)
+
+    def run(th, tw):
+        sh, sw = s_hidden.clone().requires_grad_(), s_weight.clone().requires_grad_()
+        out = token_divergence(sh, sw, None, th, tw, None, **kwargs)
+        out.divergence.sum().backward()
+        return out, sh.grad, sw.grad
+
+    got, gh, gw = run(torch.cat([t_hidden, cols], 1), torch.cat([t_weight, table], 1))
+    # Reference: the teacher's biased logits themselves as hidden states, through an identity head
+    ref_logits = _dense_reference(bans, mask, 4.0, t_hidden, t_weight)
+    want, wh, ww = run(ref_logits, torch.eye(V))
+    torch.testing.assert_close(got.divergence, want.divergence, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.teacher_logps, want.teacher_logps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gh, wh, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, ww, rtol=1e-4, atol=1e-5)
+    if support == "full":
+        # and the plain full-logits JSD with autograd
+        sh = s_hidden.clone().requires_grad_()
+        plain = generalized_jsd(torch.log_softmax(sh @ s_weight.t(), -1), torch.log_softmax(ref_logits, -1), 0.5)
+        plain.sum().backward()
+        torch.testing.assert_close(got.divergence, plain.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gh, sh.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_repeated_line_gets_a_lower_teacher_target_on_the_repeating_token():
+    # "1. drink water . 2. drink water ." as ids: the second "water" (and the "." after it) completes a repeated 3-gram
+    one, two, dot, drink, water, nl = 0, 1, 2, 5, 6, 7
+    completion = torch.tensor([[one, dot, drink, water, dot, nl, two, dot, drink, water, dot]])
+    mask = torch.ones_like(completion, dtype=torch.bool)
+    content = frozenset({drink, water})
+    bans = [tb.repeated_ngram_bans(completion[0].tolist(), 3, content)]
+    assert bans == [[(9, water), (10, dot)]]
+    g = torch.Generator().manual_seed(3)
+    t_hidden, t_weight = torch.randn(11, 4, generator=g), torch.randn(V, 4, generator=g)
+    cols, table = tb.bias_columns(bans, mask, 5.0, V)
+    targets = completion[0]
+    plain = token_divergence(t_hidden, t_weight, None, t_hidden, t_weight, None, target_ids=targets)
+    biased = token_divergence(
+        t_hidden,
+        t_weight,
+        None,
+        torch.cat([t_hidden, cols], 1),
+        torch.cat([t_weight, table], 1),
+        None,
+        target_ids=targets,
+    )
+    drop = plain.teacher_logps - biased.teacher_logps
+    assert drop[9] > 4.0  # the repeating token loses most of its probability
+    assert drop[10] > 4.0
+    assert torch.all(drop[:9].abs() < 1e-5)  # no other position moves
+    # the student, equal to the teacher before, now differs from it there (a JSD, at most log 2)
+    assert biased.divergence[9] > plain.divergence[9] + 1e-3
+    hit = tb.banned_target_mask(bans, completion)
+    assert hit.nonzero().tolist() == [[0, 9], [0, 10]]
+
+
+def test_bias_columns_refuse_an_infinite_penalty():
+    with pytest.raises(ValueError, match="finite positive"):
+        tb.bias_columns([[]], torch.ones(1, 2, dtype=torch.bool), float("inf"), V)
