@@ -400,3 +400,29 @@ def test_rubric_grpo_logs_degeneration_under_its_prefix(tiny_model_path, tmp_pat
     assert "rubric_grpo/degenerate" in logs[0] and "rubric_grpo/meta_talk" in logs[0]
     assert len(calls) == 1 and len(calls[0]["answers"]) == 4
     assert logs[0]["rubric_grpo/degenerate"] == pytest.approx(calls[0]["logged"])
+
+
+def test_eval_cli_prints_and_saves_degeneration_and_per_criterion_rates(tiny_model_path, tmp_path, capsys):
+    import json
+
+    from trl_rubric.cli import main
+
+    rows = [{"prompt": f"Say something {i}.", "rubric": [
+        {"text": "Mentions the word the.", "weight": 1.0, "title": "says the", "tags": ["rule:contains:the"]},
+        {"text": "Stays under forty words.", "weight": 1.0, "title": "short", "tags": ["rule:max_words:40"]}]}
+        for i in range(3)]  # fmt: skip
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    code = main(["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", str(data),
+                 "--max_completion_length", "4", "--output_dir", str(out), "--bootstrap_samples", "0",
+                 "--judge_backend", "rule", "--progress", "false", "--plots", "false"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "degenerate answers" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    answers = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    expected = degeneration_rates([a["response"] for a in answers], [r["rubric"] for r in rows])
+    assert results["degeneration"] == expected
+    assert set(results["by_criterion"]) == {"says the", "short"}
+    assert results["by_criterion"]["short"]["met_rate"] == 1.0  # 4 tokens are never 40 words
+    assert all(set(a["degeneration"]) == {"repeats_line", "copies_rubric", "meta_talk", "degenerate"} for a in answers)

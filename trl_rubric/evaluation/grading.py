@@ -107,25 +107,32 @@ def _grade_examples(
         rubric = Rubric.from_any(rubric)
         fits = _verdicts_fit(grade, rubric)
         verdicts = grade.verdicts if fits else [None] * len(rubric)
-        score = rubric.score(verdicts) if fits else grade.score
+        # "Cannot assess" resolved by the judge's policy for the scores; the criteria below keep what the judge said.
+        scored = grade.scored_verdicts if fits else verdicts
+        outcomes = grade.outcomes if fits else ["unknown"] * len(rubric)
+        explanations = grade.explanations if fits else [None] * len(rubric)
+        score = rubric.score(scored) if fits else grade.score
         examples.append(
             {
                 "index": i,
                 "prompt": prompt_to_text(prompt),
                 "response": generations.texts[i],
                 "score": score,
-                "unweighted_score": rubric.score(verdicts, weighted=False) if fits else grade.unweighted_score,
-                "strict": strict_outcome(rubric, verdicts) if fits else None,
+                "unweighted_score": rubric.score(scored, weighted=False) if fits else grade.unweighted_score,
+                "strict": strict_outcome(rubric, scored) if fits else None,
                 "num_tokens": generations.lengths[i],
                 "truncated": generations.truncated[i],
                 "failed": grade.score is None or score is None,
-                "graded_fraction": rubric.graded_fraction(verdicts) if fits and grade.rating is None else None,
+                "graded_fraction": rubric.graded_fraction(grade.graded_verdicts)
+                if fits and grade.rating is None
+                else None,
                 "judge_error": grade.error,
                 "degeneration": degeneration_flags(generations.texts[i] or "", rubric).to_dict(),
                 "criteria": [
                     # The full criterion (title and tags too), so the rows can be regraded or used as labels.
-                    {**c.to_dict(), "verdict": v}
-                    for c, v in zip(rubric, verdicts, strict=True)
+                    # outcome: met / unmet / cannot_assess / unknown; explanation: the judge's own, or null.
+                    {**c.to_dict(), "verdict": v, "outcome": o, "explanation": e}
+                    for c, v, o, e in zip(rubric, verdicts, outcomes, explanations, strict=True)
                 ],
             }
         )

@@ -319,6 +319,12 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         f"length: mean {mean_len} tokens, median {m.median_length} | judge failures {_pct(m.judge_failure_rate)} "
         f"| {m.n_examples} examples"
     )
+    if m.degeneration and m.degeneration["n"]:
+        d = m.degeneration
+        print(
+            f"degenerate answers {_pct(d['degenerate'])} (repeats a line {_pct(d['repeats_line'])}, copies rubric "
+            f"text {_pct(d['copies_rubric'])}, speaks of requirements {_pct(d['meta_talk'])})"
+        )
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
     # A run that scored nothing (every grade failed) must not look like a success to scripts and CI.
     return 0 if m.n_scored > 0 else 1
