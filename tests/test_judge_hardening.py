@@ -229,3 +229,41 @@ def test_cannot_assess_is_not_retried_is_cached_and_scores_worst_case_for_penalt
         skip = OpenAIJudge("fake-judge", base_url=server.url, mode=mode, cache_dir=str(tmp_path), cannot_assess="skip")
         skipped = asyncio.run(skip.grade("q", "the fever", RUBRIC3))
         assert server.requests == requests and skipped.score == pytest.approx(3 / 4)
+
+
+def test_explanations_and_cannot_assess_reach_responses_jsonl(tmp_path):
+    from trl_rubric.evaluation import evaluate
+    from trl_rubric.evaluation.report import write_eval_outputs
+
+    judge = _Recorder(fault="cannot_assess", seed=0)
+    rows = [{"prompt": "q", "rubric": RUBRIC3}]
+    result = evaluate(None, rows, judge, generate_fn=lambda ps: ["the fever"] * len(ps), progress=False, n_bootstrap=0)
+    files = write_eval_outputs(result, tmp_path, plots=False)
+    (row,) = [json.loads(line) for line in open(files["responses"], encoding="utf-8")]
+    assert [c["outcome"] for c in row["criteria"]] == ["met", "unmet", "cannot_assess"]
+    assert [c["verdict"] for c in row["criteria"]] == [True, False, None]
+    assert row["criteria"][0]["explanation"] == "keyword rule on 'fever'"
+    # The score follows the judge's policy (penalty counted as met by default): (3 - 2) / 4, as the grade says.
+    assert row["score"] == pytest.approx(0.25) and row["graded_fraction"] == 1.0
+    assert result.metrics.unknown_verdict_rate == 0.0
+
+
+def test_training_verdict_table_shows_cannot_assess_and_explanations():
+    from trl_rubric.rewards import RubricReward
+
+    extra, metrics = {}, {}
+    reward = RubricReward(_Recorder(fault="cannot_assess", seed=0))
+    rewards = asyncio.run(
+        reward(
+            ["q", "q"],
+            ["the fever", "the dose"],
+            rubric=[RUBRIC3, RUBRIC3],
+            log_extra=extra.__setitem__,
+            log_metric=metrics.__setitem__,
+        )
+    )
+    assert rewards == [pytest.approx(0.25), pytest.approx((1 - 2) / 4)]
+    assert extra["judge_verdicts"] == ["1:yes 2:no 3:cannot", "1:no 2:yes 3:cannot"]
+    assert extra["judge_explanations"][0].startswith("1: keyword rule on 'fever' | 2: keyword rule on 'dose'")
+    assert metrics["judge/cannot_assess"] == 2 and metrics["judge/unknown_verdicts"] == 0
+    assert metrics["judge/under_graded"] == 0.0

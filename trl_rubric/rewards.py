@@ -130,8 +130,17 @@ def _group_bounds(keys: Sequence[str], size: int | None) -> list[tuple[int, int]
 def _verdict_cell(grade: Grade) -> str:
     if grade.rating is not None:
         return f"rating {grade.rating:.2f}"
-    marks = {True: "yes", False: "no", None: "?"}
-    return " ".join(f"{i}:{marks[v]}" for i, v in enumerate(grade.verdicts, start=1))
+    marks = {"met": "yes", "unmet": "no", "cannot_assess": "cannot", "unknown": "?"}
+    return " ".join(f"{i}:{marks[o]}" for i, o in enumerate(grade.outcomes, start=1))
+
+
+def _explanation_cell(grade: Grade, limit: int = 160) -> str:
+    """The judge's explanation of each criterion, `1: ... | 2: ...` (each cut to `limit` characters)."""
+    return " | ".join(
+        f"{i}: {e if len(e) <= limit else e[: limit - 3] + '...'}"
+        for i, e in enumerate(grade.explanations, start=1)
+        if e
+    )
 
 
 #: Below this share of a rubric's points (by absolute weight) with a known verdict, a completion's reward is unknown
@@ -256,7 +265,7 @@ class RubricReward:
             reweighted = Rubric(tuple(replace(c, weight=w) for c, w in zip(rubric, weights, strict=True)))
             for i in range(start, end):
                 grade = grades[i]
-                scores[i] = grade.rating if grade.rating is not None else reweighted.score(grade.verdicts)
+                scores[i] = grade.rating if grade.rating is not None else reweighted.score(grade.scored_verdicts)
         return scores
 
     async def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
@@ -270,7 +279,8 @@ class RubricReward:
             rewards = [g.score if self.weighted else g.unweighted_score for g in grades]
         # A holistic rating has no verdicts: it is graded or not as a whole.
         graded = [
-            None if g.rating is not None else r.graded_fraction(g.verdicts)
+            # A "cannot assess" answer counts as graded: the judge answered.
+            None if g.rating is not None else r.graded_fraction(g.graded_verdicts)
             for g, r in zip(grades, rubrics, strict=True)
         ]
         under = [
@@ -310,6 +320,7 @@ class RubricReward:
             log_metric("judge/failures", stats.failures)
             log_metric("judge/retries", stats.retries)
             log_metric("judge/unknown_verdicts", stats.unknown_verdicts)
+            log_metric("judge/cannot_assess", stats.cannot_assess)
             log_metric("judge/cache_hits", stats.cache_hits)
             log_metric("judge/prompt_tokens", stats.prompt_tokens)
             log_metric("judge/completion_tokens", stats.completion_tokens)
@@ -319,3 +330,4 @@ class RubricReward:
         if log_extra is not None:
             log_extra("judge_verdicts", [_verdict_cell(g) for g in grades])
             log_extra("judge_error", [(g.error or "")[:200] for g in grades])
+            log_extra("judge_explanations", [_explanation_cell(g) for g in grades])

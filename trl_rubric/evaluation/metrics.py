@@ -181,17 +181,19 @@ def summarize(
                 if grade.unweighted_score is not None:
                     unweighted.append(grade.unweighted_score)
             continue
-        score = rubric.score(grade.verdicts)
+        # Scored verdicts: "cannot assess" resolved by the judge's policy (a penalty counts as met by default).
+        scored = grade.scored_verdicts
+        score = rubric.score(scored)
         if grade.score is None or score is None:
             failures += 1
         else:
             weighted.append(score)
-            u = rubric.score(grade.verdicts, weighted=False)
+            u = rubric.score(scored, weighted=False)
             if u is not None:
                 unweighted.append(u)
         total_verdicts += len(grade.verdicts)
-        unknown_verdicts += sum(v is None for v in grade.verdicts)
-        strict = strict_outcome(rubric, grade.verdicts)
+        unknown_verdicts += sum(o == "unknown" for o in grade.outcomes)
+        strict = strict_outcome(rubric, scored)
         if strict is not None:
             strict_known += 1
             strict_met += int(strict)

@@ -119,6 +119,8 @@ class Grade:
     scored_verdicts: list[bool | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.verdicts is None:  # a custom judge's score-only grade: nothing per criterion to check
+            return
         n = len(self.verdicts)
         self.cannot_assess = [bool(x) for x in self.cannot_assess] or [False] * n
         self.explanations = list(self.explanations) or [None] * n
