@@ -167,3 +167,25 @@ def test_reason_first_trains_one_step(tiny_model_path, tmp_path):
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "luspo", "dr_grpo", "dapo"])
+def test_a_failed_critique_leaves_the_loss_of_the_other_rows(tiny_model_path, tmp_path, loss_type):
+    # Reference: the same batch with the dropped row taken out; the loss must not shrink by the dropped share
+    dataset = Dataset.from_list(make_rubric_rows(4, conversational=True))
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, loss_type=loss_type),
+        train_dataset=dataset,
+        teacher_context=CritiqueContext(FakeCritic(fail={2})),
+    )
+    batch = trainer._generate_and_score_completions(list(dataset))
+    keep = torch.tensor([0, 1, 3])
+    survivors = {
+        k: v[keep] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.size(0) == 4 else v for k, v in batch.items()
+    }
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, batch)
+        reference = trainer._compute_loss(trainer.model, survivors)
+    assert reference > 0
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)

@@ -690,8 +690,29 @@ def test_reduce_token_loss_rejects_policy_only_and_unknown_types_and_missing_inp
 def test_reduce_token_loss_survives_fully_masked_rows():
     # A fully masked row (e.g. all tokens inside <think>) must not divide by zero
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    assert reduce_token_loss(LOSS, mask, "grpo").item() == pytest.approx(1.5 / 2)
+    assert reduce_token_loss(LOSS, mask, "grpo").item() == pytest.approx(1.5)  # the masked row is not counted
     assert reduce_token_loss(LOSS, torch.zeros_like(mask), "bnpo").item() == 0.0
+    for loss_type in ("grpo", "dr_grpo", "luspo"):
+        assert reduce_token_loss(LOSS, torch.zeros_like(mask), loss_type, max_completion_length=3).item() == 0.0
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+def test_a_dropped_row_leaves_the_loss_of_the_surviving_rows(loss_type):
+    # A row dropped by a failed critique has no loss tokens; the loss is the loss of the surviving rows alone
+    torch.manual_seed(0)
+    per_token = torch.rand(4, 6, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(4, 6) > 0.3).double()
+    mask[:, 0] = 1.0
+    dropped = mask.clone()
+    dropped[2] = 0.0
+    kwargs = dict(num_items_in_batch=dropped.sum(), max_completion_length=6, gradient_accumulation_steps=2)
+    loss = reduce_token_loss(per_token, dropped, loss_type, **kwargs)
+    keep = torch.tensor([0, 1, 3])
+    reference = reduce_token_loss(per_token[keep], mask[keep], loss_type, **kwargs)
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
+    (grad,) = torch.autograd.grad(loss, per_token)
+    (reference_grad,) = torch.autograd.grad(reference, per_token)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("support", ["full", "topk", "sampled_token"])

@@ -32,6 +32,11 @@ def reduce_token_loss(
       steps_per_generation`);
     - `"luspo"`: sum over each sequence's tokens, then mean over sequences.
 
+    For `"grpo"`, `"dr_grpo"` and `"luspo"`, B counts only the sequences that still have a token in `mask`: a row
+    dropped from the loss (a failed critique, a completion entirely inside `<think>`) leaves the loss of the other
+    rows as it would be without it, instead of shrinking it by the dropped share. `"bnpo"` and `"dapo"` count tokens,
+    so a dropped row already has no weight.
+
     All but `"dapo"` are divided by `gradient_accumulation_steps`, as TRL's trainer expects (`loss_is_scaled_for_ga`).
     `"cispo"`, `"sapo"` and `"vespo"` change the per-token policy-gradient objective rather than its normalisation,
     so they have no meaning for a distillation loss and raise.
@@ -52,14 +57,15 @@ def reduce_token_loss(
     """
     mask = mask.to(per_token_loss.dtype)
     masked = per_token_loss * mask
+    rows = (mask.sum(-1) > 0).sum().clamp(min=1).to(per_token_loss.dtype)  # sequences with a loss token
     if loss_type == "grpo":
-        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / rows
     elif loss_type == "bnpo":
         loss = masked.sum() / mask.sum().clamp(min=1.0)
     elif loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("loss_type='dr_grpo' needs max_completion_length")
-        loss = masked.sum() / (per_token_loss.size(0) * max_completion_length)
+        loss = masked.sum() / (rows * max_completion_length)
     elif loss_type == "dapo":
         if num_items_in_batch is None:
             raise ValueError(
@@ -69,7 +75,7 @@ def reduce_token_loss(
         normalizer = items.clamp(min=1.0) / num_processes * gradient_accumulation_steps / steps_per_generation
         return masked.sum() / normalizer
     elif loss_type == "luspo":
-        loss = masked.sum(-1).mean()
+        loss = masked.sum(-1).sum() / rows
     elif loss_type in POLICY_ONLY_LOSS_TYPES:
         raise ValueError(
             f"loss_type={loss_type!r} reshapes GRPO's importance-ratio objective and has no distillation analogue; "
