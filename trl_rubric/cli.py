@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "Offline toy world: prepare a tiny model, train it with RGSD, and report.",
     "env": "Print library versions for bug reports.",
     "judge-check": "Check a judge's verdicts against labelled verdicts or a second judge (kappa, bias).",
+    "rubrics": "Author rubrics from prompts (and reference answers) with an LLM, then filter them.",
 }
 
 
