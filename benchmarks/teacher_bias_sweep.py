@@ -1,13 +1,15 @@
 """`rgsd_sweep.py` with teacher-side n-gram penalties (or loss masking) on every run: measures the mitigation of
 RGSD's degenerate answers before it becomes an `RGSDConfig` field.
 
-`--bias "no_repeat=4,copy=4,penalty=10,mode=bias"`:
+`--bias "no_repeat=4,copy=4,penalty=10,mode=bias"` (or `--bias none`, a baseline):
 - `no_repeat=n`: tokens completing an n-gram already in the completion;
 - `copy=n`: tokens extending an n-gram only the teacher saw (teacher prompt minus student prompt: rubric, template);
 - `mode=bias`: the teacher's logit of each such (position, token) is lowered by `penalty` before the divergence
   (trl_rubric.losses.teacher_bias); `mode=mask`: the completion tokens that themselves complete such an n-gram are
   left out of the loss instead.
 Every other argument goes to `rgsd_sweep.py` unchanged (same seed and sizes: paired to its runs).
+`--reuse_reference results.json` grades a finished sweep's saved base and teacher answers (same seed and sizes)
+instead of generating them again (the rule judge is cheap; generation on a shared CPU is not).
 
     .venv/bin/python benchmarks/teacher_bias_sweep.py --bias "no_repeat=4,copy=4,penalty=10,mode=bias" \\
         --steps 24 --output_dir /work/runs/w1_bias --settings "bias_lr2e-3:learning_rate=2e-3"
@@ -81,10 +83,48 @@ def install(no_repeat: int | None, copy: int | None, penalty: float, mode: str) 
     losses.token_divergence = token_divergence
 
 
+def reuse_reference(path: str) -> None:
+    """The sweep's base/teacher reference answers from a finished sweep's results.json, graded again here."""
+    import json
+
+    from trl_rubric import evaluation
+
+    saved = json.load(open(path))["responses"]
+    gap_texts = [saved["base_train"], saved["teacher_train"]]
+    heldout = [saved["base_heldout"]]
+    original_gap, original_eval = evaluation.conditioning_gap, evaluation.evaluate
+
+    def conditioning_gap(model, dataset, *args, **kwargs):
+        if gap_texts:
+            texts = list(gap_texts)
+            gap_texts.clear()
+            kwargs["generate_fn"] = lambda prompts: _same_count(texts.pop(0), prompts)
+        return original_gap(model, dataset, *args, **kwargs)
+
+    def evaluate(model, dataset, *args, **kwargs):
+        if heldout:
+            texts = heldout.pop()
+            kwargs["generate_fn"] = lambda prompts: _same_count(texts, prompts)
+        return original_eval(model, dataset, *args, **kwargs)
+
+    evaluation.conditioning_gap, evaluation.evaluate = conditioning_gap, evaluate
+
+
+def _same_count(texts: list[str], prompts: list) -> list[str]:
+    if len(texts) != len(prompts):
+        raise ValueError(f"saved reference has {len(texts)} answers for {len(prompts)} prompts: not the same sizes")
+    return texts
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--bias", required=True)
+    p.add_argument("--reuse_reference", default=None)
     args, rest = p.parse_known_args(argv)
+    if args.reuse_reference:
+        reuse_reference(args.reuse_reference)
+    if args.bias == "none":  # the same script with no mitigation: a paired baseline
+        return rgsd_sweep.main(rest)
     spec = dict(item.split("=", 1) for item in args.bias.split(","))
     mode = spec.get("mode", "bias")
     if mode not in ("bias", "mask"):
