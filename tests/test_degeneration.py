@@ -218,7 +218,10 @@ def test_rubric_forms_are_all_read():
     from trl_rubric.rubric import Rubric
 
     pasted = "Gives the answer as a numbered list (1., 2., 3.)."
-    for rubric in (RUBRIC, Rubric.from_any(RUBRIC), [c["text"] for c in RUBRIC], RUBRIC[2]["text"]):
+    import json
+
+    forms = (RUBRIC, Rubric.from_any(RUBRIC), [c["text"] for c in RUBRIC], RUBRIC[2]["text"], json.dumps(RUBRIC))
+    for rubric in forms:
         assert copies_rubric(pasted, rubric)
     assert not copies_rubric(pasted, None)
 

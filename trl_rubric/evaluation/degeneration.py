@@ -180,7 +180,11 @@ def _criterion_texts(rubric: Any) -> list[str]:
     if rubric is None:
         return []
     if isinstance(rubric, str):
-        return [rubric]
+        # A rubric stored as JSON text (some datasets keep it so), else one criterion's text.
+        try:
+            return [c.text for c in Rubric.from_any(rubric) if c.text]
+        except (ValueError, TypeError):
+            return [rubric]
     if isinstance(rubric, Sequence) and all(isinstance(c, str) for c in rubric):
         return [c for c in rubric if c]
     if isinstance(rubric, Sequence) and all(isinstance(c, Mapping) and isinstance(c.get("text"), str) for c in rubric):
