@@ -189,3 +189,56 @@ def test_a_failed_critique_leaves_the_loss_of_the_other_rows(tiny_model_path, tm
         reference = trainer._compute_loss(trainer.model, survivors)
     assert reference > 0
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
+
+
+class CountingCritic(FakeCritic):
+    """Counts calls and how many run at once."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.in_flight = self.most_at_once = 0
+
+    async def _chat(self, messages):
+        import asyncio
+
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return await super()._chat(messages)
+
+
+def test_reason_first_start_up_length_check_calls_no_judge_and_batches_are_prepared_at_once(tiny_model_path, tmp_path):
+    dataset = Dataset.from_list(_rows_with_reference(4))
+    critic = CountingCritic(max_concurrency=8)
+    provider = ReasonFirstContext(critic)
+    sizes = []
+    prepare = provider.prepare
+    provider.prepare = lambda rows, completions=None: (sizes.append(len(rows)), prepare(rows, completions))[1]
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, max_teacher_prompt_length=4096),
+        train_dataset=dataset,
+        teacher_context=provider,
+    )
+    assert critic.requests == [] and sizes == []  # the length check at start-up paid for no analysis
+    batch = trainer._generate_and_score_completions(list(dataset))
+    assert len(critic.requests) == 4 and critic.most_at_once == 4  # one call per row, all at once
+    assert sizes and sizes[0] == len(batch["prompt_ids"])
+    teacher = trainer.processing_class.decode(batch["teacher_prompt_ids"][0], skip_special_tokens=True)
+    assert "CRITIQUE[question" in teacher
+
+
+def test_reason_first_start_up_length_check_still_refuses_a_prompt_too_long_without_the_analysis(
+    tiny_model_path, tmp_path
+):
+    dataset = Dataset.from_list(_rows_with_reference(2))
+    critic = CountingCritic()
+    with pytest.raises(ValueError, match="train_dataset row 0.*max_teacher_prompt_length=20"):
+        RGSDTrainer(
+            tiny_model_path,
+            args=_config(tmp_path, max_teacher_prompt_length=20),
+            train_dataset=dataset,
+            teacher_context=ReasonFirstContext(critic),
+        )
+    assert critic.requests == []

@@ -240,6 +240,13 @@ class ReasonFirstContext(CritiqueContext):
             else:
                 self._pending[key] = analysis
 
+    def contexts_for_length_check(self, row: Mapping[str, Any]) -> list[TeacherContext]:
+        """The teacher context with the analysis left empty, for the trainer's start-up length check: a lower bound
+        of the real prompt that costs no judge call (the full prompt is checked on each batch, once written)."""
+        reference, _, rubric_text = self._parts(row)
+        values = {"reference": reference, "rubric": rubric_text, "analysis": ""}
+        return [TeacherContext(weave(row["prompt"], lambda t: fill_template(self.template, prompt=t, **values)))]
+
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
         key = prompt_to_text(row["prompt"])
         if key not in self._pending:

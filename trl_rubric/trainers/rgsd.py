@@ -231,12 +231,20 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return [c.prompt for contexts in self._teacher_contexts(inputs, completions) for c in contexts]
 
     def _check_teacher_prompt_lengths(self, dataset: Dataset) -> None:
-        limit, k = self.args.max_teacher_prompt_length, self.teacher_context.num_contexts
-        if self.teacher_context.needs_completion:
+        provider = self.teacher_context
+        limit, k = self.args.max_teacher_prompt_length, provider.num_contexts
+        if provider.needs_completion:
             return  # contexts depend on the rollout: checked on every batch after sampling
+        # A provider whose contexts cost a judge call (reason-first) gives a judge-free lower bound here; its full
+        # prompts are checked on each batch, once written. A length check never pays for LLM calls.
+        floor = getattr(provider, "contexts_for_length_check", None)
         for start in range(0, len(dataset), 256):
             rows = dataset.select(range(start, min(start + 256, len(dataset))))
-            ids, _, _ = self._tokenize_prompts(self._teacher_prompts(list(rows)))
+            if floor is not None:
+                prompts = [c.prompt for row in rows for c in floor(row)]
+            else:
+                prompts = self._teacher_prompts(list(rows))
+            ids, _, _ = self._tokenize_prompts(prompts)
             for offset, row_ids in enumerate(ids):
                 if len(row_ids) > limit:
                     raise ValueError(

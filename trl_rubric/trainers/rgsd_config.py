@@ -115,7 +115,9 @@ class RGSDConfig(GRPOConfig):
             For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is larger in size is extreme and ignored.
         max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
             Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
-            whole training set before training starts. Teacher prompts are never truncated.
+            whole training set before training starts. Teacher prompts are never truncated. Contexts written by a
+            judge (critique, reason-first) are checked on each batch once written; at start-up reason-first is checked
+            without its analysis (a lower bound), so the check makes no judge call.
 
     > Parameters that control the distillation loss
 
