@@ -267,3 +267,13 @@ def test_training_verdict_table_shows_cannot_assess_and_explanations():
     assert extra["judge_explanations"][0].startswith("1: keyword rule on 'fever' | 2: keyword rule on 'dose'")
     assert metrics["judge/cannot_assess"] == 2 and metrics["judge/unknown_verdicts"] == 0
     assert metrics["judge/under_graded"] == 0.0
+
+
+def test_judge_arguments_carry_the_cannot_assess_policy():
+    from trl_rubric.judges import JudgeArguments, build_judge
+
+    judge = build_judge(JudgeArguments(judge_model="m", judge_cannot_assess="skip", judge_probe=False))
+    assert judge.cannot_assess_policy == "skip"
+    assert build_judge(JudgeArguments(judge_model="m")).cannot_assess_policy == "penalties_worst_case"
+    with pytest.raises(ValueError, match="judge_cannot_assess is 'best'"):
+        JudgeArguments(judge_model="m", judge_cannot_assess="best")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .base import RubricJudge
+from .base import CANNOT_ASSESS_POLICIES, RubricJudge
 from .prompts import JUDGE_MODES
 
 JUDGE_BACKENDS = ("openai", "transformers", "rule")
@@ -56,6 +56,11 @@ class JudgeArguments:
         judge_probe (`bool`, *optional*, defaults to `True`):
             Check at start-up that every judge endpoint answers, and stop with a clear error if one does not, instead
             of discovering it after the model has loaded.
+        judge_cannot_assess (`str`, *optional*, defaults to `"penalties_worst_case"`):
+            How a criterion the judge answers "cannot assess" scores (LLM backends): `"penalties_worst_case"` counts
+            a penalty as met and leaves a positive criterion out, so being unassessable never removes a penalty;
+            `"worst_case"` also counts positive criteria as unmet; `"skip"` leaves every such criterion out;
+            `"unmet"` counts it as unmet. Change it when a judge abstains often and you would rather it cost reward.
     """
 
     judge_backend: Literal["openai", "transformers", "rule"] = field(
@@ -99,7 +104,19 @@ class JudgeArguments:
         metadata={"help": "Check at start-up that the judge answers; fail fast with a clear error if not."},
     )
 
+    judge_cannot_assess: Literal["penalties_worst_case", "worst_case", "skip", "unmet"] = field(
+        default="penalties_worst_case",
+        metadata={
+            "help": "How a 'cannot assess' verdict scores: penalties_worst_case (penalty met, positive criterion "
+            "left out), worst_case, skip or unmet."
+        },
+    )
+
     def __post_init__(self):
+        if self.judge_cannot_assess not in CANNOT_ASSESS_POLICIES:
+            raise ValueError(
+                f"judge_cannot_assess is {self.judge_cannot_assess!r}; expected one of {CANNOT_ASSESS_POLICIES}"
+            )
         if self.judge_backend not in JUDGE_BACKENDS:
             raise ValueError(f"judge_backend is {self.judge_backend!r}; expected one of {JUDGE_BACKENDS}")
         if self.judge_mode not in JUDGE_MODES:
@@ -155,6 +172,7 @@ def build_judge(args: JudgeArguments) -> RubricJudge:
             cache_dir=args.judge_cache_dir,
             temperature=args.judge_temperature,
             max_tokens=args.judge_max_tokens,
+            cannot_assess=getattr(args, "judge_cannot_assess", "penalties_worst_case"),
         )
     if backend == "transformers":
         from .transformers_judge import TransformersJudge
@@ -166,5 +184,6 @@ def build_judge(args: JudgeArguments) -> RubricJudge:
             batch_size=args.judge_max_concurrency,
             max_retries=args.judge_max_retries,
             cache_dir=args.judge_cache_dir,
+            cannot_assess=getattr(args, "judge_cannot_assess", "penalties_worst_case"),
         )
     raise ValueError(f"judge_backend is {backend!r}; expected one of {JUDGE_BACKENDS}")
