@@ -77,7 +77,7 @@ def answer_messages(prompt: Any) -> list[dict[str, str]]:
     user = "\n\n".join(
         [
             _block("QUESTION", prompt_to_text(prompt)),
-            "Answer the question as an expert would: accurately, completely and briefly. Write plain text, not JSON.",
+            "Answer the question as an expert would: accurately, completely and briefly. Write plain prose.",
         ]
     )
     return [{"role": "user", "content": user}]
