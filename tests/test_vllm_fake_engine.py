@@ -219,3 +219,14 @@ def test_rgsd_teacher_pass_is_identical_on_both_branches(tmp_path, tiny_model_pa
     # The same completion token ids, the same initial weights: the teacher pass and the loss do not depend on which
     # engine sampled.
     torch.testing.assert_close(loss_plain.detach(), loss_vllm, rtol=0, atol=0)
+
+
+def test_demo_use_vllm_samples_rollouts_through_the_engine(tmp_path, capsys):
+    from trl_rubric.cli import main
+
+    argv = ["demo", "--quick", "--output_dir", str(tmp_path / "demo"), "--max_steps", "2", "--eval_samples", "1"]
+    with fake_vllm() as engines:
+        assert main([*argv, "--use_vllm", "--curve_every", "1"]) == 0
+    assert len(engines) == 1 and engines[0].llm.generate_calls == 2  # one generation batch per RGSD step
+    assert len(engines[0].llm.syncs) == 2
+    assert (tmp_path / "demo" / "results.json").exists()

@@ -28,7 +28,8 @@ def demo_table(rows: list[tuple[str, Any, Any]]) -> str:
 
 def demo_rgsd_config(args, **fields):
     """The `RGSDConfig` of both demos: the student under `output_dir/student` on CPU, seed, token clip and divergence
-    from the demo's options, a constant learning rate, no checkpoints; `fields` set the rest."""
+    from the demo's options, a constant learning rate, no checkpoints, vLLM colocate with `use_vllm`; `fields` set the
+    rest."""
     from .trainers.rgsd import RGSDConfig
 
     common = dict(
@@ -43,6 +44,8 @@ def demo_rgsd_config(args, **fields):
         report_to="none",
         disable_tqdm=False,
     )
+    if getattr(args, "use_vllm", False):
+        common.update(use_vllm=True, vllm_mode="colocate")
     return RGSDConfig(**{**common, **fields})
 
 

