@@ -156,6 +156,31 @@ class GapArguments(EvalArguments):
             "(omit); use the value you will train RGSD with. Answers are graded against the whole rubric either way."
         },
     )
+    compare_views: bool = field(
+        default=False,
+        metadata={
+            "help": "Compare teacher views instead of measuring one: penalties shown and omitted (plus any "
+            "--compare_render_styles / --compare_templates) on the same prompts, paired, with each view's degenerate "
+            "answers, and recommend one (trl_rubric.evaluation.views). Writes views.json and views.md."
+        },
+    )
+    compare_render_styles: list[str] = field(
+        default_factory=list,
+        metadata={"help": "With --compare_views: extra rubric render styles to compare (numbered, weighted, json)."},
+    )
+    compare_templates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With --compare_views: extra teacher templates to compare, each with {prompt} and {rubric}."
+        },
+    )
+    max_degeneration_margin: float = field(
+        default=0.05,
+        metadata={
+            "help": "With --compare_views: the highest-gap view is passed over when its degenerate-answer rate is "
+            "more than this (0-1 scale) above the cleanest view's."
+        },
+    )
     n_token_views: int = field(
         default=4,
         metadata={

@@ -60,6 +60,8 @@ def run_gap(args: GapArguments, judge_args) -> int:
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
     model, tokenizer, generate_fn = load_generator_from_args(args)
+    if args.compare_views:
+        return run_compare_views(args, judge_args, dataset, judge, model, tokenizer, generate_fn)
     result = conditioning_gap(
         model,
         dataset,
@@ -133,6 +135,74 @@ def run_gap(args: GapArguments, judge_args) -> int:
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
     # A run that measured nothing (every grade failed) must not look like a success to scripts and CI.
     return 0 if result.gap is not None else 1
+
+
+def run_compare_views(args: GapArguments, judge_args, dataset, judge, model, tokenizer, generate_fn) -> int:
+    """`trl-rubric gap --compare_views`: the gap of each teacher view on the same prompts, and the recommended one."""
+    import json
+
+    from ..evaluation.views import candidate_views, compare_teacher_views
+    from ..rubric import RENDER_STYLES
+
+    for style in args.compare_render_styles:
+        if style not in RENDER_STYLES:
+            raise UsageError(f"--compare_render_styles has {style!r}; expected some of {RENDER_STYLES}")
+    for i, template in enumerate(args.compare_templates):
+        if "{prompt}" not in template or "{rubric}" not in template:
+            raise UsageError(f"--compare_templates item {i + 1} must contain {{prompt}} and {{rubric}}")
+    if args.max_degeneration_margin < 0:
+        raise UsageError(f"--max_degeneration_margin is {args.max_degeneration_margin}; expected 0 or more")
+    # The configured penalties first, so a tie keeps what the user has.
+    penalties = (args.teacher_penalties, *(p for p in TEACHER_PENALTIES if p != args.teacher_penalties))
+    views = candidate_views(
+        args.teacher_prompt_template,
+        args.rubric_render_style,
+        penalties=penalties,
+        render_styles=tuple(args.compare_render_styles),
+        templates=tuple(args.compare_templates),
+    )
+    comparison = compare_teacher_views(
+        model,
+        dataset,
+        judge,
+        views,
+        tokenizer=tokenizer,
+        n_samples=None,  # already sampled
+        max_new_tokens=args.max_completion_length,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
+        n_bootstrap=args.bootstrap_samples,
+        confidence_level=args.confidence_level,
+        max_degeneration_margin=args.max_degeneration_margin,
+        progress=args.progress,
+        generate_fn=generate_fn,
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    out = comparison.to_dict()
+    out["settings"] = {
+        "model_name_or_path": args.model_name_or_path,
+        "dataset_name": args.dataset_name,
+        "split": split_to_read(args, COMMAND),
+        "n_samples": args.n_samples,
+        "max_completion_length": args.max_completion_length,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "judge_backend": getattr(judge_args, "judge_backend", None),
+        "judge_model": getattr(judge_args, "judge_model", None),
+    }
+    with open(os.path.join(args.output_dir, "views.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    report = comparison.report()
+    with open(os.path.join(args.output_dir, "views.md"), "w") as f:
+        f.write(f"# Teacher views: {args.dataset_name}\n\n{report}\n")
+    for name, gap in comparison.gaps.items():
+        warn_on_judge_failures(COMMAND, f" ({name})", gap.with_rubric)
+    print(report)
+    print(f"wrote views.json, views.md to {args.output_dir}")
+    return 0 if comparison.recommended is not None else 1
 
 
 def main(argv: list[str] | None = None) -> int:
