@@ -175,6 +175,26 @@ def test_mostly_clipped_window_warns_once_naming_the_fields(tiny_model_path, tmp
     assert trainer.state.log_history[0]["rgsd/clipped_frac"] > 0.5
 
 
+@pytest.mark.parametrize("tau,clipped", [(0.05, True), (1e6, False)])
+def test_per_entry_clip_reports_its_clipped_fraction_and_warns(tiny_model_path, tmp_path, caplog, tau, clipped):
+    # per_entry clips inside the divergence; a token counts as clipped when one of its entries went over tau
+    teacher = _confident_teacher(tmp_path, tiny_model_path)
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, max_steps=2, token_clip=tau, token_clip_mode="per_entry"),
+        train_dataset=_dataset(8),
+        teacher_model=teacher,
+    )
+    with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "had their divergence clipped" in r.getMessage()]
+    frac = trainer.state.log_history[0]["rgsd/clipped_frac"]
+    if clipped:
+        assert frac > 0.5 and len(warnings) == 1 and "token_clip_mode='per_entry'" in warnings[0]
+    else:
+        assert frac == 0 and not warnings
+
+
 def test_confident_teacher_moves_the_weights_when_the_clip_keeps_gradients(tiny_model_path, tmp_path):
     teacher = _confident_teacher(tmp_path, tiny_model_path)
     trainer = RGSDTrainer(

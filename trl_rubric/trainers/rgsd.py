@@ -468,16 +468,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         chunk_size = self.args.distillation_chunk_size or (128 if s_hidden.device.type == "cpu" else None)
         per_entry = self.args.token_clip_mode == "per_entry" and self.args.token_clip is not None
         entry_clip = {"entry_clip": self.args.token_clip} if per_entry else {}
-        out = losses.token_divergence(
-            s_tokens,
-            head.weight,
-            head.bias,
-            t_tokens.to(s_hidden.dtype),
-            t_weight,
-            t_bias,
+        head_args = (s_tokens, head.weight, head.bias, t_tokens.to(s_hidden.dtype), t_weight, t_bias)
+        divergence_args = dict(
             beta=self.args.distillation_beta,
             support=self.args.distillation_support,
-            target_ids=target_ids if want_logps else None,
             top_k=self.args.distillation_top_k,
             top_k_source=self.args.distillation_top_k_source,
             top_k_tail=self.args.distillation_top_k_tail,
@@ -487,10 +481,22 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             student_final_logit_softcapping=self._student_logits[1],
             teacher_logit_scale=self._teacher_logits[0],
             teacher_final_logit_softcapping=self._teacher_logits[1],
-            **entry_clip,
         )
+        out = losses.token_divergence(
+            *head_args, target_ids=target_ids if want_logps else None, **divergence_args, **entry_clip
+        )
+        clip_measured = True
         if per_entry:  # already clipped inside the divergence, entry by entry
-            clipped, clipped_mask = out.divergence, torch.zeros_like(out.divergence, dtype=torch.bool)
+            clipped = out.divergence
+            clip_measured = self._logged_step()
+            if clip_measured:
+                # A token counts as clipped when an entry's term went over tau (clipping lowered its divergence).
+                # That needs the unclipped divergence: one more forward pass, only on the steps that get logged.
+                with torch.no_grad():
+                    unclipped = losses.token_divergence(*head_args, **divergence_args).divergence
+                clipped_mask = unclipped > out.divergence.detach() + 1e-6 * unclipped.abs().clamp(min=1.0)
+            else:
+                clipped_mask = torch.zeros_like(out.divergence, dtype=torch.bool)
         else:
             clipped, clipped_mask = losses.clip_token_divergence(
                 out.divergence,
@@ -557,6 +563,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 distill_loss.float(),
                 f.sum() if out.teacher_logps is not None else out.divergence.new_zeros(()),
                 (gate_active * f).sum() if gated else out.divergence.new_zeros(()),
+                f.sum() if clip_measured else out.divergence.new_zeros(()),  # tokens whose clipping was measured
             ]
         )
         return loss, stats
@@ -584,7 +591,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         n = totals[4].clamp(min=1.0)
         metrics = self._metrics[mode]
         metrics["rgsd/divergence"].append((totals[0] / n).item())
-        metrics["rgsd/clipped_frac"].append((totals[1] / n).item())
+        if totals[9] > 0:  # per_entry measures it on logged steps only
+            metrics["rgsd/clipped_frac"].append((totals[1] / totals[9]).item())
         if totals[7] > 0:
             metrics["rgsd/teacher_logratio"].append((totals[2] / totals[7]).item())
         metrics["entropy"].append((totals[3] / n).item())
