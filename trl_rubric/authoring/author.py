@@ -54,6 +54,24 @@ class AuthoredRubric:
     cached: bool = False
 
 
+#: What each mode needs besides the prompt.
+MODE_INPUTS = {
+    "reference": ("reference",),
+    "process": ("reference",),
+    "contrastive": ("strong_answer", "policy_answer"),
+    "keypoints": (),
+}
+
+
+def check_input(mode: str, item: AuthoringInput, where: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise `ValueError` naming the row (`where`) and field when `item` lacks what `mode` needs (fields in `skip`
+    are not checked, e.g. policy answers still to be generated)."""
+    for name in MODE_INPUTS[mode]:
+        value = getattr(item, name)
+        if name not in skip and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{where}: mode {mode!r} needs a non-empty {name}; got {value!r}")
+
+
 class RubricAuthor:
     """Writes rubrics with an author model in one of [`AUTHOR_MODES`].
 
@@ -106,16 +124,7 @@ class RubricAuthor:
 
     def check_input(self, item: AuthoringInput, where: str) -> None:
         """Raise `ValueError` naming the row and field when `item` lacks what the mode needs."""
-        needs = {
-            "reference": ("reference",),
-            "process": ("reference",),
-            "contrastive": ("strong_answer", "policy_answer"),
-            "keypoints": (),
-        }[self.mode]
-        for name in needs:
-            value = getattr(item, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}: mode {self.mode!r} needs a non-empty {name}; got {value!r}")
+        check_input(self.mode, item, where)
 
     async def _rubric_request(self, messages, reference: str | None) -> AuthoredRubric:
         box: list[Rubric | None] = [None]

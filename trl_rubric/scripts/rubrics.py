@@ -169,6 +169,7 @@ def build(args: RubricsArguments, author_args: AuthorArguments, judge_args: Judg
                 raise UsageError("mode 'contrastive' needs --strong_answer_column (or --reference_column)")
             if not (args.policy_answer_column or args.policy_model):
                 raise UsageError("mode 'contrastive' needs --policy_answer_column or --policy_model")
+        _inputs(rows, args, check=True)
     return rows, filters
 
 
@@ -194,34 +195,54 @@ def _policy(args: RubricsArguments):
     return model, tokenizer, generate
 
 
+def _inputs(rows, args, check: bool = False):
+    """What each row gives the author (reference, stronger and policy answers), read from the named columns; with
+    `check`, a missing column or a missing value raises, naming the row."""
+    from ..authoring.author import AuthoringInput, check_input
+    from ..authoring.outputs import column_text
+
+    references = column_text(rows, args.reference_column, "reference")
+    strong = references
+    if args.strong_answer_column:
+        strong = column_text(rows, args.strong_answer_column, "stronger answer")
+    weak = column_text(rows, args.policy_answer_column, "policy answer")
+    items = [AuthoringInput(r["prompt"], *x) for r, *x in zip(rows, references, strong, weak, strict=True)]
+    if check:
+        skip = () if args.policy_answer_column else ("policy_answer",)
+        for index, item in enumerate(items):
+            check_input(args.mode, item, f"row {index}", skip)
+    return items
+
+
 def _author(rows, args, author_args, policy):
     """Author every row; return `(written rows, their source row numbers, failed, usage dict)`."""
-    from ..authoring import AuthoringInput, RubricAuthor, build_author_backend
-    from ..authoring.outputs import column_text
+    from ..authoring import RubricAuthor, build_author_backend
 
     if author_args.author_backend == "transformers":
         author_args.author_model = resolve_model_path(author_args.author_model)
     backend = build_author_backend(author_args)
     if author_args.author_probe and author_args.author_backend == "openai":
         backend.probe_sync()
-    references = column_text(rows, args.reference_column, "reference")
-    strong = (
-        column_text(rows, args.strong_answer_column, "stronger answer") if args.strong_answer_column else references
-    )
+    items = _inputs(rows, args)
     if args.mode == "contrastive" and not args.policy_answer_column:
         weak = policy()[2]([r["prompt"] for r in rows], "generating policy answers")
-        weak = list(getattr(weak, "texts", weak))
-    else:
-        weak = column_text(rows, args.policy_answer_column, "policy answer")
+        for item, text in zip(items, getattr(weak, "texts", weak), strict=True):
+            item.policy_answer = text
     author = RubricAuthor(
         backend, args.mode, args.min_criteria, args.max_criteria, args.max_copy_words, author_args.author_cache_dir
     )
-    items = [
-        AuthoringInput(r["prompt"], ref, s, w) for r, ref, s, w in zip(rows, references, strong, weak, strict=True)
-    ]
+    from ..authoring import AuthoredRubric
+
+    usable = []
     for index, item in enumerate(items):
-        author.check_input(item, f"row {index}")
-    results = author.author_many_sync(items)
+        try:
+            author.check_input(item, f"row {index}")  # a generated policy answer can be empty
+            usable.append(index)
+        except ValueError as e:
+            items[index] = AuthoredRubric(None, error=str(e))
+    for index, result in zip(usable, author.author_many_sync([items[i] for i in usable]), strict=True):
+        items[index] = result
+    results = items
     written, origin, failed = [], [], []
     usage = {"calls": 0, "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached": 0}
     for index, (row, result) in enumerate(zip(rows, results, strict=True)):
@@ -326,7 +347,7 @@ def execute(built, args: RubricsArguments, author_args: AuthorArguments, judge_a
         f"trl-rubric {COMMAND}: {len(current)} of {len(rows)} rows written to {paths['rubrics.jsonl']}"
         f" ({len(failed)} failed authoring; see {paths['summary.json']})"
     )
-    return 0
+    return 0 if current else 1
 
 
 def main(argv: list[str] | None = None) -> int:
