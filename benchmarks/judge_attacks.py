@@ -152,6 +152,38 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["rate"] is None:
+        return f"no verdicts ({r['unknown']} unknown)"
+    lo, hi = r["ci"]
+    return f"{r['rate']:.0%} [{lo:.0%}, {hi:.0%}] {r['fp']}/{r['opportunities']}"
+
+
+def compare_table(runs: list[tuple[str, dict]]) -> str:
+    """One table of several result files (`label`, results): a column per (judge, label)."""
+    cols = [(j, label, res) for label, res in runs for j in res["judges"]]
+    order = list(dict.fromkeys(j for j, _, _ in cols))
+    cols.sort(key=lambda c: order.index(c[0]))
+    lines = [
+        "| attack | " + " | ".join(f"{j} {label}" for j, label, _ in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name in ["clean", *(a.name for a in ATTACKS)]:
+        lines.append(
+            f"| {name} | " + " | ".join(_cell(res["judges"][j]["attacks"].get(name)) for j, _, res in cols) + " |"
+        )
+    unknown = []
+    for j, label, res in cols:
+        rows = res["judges"][j]["attacks"].values()
+        n = sum(r["n"] for r in rows)
+        unk = sum(r["unknown"] for r in rows)
+        ca = sum(r["cannot_assess"] for r in rows)
+        unknown.append(f"{j} {label}: {unk}/{n} unknown, {ca} cannot-assess, {res['judges'][j]['wall_s']:.0f} s")
+    return "\n".join(lines) + "\n\nVerdicts: " + "; ".join(unknown) + "."
+
+
 def main() -> None:
     import contextlib
 
@@ -167,7 +199,17 @@ def main() -> None:
     p.add_argument("--openai_base_url", default=None)
     p.add_argument("--openai_model", default="judge")
     p.add_argument("--out", default="runs/judge_attacks/results.json")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=FILE",
+        help="Print one table of earlier result files (e.g. before=runs/a.json after=runs/b.json) and exit.",
+    )
     args = p.parse_args()
+    if args.compare:
+        runs = [(item.split("=", 1)[0], json.loads(Path(item.split("=", 1)[1]).read_text())) for item in args.compare]
+        print(compare_table(runs))
+        return
     cases = build_cases(examples(args.n_responses), args.seed)
     results = {"prompt_version": PROMPT_VERSION, "n_responses": args.n_responses, "judges": {}}
     for name in args.judges.split(","):
