@@ -150,3 +150,85 @@ def test_gap_cli_compare_views_writes_the_comparison(tiny_model_path, tmp_path, 
     assert "Recommended:" in (out / "views.md").read_text() and "Recommended:" in capsys.readouterr().out
     assert main([*args[:-1], "bulleted"]) != 0  # an unknown render style is refused before any generation
     assert "--compare_render_styles has 'bulleted'" in capsys.readouterr().err
+
+
+# --- teacher_penalties="auto" in RGSDTrainer ---------------------------------------------------------------------
+
+
+def auto_rows(n=8):
+    # Shown the penalty, the fake generator below writes "safety" (met); omitted, it writes nothing: "show" is better.
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}: explain topic {i} briefly"}],
+            "rubric": [
+                crit("mentions safety", 1.0, "rule:contains:safety"),
+                crit("mentions wrong", -1.0, "rule:contains:wrong"),
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_auto_refuses_to_construct_without_a_judge(tiny_model_path, tmp_path):
+    from datasets import Dataset
+
+    from trl_rubric import RGSDTrainer
+    from trl_rubric.testing import rgsd_test_config
+
+    with pytest.raises(ValueError, match="teacher_penalties='auto' .* needs a judge: pass teacher_view_judge"):
+        RGSDTrainer(
+            tiny_model_path,
+            args=rgsd_test_config(tmp_path, teacher_penalties="auto"),
+            train_dataset=Dataset.from_list(auto_rows()),
+        )
+    with pytest.raises(ValueError, match="teacher_view_samples is 1"):
+        rgsd_test_config(tmp_path, teacher_penalties="auto", teacher_view_samples=1)
+
+
+def test_auto_measures_both_views_picks_the_better_one_and_logs_it_before_step_0(
+    tiny_model_path, tmp_path, monkeypatch, caplog
+):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from trl_rubric import RGSDTrainer
+    from trl_rubric.evaluation import views as views_module
+    from trl_rubric.model_card import training_facts
+    from trl_rubric.testing import rgsd_test_config
+
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, *args, **kwargs):
+        seen.append(len(prompts))
+        texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+        return ["Think of safety first." if "avoids" in t else "It depends." for t in texts]
+
+    monkeypatch.setattr(views_module, "generate_responses", fake_generate)
+    at_step_0 = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                at_step_0.append(trainer.teacher_context.penalties)
+
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=rgsd_test_config(tmp_path, teacher_penalties="auto", teacher_view_samples=6, max_steps=1),
+        train_dataset=Dataset.from_list(auto_rows()),
+        teacher_view_judge=RuleJudge(),
+        callbacks=[Record()],
+    )
+    assert trainer.teacher_context.penalties == "omit"  # the default until measured
+    with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd_view"):
+        trainer.train()
+    assert seen == [6, 6, 6]  # the student once, then each view, on the same 6 sampled prompts
+    choice = trainer.teacher_view_choice
+    assert choice["teacher_penalties"] == "show" and choice["recommended"] == "penalties=show"
+    assert at_step_0 == ["show"]  # chosen before step 0, and used from it
+    assert "teacher_penalties='auto' chose 'show' on 6 training prompts" in caplog.text
+    saved = json.loads((tmp_path / "teacher_view_choice.json").read_text())
+    assert saved["teacher_penalties"] == "show" and {v["name"] for v in saved["views"]} == {
+        "penalties=omit",
+        "penalties=show",
+    }
+    assert training_facts(trainer)["teacher_penalties"].startswith("auto: show (penalties=omit gap +0.000")

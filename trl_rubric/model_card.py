@@ -38,6 +38,15 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _penalties_fact(trainer) -> str:
+    # With "auto" the card states what was chosen, and on what evidence.
+    choice = getattr(trainer, "teacher_view_choice", None)
+    if trainer.args.teacher_penalties != "auto" or not choice:
+        return trainer.args.teacher_penalties
+    gaps = ", ".join(f"{v['name']} gap {v['gap']:+.3f}" for v in choice["views"] if v["gap"] is not None)
+    return f"auto: {choice['teacher_penalties']} ({gaps}; {choice['n_examples']} prompts)"
+
+
 def training_facts(trainer) -> dict[str, Any]:
     """The facts a card states about a trainer's run, read field by field from its config."""
     args = trainer.args
@@ -53,7 +62,7 @@ def training_facts(trainer) -> dict[str, Any]:
             beta=args.distillation_beta,
             # "none" rather than a missing row: no clip is a choice the reader should see (the paper clips at 0.05).
             token_clip="none" if args.token_clip is None else args.token_clip,
-            teacher_penalties=args.teacher_penalties,
+            teacher_penalties=_penalties_fact(trainer),
             rollouts_per_prompt=args.num_generations,
             mask_thinking=args.mask_thinking,
             train_judge_calls=0,

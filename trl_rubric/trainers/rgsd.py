@@ -27,6 +27,7 @@ from trl.trainer.utils import get_config_model_id, pad, use_adapter
 from .. import losses, multi_teacher
 from ..data import named_datasets
 from ..evaluation.degeneration import log_degeneration
+from ..judges.base import RubricJudge
 from ..model_card import RubricModelCardMixin
 from ..rewards import RubricReward, unknown_where_judge_failed
 from ..teacher_context import TeacherContextProvider, build_teacher_context
@@ -41,6 +42,7 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
     RGSDConfig,
 )
 from .rgsd_teacher import build_teacher
+from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
 from .vllm_mode import refuse_vllm_server_without_cuda
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         environment_factory: Any = None,
         teacher_model: str | PreTrainedModel | None = None,
         teacher_context: TeacherContextProvider | None = None,
+        teacher_view_judge: RubricJudge | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -146,7 +149,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 "applies to the policy's own weights. Leave teacher_model_kind='base' or drop teacher_model."
             )
         # What the teacher sees comes from one provider (`teacher_context.py`); it checks its own columns.
-        teacher_context = teacher_context if teacher_context is not None else build_teacher_context(args)
+        # teacher_penalties="auto" is chosen before step 0 (rgsd_view.py); until then the context holds the default.
+        self._view_judge = auto_view_judge(args, reward_funcs, teacher_view_judge)
+        self.teacher_view_choice: dict[str, Any] | None = None
+        if teacher_context is None:
+            teacher_context = build_teacher_context(provisional_args(args))
+        check_auto_context(args, teacher_context)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             teacher_context.validate(dataset, name)
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
@@ -207,6 +215,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
             self._check_teacher_prompt_lengths(train_dataset)
+
+    def train(self, *args, **kwargs):
+        """TRL's `train`, after `teacher_penalties="auto"` has chosen the teacher's view (once per trainer)."""
+        if self._view_judge is not None and self.teacher_view_choice is None:
+            self.teacher_view_choice = choose_teacher_penalties(self, self._view_judge)
+        return super().train(*args, **kwargs)
 
     # ------------------------------------------------------------------ teacher
 

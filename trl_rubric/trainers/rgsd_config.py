@@ -90,6 +90,13 @@ class RGSDConfig(GRPOConfig):
             +28pp), and the student trained from it gained +5.7pp vs +14.7pp. A large model may heed "avoids" where a
             small one is primed by it: `"show"` is one line away. The `rcsd` preset sets `"show"` (its paper shows
             the whole rubric). `trl-rubric gap` reads the same field: measure the gap with the view you train with.
+            `"auto"` measures both views before step 0 on `teacher_view_samples` training prompts (the rule of
+            `trl_rubric.evaluation.views`: highest conditioning gap unless its answers are more degenerate than the
+            other's by over 5 points) and trains with the winner; it needs a judge (`teacher_view_judge=` or a
+            `RubricReward` among `reward_funcs`), logs the numbers and writes `teacher_view_choice.json`.
+        teacher_view_samples (`int`, *optional*, defaults to `16`):
+            Training prompts `teacher_penalties="auto"` compares the views on (each is answered three times: once
+            by the student, once per view). More prompts give a surer choice at the cost of start-up time.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
@@ -213,9 +220,12 @@ class RGSDConfig(GRPOConfig):
     rubric_render_style: Literal["numbered", "weighted", "json"] = field(
         default="numbered", metadata={"help": "Rubric rendering for the teacher: numbered, weighted or json."}
     )
-    teacher_penalties: Literal["show", "omit"] = field(
+    teacher_penalties: Literal["show", "omit", "auto"] = field(
         default=DEFAULT_TEACHER_PENALTIES,
-        metadata={"help": "Whether the teacher sees penalty criteria: show or omit."},
+        metadata={"help": "Whether the teacher sees penalty criteria: show, omit, or auto (measured before step 0)."},
+    )
+    teacher_view_samples: int = field(
+        default=16, metadata={"help": "Training prompts teacher_penalties='auto' compares the views on."}
     )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
     pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
@@ -312,7 +322,9 @@ class RGSDConfig(GRPOConfig):
         choice("distillation_support", DISTILLATION_SUPPORTS)
         choice("distillation_top_k_source", ("teacher", "student"))
         choice("rubric_render_style", RENDER_STYLES)
-        choice("teacher_penalties", TEACHER_PENALTIES)
+        choice("teacher_penalties", (*TEACHER_PENALTIES, "auto"))
+        if self.teacher_view_samples < 2:
+            raise ValueError(f"teacher_view_samples is {self.teacher_view_samples}; expected 2 or more")
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         choice("teacher_combine", TEACHER_COMBINES)
