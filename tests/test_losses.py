@@ -725,3 +725,32 @@ def test_no_tokens_gives_an_empty_divergence_that_still_backpropagates(support):
     assert out.divergence.shape == (0,) and out.finite.shape == (0,)
     out.divergence.sum().backward()
     assert student["weight"].grad is not None and not student["weight"].grad.any()
+
+
+def test_chunk_size_splits_the_fused_kernel_path_into_calls_of_that_many_tokens(monkeypatch):
+    # On CUDA, "full" without an entry clip runs TRL's fused kernel; chunk_size used to be ignored there. Forced here
+    # on CPU (TRL's kernel has a torch fallback): one call per chunk, same values and gradients as one call.
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    from trl_rubric.losses import head_divergence
+
+    monkeypatch.setattr(head_divergence, "_fused_kernel_applies", lambda hidden: True)
+    sizes = []
+    apply = ChunkedDivergenceFunction.apply
+
+    def spy(hidden, *args):
+        sizes.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(head_divergence.ChunkedDivergenceFunction, "apply", spy)
+    student, teacher, _, upstream = make_inputs(10, 50, 8)
+    whole = fast(student, teacher, support="full", beta=0.5, chunk_size=None)
+    assert sizes == [10]
+    chunked = fast(student, teacher, support="full", beta=0.5, chunk_size=4)
+    assert sizes == [10, 4, 4, 2]
+    torch.testing.assert_close(chunked.divergence, whole.divergence, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(chunked.entropy, whole.entropy, atol=ATOL, rtol=1e-5)
+    assert_close_grads(
+        student_grads(student, (chunked.divergence * upstream).sum()),
+        student_grads(student, (whole.divergence * upstream).sum()),
+    )

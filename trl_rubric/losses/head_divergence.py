@@ -18,7 +18,14 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 
-from .chunked_head import ChunkedHeadDivergence, _full_chunk, _gather_zero3, _target_logps, _topk_chunk
+from .chunked_head import (
+    ChunkedHeadDivergence,
+    _full_chunk,
+    _gather_zero3,
+    _target_logps,
+    _token_chunks,
+    _topk_chunk,
+)
 from .divergence import SUPPORTS, TOP_K_SOURCES, Support, TokenDivergence, TopKSource, sampled_token_reverse_kl
 from .masks import finite_token_mask, sanitize_hidden
 
@@ -83,8 +90,9 @@ def token_divergence(
         top_k_tail: Add a bucket with the mass outside the top-k (approximates the full divergence); otherwise both
             distributions are renormalised over the top-k.
         temperature: Both distributions are `softmax(logits / temperature)`.
-        chunk_size: Tokens per chunk. None: one call to TRL's kernel where that path applies (CUDA, `"full"`, no
-            `entry_clip`), otherwise chunks of about `2**27 / V` tokens (a 512 MiB fp32 `[chunk, V]` tile).
+        chunk_size: Tokens per chunk, on every path: where TRL's kernel applies (CUDA, `"full"`, no `entry_clip`)
+            one call of it per chunk, each with its own fp32 LM-head gradient. None: one call to TRL's kernel where
+            it applies, otherwise chunks of about `2**27 / V` tokens (a 512 MiB fp32 `[chunk, V]` tile).
         student_logit_scale, teacher_logit_scale: Multipliers applied to the logits first (models with logit scaling).
         student_final_logit_softcapping, teacher_final_logit_softcapping: `c` in `c * tanh(z / c)` (e.g. Gemma), or
             None.
@@ -134,6 +142,11 @@ def token_divergence(
             teacher_final_logit_softcapping=teacher_final_logit_softcapping,
             entry_clip=entry_clip,
         )
+
+
+def _fused_kernel_applies(hidden: Tensor) -> bool:
+    """Whether `"full"` without an entry clip runs TRL's fused `ChunkedDivergenceFunction` (CUDA tensors)."""
+    return hidden.is_cuda
 
 
 def full_lm_head(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -191,15 +204,10 @@ def _token_divergence(
                 teacher_logps, _ = _target_logps(
                     teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
                 )
-        if support == "full" and entry_clip is None and student_hidden.is_cuda:
-            # TRL's fused kernel tiles tokens and vocabulary itself and keeps one fp32 LM-head gradient: one call
-            divergence, entropy = ChunkedDivergenceFunction.apply(
-                student_hidden,
-                student_weight,
-                student_bias,
-                teacher_hidden,
-                teacher_weight,
-                teacher_bias,
+        if support == "full" and entry_clip is None and _fused_kernel_applies(student_hidden):
+            # TRL's fused kernel tiles tokens and vocabulary itself and keeps one fp32 LM-head gradient: one call, or
+            # one per `chunk_size` tokens when set (each call then costs its own fp32 LM-head gradient buffer)
+            fused_args = (
                 float(beta),
                 temperature,
                 student_logit_scale,
@@ -207,6 +215,20 @@ def _token_divergence(
                 teacher_logit_scale,
                 teacher_final_logit_softcapping,
             )
+            parts = [
+                ChunkedDivergenceFunction.apply(
+                    student_hidden[rows],
+                    student_weight,
+                    student_bias,
+                    teacher_hidden[rows],
+                    teacher_weight,
+                    teacher_bias,
+                    *fused_args,
+                )
+                for rows in _token_chunks(student_hidden.shape[0], chunk_size)
+            ]
+            divergence = torch.cat([d for d, _ in parts]) if len(parts) > 1 else parts[0][0]
+            entropy = torch.cat([e for _, e in parts]) if len(parts) > 1 else parts[0][1]
         else:
             math_kwargs = {
                 "beta": float(beta),

@@ -145,6 +145,8 @@ class RGSDConfig(GRPOConfig):
             Tokens per call of the full-vocabulary divergence kernel. `None` picks 128 on CPU, where TRL's torch
             fallback would otherwise allocate 4096-token tiles (128 keeps peak memory flat), and one call on GPUs,
             where the Triton kernel tiles the tokens itself and every extra call costs a full fp32 LM-head gradient.
+            Set, it applies on GPUs too (one kernel call per chunk): use it when one call over a long batch runs out
+            of memory.
         token_clip (`float` or `None`, *optional*, defaults to `None`):
             Bound on each token's divergence (tau; see `token_clip_mode`); `None`, the default, turns clipping off.
             The paper clips at 0.05 (the OPSD line's value). On SmolLM2-135M-Instruct (LoRA, learning rate 2e-3, 24
