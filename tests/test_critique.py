@@ -242,3 +242,50 @@ def test_reason_first_start_up_length_check_still_refuses_a_prompt_too_long_with
             teacher_context=ReasonFirstContext(critic),
         )
     assert critic.requests == []
+
+
+@pytest.mark.parametrize("penalties", ["show", "omit"])
+def test_reason_first_honours_teacher_penalties_in_the_view_and_the_analysis_request(
+    tiny_model_path, tmp_path, penalties
+):
+    rows = _rows_with_reference(1)
+    critic = FakeCritic()
+    provider = ReasonFirstContext(critic)  # left to follow the config
+    RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, teacher_penalties=penalties),
+        train_dataset=Dataset.from_list(rows),
+        teacher_context=provider,
+    )
+    assert provider.penalties == penalties
+    (context,) = provider.contexts(rows[0])
+    (request,) = critic.requests
+    shown = penalties == "show"
+    assert ("mentions wrong" in context.prompt[-1]["content"]) is shown
+    assert ("mentions wrong" in request) is shown
+    assert "mentions however" in context.prompt[-1]["content"] and "mentions however" in request
+    explicit = ReasonFirstContext(FakeCritic(), penalties="omit")
+    assert "mentions wrong" not in explicit.contexts(rows[0])[0].prompt[-1]["content"]
+
+
+def test_critique_and_reason_first_keep_one_text_per_rubric_for_the_same_prompt():
+    a, b = _rows_with_reference(1)[0], _rows_with_reference(1)[0]
+    b["rubric"] = [{"text": "mentions kittens", "weight": 2.0}]
+    critic = FakeCritic()
+    provider = ReasonFirstContext(critic)
+    provider.prepare([a, b])
+    assert len(critic.requests) == 2
+    assert "mentions kittens" in provider.contexts(b)[0].prompt[-1]["content"]
+    assert "mentions kittens" not in provider.contexts(a)[0].prompt[-1]["content"]
+    assert len(critic.requests) == 2
+
+    class RubricEcho(FakeCritic):
+        async def _chat(self, messages):
+            reply = await super()._chat(messages)
+            return ChatReply(reply.text + (" KITTENS" if "kittens" in messages[-1]["content"] else " PLAIN"))
+
+    critique = CritiqueContext(RubricEcho())
+    critique.prepare([a, b], ["same draft", "same draft"])
+    assert "KITTENS" in critique.contexts(b, "same draft")[0].prompt[-1]["content"]
+    assert "PLAIN" in critique.contexts(a, "same draft")[0].prompt[-1]["content"]
+    assert len(critique.judge.requests) == 2  # each (prompt, rubric, draft) was prepared: no call from contexts

@@ -12,6 +12,7 @@ it out of the loss and counts it in `rgsd/teacher_context_failed`.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .judges.base import prompt_to_text as _chat_to_text
 from .judges.cache import cache_key
 from .judges.llm import ChatRubricJudge
 from .rubric import Rubric
+from .teacher import DEFAULT_TEACHER_PENALTIES, teacher_rubric
 from .teacher_context import (
     RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE,
     ReferenceContext,
@@ -54,6 +56,11 @@ CRITIQUE_TEACHER_PROMPT_TEMPLATE = (
 
 def prompt_to_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else _chat_to_text(prompt)
+
+
+def _rubric_key(rubric: Rubric) -> str:
+    # Part of the in-memory keys: two rows with the same prompt and different rubrics get their own texts
+    return json.dumps(rubric.to_list(), sort_keys=True, ensure_ascii=False)
 
 
 def critique_messages(prompt: Any, response: str, rubric: Rubric) -> list[dict[str, str]]:
@@ -138,11 +145,14 @@ class CritiqueContext:
             critiques = pool.submit(asyncio.run, run_all()).result()
         self._pending = {}
         for row, completion, critique in zip(rows, completions, critiques, strict=True):
-            self._pending[(prompt_to_text(row["prompt"]), completion)] = critique
+            self._pending[self._key(row, completion)] = critique
             self.failures += critique is None
 
+    def _key(self, row: Mapping[str, Any], completion: str | None) -> tuple:
+        return prompt_to_text(row["prompt"]), _rubric_key(self._rubrics._rubric(row)), completion
+
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
-        key = (prompt_to_text(row["prompt"]), completion)
+        key = self._key(row, completion)
         if key not in self._pending:
             self.prepare([row], [completion])
         critique = self._pending[key]
@@ -187,7 +197,11 @@ def analysis_messages(prompt: Any, reference: str, rubric_text: str) -> list[dic
 class ReasonFirstContext(CritiqueContext):
     """RCSD's optional "reason first" (arXiv 2606.19327): question, reference, JSON rubric, plus a short analysis of
     what they require, written once per row by `judge` (serve the frozen base model behind it to have the teacher
-    write it, as the paper does) and cached. A failed analysis drops the row from the loss, counted."""
+    write it, as the paper does) and cached. A failed analysis drops the row from the loss, counted.
+
+    `penalties` (`"show"` or `"omit"`) decides whether the rubric's penalty criteria are in the teacher's view; with
+    `"omit"` the analysis is written from the criteria the teacher sees, so it cannot bring them back. None (default):
+    `RGSDTrainer` sets it from `RGSDConfig.teacher_penalties`; used on its own, the library default."""
 
     template: str = REASON_FIRST_TEACHER_PROMPT_TEMPLATE
     reference_column: str = "reference"
@@ -195,6 +209,7 @@ class ReasonFirstContext(CritiqueContext):
     name: str = "rcsd_reason_first"
     needs_completion: bool = False
     prompt_version: str = ANALYSIS_PROMPT_VERSION
+    penalties: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.judge, ChatRubricJudge):
@@ -207,6 +222,7 @@ class ReasonFirstContext(CritiqueContext):
             render_style=self.render_style,
             rubric_column=self.rubric_column,
             pitfall_polarity=self.pitfall_polarity,
+            penalties=self.penalties or DEFAULT_TEACHER_PENALTIES,  # checks the value
         )
         self._rubrics = self._reference._rubric_part
 
@@ -214,12 +230,16 @@ class ReasonFirstContext(CritiqueContext):
         self._reference.validate(dataset, name)
 
     def _parts(self, row: Mapping[str, Any]) -> tuple[str, Rubric, str]:
-        rubric = self._rubrics._rubric(row)
+        """The reference, the rubric the teacher is shown (penalties as `penalties` says) and its rendering."""
+        rubric = teacher_rubric(self._rubrics._rubric(row), self.penalties or DEFAULT_TEACHER_PENALTIES)
         return _reference_text(row, self.reference_column), rubric, rubric.render(self.render_style)
+
+    def _key(self, row: Mapping[str, Any], completion: str | None = None) -> tuple:
+        return prompt_to_text(row["prompt"]), _rubric_key(self._parts(row)[1])
 
     def prepare(self, rows: Sequence[Mapping[str, Any]], completions: Sequence[str] | None = None) -> None:
         """Write the analyses of the rows not seen yet, concurrently (each row's analysis is kept for later)."""
-        todo = {prompt_to_text(r["prompt"]): r for r in rows if prompt_to_text(r["prompt"]) not in self._pending}
+        todo = {self._key(r): r for r in rows if self._key(r) not in self._pending}
 
         async def run_all():
             self._semaphore = asyncio.Semaphore(self.judge.max_concurrency)
@@ -248,7 +268,7 @@ class ReasonFirstContext(CritiqueContext):
         return [TeacherContext(weave(row["prompt"], lambda t: fill_template(self.template, prompt=t, **values)))]
 
     def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
-        key = prompt_to_text(row["prompt"])
+        key = self._key(row)
         if key not in self._pending:
             self.prepare([row])
         analysis = self._pending.get(key)

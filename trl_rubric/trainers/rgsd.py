@@ -155,6 +155,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if teacher_context is None:
             teacher_context = build_teacher_context(provisional_args(args))
         check_auto_context(args, teacher_context)
+        if hasattr(teacher_context, "penalties") and teacher_context.penalties is None:
+            teacher_context.penalties = args.teacher_penalties  # a provider left to follow the config (reason-first)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             teacher_context.validate(dataset, name)
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
