@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "recipes", "*.yaml")))
+#: Recipes that name a model to train or evaluate (rubrics_* configure `trl-rubric rubrics`, authoring).
+MODEL_RECIPES = [p for p in RECIPES if not os.path.basename(p).startswith("rubrics")]
 ACCELERATE = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "recipes", "accelerate", "*.yaml")))
 
 
@@ -17,6 +19,10 @@ def _parser_for(name):
         return rgsd.make_parser()
     if name.startswith("grpo"):
         return grpo.make_parser()
+    if name.startswith("rubrics"):
+        from trl_rubric.scripts import rubrics
+
+        return rubrics.make_parser()
     if name.startswith("gap"):
         from trl_rubric.scripts import gap
 
@@ -50,7 +56,7 @@ def test_recipe_parses_with_every_key_consumed(path):
         assert topic in header, f"{name}: header comment must state {topic}"
     assert "LoRA" in text or "lora" in text
     # GPU recipes ask for bf16, which a CPU machine refuses; the override is only for parsing here.
-    overrides = [] if "use_cpu: true" in text or name.startswith(("eval", "gap")) else ["--bf16", "false"]
+    overrides = [] if "use_cpu: true" in text or name.startswith(("eval", "gap", "rubrics")) else ["--bf16", "false"]
     *configs, remaining = _parser_for(name).parse_args_and_config(
         ["--config", path, *overrides], return_remaining_strings=True
     )
@@ -89,7 +95,7 @@ def test_toy_recipe_trains_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["eval", "gap"])
-@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+@pytest.mark.parametrize("path", MODEL_RECIPES, ids=os.path.basename)
 def test_eval_and_gap_read_every_recipe_with_shared_fields_carried_over(path, command):
     from trl_rubric.scripts import eval as eval_script
     from trl_rubric.scripts import gap as gap_script
