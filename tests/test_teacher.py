@@ -87,11 +87,13 @@ def test_omitted_penalties_leave_exactly_the_other_criteria_numbered_one_after_a
 
 
 def test_omit_keeps_a_rubric_without_penalties_as_it_is():
+    # With no penalty criterion there is nothing to omit: the omitted view is the shown view, and the rubric as written
     rubric = [c for c in MIXED_RUBRIC if c["weight"] >= 0]
     for style in ("numbered", "weighted", "json"):
-        assert build_teacher_prompt("Q", rubric, render_style=style, penalties="omit") == build_teacher_prompt(
-            "Q", rubric, render_style=style
-        )
+        omitted = build_teacher_prompt("Q", rubric, render_style=style, penalties="omit")
+        assert omitted == build_teacher_prompt("Q", rubric, render_style=style, penalties="show")
+        rendered = Rubric.from_any(rubric).render(style)
+        assert omitted == DEFAULT_TEACHER_PROMPT_TEMPLATE.replace("{prompt}", "Q").replace("{rubric}", rendered)
 
 
 @pytest.mark.parametrize("style", ["numbered", "weighted", "json"])
@@ -99,12 +101,10 @@ def test_omit_keeps_a_rubric_without_penalties_as_it_is():
 def test_showing_penalties_is_byte_identical_to_the_view_before_the_switch(style, prompt):
     for rubric in (MIXED_RUBRIC, HEALTHBENCH_RUBRIC):
         shown = build_teacher_prompt(prompt, rubric, render_style=style, penalties="show")
-        # The default is "omit" (decided on SmolLM2, see DEFAULT_TEACHER_PENALTIES).
-        assert (
-            build_teacher_prompt(prompt, rubric, render_style=style)
-            == build_teacher_prompt(prompt, rubric, render_style=style, penalties="omit")
-            != shown
-        )
+        # "omit" is the view of the rubric without its penalty criteria, shown; it differs from the whole rubric
+        without = Rubric(tuple(c for c in Rubric.from_any(rubric).criteria if c.weight >= 0))
+        omitted = build_teacher_prompt(prompt, rubric, render_style=style, penalties="omit")
+        assert omitted == build_teacher_prompt(prompt, without, render_style=style, penalties="show") != shown
         # ... and to the view built by hand from Rubric.render, as it was before the switch existed.
         rendered = Rubric.from_any(rubric).render(style)
         last = prompt if isinstance(prompt, str) else prompt[-1]["content"]

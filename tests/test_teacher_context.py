@@ -177,10 +177,11 @@ def test_missing_reference_column_is_named(tiny_model_path, tmp_path):
         )
 
 
+@pytest.mark.parametrize("penalties", ["show", "omit"])
 @pytest.mark.parametrize("context", ["rubric", "rubric+reference"])
-def test_rubric_of_penalties_only_names_the_row_before_training_when_penalties_are_omitted(
-    tiny_model_path, tmp_path, context
-):
+def test_rubric_of_penalties_only_names_the_row_before_training(tiny_model_path, tmp_path, context, penalties):
+    # Refused by the rubric itself whatever teacher_penalties says, so "omit" can never leave the teacher an empty
+    # rubric (the next test shows what omit does keep)
     rows = _rows(4)
     rows[2]["rubric"] = [{"text": "mentions wrong", "weight": -2.0, "category": "pitfall", "title": None, "tags": []}]
     with pytest.raises(
@@ -188,9 +189,27 @@ def test_rubric_of_penalties_only_names_the_row_before_training_when_penalties_a
     ):
         RGSDTrainer(
             tiny_model_path,
-            args=_config(tmp_path, teacher_context=context, teacher_penalties="omit"),
+            args=_config(tmp_path, teacher_context=context, teacher_penalties=penalties),
             train_dataset=Dataset.from_list(rows),
         )
+
+
+@pytest.mark.parametrize("context", ["rubric", "rubric+reference"])
+def test_omit_keeps_only_the_positive_criteria_of_a_mostly_penalty_rubric(tiny_model_path, tmp_path, context):
+    rows = _rows(4)
+    rows[2]["rubric"] = [
+        {"text": "mentions wrong", "weight": -2.0, "category": "pitfall", "title": None, "tags": []},
+        {"text": "mentions lies", "weight": -5.0, "category": "pitfall", "title": None, "tags": []},
+        {"text": "mentions kittens", "weight": 1.0, "category": "essential", "title": None, "tags": []},
+    ]
+    trainer = RGSDTrainer(
+        tiny_model_path,
+        args=_config(tmp_path, teacher_context=context, teacher_penalties="omit"),
+        train_dataset=Dataset.from_list(rows),
+    )
+    (view,) = trainer._teacher_prompts([rows[2]])
+    text = view[-1]["content"]
+    assert "mentions kittens" in text and "mentions wrong" not in text and "mentions lies" not in text
 
 
 def test_long_reference_teacher_prompt_names_the_row(tiny_model_path, tmp_path):

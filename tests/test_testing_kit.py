@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric.trainers.rgsd_config import RGSDConfig
 
 
 def test_tiny_model_reloads_with_chat_template_and_special_tokens(tiny_model_path):
@@ -46,6 +47,8 @@ def test_tiny_model_trains_two_steps_with_trl_grpo(tiny_model_path, tmp_path):
 
 
 def test_rgsd_test_config_keeps_overrides_and_short_cpu_defaults(tmp_path):
-    args = rgsd_test_config(tmp_path / "out", max_steps=5, token_clip=None)
+    # Overrides that differ from both the kit's values and RGSDConfig's defaults, so keeping them is visible
+    assert RGSDConfig.token_clip != 0.2 and rgsd_test_config(tmp_path / "a").max_steps != 5
+    args = rgsd_test_config(tmp_path / "out", max_steps=5, token_clip=0.2)
     assert args.output_dir == str(tmp_path / "out") and args.use_cpu and not args.bf16
-    assert (args.max_steps, args.token_clip, args.max_completion_length, args.save_strategy) == (5, None, 8, "no")
+    assert (args.max_steps, args.token_clip, args.max_completion_length, args.save_strategy) == (5, 0.2, 8, "no")
