@@ -62,6 +62,8 @@ LABELLED = [
     ("Rest as much as you can. Drink water. Rest as much as you can.", True, False, False),
     ("The seeds grow towards the growth of the growth of the growth of the light.", True, False, False),
     ("No no no no no, never do that.", True, False, False),
+    # SmolLM2 teacher answer on the everyday-instructions world: one-word items repeat.
+    ("1. Start a vegetable garden!\n2. Sunday!\n3. Saturday!\n4. 1st!\n5. 1st!\n6. 1st!", True, False, False),
     ("1. Yes, you need a tetanus shot.\n2. Not mentioning any other requirements.", False, False, True),
     ("Please provide the requested information.", False, False, True),
     # Clean answers that must not be flagged.
@@ -85,6 +87,7 @@ LABELLED = [
     ("A doctor should be consulted if the symptoms persist or get worse.", False, False, False),
     ("1. Rest.\n2. Drink fluids.\n3.", False, False, False),  # cut off at the token limit: one empty marker
     ("**Tips:**\n- Rest.\n**Tips:**\n- Drink.", False, False, False),  # a repeated one-word heading
+    ("Day 1:\n- Hike.\nDay 2:\n- Swim.\nDay 3:\n- Rest.", False, False, False),  # distinct short headings
     ("Eat more vegetables.\nEat more fruit.", False, False, False),  # parallel, short, distinct
     ("1. Boil water.\n2. Add the pasta.\n3. Stir after 2. Then drain it.", False, False, False),
     ("---\nRest well.\n---", False, False, False),
@@ -142,6 +145,8 @@ def _reference_repeats(answer, min_words=3, near_min_words=5):
     """Plain pairwise comparison of every two units (the fast path uses masked-key sets)."""
     units, empty = _units(answer)
     if empty >= 2 or any(_loops(u) for u in units):
+        return True
+    if any(len(u) < min_words and units.count(u) >= 3 for u in units):
         return True
     for a, b in itertools.combinations(units, 2):
         if a == b and len(a) >= min_words:

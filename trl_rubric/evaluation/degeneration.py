@@ -12,7 +12,8 @@ logs and the benchmarks share.
   punctuation, case and whitespace. Flagged when two units of at least `min_words` words are equal, when two units of
   at least `near_min_words` words differ by one substituted word ("What to make scrambled eggs." / "What to eat
   scrambled eggs."), or when the answer holds `min_empty_items` or more list markers with nothing after them
-  ("1.1. 2.1 3.1"), or when a unit loops on a phrase ("of the growth of the growth of the growth", a phrase three
+  ("1.1. 2.1 3.1"), when a shorter unit occurs three times ("Saturday!" / "1st!" / "1st!" / "1st!"), or when a unit
+  loops on a phrase ("of the growth of the growth of the growth", a phrase three
   times in a row, or one word five times). One trailing empty marker (an answer cut off at the token limit) is not
   enough.
 - **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
@@ -144,7 +145,9 @@ def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:
     return False
 
 
-def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2) -> bool:
+def repeats_line(
+    answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2, short_repeats: int = 3
+) -> bool:
     """Whether the answer repeats a line, list item or sentence, or lists empty items (see the module docstring).
 
     Args:
@@ -153,11 +156,14 @@ def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_e
         near_min_words: Units at least this long also count as repeats when they differ by one substituted word;
             `0` turns near-repeats off.
         min_empty_items: Empty list items needed to flag (one trailing marker of a truncated answer is not enough).
+        short_repeats: A unit shorter than `min_words` counts when it occurs this many times ("1st!" as items 9 to
+            12); `0` turns it off.
     """
     units, empty = _units(answer)
     if min_empty_items and empty >= min_empty_items:
         return True
     seen: set[tuple[str, ...]] = set()
+    short: dict[tuple[str, ...], int] = {}
     near: dict[tuple[Any, ...], None] = {}
     for words in units:
         if _loops(words):
@@ -166,6 +172,10 @@ def repeats_line(answer: str, min_words: int = 3, near_min_words: int = 5, min_e
             if words in seen:
                 return True
             seen.add(words)
+        elif short_repeats:
+            short[words] = short.get(words, 0) + 1
+            if short[words] >= short_repeats:
+                return True
         if near_min_words and len(words) >= near_min_words:
             # Two units equal up to one substituted word share one of these masked keys.
             for i in range(len(words)):
