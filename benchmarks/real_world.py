@@ -66,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--curve_every", type=int, default=10, help="Steps between learning-curve points (0: none).")
     p.add_argument("--curve_prompts", type=int, default=16, help="Train prompts per learning-curve point.")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (see docs/benchmarks.md).")
+    p.add_argument(
+        "--world",
+        default="health",
+        choices=("health", "instructions"),
+        help="Real-model rubric world (trl_rubric.real.worlds): health and science, or everyday instructions.",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="Every arm at a tiny size: checks the script runs.")
     p.add_argument("--output_dir", default="real_world_results")
@@ -209,13 +215,14 @@ def main(argv=None) -> dict[str, Any]:
     from trl_rubric import OpenAIJudge
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
     from trl_rubric.real import gguf_path, smollm2_path
-    from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+    from trl_rubric.real.worlds import make_named_world
     from trl_rubric.toy.experiment import plot_learning_curves
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     os.makedirs(args.output_dir, exist_ok=True)
-    world = make_real_world(seed=args.seed)
+    world = make_named_world(args.world, seed=args.seed)
     train_all = world.train_dataset()
     train = select_examples(train_all, args.train_eval_prompts, args.seed)
     heldout = select_examples(world.heldout_dataset(), args.heldout_eval_prompts, args.seed)

@@ -78,6 +78,12 @@ def parse_args(argv=None):
     p.add_argument("--heldout_prompts", type=int, default=30, help="Held-out prompts scored.")
     p.add_argument("--eval_samples", type=int, default=2, help="Answers per scored prompt.")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--world",
+        default="health",
+        choices=("health", "instructions"),
+        help="Real-model rubric world (trl_rubric.real.worlds): health and science, or everyday instructions.",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
     p.add_argument("--output_dir", default="rgsd_sweep_results")
@@ -117,11 +123,12 @@ def main(argv=None) -> dict[str, Any]:
     from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
     from trl_rubric.real import lora_config, smollm2_path
     from trl_rubric.real.demo import paired_delta
-    from trl_rubric.real.world import REAL_TEACHER_VIEW, make_real_world
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+    from trl_rubric.real.worlds import make_named_world
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    world = make_real_world(seed=args.seed)
+    world = make_named_world(args.world, seed=args.seed)
     train_all = world.train_dataset()
 
     def repeated(ds, n):

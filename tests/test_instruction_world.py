@@ -172,3 +172,12 @@ def test_worlds_are_named_and_reachable_as_dataset_names():
         real_dataset("smollm2://recipes/train")
     with pytest.raises(ValueError, match="expected one of"):
         make_named_world("recipes")
+
+
+def test_demo_world_option_is_checked_before_anything_runs(capsys):
+    from trl_rubric.scripts.demo import main
+
+    assert main(["--model", "smollm2", "--world", "recipes"]) == 2
+    assert "--world is 'recipes'; expected one of ['health', 'instructions']" in capsys.readouterr().err
+    assert main(["--world", "instructions"]) == 2  # the toy model has its own world
+    assert "--world instructions needs --model smollm2" in capsys.readouterr().err

