@@ -197,3 +197,35 @@ def test_bad_options_fail_in_one_line_before_any_request(data, server, tmp_path,
     assert message in capsys.readouterr().err
     if rc == 2:
         assert server.requests == 0
+
+
+def test_contrastive_mode_generates_the_policy_answers_with_our_generation_code(
+    data, server, tmp_path, tiny_model_path
+):
+    out = tmp_path / "out"
+    rc = _run(data, server, out, "--mode", "contrastive", "--policy_model", tiny_model_path, "--max_new_tokens", "8")
+    assert rc == 0
+    rows, summary = _outputs(out)
+    assert summary["written"] == 3
+    for seen, row in zip(server.seen, ROWS, strict=True):
+        # The stronger answer is the reference; the policy's generated answer is answer B.
+        assert f"[ANSWER A]\n{row['reference']}\n[/ANSWER A]" in seen
+        answer_b = seen.split("[ANSWER B]\n", 1)[1].split("\n[/ANSWER B]", 1)[0]
+        assert answer_b.strip() and answer_b != row["reference"]
+
+
+def test_grpo_filter_drops_prompts_the_policy_always_or_never_passes(tmp_path, tiny_model_path):
+    data = tmp_path / "rubrics.jsonl"
+    always = [{"text": "Any length", "weight": 1, "tags": ["rule:max_words:100000"]}]
+    never = [{"text": "Says zzqqxx", "weight": 1, "tags": ["rule:contains:zzqqxx"]}]
+    data.write_text(
+        json.dumps({"prompt": "a", "rubric": always}) + "\n" + json.dumps({"prompt": "b", "rubric": never})
+    )
+    out = tmp_path / "out"
+    args = ["rubrics", "--skip_authoring", "true", "--dataset_name", str(data), "--filters", "grpo"]
+    args += ["--policy_model", tiny_model_path, "--judge_backend", "rule", "--learnability_k", "3"]
+    assert main([*args, "--max_new_tokens", "8", "--output_dir", str(out)]) == 1  # nothing learnable is left
+    _, summary = _outputs(out)
+    report = summary["filters"]["grpo"]
+    assert report["pass_rates"] == [1.0, 0.0] and report["kept"] == 0
+    assert [d["row"] for d in report["dropped"]] == [0, 1]
