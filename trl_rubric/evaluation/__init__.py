@@ -17,8 +17,9 @@ positive weights, leaving unknown verdicts out; dataset means are clipped to [0,
 
 The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters), `grading`
 ([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `stats`
-(bootstrap), `gap` ([`conditioning_gap`]), `verdict` (its plain-language reading), `token_view` (per-token
-log-ratios), `token_view_html`, `plots` and `report` (output files).
+(bootstrap), `gap` ([`conditioning_gap`]), `views` ([`compare_teacher_views`]: which teacher view to train with),
+`verdict` (its plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report`
+(output files).
 Everything is importable from `trl_rubric.evaluation` as before.
 """
 
@@ -50,6 +51,7 @@ from .stats import bootstrap_ci
 from .token_view import TokenView, token_logratio_view
 from .token_view_html import write_token_view_html
 from .verdict import gap_verdict
+from .views import TeacherView, ViewComparison, candidate_views, choose_view, compare_teacher_views
 
 __all__ = [
     "DEGENERATION_FLAGS",
@@ -62,10 +64,15 @@ __all__ = [
     "GapResult",
     "GenerateFn",
     "Generations",
+    "TeacherView",
     "TokenView",
     "VLLMGenerator",
+    "ViewComparison",
     "bootstrap_ci",
+    "candidate_views",
     "check_model_path",
+    "choose_view",
+    "compare_teacher_views",
     "conditioning_gap",
     "degeneration_flags",
     "degeneration_rates",

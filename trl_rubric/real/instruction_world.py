@@ -95,7 +95,8 @@ _AS_AN_AI = _criterion(
     -2.0,
     "pitfall",
     "talks as an AI",
-    r"rule:regex:\bas an ai\b|\b(ai|artificial intelligence)( language)? model\b|\blanguage model\b|\bi('m| am) an? ai\b",
+    r"rule:regex:\bas an ai\b|\b(ai|artificial intelligence)( language)? model\b|\blanguage model\b"
+    r"|\bi('m| am) an? ai\b",
     "general",
 )
 
