@@ -186,7 +186,8 @@ def _reference_copied_fraction(answer, criteria, min_words=5):
                 if c[i - 1] == a[j - 1]:
                     table[i][j] = table[i - 1][j - 1] + 1
                     longest = max(longest, table[i][j])
-        if longest >= min_words and len(c) >= min_words:
+        need = min(min_words, len(c))
+        if len(c) >= 3 and longest >= need:
             best = max(best, longest / len(c))
     return best
 
@@ -202,6 +203,14 @@ def test_copied_fraction_matches_a_longest_common_run_reference():
             k = rng.randint(1, len(words))
             answer += " " + " ".join(words[:k]) + " and more"
         assert copied_rubric_fraction(answer, texts) == pytest.approx(_reference_copied_fraction(answer, texts))
+
+
+def test_a_short_criterion_counts_only_when_pasted_whole():
+    short = ["Ends with 'Happy gardening!'.", "Mentions mowing high."]
+    assert copies_rubric("1. Ends with 'Happy gardening!'.\n2. Mow on Saturday.", short)
+    assert copies_rubric("It mentions mowing high.", short)
+    assert not copies_rubric("Mow high on Saturday. Happy gardening!", short)
+    assert not copies_rubric("It ends with happy news.", short)
 
 
 def test_a_key_term_from_a_criterion_is_not_copying():

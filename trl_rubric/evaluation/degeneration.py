@@ -20,7 +20,8 @@ logs and the benchmarks share.
   normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
   criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
   aloe vera"), so a few shared words are what meeting the criterion looks like; pasting most of a criterion's own
-  sentence is not. Defaults 5 words and 0.7, set on SmolLM2 teacher answers: pasted criteria ("1. Gives an everyday
+  sentence is not. A criterion shorter than 5 words (but of 3 or more) counts only when pasted whole ("1. Ends with
+  'Happy gardening!'."). Defaults 5 words and 0.7, set on SmolLM2 teacher answers: pasted criteria ("1. Gives an everyday
   example that starts with ...", 7 of 10 words) reach 0.7 or more, while "A doctor should be consulted if the
   symptoms persist or get worse." (7 of the 11 words of "Advises seeing a doctor if the symptoms persist or get
   worse.", 0.64) reads as advice and stays unflagged. A restatement that keeps still more of a criterion's wording in
@@ -202,22 +203,27 @@ def _criterion_texts(rubric: Any) -> list[str]:
     return [c.text for c in Rubric.from_any(rubric) if c.text]
 
 
+#: Criteria shorter than this many words are never checked for copying ("Mentions aloe vera." is 3).
+_MIN_CRITERION_WORDS = 3
+
+
 def copied_rubric_fraction(answer: str, rubric: Any, min_words: int = 5) -> float:
     """The largest share of one criterion's words that the answer repeats as one consecutive run (0 when no run of
-    `min_words` words is shared). `rubric`: a `Rubric`, a list of criterion dicts or texts, or one text."""
+    `min_words` words is shared). A criterion shorter than `min_words` (but of 3 words or more, such as "Ends with
+    'Happy gardening!'.") counts only when pasted whole. `rubric`: a `Rubric`, a list of criterion dicts or texts, or
+    one text."""
     answer_words = _words(answer)
     best = 0.0
-    if len(answer_words) < min_words:
-        return best
     matcher = SequenceMatcher(None, autojunk=False)
     matcher.set_seq2(answer_words)  # indexed once, matched against every criterion
     for text in _criterion_texts(rubric):
         words = _words(text)
-        if len(words) < min_words:
+        need = min(min_words, len(words))
+        if len(words) < _MIN_CRITERION_WORDS or len(answer_words) < need:
             continue
         matcher.set_seq1(words)
         match = matcher.find_longest_match(0, len(words), 0, len(answer_words))
-        if match.size >= min_words:
+        if match.size >= need:
             best = max(best, match.size / len(words))
     return best
 
