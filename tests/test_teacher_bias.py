@@ -156,3 +156,95 @@ def test_repeated_line_gets_a_lower_teacher_target_on_the_repeating_token():
 def test_bias_columns_refuse_an_infinite_penalty():
     with pytest.raises(ValueError, match="finite positive"):
         tb.bias_columns([[]], torch.ones(1, 2, dtype=torch.bool), float("inf"), V)
+
+
+# ---------------------------------------------------------------- in the trainer
+
+
+def _trainer_with_repeated_completions(tiny_model_path, tmp_path, **overrides):
+    from datasets import Dataset
+
+    from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    # A live teacher that sees only the prompt is the student itself: without penalties the divergence is 0
+    args = rgsd_test_config(
+        tmp_path / "out", teacher_model_kind="live", teacher_prompt_template="{prompt}", token_clip=None, **overrides
+    )
+    rows = make_rubric_rows(2)
+    trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    batch = trainer._generate_and_score_completions(rows)
+    line = trainer._tokenizer("drink water now. ", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([line * 3, line * 3])
+    batch.update(
+        completion_ids=ids,
+        completion_mask=torch.ones_like(ids),
+        rgsd_loss_mask=torch.ones_like(ids),
+        rgsd_num_items_in_batch=torch.tensor(float(ids.numel())),
+    )
+    return trainer, batch, len(line)
+
+
+def test_trainer_teacher_penalty_turns_a_zero_loss_positive_on_repeated_lines(tiny_model_path, tmp_path):
+    trainer, batch, _ = _trainer_with_repeated_completions(tiny_model_path, tmp_path)
+    plain = abs(trainer._compute_loss(trainer.model, batch).item())
+    assert plain < 1e-6
+    trainer, batch, _ = _trainer_with_repeated_completions(
+        tiny_model_path, tmp_path, teacher_no_repeat_ngram_size=3, teacher_ngram_penalty=5.0
+    )
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()
+    # small (the tiny random model spreads its mass over 512 tokens, a banned one holds little), but far from 0
+    assert loss.item() > 1e-5 + 100 * plain
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+
+
+def test_trainer_teacher_penalty_logits_equal_the_dense_reference(tiny_model_path, tmp_path):
+    trainer, batch, line = _trainer_with_repeated_completions(
+        tiny_model_path, tmp_path, teacher_no_repeat_ngram_size=3, teacher_ngram_penalty=5.0
+    )
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
+    hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
+    got = hidden @ weight.t()
+    want = t_hidden @ t_weight.t()
+    bans = tb.batch_bans(
+        batch["completion_ids"],
+        batch["completion_mask"],
+        no_repeat_ngram_size=3,
+        content_tokens=trainer._content_tokens,
+    )
+    assert all(t >= line for row in bans for t, _ in row) and bans[0]  # the second and third line only
+    for b, row in enumerate(bans):
+        for t, tok in row:
+            want[b, t, tok] -= 5.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_trainer_mask_mode_leaves_repeating_tokens_out_of_the_loss(tiny_model_path, tmp_path):
+    trainer, batch, line = _trainer_with_repeated_completions(
+        tiny_model_path, tmp_path, teacher_no_repeat_ngram_size=3, teacher_ngram_mode="mask"
+    )
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
+    _, _, inputs = trainer._penalize_teacher(batch, t_hidden, t_weight)
+    kept = inputs["rgsd_loss_mask"]
+    assert kept[:, :line].all()  # the first line is new
+    assert kept[:, 2 * line :].float().mean() < 0.5  # most of the third line repeats
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"teacher_no_repeat_ngram_size": 1}, "teacher_no_repeat_ngram_size is 1"),
+        ({"teacher_copy_ngram_size": 0}, "teacher_copy_ngram_size is 0"),
+        ({"teacher_ngram_penalty": float("inf")}, "teacher_ngram_penalty is inf"),
+        ({"teacher_ngram_mode": "drop"}, "teacher_ngram_mode is 'drop'"),
+        ({"teacher_no_repeat_ngram_size": 4, "teacher_context": "skills"}, "one teacher context per rollout"),
+    ],
+)
+def test_config_refuses_bad_teacher_penalties_by_name(overrides, message):
+    from trl_rubric.trainers.rgsd import RGSDConfig
+
+    with pytest.raises(ValueError, match=message):
+        RGSDConfig(output_dir="/tmp/x", use_cpu=True, bf16=False, **overrides)

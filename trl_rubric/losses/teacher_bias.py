@@ -179,3 +179,21 @@ def bias_columns(
     table = torch.zeros(vocab_size, len(tokens), dtype=dtype)
     table[torch.tensor(tokens), torch.arange(len(tokens))] = 1.0
     return cols.to(mask.device), table.to(mask.device)
+
+
+def penalized_teacher(
+    teacher_hidden: Tensor, teacher_weight: Tensor, bans: list[list[Ban]], penalty: float
+) -> tuple[Tensor, Tensor]:
+    """The teacher's `[B, T, H]` hidden states and `[V, H]` LM head with the bans' columns appended (see
+    [`bias_columns`]): `[B, T, H + K]` and a detached full `[V, H + K]` head (gathered under ZeRO-3, a full copy of an
+    FSDP2 shard), whose logits are the teacher's minus `penalty` at every banned `(row, position, token)`."""
+    from .chunked_head import _gather_zero3
+    from .head_divergence import full_lm_head
+
+    with torch.no_grad(), _gather_zero3(teacher_weight):
+        weight, _ = full_lm_head(teacher_weight, None)
+        weight = weight.detach()
+        B, T = teacher_hidden.shape[:2]
+        cols, table = bias_columns(bans, torch.ones(B, T, dtype=torch.bool), penalty, weight.shape[0])
+        hidden = torch.cat([teacher_hidden, cols.view(B, T, -1).to(teacher_hidden)], dim=-1)
+        return hidden, torch.cat([weight, table.to(weight)], dim=-1)

@@ -28,6 +28,7 @@ from .. import losses, multi_teacher
 from ..data import named_datasets
 from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
+from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
 from ..rewards import RubricReward, unknown_where_judge_failed
 from ..teacher_context import TeacherContextProvider, build_teacher_context
@@ -448,6 +449,25 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             weight, bias = head.weight, head.bias
         return hidden, weight, bias
 
+    def _penalize_teacher(self, inputs, t_hidden, t_weight):
+        """Teacher-side n-gram penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`): the teacher's
+        hidden states and head with the penalty columns appended, or (`teacher_ngram_mode="mask"`) the loss mask
+        without the completion tokens that complete a banned n-gram. The student's sampling is untouched."""
+        if getattr(self, "_content_tokens", None) is None:
+            self._content_tokens = teacher_bias.content_token_ids(self._tokenizer)
+        bans = teacher_bias.batch_bans(
+            inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
+            inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],
+            no_repeat_ngram_size=self.args.teacher_no_repeat_ngram_size,
+            copy_ngram_size=self.args.teacher_copy_ngram_size, content_tokens=self._content_tokens,
+        )  # fmt: skip
+        if self.args.teacher_ngram_mode == "mask":
+            mask = inputs["rgsd_loss_mask"]
+            hit = teacher_bias.banned_target_mask(bans, inputs["completion_ids"]).to(mask.device)
+            return t_hidden, t_weight, {**inputs, "rgsd_loss_mask": mask * (~hit).to(mask.dtype)}
+        t_hidden, t_weight = teacher_bias.penalized_teacher(t_hidden, t_weight, bans, self.args.teacher_ngram_penalty)
+        return t_hidden, t_weight, inputs
+
     def _rgsd_loss(self, unwrapped, inputs, teacher):
         """Distillation (and, in hybrid mode, GRPO) loss; runs inside the policy wrapper's forward."""
         mode = "train" if self.model.training else "eval"
@@ -458,6 +478,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             # because DeepSpeed copies tensor arguments and the copy of a ZeRO-3 partition can no longer be gathered
             t_hidden = teacher
             t_weight, t_bias = self._separate_teacher_head()
+        if self.args.teacher_no_repeat_ngram_size or self.args.teacher_copy_ngram_size:
+            t_hidden, t_weight, inputs = self._penalize_teacher(inputs, t_hidden, t_weight)
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
