@@ -443,3 +443,27 @@ def test_eval_cli_prints_and_saves_degeneration_and_per_criterion_rates(tiny_mod
     assert set(results["by_criterion"]) == {"says the", "short"}
     assert results["by_criterion"]["short"]["met_rate"] == 1.0  # 4 tokens are never 40 words
     assert all(set(a["degeneration"]) == {"repeats_line", "copies_rubric", "meta_talk", "degenerate"} for a in answers)
+
+
+def test_gap_cli_prints_and_saves_the_teachers_degeneration(tiny_model_path, tmp_path, capsys):
+    import json
+
+    from trl_rubric.cli import main
+
+    rows = [{"prompt": f"Say something {i}.", "rubric": [
+        {"text": "Mentions the word the.", "weight": 1.0, "title": "says the", "tags": ["rule:contains:the"]}]}
+        for i in range(2)]  # fmt: skip
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "gap"
+    code = main(["gap", "--model_name_or_path", tiny_model_path, "--dataset_name", str(data), "--n_samples", "2",
+                 "--max_completion_length", "4", "--output_dir", str(out), "--bootstrap_samples", "0",
+                 "--judge_backend", "rule", "--progress", "false", "--plots", "false", "--n_token_views", "0"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "with rubric (the teacher)" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    pairs = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    for view in ("without_rubric", "with_rubric"):
+        expected = degeneration_rates([p[view]["response"] for p in pairs], [p[view]["criteria"] for p in pairs])
+        assert results["degeneration"][view] == expected
+    assert "Degeneration" in (out / "report.md").read_text()

@@ -130,6 +130,14 @@ def run_gap(args: GapArguments, judge_args) -> int:
         f"{fmt_len(result.mean_length_with_rubric)} (ratio {fmt(result.length_ratio)}) | "
         f"{result.n_paired} of {result.n_examples} prompts scored in both views"
     )
+    d_without, d_with = result.without_rubric.metrics.degeneration, result.with_rubric.metrics.degeneration
+    if d_without and d_with and d_with["n"]:
+        # The teacher's own degeneration is what RGSD distils into the student.
+        print(
+            f"degenerate answers without rubric {100 * d_without['degenerate']:.1f}%, with rubric (the teacher) "
+            f"{100 * d_with['degenerate']:.1f}% (repeats a line {100 * d_with['repeats_line']:.1f}%, copies rubric "
+            f"text {100 * d_with['copies_rubric']:.1f}%, speaks of requirements {100 * d_with['meta_talk']:.1f}%)"
+        )
     for line in result.verdict:
         print(line)
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
