@@ -112,6 +112,33 @@ def run_rgsd(engine: str, model_path: str, out_dir: str) -> dict:
     }
 
 
+def run_rgsd_model_object(engine: str, model_path: str, out_dir: str) -> dict:
+    """RGSD given a model object loaded while the ZeRO-3 config is active (its parameters empty partitions): the "base"
+    teacher must hold the policy's weights, not an empty copy, and one step must move the LM head."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+
+    args = RGSDConfig(**common_args(out_dir, **engine_args(engine), max_steps=1))  # activates ZeRO-3 for loading
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+    initial = full_params(model)
+    trainer = RGSDTrainer(model, args=args, train_dataset=Dataset.from_list(make_rubric_rows(8)))
+    teacher = full_params(trainer.accelerator.unwrap_model(trainer.teacher_model))
+    head_name = next(n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight)
+    trainer.train()
+    after = full_params(trainer.model)
+    return {
+        "loaded_partitioned": partitioned,
+        "teacher_equals_initial_policy": teacher.keys() == initial.keys()
+        and all(torch.equal(teacher[k], initial[k]) for k in initial),
+        "teacher_shapes_full": all(t.numel() > 0 for t in teacher.values()),
+        "head_moved": not torch.equal(after[head_name], initial[head_name]),
+        "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+    }
+
+
 def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
     from datasets import Dataset
 
@@ -151,6 +178,8 @@ def main(argv: list[str]) -> None:
         "rgsd": run_rgsd(engine, model_path, os.path.join(out_dir, "rgsd")),
         "grpo": run_grpo(engine, model_path, os.path.join(out_dir, "grpo")),
     }
+    if engine == "zero3":
+        result["rgsd_object"] = run_rgsd_model_object(engine, model_path, os.path.join(out_dir, "rgsd_object"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
 

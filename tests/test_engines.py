@@ -89,6 +89,17 @@ def test_rgsd_under_zero3_trains_saves_the_ema_teacher_and_resumes_exactly(zero3
 
 
 @pytest.mark.slow
+def test_rgsd_under_zero3_copies_a_partitioned_model_object_into_the_base_teacher(zero3):
+    # A model loaded while ZeRO-3 is active has empty partitions; copy.deepcopy made an empty teacher (issue 23)
+    for rank in zero3:
+        r = rank["rgsd_object"]
+        assert r["loaded_partitioned"], "the model object really was partitioned when passed in"
+        assert r["teacher_shapes_full"] and r["teacher_equals_initial_policy"]
+        assert r["head_moved"], "the LM head received a non-zero gradient"
+        assert r["losses"] and all(loss == loss for loss in r["losses"])
+
+
+@pytest.mark.slow
 def test_rubric_grpo_under_zero3_trains_and_a_local_judge_loads_whole(zero3):
     r0, r1 = (r["grpo"] for r in zero3)
     assert r0["hash"] != r0["initial_hash"] and r0["hash"] == r1["hash"]

@@ -282,7 +282,7 @@ class RGSDConfig(GRPOConfig):
         metadata={
             "help": "Penalise, in the teacher's logits before the divergence, every token that would complete an "
             "n-gram (this many tokens, at least two of them words) already in the completion: the teacher stops "
-            "preferring repeated list items. None (default) = off. 5 was measured on SmolLM2 (docs/benchmarks.md)."
+            "preferring repeated list items. None (default) = off. docs/benchmarks.md measures 5 on SmolLM2."
         },
     )
     teacher_copy_ngram_size: int | None = field(

@@ -59,6 +59,10 @@ def build_teacher(trainer, teacher_model, quantization_config):
         source = get_config_model_id(trainer.model.config)
         if trainer._rgsd_model_is_path and source and (os.path.isdir(source) or hub_id_like(source)):
             teacher = create_model_from_path(source, **init_kwargs)
+        elif is_zero3_partitioned(trainer.model):
+            # Loaded while a ZeRO-3 config was active: its parameters are empty partitions, which copy.deepcopy
+            # would copy as such. A new model of the same class, built partitioned, takes the gathered weights.
+            teacher = copy_zero3_model(trainer.model, init_kwargs)
         else:
             try:
                 teacher = copy.deepcopy(trainer.model)
@@ -95,6 +99,46 @@ def build_teacher(trainer, teacher_model, quantization_config):
     if kind == "ema":
         trainer._ema_callback = EMATeacherCallback(teacher, accelerator=trainer.accelerator)
         trainer.add_callback(trainer._ema_callback)
+    return teacher
+
+
+def is_zero3_partitioned(model) -> bool:
+    """Whether `model`'s parameters are DeepSpeed ZeRO-3 partitions (they carry `ds_id`)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def copy_zero3_model(model, init_kwargs: dict):
+    """A copy of a ZeRO-3-partitioned model, itself partitioned: a model of the same class is built from the config
+    (under the active ZeRO-3 config, so partitioned from the start), and each parameter is gathered from the source
+    and written into the copy one at a time, so at most one full parameter is held at once. Buffers are copied too."""
+    import deepspeed
+    import torch
+
+    kwargs = {k: v for k, v in init_kwargs.items() if k in ("dtype", "attn_implementation")}
+    try:
+        teacher = type(model)._from_config(copy.deepcopy(model.config), **kwargs)
+    except Exception as e:
+        raise ValueError(
+            "teacher_model_kind needs a frozen copy of the policy, which is partitioned by DeepSpeed ZeRO-3, and a "
+            f"partitioned copy could not be built from its config ({type(e).__name__}: {e}). Pass the model as a path "
+            "(it is then reloaded), or pass teacher_model= explicitly."
+        ) from e
+    source, target = dict(model.named_parameters()), dict(teacher.named_parameters())
+    if source.keys() != target.keys():
+        raise ValueError(
+            "the ZeRO-3 policy's copy built from its config has other parameters than the policy "
+            f"({sorted(source.keys() ^ target.keys())[:3]}); pass the model as a path or pass teacher_model="
+        )
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    for name, param in source.items():
+        with deepspeed.zero.GatheredParameters([param, target[name]], modifier_rank=0):
+            if rank == 0:
+                target[name].data.copy_(param.data)
+    buffers = dict(teacher.named_buffers())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name in buffers and buffers[name].shape == buffer.shape:
+                buffers[name].copy_(buffer)
     return teacher
 
 
