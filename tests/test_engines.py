@@ -100,6 +100,18 @@ def test_rgsd_under_zero3_copies_a_partitioned_model_object_into_the_base_teache
 
 
 @pytest.mark.slow
+def test_bf16_ema_teacher_under_zero3_keeps_each_partitions_fp32_shadow_on_its_own_process(zero3):
+    # Was: the whole model gathered and a full fp32 shadow on rank 0, saved from rank 0 (about 32 GB at 8B)
+    for rank in zero3:
+        r = rank["rgsd_bf16"]
+        assert "error" not in r, r.get("error")
+        assert r["teacher_dtype"] == "torch.bfloat16" and r["shadow_dtype"] == "torch.float32"
+        assert r["shadow_numel"] == r["partition_numel"] < r["full_numel"], "a partition's shadow, not the model's"
+        assert r["saved_numel"] == r["shadow_numel"] and r["resumed_shadow_matches_file"]
+        assert r["teacher_is_rounded_shadow"]
+
+
+@pytest.mark.slow
 def test_rubric_grpo_under_zero3_trains_and_a_local_judge_loads_whole(zero3):
     r0, r1 = (r["grpo"] for r in zero3)
     assert r0["hash"] != r0["initial_hash"] and r0["hash"] == r1["hash"]

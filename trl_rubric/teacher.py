@@ -192,7 +192,9 @@ class EMATeacherCallback(TrainerCallback):
         teacher = self.teacher_model
         if self.accelerator is not None:
             model, teacher = self.accelerator.unwrap_model(model), self.accelerator.unwrap_model(teacher)
-        if _zero3(self.accelerator):
+        if _zero3(self.accelerator) and self._same_partitions(model, teacher):
+            self._update_partitions(model, teacher, rate)
+        elif _zero3(self.accelerator):
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(
@@ -203,19 +205,41 @@ class EMATeacherCallback(TrainerCallback):
         else:
             self._update(model, teacher, rate)
 
+    @staticmethod
+    def _same_partitions(model, teacher) -> bool:
+        pairs = list(zip(teacher.parameters(), model.parameters(), strict=True))
+        return all(
+            hasattr(t, "ds_tensor") and hasattr(s, "ds_tensor") and t.ds_tensor.shape == s.ds_tensor.shape
+            for t, s in pairs
+        )
+
     @torch.no_grad()
-    def _update(self, model, teacher, rate: float) -> None:
+    def _update_partitions(self, model, teacher, rate: float) -> None:
+        """ZeRO-3: each process averages its own partition of every parameter (`ds_tensor`; the policy and the teacher
+        are partitioned alike), with no communication, and holds the fp32 shadow of that partition only. Parameters
+        DeepSpeed keeps whole (below its persistence threshold) are averaged whole too, as their full copy is used."""
         for i, (target, source) in enumerate(zip(teacher.parameters(), model.parameters(), strict=True)):
             if not target.is_floating_point():
                 continue
-            if target.dtype in (torch.float32, torch.float64):
-                target.data.lerp_(source.data.to(target.dtype), rate)
-                continue
-            shadow = self.shadow.get(i)
-            if shadow is None:
-                shadow = self.shadow[i] = target.data.float()
-            shadow.lerp_(source.data.float(), rate)
-            target.data.copy_(shadow)
+            self._lerp(i, target.ds_tensor.data, source.ds_tensor.data, rate)
+            if target.data.numel() == target.ds_numel and source.data.numel() == source.ds_numel:
+                self._lerp(-1 - i, target.data, source.data, rate)
+
+    @torch.no_grad()
+    def _update(self, model, teacher, rate: float) -> None:
+        for i, (target, source) in enumerate(zip(teacher.parameters(), model.parameters(), strict=True)):
+            if target.is_floating_point():
+                self._lerp(i, target.data, source.data, rate)
+
+    def _lerp(self, key: int, target: torch.Tensor, source: torch.Tensor, rate: float) -> None:
+        if target.dtype in (torch.float32, torch.float64):
+            target.lerp_(source.to(target.dtype), rate)
+            return
+        shadow = self.shadow.get(key)
+        if shadow is None:
+            shadow = self.shadow[key] = target.float()
+        shadow.lerp_(source.float(), rate)
+        target.copy_(shadow)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % args.teacher_sync_steps == 0:
