@@ -122,3 +122,45 @@ def test_empty_files_name_the_file(tmp_path):
     assert "is empty" in _bad(str(tmp_path / "empty.json"))
     (tmp_path / "broken.jsonl").write_text('{"question": "q", "rubrics": [\n')
     assert "cannot read dataset file" in _bad(str(tmp_path / "broken.jsonl"))
+
+
+def _tagged(*tags):
+    return {
+        "question": "Greet me.",
+        "rubric": [
+            {"text": "Is friendly", "weight": 1, "tags": []},
+            {"text": "Starts with hi", "weight": 1, "tags": list(tags)},
+        ],
+    }
+
+
+def test_misspelled_rule_kind_names_row_criterion_and_known_kinds():
+    msg = _bad([_tagged("rule:starts_with:hi"), _tagged("rule:startswith:hi")])
+    assert msg.startswith("rubric row 1, criterion 2: ")
+    assert "unknown rule kind 'startswith'; known: contains, not_contains, regex, max_words, min_words, " in msg
+    assert "starts_with" in msg
+
+
+def test_malformed_rule_arguments_are_refused_at_load():
+    assert "expected a whole number of words" in _bad([_tagged("rule:min_words:many")])
+    assert "invalid regular expression" in _bad([_tagged("rule:regex:(unclosed")])
+    assert "has no argument" in _bad([_tagged("rule:contains:")])
+
+
+def test_valid_rule_tags_and_free_tags_load_and_a_local_rar_file_keeps_them(tmp_path):
+    row = {
+        "question": "Greet me.",
+        "rubric": [
+            {
+                "title": "Hi",
+                "description": "Essential Criteria: Starts with hi.",
+                "weight": 2,
+                "tags": ["rule:starts_with:hi", "axis:style"],
+            },
+            {"title": "Short", "description": "Important Criteria: Short.", "weight": 1, "tags": ["rule:max_words:9"]},
+        ],
+    }
+    path = tmp_path / "rar.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    ds = load_rubric_dataset(str(path))
+    assert [c["tags"] for c in ds[0]["rubric"]] == [["rule:starts_with:hi", "axis:style"], ["rule:max_words:9"]]

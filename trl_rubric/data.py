@@ -11,7 +11,7 @@ import datasets
 import datasets.exceptions
 from datasets import Dataset, DatasetDict
 
-from .rubric import RUBRIC_FORMATS, Rubric, RubricError
+from .rubric import RUBRIC_FORMATS, Rubric, RubricError, rule_tag_problem
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,15 @@ def _normalise_prompt(value: Any, index: int, column: str, conversational: bool,
     return messages
 
 
+def _check_rule_tags(rubric: Rubric, index: int, column: str) -> None:
+    # A misspelled `rule:` tag would otherwise load fine and fail only at grading, after generation.
+    for number, criterion in enumerate(rubric, start=1):
+        for tag in criterion.tags:
+            problem = rule_tag_problem(tag)
+            if problem is not None:
+                raise RubricDatasetError(f"rubric row {index}, criterion {number}: field {column!r}: {problem}")
+
+
 def load_rubric_dataset(
     name_or_path: str | os.PathLike | Dataset | DatasetDict | list[dict],
     split: str = "train",
@@ -171,6 +180,7 @@ def load_rubric_dataset(
                 rubric = Rubric.from_any(row.get(r_col), format=format, pitfall_polarity=pitfall_polarity)
             except RubricError as e:
                 raise RubricDatasetError(f"rubric row {index}: field {r_col!r}: {e}") from None
+            _check_rule_tags(rubric, index, r_col)
         except RubricDatasetError as e:
             if on_error == "raise":
                 raise

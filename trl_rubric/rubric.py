@@ -41,6 +41,46 @@ GUIDELINES_HEADING = "Guidelines for the whole rubric:"
 _RAR_PREFIX = re.compile(r"^\s*(essential|important|optional|pitfall)(?:\s+criteria)?\s*:\s*", re.IGNORECASE)
 
 
+#: Kinds of the `rule:<kind>:<arg>` criterion tags that `RuleJudge` checks offline (docs/judges.md lists what each
+#: does). Kept here, in the bottom layer, so dataset loading can refuse a misspelled kind before any generation.
+RULE_KINDS = ("contains", "not_contains", "regex", "max_words", "min_words", "ends_with", "starts_with")
+RULE_TAG_PREFIX = "rule:"
+
+
+def split_rule_tag(tag: str) -> tuple[str, str] | None:
+    """`(kind, arg)` of a `rule:<kind>:<arg>` tag, or `None` for any other tag."""
+    if not tag.startswith(RULE_TAG_PREFIX):
+        return None
+    kind, _, arg = tag[len(RULE_TAG_PREFIX) :].partition(":")
+    return kind, arg
+
+
+def rule_tag_problem(tag: str) -> str | None:
+    """Why a `rule:` tag cannot be checked (unknown kind, missing or malformed argument), or `None` if it can.
+
+    Tags that do not start with `rule:` are free-form and never a problem.
+    """
+    parts = split_rule_tag(tag)
+    if parts is None:
+        return None
+    kind, arg = parts
+    if kind not in RULE_KINDS:
+        return f"tag {tag!r} has unknown rule kind {kind!r}; known: {', '.join(RULE_KINDS)}"
+    if not arg:
+        return f"tag {tag!r} has no argument; expected rule:{kind}:<argument>"
+    if kind in ("max_words", "min_words"):
+        try:
+            int(arg)
+        except ValueError:
+            return f"tag {tag!r} has {kind} {arg!r}; expected a whole number of words"
+    if kind == "regex":
+        try:
+            re.compile(arg)
+        except re.error as e:
+            return f"tag {tag!r} has an invalid regular expression ({e})"
+    return None
+
+
 class RubricError(ValueError):
     """A rubric that cannot be parsed or used. The message names the criterion, the field and the value."""
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..rubric import Criterion, Rubric
+from ..rubric import RULE_KINDS, Criterion, Rubric, split_rule_tag
 from .base import Grade, JudgeUsage, RubricJudge
 
 Check = Callable[[str], bool | None]
@@ -43,16 +43,15 @@ def _spec_check(spec: Mapping[str, Any]) -> Check:
     if kind == "starts_with":
         word = str(arg).lower()
         return lambda r: bool(_words(r)) and _words(r)[0] == word
-    raise ValueError(
-        f"unknown rule kind {kind!r}; expected contains, not_contains, regex, max_words, min_words, ends_with, starts_with"
-    )
+    raise ValueError(f"unknown rule kind {kind!r}; known: {', '.join(RULE_KINDS)}")
 
 
 def parse_rule_tag(tag: str) -> Check | None:
     """Read a check from a criterion tag such as `rule:contains:fever` or `rule:max_words:12`."""
-    if not tag.startswith("rule:"):
+    parts = split_rule_tag(tag)
+    if parts is None:
         return None
-    kind, _, arg = tag[len("rule:") :].partition(":")
+    kind, arg = parts
     return _spec_check({kind: arg})
 
 
