@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,38 @@ from ..rubric import RubricError
 
 #: Options consumed by the launcher rather than by the training script.
 LAUNCH_OPTIONS = ("--accelerate_config", "--num_processes", "--main_process_port", "--num_machines", "--machine_rank")
+
+
+#: Help of every command's `--num_threads` (demo, rgsd, grpo, eval, gap): one default, one reason.
+NUM_THREADS_HELP = (
+    "Torch CPU threads for the whole command; 0 keeps torch's default (one per core). 1 (the default) is fastest for "
+    "small models and on a shared machine, where extra threads mostly wait on each other."
+)
+
+
+def num_threads_field():
+    """The `num_threads` dataclass field, the same in every command."""
+    return field(default=1, metadata={"help": NUM_THREADS_HELP})
+
+
+@contextmanager
+def torch_threads(num_threads: int):
+    """Run the body with `num_threads` torch CPU threads (`0`: leave torch's setting), restoring the previous count.
+
+    Raises:
+        UsageError: for a negative count.
+    """
+    if num_threads < 0:
+        raise UsageError(f"num_threads is {num_threads}; expected 0 (torch's default) or more")
+    import torch
+
+    previous = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -43,6 +76,14 @@ class RubricDataArguments:
             `raise` stops at the first malformed row (naming it); `skip` drops malformed rows and reports how many.
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Train on the first N rows only.
+
+        > Parameters that control the process
+
+        num_threads (`int`, *optional*, defaults to `1`):
+            Torch CPU threads for the whole command (data loading, training, saving); `0` keeps torch's default (one
+            per core). One is fastest for small models and on a shared machine, where extra threads mostly wait on
+            each other; raise it (or pass 0) to train a larger model on a CPU you have to yourself. GPU runs barely
+            use them. Each process of a multi-process launch gets this many.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Hub id, local file or save_to_disk folder."})
@@ -58,6 +99,7 @@ class RubricDataArguments:
     system_prompt: str | None = field(default=None, metadata={"help": "System turn added to chat prompts."})
     on_bad_rows: str = field(default="raise", metadata={"help": "raise (default) or skip malformed rows."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    num_threads: int = num_threads_field()
 
 
 #: `model_name_or_path: toy://quick` (or `toy://full`) and `dataset_name: toy://train` (or `toy://heldout`) use the
@@ -243,22 +285,25 @@ def run_command(
     `execute(built, *parsed)` (training itself) propagate with their traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        launch, script_argv = split_launch_args(argv)
-        if launch and "LOCAL_RANK" not in os.environ:
-            return relaunch(module, launch, script_argv)
-        parser = make_parser()
-        *parsed, remaining = parser.parse_args_and_config(script_argv, return_remaining_strings=True)
-        if remaining:
-            unknown = [r for r in remaining if r.startswith("--")] or remaining
-            raise UsageError(f"unknown option(s) {unknown}; run `trl-rubric {name} --help` for the list")
-        built = build(*parsed)
-    except (UsageError, SetupError, RubricDatasetError, RubricError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("TRL_RUBRIC_DEBUG"):
-            raise
-        print(f"trl-rubric {name}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    return int(execute(built, *parsed) or 0)
+    with ExitStack() as stack:
+        try:
+            launch, script_argv = split_launch_args(argv)
+            if launch and "LOCAL_RANK" not in os.environ:
+                return relaunch(module, launch, script_argv)
+            parser = make_parser()
+            *parsed, remaining = parser.parse_args_and_config(script_argv, return_remaining_strings=True)
+            if remaining:
+                unknown = [r for r in remaining if r.startswith("--")] or remaining
+                raise UsageError(f"unknown option(s) {unknown}; run `trl-rubric {name} --help` for the list")
+            num_threads = next((p.num_threads for p in parsed if hasattr(p, "num_threads")), 0)
+            stack.enter_context(torch_threads(num_threads))
+            built = build(*parsed)
+        except (UsageError, SetupError, RubricDatasetError, RubricError, ValueError, FileNotFoundError) as e:
+            if os.environ.get("TRL_RUBRIC_DEBUG"):
+                raise
+            print(f"trl-rubric {name}: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        return int(execute(built, *parsed) or 0)
 
 
 class SetupError(Exception):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..teacher import DEFAULT_TEACHER_PENALTIES, DEFAULT_TEACHER_PROMPT_TEMPLATE
+from ._common import num_threads_field
 
 #: Old option names of `eval` and `gap`, still read (with a warning): `{old: new}`. `dataset_split` maps to the split
 #: that command reads, see [`split_to_read`].
@@ -93,6 +94,7 @@ class EvalArguments:
     seed: int = field(
         default=0, metadata={"help": "Seed for the subset, the sampling and the bootstrap; same seed, same run."}
     )
+    num_threads: int = num_threads_field()
 
     # > Generation
     max_completion_length: int = field(default=512, metadata={"help": "Longest answer, in tokens."})

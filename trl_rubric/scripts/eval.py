@@ -20,7 +20,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..evaluation import EvaluationError
-from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, trl_parser
+from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, torch_threads, trl_parser
 from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments
 
 COMMAND = "eval"
@@ -128,7 +128,8 @@ def run_command(command: str, argv: list[str] | None, make_parser: Callable, bod
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         script_args, judge_args = parse_command_args(command, make_parser, argv)
-        return int(body(script_args, judge_args) or 0)
+        with torch_threads(script_args.num_threads):
+            return int(body(script_args, judge_args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:

