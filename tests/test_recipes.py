@@ -108,3 +108,27 @@ def test_eval_and_gap_read_every_recipe_with_shared_fields_carried_over(path, co
     for key in ("model_name_or_path", "dataset_name", "max_completion_length", "temperature", "judge_model"):
         if key in values:
             assert getattr(args if hasattr(args, key) else judge_args, key) == values[key], (key, command)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_loading_a_recipe_warns_of_nothing_deprecated(path, caplog):
+    import logging
+    import warnings
+
+    from trl_rubric.scripts import eval as eval_script
+
+    name = os.path.basename(path)
+    with open(path) as f:
+        text = f.read()
+    overrides = [] if "use_cpu: true" in text or name.startswith(("eval", "gap", "rubrics")) else ["--bf16", "false"]
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if name.startswith(("eval", "gap")):
+            command = name.split("_", 1)[0]
+            eval_script.parse_command_args(command, lambda: _parser_for(name), ["--config", path])
+        else:
+            _parser_for(name).parse_args_and_config(["--config", path, *overrides], return_remaining_strings=True)
+    deprecated = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+    assert [str(w.message) for w in caught if issubclass(w.category, deprecated)] == [], name
+    assert "deprecated" not in caplog.text, name
