@@ -132,3 +132,16 @@ def test_loading_a_recipe_warns_of_nothing_deprecated(path, caplog):
     deprecated = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     assert [str(w.message) for w in caught if issubclass(w.category, deprecated)] == [], name
     assert "deprecated" not in caplog.text, name
+
+
+def test_step_times_are_stated_once_in_docs_recipes_md_not_in_recipe_headers():
+    import re
+
+    step_time = re.compile(r"(second|minute|\b\d+(\.\d+)?\s?s\b)[^\n]{0,20}\b(per|a) step", re.IGNORECASE)
+    for path in RECIPES:
+        with open(path) as f:
+            header = f.read().split("\n\n", 1)[0]
+        assert not step_time.search(header), f"{os.path.basename(path)}: state the step time in docs/recipes.md"
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "recipes.md")).read()
+    row = next(line for line in docs.splitlines() if "`rgsd_smollm2.yaml`" in line)
+    assert step_time.search(row)
