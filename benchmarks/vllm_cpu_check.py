@@ -182,6 +182,12 @@ def run_sync(args) -> bool:
         def on_step_end(self, _args, state, control, model=None, **kwargs):
             scored[state.global_step] = model_logprobs(model, fixed_prompt, fixed_completion)
 
+    # TRL builds its colocate engine with vLLM's default dtype, and vLLM downcasts a float32 checkpoint to bfloat16 on
+    # CPU ("auto"); this check compares in float32, so the engine is built in float32 here.
+    import trl.generation.vllm_generation as vllm_generation
+
+    build_llm = vllm_generation.LLM
+    vllm_generation.LLM = lambda *a, **kw: build_llm(*a, **{**kw, "dtype": "float32"})
     t0 = time.time()
     trainer = build(Score())
     t_build = time.time() - t0
