@@ -1,7 +1,10 @@
 """Several teachers per rollout: the combination math against plain loops, and the trainer's K-teacher path."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 
 from trl_rubric import losses
@@ -9,6 +12,7 @@ from trl_rubric.multi_teacher import (
     combine_teachers,
     normalize_teacher_weights,
     sgsd_gate,
+    sgsd_token_loss,
     softmax_teacher_weights,
     teacher_polarity,
     verifier_outcome,
@@ -34,18 +38,32 @@ def _naive_average(divergence, weights):
     return torch.stack([sum(weights[k, n] * divergence[k, n] for k in range(K)) for n in range(N)])
 
 
-def _naive_gate(divergence, support, outcome, weights, lo, hi):
-    out = []
-    for n in range(N):
-        total = divergence.new_zeros(())
+def _published_sgsd(student, teacher, rollout, outcome, weights, tau=1.0, clip=3.0, confidence=0.05):
+    """SGSD's objective written out plainly, rollout by rollout and teacher by teacher (arXiv 2605.28791): per token
+    log 2 - softplus(-delta^2 / 2 tau), delta = teacher - student sampled-token log-prob, times
+    w_k * sign(outcome) * sign(mean of delta clipped to +-clip, 0 when within confidence). Returns [N]."""
+    out = [student.new_zeros(()) for _ in range(N)]
+    for r in sorted(set(rollout.tolist())):
+        tokens = [n for n in range(N) if int(rollout[n]) == r]
         for k in range(K):
-            s, o = float(support[k, n]), float(outcome[n])
-            if o == 0 or not lo <= abs(s) <= hi:
-                continue
-            agrees = (s > 0 and o > 0) or (s < 0 and o < 0)  # supports a success, or suppresses a failure
-            total = total + (1.0 if agrees else -1.0) * weights[k, n] * divergence[k, n]
-        out.append(total)
+            deltas = [teacher[k, n] - student[k, n] for n in tokens]
+            score = sum(min(max(float(d), -clip), clip) for d in deltas) / len(deltas)
+            sign = 0.0 if abs(score) <= confidence else (1.0 if score > 0 else -1.0)
+            o = float(outcome[tokens[0]])
+            polarity = sign * (0.0 if o == 0 else (1.0 if o > 0 else -1.0))
+            for n, d in zip(tokens, deltas, strict=True):
+                out[n] = out[n] + weights[k, n] * polarity * (math.log(2.0) - F.softplus(-(d**2) / (2 * tau)))
     return torch.stack(out)
+
+
+def _sgsd_inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    student = (torch.randn(K, N, generator=g, dtype=torch.float64) - 2).requires_grad_(True)
+    teacher = student.detach() + torch.randn(K, N, generator=g, dtype=torch.float64) * 2
+    rollout = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3])
+    outcome = torch.tensor([1.0, -1.0, 0.0, 1.0])[rollout].to(torch.float64)
+    weights = softmax_teacher_weights(torch.randn(N, K, generator=g, dtype=torch.float64)).T
+    return student, teacher, rollout, outcome, weights
 
 
 def test_weighted_average_matches_a_loop_on_values_and_gradients():
@@ -58,25 +76,65 @@ def test_weighted_average_matches_a_loop_on_values_and_gradients():
     torch.testing.assert_close(g_fast, g_naive)
 
 
-@pytest.mark.parametrize("lo, hi", [(0.0, float("inf")), (0.5, 4.0)])
-def test_sgsd_gate_matches_a_loop_on_values_and_gradients(lo, hi):
-    divergence, support, weights, outcome = _inputs(1)
+@pytest.mark.parametrize("tau, clip, confidence", [(1.0, 3.0, 0.05), (0.5, 1.0, 0.8)])
+def test_sgsd_gate_is_the_published_objective_on_values_and_gradients(tau, clip, confidence):
+    student, teacher, rollout, outcome, weights = _sgsd_inputs()
     upstream = torch.randn(N, dtype=torch.float64)
-    fast, active = sgsd_gate(divergence, support, outcome, weights, lo, hi)
-    (g_fast,) = torch.autograd.grad((fast * upstream).sum(), divergence)
-    naive = _naive_gate(divergence, support, outcome, weights, lo, hi)
-    (g_naive,) = torch.autograd.grad((naive * upstream).sum(), divergence)
+    # The trainer hands the gate the sampled-token divergence, whose gradient flows through the student's log-prob.
+    divergence = losses.sampled_token_reverse_kl(student, teacher)
+    fast, active = sgsd_gate(teacher - student.detach(), divergence, rollout, outcome, weights, tau, clip, confidence)
+    (g_fast,) = torch.autograd.grad((fast * upstream).sum(), student)
+    naive = _published_sgsd(student, teacher, rollout, outcome, weights, tau, clip, confidence)
+    (g_naive,) = torch.autograd.grad((naive * upstream).sum(), student)
     torch.testing.assert_close(fast, naive)
     torch.testing.assert_close(g_fast, g_naive)
     assert active[:, outcome == 0].sum() == 0  # an unknown outcome gives no signal
-    if lo > 0:
-        assert 0 < active.sum() < active[:, outcome != 0].numel()  # the gate really drops some teachers
+    assert g_fast.abs().sum() > 0
+    if confidence > 0.5:
+        assert 0 < active.sum() < active[:, outcome != 0].numel()  # the threshold really turns some teachers off
 
 
-def test_polarity_follows_support_and_outcome():
-    support = torch.tensor([[2.0, -2.0, 2.0, -2.0, 2.0]])
-    outcome = torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0])
-    assert teacher_polarity(support, outcome).tolist() == [[1.0, 1.0, -1.0, -1.0, 0.0]]
+def test_sgsd_token_loss_by_hand():
+    # log 2 - softplus(-d^2 / 2 tau): 0 at agreement, log 2 - log(1 + e^-2) at |d| = 2, tau = 1; below log 2 always.
+    d = torch.tensor([0.0, 2.0, -2.0, 1.0, 40.0], dtype=torch.float64, requires_grad=True)
+    loss = sgsd_token_loss(d, tau=1.0)
+    expected = [0.0, math.log(2) - math.log(1 + math.exp(-2)), math.log(2) - math.log(1 + math.exp(-2))]
+    expected += [math.log(2) - math.log(1 + math.exp(-0.5)), math.log(2)]
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(loss.sum(), d)
+    # d/dd = sigmoid(-d^2 / 2 tau) * d / tau: 0 at agreement, odd in d
+    sig = 1 / (1 + math.exp(2))
+    torch.testing.assert_close(grad[:3], torch.tensor([0.0, 2 * sig, -2 * sig], dtype=torch.float64))
+    torch.testing.assert_close(
+        sgsd_token_loss(torch.tensor([1.0]), tau=0.5), torch.tensor([math.log(2) - math.log(1 + math.exp(-1))])
+    )
+
+
+def test_polarity_is_per_rollout_from_the_clipped_mean_and_the_outcome():
+    # One teacher, three rollouts. Rollout 0: deltas +10 and -4 -> clipped +3, -3 -> mean 0 -> unsure (unclipped
+    # mean +3 would say "helps"). Rollout 1: +0.2, 0.0 -> mean +0.1 > 0.05 -> +1, success -> +1. Rollout 2: mean
+    # -0.04 -> within 0.05 -> 0; the 4th: rollout 3, mean -1, failure -> +1 (the teacher lowers a failed answer).
+    delta = torch.tensor([[10.0, -4.0, 0.2, 0.0, -0.04, -1.0]])
+    rollout = torch.tensor([0, 0, 1, 1, 2, 3])
+    outcome = torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0, -1.0])
+    assert teacher_polarity(delta, rollout, outcome).tolist() == [[0.0, 0.0, 1.0, 1.0, 0.0, 1.0]]
+    # A successful rollout the teacher finds unlikely: the teacher is wrong, the student is pushed away (-1).
+    assert teacher_polarity(torch.tensor([[-1.0]]), torch.tensor([0]), torch.tensor([1.0])).tolist() == [[-1.0]]
+    assert teacher_polarity(torch.tensor([[-1.0]]), torch.tensor([0]), torch.tensor([0.0])).tolist() == [[0.0]]
+
+
+def test_sgsd_gate_pulls_a_right_teacher_closer_and_pushes_a_wrong_one_away():
+    student = torch.tensor([[-3.0]], dtype=torch.float64, requires_grad=True)
+    teacher = torch.tensor([[-1.0]], dtype=torch.float64)  # the teacher finds the sampled token likelier
+    one = torch.ones(1, 1, dtype=torch.float64)
+    for outcome, direction in ((1.0, 1.0), (-1.0, -1.0)):
+        divergence = losses.sampled_token_reverse_kl(student, teacher)
+        loss, _ = sgsd_gate(teacher - student.detach(), divergence, torch.tensor([0]), torch.tensor([outcome]), one)
+        (grad,) = torch.autograd.grad(loss.sum(), student)
+        # gradient descent moves the student's log-prob by -grad: up (towards the teacher) after a success
+        assert torch.sign(-grad).item() == direction
+        expected = math.log(2) - math.log(1 + math.exp(-2.0))  # delta = 2, tau = 1
+        assert loss.item() == pytest.approx(direction * expected)
 
 
 def test_verifier_outcome_never_turns_a_failed_judge_into_a_failure():
@@ -196,7 +254,10 @@ def _verifier(prompts, completions, **kwargs):
 
 def test_sgsd_gate_trains_and_needs_a_verifier(tiny_model_path, tmp_path):
     dataset = Dataset.from_list(_rows())
-    args = _config(tmp_path, teacher_combine="sgsd_gate", token_clip=0.05, gate_min_support=0.0)
+    # The tiny model's teachers differ from it by ~0.01 nats, under the published 0.05 confidence threshold.
+    args = _config(
+        tmp_path, teacher_combine="sgsd_gate", distillation_support="sampled_token", gate_confidence_threshold=0.0
+    )
     with pytest.raises(ValueError, match="no reward_funcs"):
         RGSDTrainer(tiny_model_path, args=args, train_dataset=dataset, teacher_context=TwoTeachers())
     trainer = RGSDTrainer(
@@ -209,21 +270,38 @@ def test_sgsd_gate_trains_and_needs_a_verifier(tiny_model_path, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
 
-def test_sgsd_gate_needs_a_bounded_loss():
-    with pytest.raises(ValueError, match="needs a bounded loss"):
-        RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_combine="sgsd_gate", token_clip=None)
+def test_sgsd_gate_needs_the_sampled_token_support():
+    with pytest.raises(ValueError, match="distillation_support='sampled_token'"):
+        RGSDConfig(
+            output_dir="out", use_cpu=True, bf16=False, teacher_combine="sgsd_gate", distillation_support="full"
+        )
+    with pytest.raises(ValueError, match="gate_tau=0"):
+        RGSDConfig(
+            output_dir="out",
+            use_cpu=True,
+            bf16=False,
+            teacher_combine="sgsd_gate",
+            distillation_support="sampled_token",
+            gate_tau=0,
+        )
+
+
+def test_sgsd_preset_sets_the_published_values():
+    args = RGSDConfig(output_dir="out", use_cpu=True, bf16=False, teacher_context="sgsd", skill_bank=__file__)
+    assert (args.teacher_combine, args.distillation_support, args.loss_type) == ("sgsd_gate", "sampled_token", "grpo")
+    assert (args.num_teacher_contexts, args.gate_tau, args.gate_polarity_clip) == (8, 1.0, 3.0)
+    assert args.gate_confidence_threshold == 0.05
 
 
 def test_sgsd_gate_applies_to_a_single_teacher(tiny_model_path, tmp_path):
     dataset = Dataset.from_list(_rows())
 
-    def loss_with(min_support, max_support):
+    def loss_with(confidence):
         args = _config(
             tmp_path,
             teacher_combine="sgsd_gate",
-            token_clip=10.0,
-            gate_min_support=min_support,
-            gate_max_support=max_support,
+            distillation_support="sampled_token",
+            gate_confidence_threshold=confidence,
         )
         trainer = RGSDTrainer(tiny_model_path, reward_funcs=_verifier, args=args, train_dataset=dataset)
         trainer.model.train()
@@ -233,7 +311,7 @@ def test_sgsd_gate_applies_to_a_single_teacher(tiny_model_path, tmp_path):
         loss = trainer._compute_loss(trainer.model, batch)
         return loss.item(), trainer._metrics["train"]["rgsd/gate_active_frac"][-1]
 
-    closed_loss, closed_active = loss_with(100.0, 1000.0)  # no log-ratio is that large: every teacher is gated off
-    open_loss, open_active = loss_with(0.0, 1000.0)
+    closed_loss, closed_active = loss_with(100.0)  # no mean log-ratio is that large: every teacher is unsure
+    open_loss, open_active = loss_with(0.0)
     assert closed_loss == 0.0 and closed_active == 0.0
     assert open_loss != 0.0 and open_active > 0.5

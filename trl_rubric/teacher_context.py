@@ -388,7 +388,14 @@ TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
     ),
     "sgsd": TeacherContextPreset(
         "skills",
-        settings={"teacher_combine": "sgsd_gate", "token_clip": 0.05},
+        # As published (arXiv 2605.28791 and its code): 8 skill-mistake pairs retrieved, the gated loss on the sampled
+        # token, averaged per rollout; gate_tau / gate_polarity_clip / gate_confidence_threshold default to its values.
+        settings={
+            "teacher_combine": "sgsd_gate",
+            "distillation_support": "sampled_token",
+            "num_teacher_contexts": 8,
+            "loss_type": "grpo",
+        },
         description="SGSD (arXiv 2605.28791): retrieved skills, K teachers combined by the verifier-gated loss",
     ),
     "rcsd": TeacherContextPreset(

@@ -553,8 +553,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 weights,
                 self.args.teacher_combine,
                 outcome=inputs["rgsd_outcome"][rows] if gated else None,
-                min_support=self.args.gate_min_support,
-                max_support=self.args.gate_max_support,
+                rollout=rows,
+                tau=self.args.gate_tau,
+                clip=self.args.gate_polarity_clip,
+                confidence=self.args.gate_confidence_threshold,
             )
             out, clipped, clipped_mask = combined.divergence, combined.loss, combined.clipped_frac
             gate_active = combined.active_frac

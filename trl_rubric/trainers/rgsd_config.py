@@ -70,8 +70,9 @@ class RGSDConfig(GRPOConfig):
             `"rubric+reference"`: both in one pass. `"rcsd"`: RCSD (arXiv 2606.19327), rubric+reference with the
             rubric as JSON, forward KL over the teacher's top-20 tokens renormalised, per-entry clip 0.05; it sets
             those loss fields where they hold their defaults. `"skills"`: `num_teacher_contexts` teachers per
-            rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: skills combined by the SGSD
-            gate (`teacher_combine="sgsd_gate"`, arXiv 2605.28791). See `trl_rubric.teacher_context` for custom
+            rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: SGSD as published (arXiv
+            2605.28791): 8 skills, combined by its gated loss on the sampled token (`teacher_combine="sgsd_gate"`,
+            `distillation_support="sampled_token"`, `loss_type="grpo"`). See `trl_rubric.teacher_context` for custom
             providers.
         reference_column (`str`, *optional*, defaults to `"reference"`):
             Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
@@ -112,14 +113,22 @@ class RGSDConfig(GRPOConfig):
         teacher_combine (`str`, *optional*, defaults to `"mean"`):
             How the K teachers of a provider with several contexts per rollout combine: `"mean"`, the average of their
             per-token divergences weighted by the contexts' weights; `"sgsd_gate"`, the SGSD gate (arXiv 2605.28791,
-            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and a `token_clip`; it gates a
-            single teacher too.
+            see `trl_rubric.multi_teacher`), which needs `reward_funcs` (the verifier) and
+            `distillation_support="sampled_token"`; its loss is bounded by log 2 itself, so `token_clip` does not
+            apply to it. It gates a single teacher too.
         gate_success_threshold (`float`, *optional*, defaults to `0.5`):
             For `"sgsd_gate"`: a rollout whose weighted reward reaches this is a success, below it a failure.
-        gate_min_support (`float`, *optional*, defaults to `0.1`):
-            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is smaller in size is uncertain and ignored.
-        gate_max_support (`float`, *optional*, defaults to `5.0`):
-            For `"sgsd_gate"`: a teacher whose sampled-token log-ratio is larger in size is extreme and ignored.
+        gate_tau (`float`, *optional*, defaults to `1.0`):
+            For `"sgsd_gate"`: the temperature tau of SGSD's per-token loss `log 2 - softplus(-delta^2 / (2 tau))`,
+            delta the teacher's minus the student's log-prob of the sampled token. Smaller tau saturates sooner (the
+            loss nears log 2 at smaller |delta|). 1.0 is the published value.
+        gate_polarity_clip (`float`, *optional*, defaults to `3.0`):
+            For `"sgsd_gate"`: each token's delta is clipped to this size before the rollout's mean that signs a
+            teacher's polarity, so a few extreme tokens cannot flip it. 3.0 is the published value.
+        gate_confidence_threshold (`float`, *optional*, defaults to `0.05`):
+            For `"sgsd_gate"`: a teacher whose mean clipped delta over the rollout is not larger in size than this is
+            unsure and gets polarity 0 (no loss). 0.05 is the published value; raise it if `rgsd/gate_active_frac`
+            shows most teachers active on noise.
         max_teacher_prompt_length (`int` or `None`, *optional*, defaults to `None`):
             Longest teacher prompt allowed, in tokens. Longer ones raise an error naming the row, checked on the
             whole training set before training starts. Teacher prompts are never truncated. Contexts written by a
@@ -213,8 +222,13 @@ class RGSDConfig(GRPOConfig):
     gate_success_threshold: float = field(
         default=0.5, metadata={"help": "sgsd_gate: weighted reward at or above this is a success."}
     )
-    gate_min_support: float = field(default=0.1, metadata={"help": "sgsd_gate: smallest |log-ratio| that counts."})
-    gate_max_support: float = field(default=5.0, metadata={"help": "sgsd_gate: largest |log-ratio| that counts."})
+    gate_tau: float = field(default=1.0, metadata={"help": "sgsd_gate: temperature tau of the per-token loss."})
+    gate_polarity_clip: float = field(
+        default=3.0, metadata={"help": "sgsd_gate: per-token clip of the log-ratio before the polarity's mean."}
+    )
+    gate_confidence_threshold: float = field(
+        default=0.05, metadata={"help": "sgsd_gate: a mean log-ratio this small in size gives polarity 0."}
+    )
     teacher_prompt_template: str = field(
         default=DEFAULT_TEACHER_PROMPT_TEMPLATE,
         metadata={"help": "Teacher context with {prompt} and {rubric} placeholders."},
@@ -357,14 +371,16 @@ class RGSDConfig(GRPOConfig):
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         choice("teacher_combine", TEACHER_COMBINES)
-        if self.teacher_combine == "sgsd_gate" and self.token_clip is None:
+        if self.teacher_combine == "sgsd_gate" and self.distillation_support != "sampled_token":
             raise ValueError(
-                "teacher_combine='sgsd_gate' reverses some teachers, so it needs a bounded loss: set token_clip"
+                f"teacher_combine='sgsd_gate' is a loss on the sampled token's log-probs (SGSD, arXiv 2605.28791), but "
+                f"distillation_support is {self.distillation_support!r}: set distillation_support='sampled_token' "
+                "(the sgsd preset does)"
             )
-        if not 0.0 <= self.gate_min_support <= self.gate_max_support:
+        if not (self.gate_tau > 0 and self.gate_polarity_clip > 0 and self.gate_confidence_threshold >= 0):
             raise ValueError(
-                f"gate_min_support={self.gate_min_support}, gate_max_support={self.gate_max_support}; expected "
-                "0 <= min <= max"
+                f"gate_tau={self.gate_tau}, gate_polarity_clip={self.gate_polarity_clip}, gate_confidence_threshold="
+                f"{self.gate_confidence_threshold}; expected tau > 0, clip > 0 and threshold >= 0"
             )
         if not 0.0 <= self.distillation_beta <= 1.0:
             raise ValueError(f"distillation_beta is {self.distillation_beta}; expected a value in [0, 1]")
