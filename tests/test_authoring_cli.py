@@ -104,6 +104,7 @@ def test_a_row_whose_replies_stay_invalid_is_skipped_and_reported_never_written(
     assert summary["written"] == 2 and len(summary["failed"]) == 1
     failed = summary["failed"][0]
     assert failed["row"] == 0 and "positive weight" in failed["reason"] and "3 attempts" in failed["reason"]
+    assert "Pitfall Criteria: Lies" in failed["last_reply"]  # what the author wrote instead, for the user to read
     assert "row 0:" in (out / "report.md").read_text()
 
 

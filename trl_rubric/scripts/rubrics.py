@@ -252,7 +252,10 @@ def _author(rows, args, author_args, policy):
         usage["completion_tokens"] += result.usage.completion_tokens
         usage["cached"] += int(result.cached)
         if result.rubric is None:
-            failed.append({"row": index, "reason": result.error or "no rubric"})
+            # The last reply, cut short, shows what the author wrote instead (model output: no credentials in it).
+            failed.append(
+                {"row": index, "reason": result.error or "no rubric", "last_reply": (result.raw or "")[:500]}
+            )
             continue
         written.append({**row, "rubric": result.rubric.to_list()})
         origin.append(index)
