@@ -25,6 +25,7 @@ Everything is importable from `trl_rubric.evaluation` as before.
 
 from __future__ import annotations
 
+from .compare import EvalComparison, compare_eval_runs
 from .degeneration import (
     DEGENERATION_FLAGS,
     META_TALK_PATTERNS,
@@ -54,6 +55,8 @@ from .verdict import gap_verdict
 from .views import TeacherView, ViewComparison, candidate_views, choose_view, compare_teacher_views
 
 __all__ = [
+    "EvalComparison",
+    "compare_eval_runs",
     "DEGENERATION_FLAGS",
     "META_TALK_PATTERNS",
     "Degeneration",

@@ -33,7 +33,7 @@ class EvalResult:
         examples: One dict per example: `index`, `prompt` (text), `response`, `score`, `unweighted_score`, `strict`,
             `num_tokens`, `truncated`, `failed`, `judge_error`, `degeneration` (the flags of
             `trl_rubric.evaluation.degeneration`) and `criteria` (a list of `{text, weight, category, title, tags,
-            verdict}`).
+            verdict}`), and `prompt_index` and `sample` (which prompt, which of its answers) from [`evaluate`].
         config: The settings that produced it (generation, judge, dataset), for the record.
     """
 
@@ -155,8 +155,9 @@ def evaluate(
     confidence_level: float = 0.95,
     progress: bool = True,
     generate_fn: GenerateFn | None = None,
+    n_samples_per_prompt: int = 1,
 ) -> EvalResult:
-    """Generate one answer per prompt, grade it against its rubric, and summarise.
+    """Generate answers to each prompt, grade each against its rubric, and summarise.
 
     Args:
         model: A causal LM, or a path / Hub id (a LoRA adapter folder works; see [`load_model_and_tokenizer`]).
@@ -173,12 +174,20 @@ def evaluate(
         progress: Show progress bars.
         generate_fn: Replace transformers generation, e.g. with a [`VLLMGenerator`] or a test double; called once
             with the list of prompts.
+        n_samples_per_prompt: Answers sampled per prompt (each prompt repeated this many times, next to each
+            other, in one generation call); every answer is graded and counted. Examples then carry `prompt_index`
+            and `sample`. More answers per prompt average out sampling noise in a comparison of two checkpoints
+            ([`compare_eval_runs`] pairs them by prompt).
 
     Returns:
         [`EvalResult`].
     """
+    if n_samples_per_prompt < 1:
+        raise EvaluationError(f"n_samples_per_prompt is {n_samples_per_prompt}; expected at least 1")
     dataset = select_examples(dataset, n_samples, seed)
-    prompts, rubrics = list(dataset["prompt"]), list(dataset["rubric"])
+    k = n_samples_per_prompt
+    prompts = [p for p in dataset["prompt"] for _ in range(k)]
+    rubrics = [r for r in dataset["rubric"] for _ in range(k)]
     if generate_fn is None:
         model, tokenizer = _resolve_model(model, tokenizer)
 
@@ -190,13 +199,14 @@ def evaluate(
     generations = _as_generations(generate_fn(prompts), tokenizer)
     config = {
         "n_samples": n_samples,
+        "n_samples_per_prompt": k,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
         "judge": getattr(judge, "name", type(judge).__name__),
     }
-    return _grade_examples(
+    result = _grade_examples(
         judge,
         prompts,
         generations,
@@ -208,3 +218,6 @@ def evaluate(
         seed,
         config,
     )
+    for example in result.examples:
+        example["prompt_index"], example["sample"] = divmod(example["index"], k)
+    return result

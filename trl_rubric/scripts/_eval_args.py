@@ -98,6 +98,13 @@ class EvalArguments:
 
     # > Generation
     max_completion_length: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    n_samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "eval: answers sampled per prompt, each graded (needs temperature > 0 when above 1). More answers "
+            "average out sampling noise when two checkpoints are compared with --compare."
+        },
+    )
     temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature (1.0 matches training rollouts); 0 means greedy."}
     )
@@ -112,6 +119,14 @@ class EvalArguments:
 
     # > Report
     output_dir: str = field(default="trl-rubric-eval", metadata={"help": "Folder for results and charts."})
+    compare: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "eval: --compare DIR_A DIR_B compares two eval output folders made on the same prompts, paired "
+            "by prompt (B - A with a bootstrap interval over prompts), writes comparison.json to output_dir and "
+            "generates nothing."
+        },
+    )
     bootstrap_samples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples for confidence intervals; 0 disables them."}
     )

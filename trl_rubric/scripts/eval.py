@@ -279,7 +279,16 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     """The body of `trl-rubric eval` once options are parsed."""
     from ..evaluation import evaluate, select_examples, write_eval_outputs
 
+    if args.compare:
+        return run_compare(args)
     check_common_args(args)
+    if args.n_samples_per_prompt < 1:
+        raise UsageError(f"--n_samples_per_prompt is {args.n_samples_per_prompt}; expected at least 1")
+    if args.n_samples_per_prompt > 1 and args.temperature == 0:
+        raise UsageError(
+            f"--n_samples_per_prompt {args.n_samples_per_prompt} with temperature 0 samples the same greedy answer "
+            "each time; set --temperature above 0 or --n_samples_per_prompt 1"
+        )
     # Cheap checks first: a bad dataset or judge should not wait for a model to load.
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
@@ -299,6 +308,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         confidence_level=args.confidence_level,
         progress=args.progress,
         generate_fn=generate_fn,
+        n_samples_per_prompt=args.n_samples_per_prompt,
     )
     result.config.update(
         model_name_or_path=args.model_name_or_path,
@@ -329,6 +339,29 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     print(f"wrote {', '.join(os.path.basename(p) for p in files.values())} to {args.output_dir}")
     # A run that scored nothing (every grade failed) must not look like a success to scripts and CI.
     return 0 if m.n_scored > 0 else 1
+
+
+def run_compare(args: EvalArguments) -> int:
+    """`trl-rubric eval --compare DIR_A DIR_B`: the paired comparison of two eval runs, printed and saved."""
+    import json
+
+    from ..evaluation import compare_eval_runs
+
+    if len(args.compare) != 2:
+        raise UsageError(f"--compare takes two eval output folders (A then B); got {len(args.compare)}")
+    comparison = compare_eval_runs(
+        *args.compare, n_bootstrap=args.bootstrap_samples, confidence_level=args.confidence_level, seed=args.seed
+    )
+    for key, (a, b) in comparison.settings_differ.items():
+        print(f"trl-rubric eval: warning: the runs differ in {key}: A {a!r}, B {b!r}", file=sys.stderr)
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, "comparison.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(comparison.to_dict(), f, indent=2)
+        f.write("\n")
+    print(comparison.summary())
+    print(f"wrote comparison.json to {args.output_dir}")
+    return 0 if comparison.n_prompts > 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

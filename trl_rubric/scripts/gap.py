@@ -41,6 +41,8 @@ def make_parser():
 
 def run_gap(args: GapArguments, judge_args) -> int:
     """The body of `trl-rubric gap` once options are parsed."""
+    if args.compare or args.n_samples_per_prompt != 1:
+        raise UsageError("--compare and --n_samples_per_prompt are options of `trl-rubric eval`, not of gap")
     from ..evaluation import (
         conditioning_gap,
         load_model_and_tokenizer,
