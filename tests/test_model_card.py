@@ -102,3 +102,30 @@ def test_push_to_hub_uploads_our_card(tiny_model_path, tmp_path, monkeypatch):
     assert repo_id == "someone/tiny-rgsd"
     assert "Rubric-Guided Self-Distillation" in card and "Dataset: `someone/rubrics`" in card
     assert "model.safetensors" in files and "README.md" in files
+
+
+def test_lora_card_names_the_source_model_not_the_local_folder_and_says_lora(tiny_model_path, tmp_path):
+    import shutil
+
+    from peft import LoraConfig
+
+    local = tmp_path / "cache" / "converted-model"  # a local copy that names its Hub source, as smollm2:// does
+    shutil.copytree(tiny_model_path, local)
+    (local / "README.md").write_text("---\nbase_model: org/source-model\n---\n\nA local copy.\n")
+    dataset = Dataset.from_list(make_rubric_rows(4))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = RGSDTrainer(str(local), args=RGSDConfig(**_common(tmp_path)), train_dataset=dataset, peft_config=lora)
+    card = str(build_model_card(trainer, model_name="tiny-lora"))
+    assert "| base model | org/source-model |" in card and str(local) not in card
+    assert "| adapter | LoRA (PEFT), r=4, alpha=8, on q_proj, v_proj |" in card
+    header = card.split("---")[1]
+    assert "base_model: org/source-model" in header and "library_name: peft" in header and "- lora\n" in header
+
+
+def test_smollm2_folder_names_its_hub_source(tmp_path):
+    from trl_rubric.model_card import named_source
+    from trl_rubric.real import model as real_model
+
+    real_model._write_source_card(tmp_path)
+    assert named_source(str(tmp_path)) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert named_source(str(tmp_path / "absent")) is None

