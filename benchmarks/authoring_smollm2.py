@@ -89,7 +89,11 @@ def main() -> int:
     common = ["--model_name_or_path", "smollm2://", "--temperature", "0.7", "--max_new_tokens",
               str(opts.max_new_tokens), "--batch_size", "12", "--seed", "0", "--dtype", "float32", "--device", "cpu",
               "--n_token_views", "0", "--plots", "false", "--progress", "false"]  # fmt: skip
-    llm_judge = ["--judge_backend", "transformers", "--judge_model", "smollm2://", "--judge_max_tokens", "256",
+    from trl_rubric.real.model import resolve_model_alias
+
+    # `gap` resolves smollm2:// for the policy, not for a transformers judge: give the judge the converted folder.
+    judge_path = resolve_model_alias("smollm2://")
+    llm_judge = ["--judge_backend", "transformers", "--judge_model", judge_path, "--judge_max_tokens", "256",
                  "--judge_max_retries", "0", "--judge_max_concurrency", "12"]  # fmt: skip
     runs = {
         "authored_llm_judge": [os.path.join(authored_dir, "rubrics.jsonl"), llm_judge],
