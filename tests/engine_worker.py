@@ -2,10 +2,15 @@
 
     python -m torch.distributed.run --nproc_per_node N tests/engine_worker.py ENGINE MODEL OUT_DIR
 
-ENGINE is `fsdp2` or `zero3`. RGSD runs with an EMA teacher (a separate, engine-prepared copy that is synced, saved and
+ENGINE is `fsdp2`, `zero3` or `ddp`. RGSD runs with an EMA teacher (a separate, engine-prepared copy that is synced, saved and
 restored), saves a checkpoint at step 1, and a second trainer resumes from it to step 2. RubricGRPO runs with a local
 `TransformersJudge` (the tiny model, loaded while the engine is active) next to a length reward. Each rank writes
 `OUT_DIR/rank{r}.json`: a hash of the full (gathered) weights, what the checkpoint held, and the logged losses.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/engine_worker.py ENGINE MODEL OUT_DIR head
+
+runs only one RGSD step with plain SGD at learning rate 1 and writes the LM head's gradient (its change) and the
+sampled completions, to compare ZeRO-3's with DDP's on a model whose head is not tied to the embeddings.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ torch.set_num_threads(1)
 
 
 def engine_args(engine: str) -> dict:
+    if engine == "ddp":
+        return {}  # torchrun on CPU: Trainer wraps the model in DDP over gloo
     if engine == "fsdp2":
         return {
             "fsdp": "full_shard auto_wrap",
@@ -174,6 +181,39 @@ def run_rgsd_bf16_ema(engine: str, model_path: str, out_dir: str) -> dict:
     }
 
 
+def run_head_gradient(engine: str, model_path: str, out_dir: str) -> dict:
+    """One RGSD step with plain SGD at learning rate 1 (no momentum, weight decay or clipping): the LM head's change is
+    minus its gradient as the engine reduced it across processes. Returns it with the completions it came from."""
+    from datasets import Dataset
+
+    from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
+
+    kw = dict(max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0)
+    args = RGSDConfig(**common_args(out_dir, **engine_args(engine), **kw))
+    trainer = RGSDTrainer(model_path, args=args, train_dataset=Dataset.from_list(make_rubric_rows(8)))
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    head, embed = unwrapped.get_output_embeddings().weight, unwrapped.get_input_embeddings().weight
+    head_name = next(n for n, p in trainer.model.named_parameters() if p is head)
+    completions = []
+    generate = trainer._generate_and_score_completions
+
+    def recording_generate(inputs):
+        out = generate(inputs)
+        completions.append(out["completion_ids"].tolist())
+        return out
+
+    trainer._generate_and_score_completions = recording_generate
+    before = full_params(trainer.model)
+    trainer.train()
+    after = full_params(trainer.model)
+    return {
+        "head_untied": head is not embed,
+        "head_partitioned": head.numel() == 0,
+        "head_grad": (before[head_name] - after[head_name]).flatten().tolist(),
+        "completions": completions,
+    }
+
+
 def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
     from datasets import Dataset
 
@@ -206,8 +246,13 @@ def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    engine, model_path, out_dir = argv
+    engine, model_path, out_dir, *only = argv
     rank = int(os.environ["RANK"])
+    if only == ["head"]:
+        result = {"rank": rank, "head": run_head_gradient(engine, model_path, os.path.join(out_dir, "head"))}
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+        return
     result = {
         "rank": rank,
         "rgsd": run_rgsd(engine, model_path, os.path.join(out_dir, "rgsd")),
