@@ -51,7 +51,7 @@ def test_every_rubric_has_format_content_and_penalty_criteria_all_rule_checked()
         rubric = Rubric.from_any(row["rubric"])
         titles = {c["title"] for c in row["rubric"]}
         assert {"key term", "short", "penalised word", "talks as an AI"} <= titles
-        assert titles & {"numbered items", "bullet list", "opening phrase", "closing word"}
+        assert titles & {"numbered list", "bullet list", "opening phrase", "closing word"}
         assert titles & {"dollar budget", "day or time", "duration"}
         for c in row["rubric"]:
             assert parse_rule_tag(_rule(c)) is not None
@@ -69,7 +69,7 @@ def _verdict(criterion, answer):
 
 # (title, passing answer, failing answer) for each kind of criterion, on the first row that has it.
 CASES = {
-    "numbered items": ("numbered", "recipes"),
+    "numbered list": ("numbered", "recipes"),
     "bullet list": ("bullet", "shopping lists"),
     "opening phrase": ("opening", "emails"),
     "closing word": ("closing", "recipes"),
@@ -87,11 +87,11 @@ def _criterion(world, topic, title):
 def test_format_criteria_pass_and_fail_on_hand_written_answers():
     world = make_instruction_world()
     five = "1. Crack the eggs.\n2. Whisk.\n3. Melt butter.\n4. Stir.\n5. Serve."
-    numbered = _criterion(world, "recipes", "numbered items")
-    assert TOPIC_STYLES["recipes"]["items"] == 5
+    numbered = _criterion(world, "recipes", "numbered list")
+    assert TOPIC_STYLES["recipes"]["list"] == "numbered"
     assert _verdict(numbered, "Here you go:\n" + five) is True
-    assert _verdict(numbered, five + "\n6. Wash up.") is False  # six items, not exactly five
-    assert _verdict(numbered, "1. Crack the eggs.\n2. Whisk.\n3. Serve.") is False
+    assert _verdict(numbered, "**1.** Crack the eggs.\n**2.** Whisk.") is True
+    assert _verdict(numbered, "1. Crack the eggs, whisk, melt butter, stir, serve.") is False  # one item is no list
     assert _verdict(numbered, "Crack the eggs, whisk, melt butter, stir, serve.") is False
 
     bullets = _criterion(world, "shopping lists", "bullet list")

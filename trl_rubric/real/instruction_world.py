@@ -3,8 +3,8 @@
 Different in kind from the health and science world ([`make_real_world`]): its criteria are mostly about the *form*
 of the answer and a few checkable facts, each checked exactly by a `rule:<kind>:<arg>` tag that `RuleJudge()` reads.
 
-- **format** (per topic, so a student can learn a topic's convention without the rubric): a numbered list of exactly
-  N items, or a bullet list, opens with a given phrase ("Subject:") or ends with a given closing word ("Enjoy!");
+- **format** (per topic, so a student can learn a topic's convention without the rubric): a numbered list or a
+  bullet list, opens with a given phrase ("Subject:") or ends with a given closing word ("Enjoy!");
   and, for every prompt, a word limit ([`INSTRUCTION_MAX_WORDS`]);
 - **content**: the request's key term ("mentions butter"), and per topic a dollar budget, a named day or time, or a
   duration in minutes;
@@ -26,7 +26,7 @@ from .instructions import INSTRUCTIONS
 from .world import RealWorld
 
 #: Bump when requests or criteria change.
-INSTRUCTION_WORLD_VERSION = 1
+INSTRUCTION_WORLD_VERSION = 2
 #: The word limit every prompt's rubric carries. SmolLM2's plain answers mostly run past it.
 INSTRUCTION_MAX_WORDS = 70
 
@@ -42,20 +42,20 @@ _EXTRA: dict[str, tuple[str, str, str]] = {
 }
 
 
-#: topic -> its conventions: list ("numbered" with `items`, "bullet", or None), an opening phrase or a closing word
+#: topic -> its conventions: list ("numbered", "bullet", or None), an opening phrase or a closing word
 #: (as (word the check reads, how the criterion shows it)), and its extra content criterion.
 TOPIC_STYLES: dict[str, dict[str, Any]] = {
-    "recipes": {"list": "numbered", "items": 5, "closing": ("enjoy", "Enjoy!"), "extra": "minutes"},
+    "recipes": {"list": "numbered", "closing": ("enjoy", "Enjoy!"), "extra": "minutes"},
     "emails": {"list": None, "opening": "Subject:", "closing": ("thanks", "Thanks"), "extra": "when"},
-    "travel plans": {"list": "numbered", "items": 3, "closing": ("travels", "Safe travels!"), "extra": "budget"},
+    "travel plans": {"list": "numbered", "closing": ("travels", "Safe travels!"), "extra": "budget"},
     "shopping lists": {"list": "bullet", "opening": "Shopping list:", "extra": "budget"},
-    "study tips": {"list": "numbered", "items": 4, "closing": ("luck", "Good luck!"), "extra": "when"},
+    "study tips": {"list": "numbered", "closing": ("luck", "Good luck!"), "extra": "when"},
     "home chores": {"list": "bullet", "opening": "Chore plan:", "extra": "when"},
-    "fitness": {"list": "numbered", "items": 4, "closing": ("strong", "Stay strong!"), "extra": "minutes"},
+    "fitness": {"list": "numbered", "closing": ("strong", "Stay strong!"), "extra": "minutes"},
     "gardening": {"list": "bullet", "closing": ("gardening", "Happy gardening!"), "extra": "when"},
-    "party planning": {"list": "numbered", "items": 5, "closing": ("fun", "Have fun!"), "extra": "budget"},
+    "party planning": {"list": "numbered", "closing": ("fun", "Have fun!"), "extra": "budget"},
     "pet care": {"list": "bullet", "opening": "Pet care tips:", "extra": "when"},
-    "money": {"list": "numbered", "items": 3, "closing": ("saving", "Happy saving!"), "extra": "budget"},
+    "money": {"list": "numbered", "closing": ("saving", "Happy saving!"), "extra": "budget"},
     "gifts": {"list": "bullet", "closing": ("shopping", "Happy shopping!"), "extra": "budget"},
 }
 INSTRUCTION_TOPICS: tuple[str, ...] = tuple(INSTRUCTIONS)
@@ -65,13 +65,16 @@ def _criterion(text: str, weight: float, category: str, title: str, rule: str, s
     return {"text": text, "weight": weight, "category": category, "title": title, "tags": [rule, f"scope:{scope}"]}
 
 
-def _numbered(items: int) -> dict[str, Any]:
-    # Item N present and no item N+1 after it; "numbered list" is the same check for items=2 without the upper bound.
-    marker = r"^\s*(\*\*)?{}[.)]"
-    rule = r"rule:regex:(?m)" + marker.format(1) + ".*" + marker.format(items) + f"(?!.*{marker.format(items + 1)})"
-    return _criterion(
-        f"Gives exactly {items} numbered items (1. to {items}.).", 2.0, "important", "numbered items", rule, "topic"
-    )
+# Version 1 asked for exactly N items: SmolLM2 met it in 0 of 12 answers with the rubric in view (6 of 12 were
+# numbered lists), so the criterion measured counting, not following; version 2 asks for the list.
+_NUMBERED = _criterion(
+    "Gives the answer as a numbered list (1., 2., 3.).",
+    2.0,
+    "important",
+    "numbered list",
+    r"rule:regex:(?m)^\s*(\*\*)?1[.)].*^\s*(\*\*)?2[.)]",
+    "topic",
+)
 
 
 _BULLETS = _criterion(
@@ -115,7 +118,7 @@ def topic_criteria(topic: str) -> list[dict[str, Any]]:
     style = TOPIC_STYLES[topic]
     out = []
     if style["list"] == "numbered":
-        out.append(_numbered(style["items"]))
+        out.append(dict(_NUMBERED))
     elif style["list"] == "bullet":
         out.append(dict(_BULLETS))
     if "opening" in style:
