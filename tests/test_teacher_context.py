@@ -301,9 +301,17 @@ def _bank(tmp_path):
     return path
 
 
+def test_skill_bank_renders_a_mistake_as_sgsd_does(tmp_path):
+    path = tmp_path / "skills.jsonl"
+    row = {"skill": "state the units", "mistake": "mixing mg and g", "instead": "convert first", "why": "doses differ"}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    expected = "state the units\nDon't: mixing mg and g\nInstead: convert first\nWhy this matters: doses differ"
+    assert load_skill_bank(path) == [expected]
+
+
 def test_skill_bank_reads_skill_mistake_pairs_and_names_a_bad_line(tmp_path):
     skills = load_skill_bank(_bank(tmp_path))
-    assert skills[0] == "check the dose before naming a drug\nA mistake to avoid: naming a dose without the weight"
+    assert skills[0] == "check the dose before naming a drug\nDon't: naming a dose without the weight"
     assert skills[3] == "summarise the evidence in one sentence"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"mistake": "no skill"}\n', encoding="utf-8")

@@ -238,7 +238,9 @@ class ReferenceContext:
 
 def load_skill_bank(path: str | os.PathLike) -> list[str]:
     """Skill texts from a file: `.jsonl` rows with `text`, or with `skill` and optionally `mistake` (SGSD's
-    skill-mistake pairs); any other file has one skill per non-empty line."""
+    skill-mistake pairs), with optional `instead` and `why` for the mistake; any other file has one skill per non-empty
+    line. A mistake is rendered as SGSD's authors render theirs (arXiv 2605.28791, their public code): "Don't: ...",
+    then "Instead: ..." and "Why this matters: ..." when given."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"skill_bank {str(path)!r} is not a file; expected a .jsonl or text file of skills")
@@ -257,7 +259,10 @@ def load_skill_bank(path: str | os.PathLike) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"skill_bank {str(path)!r} line {number}: expected a non-empty 'text' or 'skill' field")
         if isinstance(entry.get("mistake"), str) and entry["mistake"].strip():
-            text = f"{text.strip()}\nA mistake to avoid: {entry['mistake'].strip()}"
+            text = f"{text.strip()}\nDon't: {entry['mistake'].strip()}"
+            for key, label in (("instead", "Instead"), ("why", "Why this matters")):
+                if isinstance(entry.get(key), str) and entry[key].strip():
+                    text += f"\n{label}: {entry[key].strip()}"
         skills.append(text.strip())
     return skills
 

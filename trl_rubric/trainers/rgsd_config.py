@@ -104,8 +104,9 @@ class RGSDConfig(GRPOConfig):
             How RaR "Pitfall" criteria are signed when rubrics are parsed (`as_is`, `negative`, `positive`); it shows
             in the `weighted` and `json` render styles.
         skill_bank (`str` or `None`, *optional*, defaults to `None`):
-            File of skills for the `skills` and `sgsd` contexts: `.jsonl` rows with `text` (or `skill` and `mistake`),
-            or one skill per line.
+            File of skills for the `skills` and `sgsd` contexts: `.jsonl` rows with `text` (or `skill` and `mistake`,
+            with optional `instead` and `why`, rendered "Don't / Instead / Why this matters" as in SGSD), or one skill
+            per line.
         num_teacher_contexts (`int`, *optional*, defaults to `4`):
             K, the skills retrieved per rollout, one teacher each; the teacher forward then costs about K times more.
         skill_weight_temperature (`float`, *optional*, defaults to `1.0`):
