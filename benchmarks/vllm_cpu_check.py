@@ -172,8 +172,19 @@ def run_sync(args) -> bool:
         config = RubricGRPOConfig(
             per_device_train_batch_size=2, num_generations=2, judge_backend="rule", judge_probe=False, **common
         )
+
+        # SmolLM2 meets few rule criteria, so both completions of a group often tie and GRPO gets no gradient (the
+        # first run: the policy did not move in 3 steps). A length reward next to the judge gives every group spread.
+        def length_reward(completions, **kwargs):
+            return [len(str(c)) / 100 for c in completions]
+
         build = lambda cb: RubricGRPOTrainer(  # noqa: E731
-            path, args=config, train_dataset=rows, peft_config=lora_config() if args.lora else None, callbacks=[cb]
+            path,
+            reward_funcs=[length_reward],
+            args=config,
+            train_dataset=rows,
+            peft_config=lora_config() if args.lora else None,
+            callbacks=[cb],
         )
 
     scored: dict[int, torch.Tensor] = {}
