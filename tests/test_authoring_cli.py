@@ -230,3 +230,24 @@ def test_grpo_filter_drops_prompts_the_policy_always_or_never_passes(tmp_path, t
     report = summary["filters"]["grpo"]
     assert report["pass_rates"] == [1.0, 0.0] and report["kept"] == 0
     assert [d["row"] for d in report["dropped"]] == [0, 1]
+
+
+def test_rgsd_filter_runs_the_real_conditioning_gap_and_drops_prompts_the_rubric_does_not_change(
+    tmp_path, tiny_model_path
+):
+    # Both criteria give the same verdict whatever the model writes, with or without the rubric in view, so every
+    # per-prompt gap measured by the real conditioning_gap (tiny model, rule judge) is exactly 0 and nothing is kept.
+    data = tmp_path / "rubrics.jsonl"
+    always = [{"text": "Any length", "weight": 1, "tags": ["rule:max_words:100000"]}]
+    never = [{"text": "Says zzqqxx", "weight": 1, "tags": ["rule:contains:zzqqxx"]}]
+    data.write_text(
+        json.dumps({"prompt": "a", "rubric": always}) + "\n" + json.dumps({"prompt": "b", "rubric": never})
+    )
+    out = tmp_path / "out"
+    args = ["rubrics", "--skip_authoring", "true", "--dataset_name", str(data), "--filters", "rgsd"]
+    args += ["--policy_model", tiny_model_path, "--judge_backend", "rule", "--rgsd_k", "2"]
+    assert main([*args, "--max_new_tokens", "8", "--output_dir", str(out)]) == 1  # nothing the rubric changes
+    _, summary = _outputs(out)
+    report = summary["filters"]["rgsd"]
+    assert report["k"] == 2 and report["gaps"] == [0.0, 0.0] and report["kept"] == 0
+    assert [d["row"] for d in report["dropped"]] == [0, 1]
