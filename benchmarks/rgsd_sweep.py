@@ -62,7 +62,10 @@ def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
             out[key] = None
             continue
         default = fields[key].default
-        kind = type(default) if default not in (None, dataclasses.MISSING) else float
+        if default not in (None, dataclasses.MISSING):
+            kind = type(default)
+        else:  # an optional field: whole numbers stay int (n-gram sizes), anything else is a float
+            kind = int if value.lstrip("-").isdigit() else float
         out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
 

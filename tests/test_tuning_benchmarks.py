@@ -32,6 +32,17 @@ def test_setting_parses_name_and_typed_config_overrides():
     assert sweep.config_overrides({"token_clip": "0.1"}) == {"token_clip": 0.1}
 
 
+def test_optional_whole_number_fields_reach_the_config_as_int():
+    # teacher_no_repeat_ngram_size defaults to None and RGSDConfig refuses 5.0: the sweep must pass 5
+    from trl_rubric import RGSDConfig
+
+    overrides = sweep.config_overrides({"teacher_no_repeat_ngram_size": "5", "teacher_copy_ngram_size": "4"})
+    assert overrides == {"teacher_no_repeat_ngram_size": 5, "teacher_copy_ngram_size": 4}
+    assert all(type(v) is int for v in overrides.values())
+    config = RGSDConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none", **overrides)
+    assert config.teacher_no_repeat_ngram_size == 5
+
+
 @pytest.mark.parametrize("bad", [":learning_rate=1", "x:learning_rate"])
 def test_malformed_setting_is_refused(bad):
     with pytest.raises(ValueError, match="setting"):
