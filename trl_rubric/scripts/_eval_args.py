@@ -213,3 +213,18 @@ class GapArguments(EvalArguments):
         default=1.3,
         metadata={"help": "Warn that the gap may be mere length when answers with the rubric are this much longer."},
     )
+
+
+def grading_kwargs(args: EvalArguments, judge_args) -> dict:
+    """The generation, grading and interval settings that `eval`, `gap` and `gap --compare_views` pass alike."""
+    return dict(
+        max_new_tokens=args.max_completion_length,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
+        n_bootstrap=args.bootstrap_samples,
+        confidence_level=args.confidence_level,
+        progress=args.progress,
+    )

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..evaluation import EvaluationError
 from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, torch_threads, trl_parser
-from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments
+from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments, grading_kwargs
 
 COMMAND = "eval"
 
@@ -298,15 +298,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         dataset,
         judge,
         tokenizer=tokenizer,
-        max_new_tokens=args.max_completion_length,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
-        n_bootstrap=args.bootstrap_samples,
-        confidence_level=args.confidence_level,
-        progress=args.progress,
+        **grading_kwargs(args, judge_args),
         generate_fn=generate_fn,
         n_samples_per_prompt=args.n_samples_per_prompt,
     )

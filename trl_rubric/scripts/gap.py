@@ -18,7 +18,7 @@ import os
 import sys
 
 from ..teacher import TEACHER_PENALTIES
-from ._eval_args import GapArguments
+from ._eval_args import GapArguments, grading_kwargs
 from .eval import (
     UsageError,
     build_judge_from_args,
@@ -73,17 +73,9 @@ def run_gap(args: GapArguments, judge_args) -> int:
         rubric_render_style=args.rubric_render_style,
         teacher_penalties=args.teacher_penalties,
         n_samples=None,  # already sampled above
-        max_new_tokens=args.max_completion_length,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
-        n_bootstrap=args.bootstrap_samples,
-        confidence_level=args.confidence_level,
+        **grading_kwargs(args, judge_args),
         min_gap=args.min_gap,
         max_length_ratio=args.max_length_ratio,
-        progress=args.progress,
         generate_fn=generate_fn,
         n_token_views=args.n_token_views if model is not None else 0,
     )
@@ -178,16 +170,8 @@ def run_compare_views(args: GapArguments, judge_args, dataset, judge, model, tok
         views,
         tokenizer=tokenizer,
         n_samples=None,  # already sampled
-        max_new_tokens=args.max_completion_length,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        judge_max_concurrency=getattr(judge_args, "judge_max_concurrency", None),
-        n_bootstrap=args.bootstrap_samples,
-        confidence_level=args.confidence_level,
+        **grading_kwargs(args, judge_args),
         max_degeneration_margin=args.max_degeneration_margin,
-        progress=args.progress,
         generate_fn=generate_fn,
     )
     os.makedirs(args.output_dir, exist_ok=True)
