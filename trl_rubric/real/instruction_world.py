@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from .instructions import INSTRUCTIONS
-from .world import RealWorld
+from .world import RealWorld, _criterion
 
 #: Bump when requests or criteria change.
 INSTRUCTION_WORLD_VERSION = 2
@@ -59,10 +59,6 @@ TOPIC_STYLES: dict[str, dict[str, Any]] = {
     "gifts": {"list": "bullet", "closing": ("shopping", "Happy shopping!"), "extra": "budget"},
 }
 INSTRUCTION_TOPICS: tuple[str, ...] = tuple(INSTRUCTIONS)
-
-
-def _criterion(text: str, weight: float, category: str, title: str, rule: str, scope: str) -> dict[str, Any]:
-    return {"text": text, "weight": weight, "category": category, "title": title, "tags": [rule, f"scope:{scope}"]}
 
 
 # Version 1 asked for exactly N items: SmolLM2 met it in 0 of 12 answers with the rubric in view (6 of 12 were
