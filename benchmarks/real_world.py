@@ -19,6 +19,15 @@ training wall time, completion tokens sampled, judge calls, and the first learni
 
     .venv/bin/python benchmarks/real_world.py --smoke --output_dir /tmp/real_smoke      # every arm, tiny, minutes
     .venv/bin/python benchmarks/real_world.py --steps 30 --output_dir /tmp/real_world   # the measured run (hours)
+
+**Equal compute** (`--budget_s`): every trained arm trains until its process has spent `budget_s` seconds of CPU time
+on training (learning-curve and final scoring excluded), whatever the step count. CPU time of a single-threaded
+process is what a quiet machine's wall clock would show, and unlike wall time it does not stretch when other jobs
+share the cores, so arms run at different moments stay comparable. Learning-curve points then come every
+`--curve_every_s` CPU seconds and record the step, CPU and wall seconds, and completion tokens sampled so far.
+
+    .venv/bin/python benchmarks/real_world.py --budget_s 300 --curve_every_s 100 --arms rgsd hybrid grpo4 grpo8 \
+        --lr 2e-3 --world instructions --seed 0 --output_dir /tmp/real_budget_instr0
 """
 
 from __future__ import annotations
@@ -72,6 +81,16 @@ def parse_args(argv=None):
         choices=("health", "instructions"),
         help="Real-model rubric world (trl_rubric.real.worlds): health and science, or everyday instructions.",
     )
+    p.add_argument(
+        "--budget_s",
+        type=float,
+        default=0.0,
+        help="Training CPU seconds per arm (0: train --steps steps). Scoring is excluded; see the module docstring.",
+    )
+    p.add_argument(
+        "--curve_every_s", type=float, default=0.0, help="With --budget_s: CPU seconds between learning-curve points."
+    )
+    p.add_argument("--answers", type=int, default=4, help="Answers per split kept in results.json for reading.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="Every arm at a tiny size: checks the script runs.")
     p.add_argument("--output_dir", default="real_world_results")
@@ -81,6 +100,8 @@ def parse_args(argv=None):
         args.train_eval_prompts = args.heldout_eval_prompts = 2
         args.curve_every, args.curve_prompts = 0, 0
         GROUP.update({k: 2 for k in GROUP})
+    if args.budget_s < 0 or args.curve_every_s < 0:
+        p.error("--budget_s and --curve_every_s must be >= 0")
     if args.steps < 1 or args.prompts_per_step < 1:
         p.error("--steps and --prompts_per_step must be at least 1")
     return args
@@ -131,7 +152,8 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
     P = args.prompts_per_step
     lora = lora_config()
     common = dict(
-        output_dir=output_dir, use_cpu=True, bf16=False, seed=args.seed, max_steps=args.steps,
+        output_dir=output_dir, use_cpu=True, bf16=False, seed=args.seed,
+        max_steps=100_000 if args.budget_s else args.steps,  # a budgeted arm is stopped by BudgetStop
         learning_rate=args.lr, lr_scheduler_type="constant", max_completion_length=args.max_completion_length,
         temperature=args.temperature, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
     )  # fmt: skip
@@ -154,29 +176,58 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
                              peft_config=lora)  # fmt: skip
 
 
+class Clock:
+    """Training wall and CPU seconds of one arm, with scoring time taken out of both."""
+
+    def __init__(self):
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.scoring_wall = self.scoring_cpu = 0.0
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.wall0 - self.scoring_wall
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu0 - self.scoring_cpu
+
+    @contextlib.contextmanager
+    def scoring(self):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.scoring_wall += time.perf_counter() - wall
+            self.scoring_cpu += time.process_time() - cpu
+
+
 def curve_callback(args, points, clock, meter, curve_set, world, tokenizer, gen):
-    """Scores the policy on `curve_set` every `args.curve_every` steps; scoring time is kept out of `seconds`."""
+    """Scores the policy on `curve_set` every `args.curve_every` steps (or, with a budget, every
+    `args.curve_every_s` training CPU seconds) and stops a budgeted arm once its CPU budget is spent."""
     from transformers import TrainerCallback
 
     from trl_rubric.evaluation import evaluate
 
     class Curve(TrainerCallback):
+        next_point = args.curve_every_s
+
         def on_step_end(self, a, state, control, model=None, **kw):
-            if state.global_step % args.curve_every:
+            if args.budget_s:
+                spent = clock.cpu()
+                if spent >= args.budget_s:
+                    control.should_training_stop = True
+                due = bool(args.curve_every_s) and spent >= self.next_point and spent < args.budget_s
+                if due:
+                    self.next_point = (spent // args.curve_every_s + 1) * args.curve_every_s
+            else:
+                due = bool(args.curve_every) and state.global_step % args.curve_every == 0
+            if not due or model is None or curve_set is None:
                 return
-            t = time.perf_counter()
-            model.eval()
-            m = evaluate(model, curve_set, world.judge(), tokenizer=tokenizer, seed=args.seed, **gen)
-            model.train()
-            points.append(
-                {
-                    "step": state.global_step,
-                    "seconds": t - clock["began"] - clock["scoring"],
-                    "score": m.metrics.weighted_score,
-                    "tokens": sum(meter.tokens[: state.global_step]),
-                }
-            )
-            clock["scoring"] += time.perf_counter() - t
+            point = {"step": state.global_step, "seconds": clock.wall(), "cpu_seconds": clock.cpu(),
+                     "tokens": sum(meter.tokens[: state.global_step])}  # fmt: skip
+            with clock.scoring():
+                model.eval()
+                m = evaluate(model, curve_set, world.judge(), tokenizer=tokenizer, seed=args.seed, **gen)
+                model.train()
+            points.append({**point, "score": m.metrics.weighted_score})
 
     return Curve()
 
@@ -248,10 +299,13 @@ def main(argv=None) -> dict[str, Any]:
         model.eval()
         out = {}
         for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
-            m = evaluate(model, dataset, world.judge(), tokenizer=tokenizer, seed=args.seed + offset, **gen).metrics
+            result = evaluate(model, dataset, world.judge(), tokenizer=tokenizer, seed=args.seed + offset, **gen)
+            m = result.metrics
             out[split] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "strict": m.strict_completion,
                           "length": m.mean_length, "degenerate": m.degeneration["degenerate"],
-                          "degeneration": m.degeneration}  # fmt: skip
+                          "degeneration": m.degeneration,
+                          "by_criterion": {t: r["met_rate"] for t, r in m.by_criterion.items()},
+                          "answers": [e["response"] for e in result.examples[: args.answers]]}  # fmt: skip
         return out
 
     results: dict[str, Any] = {"settings": vars(args), "references": references, "arms": {}}
@@ -272,27 +326,35 @@ def main(argv=None) -> dict[str, Any]:
                 "smollm2", base_url=url, max_concurrency=1, timeout=120, max_retries=1, temperature=0.0,
                 request_kwargs={"response_format": {"type": "json_object"}},
             )  # fmt: skip
-            print(f"{LABELS[arm]}: {args.steps} steps of {args.prompts_per_step} prompts ...", flush=True)
+            size = f"{args.budget_s:.0f} CPU seconds" if args.budget_s else f"{args.steps} steps"
+            print(f"{LABELS[arm]}: {size} of {args.prompts_per_step} prompts a step ...", flush=True)
             torch.manual_seed(args.seed)
             trainer = build_trainer(arm, path, tokenizer, train_all, args, os.path.join(args.output_dir, arm),
                                     None if arm == "rgsd" else judge)  # fmt: skip
             trainer.remove_callback(PrinterCallback)
             meter = TrainingMeter(trainer, None if arm == "rgsd" else judge)
-            points = [{"step": 0, "seconds": 0.0, "score": references["base_train"]}]
-            clock = {"began": time.perf_counter(), "scoring": 0.0}
-            if args.curve_every:
-                curve_set = select_examples(train, args.curve_prompts, args.seed)
+            points = [{"step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "tokens": 0, "score": references["base_train"]}]
+            clock = Clock()
+            curve_set = select_examples(train, args.curve_prompts, args.seed) if args.curve_prompts else None
+            if args.budget_s or args.curve_every:
                 trainer.add_callback(curve_callback(args, points, clock, meter, curve_set, world, tokenizer, gen))
             trainer.train()
-            train_seconds = time.perf_counter() - clock["began"] - clock["scoring"]
+            train_seconds, train_cpu = clock.wall(), clock.cpu()
             model = trainer.accelerator.unwrap_model(trainer.model)
-            row = {**final_scores(model), "train_seconds": train_seconds, "generated_tokens": sum(meter.tokens),
+            row = {**final_scores(model), "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+                   "steps": trainer.state.global_step, "generated_tokens": sum(meter.tokens),
                    "judge_calls": meter.total_judge_calls()}  # fmt: skip
+            if args.budget_s and curve_set is not None:  # the end of the budget is a curve point too
+                model.eval()
+                m = evaluate(model, curve_set, world.judge(), tokenizer=tokenizer, seed=args.seed, **gen).metrics
+                points.append({"step": trainer.state.global_step, "seconds": train_seconds, "cpu_seconds": train_cpu,
+                               "tokens": sum(meter.tokens), "score": m.weighted_score})  # fmt: skip
             if url is not None:
                 row["judge_failures"] = getattr(judge.stats, "failures", None)
                 row["judge_agreement"] = judge_agreement(judge, world.judge(), base_examples["heldout"])
         half = first_reaching(points[1:], references["base_train"] + gap_size / 2) if gap_size > 0 else None
         row["half_gap_point"] = half
+        row["curve"] = points
         row["gap_closed_train"] = (row["train"]["score"] - references["base_train"]) / gap_size if gap_size else None
         results["arms"][arm] = row
         curves[LABELS[arm]] = points
