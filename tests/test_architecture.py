@@ -40,7 +40,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "judges / teacher / losses",
-        ("trl_rubric.judges", "trl_rubric.teacher", "trl_rubric.losses", "trl_rubric.multi_teacher"),
+        (
+            "trl_rubric.judges",
+            "trl_rubric.teacher",
+            "trl_rubric.losses",
+            "trl_rubric.multi_teacher",
+            "trl_rubric.criterion_diagnostics",
+            "trl_rubric.reweighting",
+        ),
     ),
     ("rubric", ("trl_rubric.rubric", "trl_rubric.data", "trl_rubric.interchange")),
 ]

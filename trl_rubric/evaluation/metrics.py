@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..criterion_diagnostics import strict_outcome  # the one definition, re-exported here
 from ..judges.base import Grade
 from ..rubric import Rubric
 from .degeneration import degeneration_rates
@@ -68,24 +69,6 @@ class EvalMetrics:
         if self.weighted_score_ci is not None:
             out["weighted_score_ci"] = list(self.weighted_score_ci)
         return out
-
-
-def strict_outcome(rubric: Rubric, verdicts: Sequence[bool | None]) -> bool | None:
-    """Whether a response fully satisfies its rubric: every positive criterion met and no penalty triggered.
-
-    Three-valued, so that unknown verdicts never count as failures: `False` as soon as a known verdict rules it out (a
-    positive criterion not met, or a negative one met), `True` when every verdict is known and none rules it out,
-    `None` (unknown, excluded from the rate) otherwise. Zero-weight criteria are ignored.
-    """
-    unknown = False
-    for criterion, verdict in zip(rubric, verdicts, strict=True):
-        if criterion.weight == 0:
-            continue
-        if verdict is None:
-            unknown = True
-        elif (criterion.weight > 0) != bool(verdict):
-            return False
-    return None if unknown else True
 
 
 def _verdicts_fit(grade: Grade, rubric: Rubric) -> bool:
