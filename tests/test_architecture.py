@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "trl_rubric.reweighting",
         ),
     ),
-    ("rubric", ("trl_rubric.rubric", "trl_rubric.data", "trl_rubric.interchange")),
+    ("rubric", ("trl_rubric.rubric", "trl_rubric.data", "trl_rubric.interchange", "trl_rubric.rubric_dropout")),
 ]
 
 #: Packages whose modules must never import the CLI.
