@@ -367,8 +367,9 @@ def _recording(monkeypatch, module):
 
     def record(metrics, prefix, answers, rubrics, reduce=None, **kwargs):
         calls.append({"answers": [a for a in answers], "rubrics": rubrics})
-        real.log_degeneration(metrics, prefix, answers, rubrics, reduce, **kwargs)
+        flags = real.log_degeneration(metrics, prefix, answers, rubrics, reduce, **kwargs)
         calls[-1]["logged"] = metrics[f"{prefix}/degenerate"][-1]
+        return flags
 
     monkeypatch.setattr(module, "log_degeneration", record)
     return calls
@@ -467,3 +468,47 @@ def test_gap_cli_prints_and_saves_the_teachers_degeneration(tiny_model_path, tmp
         expected = degeneration_rates([p[view]["response"] for p in pairs], [p[view]["criteria"] for p in pairs])
         assert results["degeneration"][view] == expected
     assert "Degeneration" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop"])
+def test_rgsd_drops_degenerate_answers_from_the_distillation_loss_only_when_asked(
+    tiny_model_path, tmp_path, monkeypatch, policy
+):
+    from datasets import Dataset
+
+    import trl_rubric.evaluation.degeneration as real
+    import trl_rubric.trainers.rgsd as rgsd
+    from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+
+    # The tiny model writes random tokens; the checks are shown a repeated list for the first answer of each batch
+    # and a plain sentence for the others, so the real detector decides which rows are degenerate.
+    looped = "1. Drink water.\n2. Drink water.\n3. Drink water."
+
+    def shown(metrics, prefix, answers, rubrics, reduce=None, **kwargs):
+        answers = [looped] + ["Rest and drink fluids."] * (len(answers) - 1)
+        return real.log_degeneration(metrics, prefix, answers, rubrics, reduce, **kwargs)
+
+    monkeypatch.setattr(rgsd, "log_degeneration", shown)
+    rows = make_rubric_rows(4)
+    args = rgsd_test_config(tmp_path / "out", degenerate_rollouts=policy)
+    trainer = rgsd.RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(rows)
+    kept = batch["rgsd_loss_mask"].bool()
+    completion = batch["completion_mask"].bool()
+    assert kept[1:].equal(completion[1:])  # clean answers are distilled either way
+    if policy == "drop":
+        assert not kept[0].any() and completion[0].any()
+        assert trainer._metrics["train"]["rgsd/degenerate_dropped"] == [1]
+        assert batch["rgsd_num_items_in_batch"].item() == completion[1:].sum().item()
+    else:
+        assert kept[0].equal(completion[0])
+        assert "rgsd/degenerate_dropped" not in trainer._metrics["train"]
+    assert trainer._metrics["train"]["rgsd/teacher_context_failed"] == [0]  # a drop is not a failed context
+
+
+def test_config_refuses_an_unknown_degenerate_rollouts_policy():
+    from trl_rubric.trainers.rgsd import RGSDConfig
+
+    with pytest.raises(ValueError, match="degenerate_rollouts"):
+        RGSDConfig(output_dir="/tmp/x", use_cpu=True, bf16=False, degenerate_rollouts="mask")

@@ -298,8 +298,9 @@ def log_degeneration(
     rubrics: Sequence[Any] | None,
     reduce: Callable[[list[float]], Sequence[float]] | None = None,
     **kwargs,
-) -> None:
-    """Append the step's degeneration rates to a trainer's metric lists as `{prefix}/{flag}` (`rgsd/degenerate`, ...).
+) -> list[dict[str, bool]]:
+    """Append the step's degeneration rates to a trainer's metric lists as `{prefix}/{flag}` (`rgsd/degenerate`, ...),
+    and return this process's flags, one dict per answer (`Degeneration.to_dict`), for a trainer that acts on them.
 
     Trainers call this once per generation batch on its completions and their rubrics. With several processes, pass
     `reduce`: it gets this process's counts `[n, repeats_line, copies_rubric, meta_talk, degenerate]` and returns
@@ -315,3 +316,4 @@ def log_degeneration(
     if counts[0] > 0:
         for name, count in zip(DEGENERATION_FLAGS, counts[1:], strict=True):
             metrics[f"{prefix}/{name}"].append(count / counts[0])
+    return flags

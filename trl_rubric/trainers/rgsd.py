@@ -335,7 +335,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
         rubrics = [x.get("rubric") for x in inputs]
         total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
-        log_degeneration(self._metrics[mode], "rgsd", completions, rubrics, reduce=total)
+        flags = log_degeneration(self._metrics[mode], "rgsd", completions, rubrics, reduce=total)
+        degenerate = torch.zeros_like(dropped)
+        if self.args.degenerate_rollouts == "drop":  # out of the distillation loss, like a failed teacher context
+            degenerate = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
+            self._metrics[mode]["rgsd/degenerate_dropped"].append(self.accelerator.gather(degenerate.sum()).sum().item())
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -349,7 +353,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             loss_mask = loss_mask * keep
         if self.args.num_loss_tokens_to_skip:
             loss_mask = losses.skip_first_tokens_mask(loss_mask, self.args.num_loss_tokens_to_skip)
-        loss_mask = loss_mask * (~dropped)[:, None]
+        loss_mask = loss_mask * (~(dropped | degenerate))[:, None]
         self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
         # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's).

@@ -319,6 +319,16 @@ class RGSDConfig(GRPOConfig):
             "completion tokens that themselves complete such an n-gram out of the loss."
         },
     )
+    degenerate_rollouts: Literal["keep", "drop"] = field(
+        default="keep",
+        metadata={
+            "help": "What the distillation loss does with a sampled answer that the degeneration checks flag (a "
+            "repeated line, pasted criterion text, talk about the requirements; `trl_rubric.evaluation.degeneration`, "
+            "the checks `eval` and `gap` report). 'keep' (default): distil it like any other. 'drop': leave the whole "
+            "answer out of the distillation loss (counted as `rgsd/degenerate_dropped`), so the student is never "
+            "pulled towards the teacher's preferences inside a degenerate answer. A hybrid run's reward term keeps it."
+        },
+    )
 
     def __post_init__(self):
         apply_preset(self, {f.name: f.default for f in fields(RGSDConfig) if f.name in RGSD_PRESET_FIELDS})
@@ -433,6 +443,7 @@ class RGSDConfig(GRPOConfig):
         if not (0 < self.teacher_ngram_penalty < float("inf")):
             raise ValueError(f"teacher_ngram_penalty is {self.teacher_ngram_penalty}; expected a finite number > 0")
         choice("teacher_ngram_mode", ("logit", "mask"))
+        choice("degenerate_rollouts", ("keep", "drop"))
         if (self.teacher_no_repeat_ngram_size or self.teacher_copy_ngram_size) and self.teacher_context in (
             "skills",
             "sgsd",
