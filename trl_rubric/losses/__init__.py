@@ -20,6 +20,7 @@ Every name is re-exported here; import from `trl_rubric.losses`.
 from .chunked_head import ChunkedHeadDivergence
 from .clip import CLIP_MODES, ClipMode, clip_token_divergence
 from .divergence import (
+    DEFAULT_TEACHER_TOP_K_FLOOR,
     SUPPORTS,
     TOP_K_SOURCES,
     Support,
@@ -31,6 +32,8 @@ from .divergence import (
     per_entry_divergence,
     renormalize,
     sampled_token_reverse_kl,
+    teacher_top_k_logps,
+    top_k_member,
     transform_logits,
 )
 from .head_divergence import full_lm_head, token_divergence
@@ -40,6 +43,7 @@ from .reduce import LOSS_TYPES, POLICY_ONLY_LOSS_TYPES, reduce_token_loss
 
 __all__ = [
     "CLIP_MODES",
+    "DEFAULT_TEACHER_TOP_K_FLOOR",
     "LOSS_TYPES",
     "POLICY_ONLY_LOSS_TYPES",
     "SUPPORTS",
@@ -63,7 +67,9 @@ __all__ = [
     "sampled_token_reverse_kl",
     "sanitize_hidden",
     "skip_first_tokens_mask",
+    "teacher_top_k_logps",
     "thinking_mask",
     "token_divergence",
+    "top_k_member",
     "transform_logits",
 ]

@@ -12,7 +12,7 @@ from torch import Tensor
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .divergence import add_tail_bucket, generalized_jsd, renormalize, transform_logits
+from .divergence import add_tail_bucket, generalized_jsd, renormalize, teacher_top_k_logps, transform_logits
 
 # Budget for one `[rows, vocab]` projection tile of `ChunkedLogProbFunction`, in elements per token of `chunk_size`
 _LOGPROB_MIN_VOCAB_CHUNK = 256
@@ -59,6 +59,39 @@ def _target_logps(
     return logps, entropy
 
 
+def _teacher_target_logps(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    teacher_args: tuple,
+    chunk_size: int | None,
+    teacher_top_k: tuple[int, float] | None,
+) -> Tensor:
+    """The teacher's log-probs of `targets` (no gradient): [`_target_logps`], or with `teacher_top_k = (k, floor)` the
+    top-k renormalised ones of [`teacher_top_k_logps`] (a token outside the top k reads `floor`), a chunk at a time."""
+    if teacher_top_k is None:
+        return _target_logps(hidden, weight, bias, targets, *teacher_args, chunk_size)[0]
+    k, floor = teacher_top_k
+    out = hidden.new_empty(targets.shape, dtype=torch.float32)
+    with torch.no_grad():
+        w = weight.detach().float()
+        b = bias.detach() if bias is not None else None
+        for rows in _token_chunks(hidden.shape[0], chunk_size):
+            z = transform_logits(_project(hidden[rows].detach(), w, b), *teacher_args)
+            logps, _ = teacher_top_k_logps(z, k, floor)
+            out[rows] = logps.gather(-1, targets[rows, None])[:, 0]
+    return out
+
+
+def _teacher_logps(teacher_logits: Tensor, teacher_args: tuple, teacher_top_k: tuple[int, float] | None):
+    """`(log-probs, probs or None)` of the teacher on a chunk: the softmax, or the top-k renormalised distribution."""
+    z = transform_logits(teacher_logits, *teacher_args)
+    if teacher_top_k is None:
+        return torch.log_softmax(z, dim=-1), None
+    return teacher_top_k_logps(z, *teacher_top_k)
+
+
 def _transform_backward(raw: Tensor, grad: Tensor, temperature: float, logit_scale: float, softcap: float | None):
     # Chain rule through `transform_logits`, in place on `grad`: dz/draw = scale / T, times 1 - tanh² with soft-capping
     if softcap is not None:
@@ -76,6 +109,7 @@ def _full_chunk(
     entry_clip: float | None,
     student_args: tuple,
     teacher_args: tuple,
+    teacher_top_k: tuple[int, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The math of one token chunk on the whole vocabulary, with its gradient written out.
 
@@ -85,13 +119,17 @@ def _full_chunk(
     `p_s (log p_s - log p_t + 1)` (beta 1) and `(1 - beta) p_s (log p_s - log m)` (in between); clipped entries give 0;
     then `dL/dz_j = g_j - p_s(j) sum_v g_v` through the softmax. Written out rather than autograd because autograd
     keeps about ten `[c, V]` intermediates and runs several times slower on CPU.
+
+    `teacher_top_k = (k, floor)` replaces the teacher by its top-k renormalised distribution ([`teacher_top_k_logps`]):
+    entries outside carry probability 0 (their forward-KL and teacher JSD terms are 0) and log-probability `floor`
+    (read by the reverse KL only).
     """
     s_logps = torch.log_softmax(transform_logits(student_logits, *student_args), dim=-1)
-    t_logps = torch.log_softmax(transform_logits(teacher_logits, *teacher_args), dim=-1)
+    t_logps, t_probs = _teacher_logps(teacher_logits, teacher_args, teacher_top_k)
     s_probs = s_logps.exp()
     entropy = -(s_probs * s_logps).sum(-1) if grad_output is None else None  # forward only
     if beta == 0.0:
-        t_probs = t_logps.exp()
+        t_probs = t_logps.exp() if t_probs is None else t_probs
         terms = (t_logps - s_logps).mul_(t_probs)
         slope = t_probs.neg_() if grad_output is not None else None
     elif beta == 1.0:
@@ -99,7 +137,7 @@ def _full_chunk(
         slope = terms + s_probs if grad_output is not None else None
     else:
         # log m from m itself: the floor keeps log m finite where both probabilities underflow (their terms are 0)
-        t_probs = t_logps.exp()
+        t_probs = t_logps.exp() if t_probs is None else t_probs
         log_m = (s_probs * (1 - beta)).add_(t_probs, alpha=beta).clamp_(min=torch.finfo(torch.float32).tiny).log_()
         student_part = (s_logps - log_m).mul_(s_probs).mul_(1 - beta)
         terms = log_m.neg_().add_(t_logps).mul_(t_probs).mul_(beta).add_(student_part)  # reuses log_m's memory
@@ -127,9 +165,12 @@ def _topk_chunk(
     top_k: int,
     top_k_source: str,
     tail: bool,
+    teacher_top_k: tuple[int, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The math of one token chunk on the top-k support (plus the tail bucket, or renormalised); same contract as
-    [`_full_chunk`], with the gradient from autograd (the support is small, the `[c, V]` work is one logsumexp)."""
+    [`_full_chunk`], with the gradient from autograd (the support is small, the `[c, V]` work is one logsumexp).
+    With `teacher_top_k = (k, floor)` the teacher's log-probs on the support are those of its top-k renormalised
+    distribution, `floor` on entries outside its top k."""
     want_grad = grad_output is not None
     raw = student_logits.detach().requires_grad_(want_grad)
     with torch.set_grad_enabled(want_grad):
@@ -138,7 +179,10 @@ def _topk_chunk(
         # Top-k of the logits is top-k of the log-probs; the support carries no gradient
         support_ids = (zt if top_k_source == "teacher" else zs).detach().topk(top_k, dim=-1).indices
         s_k = zs.gather(-1, support_ids) - torch.logsumexp(zs, dim=-1, keepdim=True)
-        t_k = zt.gather(-1, support_ids) - torch.logsumexp(zt, dim=-1, keepdim=True)
+        if teacher_top_k is None:
+            t_k = zt.gather(-1, support_ids) - torch.logsumexp(zt, dim=-1, keepdim=True)
+        else:
+            t_k = teacher_top_k_logps(zt.detach(), *teacher_top_k)[0].gather(-1, support_ids)
         s_k, t_k = (add_tail_bucket(s_k), add_tail_bucket(t_k)) if tail else (renormalize(s_k), renormalize(t_k))
         divergence = generalized_jsd(s_k, t_k, beta, entry_clip)
         grad = torch.autograd.grad(divergence, raw, grad_outputs=grad_output)[0] if want_grad else None

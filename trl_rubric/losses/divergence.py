@@ -159,6 +159,38 @@ def transform_logits(
     return logits / temperature if temperature != 1.0 else logits
 
 
+#: Log-probability a token outside the teacher's top k reads where a log-probability is needed (`teacher_top_k`): the
+#: sampled-token estimate, the logged log-ratio and the reverse KL (beta 1). About 4.5e-5: below what a teacher's top
+#: 20 usually hold, so such a token still counts as one the teacher disfavours, without an infinite log-ratio.
+DEFAULT_TEACHER_TOP_K_FLOOR = -10.0
+
+
+def top_k_member(logits: Tensor, top_k: int) -> Tensor:
+    """`[..., V]` bool: the entries at or above the k-th largest logit (ties at the k-th all count as in)."""
+    return logits >= logits.topk(top_k, dim=-1).values[..., -1:]
+
+
+def teacher_top_k_logps(
+    logits: Tensor, top_k: int, floor: float = DEFAULT_TEACHER_TOP_K_FLOOR
+) -> tuple[Tensor, Tensor]:
+    """The teacher's distribution renormalised over its top-k tokens, as `(log-probs, probs)` over the last dimension.
+
+    Inside the top k: `log p(v) - log sum_{top k} p`. Outside: probability exactly 0, and log-probability `floor`
+    (finite), read only where a divergence needs the log of a token the teacher left out (reverse KL, the sampled
+    token); forward KL and the JSD weigh those entries by the teacher's probability 0, or by the mixture, and never
+    read it.
+
+    Args:
+        logits: `[..., V]` transformed teacher logits (scale, soft-cap, temperature applied).
+        top_k: k, at least 1.
+        floor: The log-probability of a token outside the top k.
+    """
+    inside = top_k_member(logits, top_k)
+    logps = torch.log_softmax(logits.masked_fill(~inside, float("-inf")), dim=-1)
+    probs = logps.exp()  # exactly 0 outside
+    return logps.masked_fill_(~inside, floor), probs
+
+
 def logit_processing(config: Any) -> tuple[float, float | None]:
     """`(logit_scale, final_logit_softcapping)` that a model applies to its LM head's output, read from its config.
 

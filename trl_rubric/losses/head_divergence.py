@@ -23,10 +23,19 @@ from .chunked_head import (
     _full_chunk,
     _gather_zero3,
     _target_logps,
+    _teacher_target_logps,
     _token_chunks,
     _topk_chunk,
 )
-from .divergence import SUPPORTS, TOP_K_SOURCES, Support, TokenDivergence, TopKSource, sampled_token_reverse_kl
+from .divergence import (
+    DEFAULT_TEACHER_TOP_K_FLOOR,
+    SUPPORTS,
+    TOP_K_SOURCES,
+    Support,
+    TokenDivergence,
+    TopKSource,
+    sampled_token_reverse_kl,
+)
 from .masks import finite_token_mask, sanitize_hidden
 
 logger = logging.getLogger("trl_rubric.losses")
@@ -59,6 +68,9 @@ def token_divergence(
     student_final_logit_softcapping: float | None = None,
     teacher_final_logit_softcapping: float | None = None,
     entry_clip: float | None = None,
+    teacher_temperature: float = 1.0,
+    teacher_top_k: int | None = None,
+    teacher_top_k_floor: float = DEFAULT_TEACHER_TOP_K_FLOOR,
 ) -> TokenDivergence:
     """Per-token divergence between the student's and the teacher's next-token distributions, from hidden states.
 
@@ -101,6 +113,14 @@ def token_divergence(
             `p_s (log p_s - log p_t)` at beta 1, `beta p_t (log p_t - log m) + (1 - beta) p_s (log p_s - log m)` in
             between) becomes `min(term, tau)` before the sum over the support, so entries above tau give no gradient
             and a token's value can be negative. None (default) clips nothing.
+        teacher_temperature: The teacher's logits are further divided by this (its distribution is
+            `softmax(z_t / (temperature * teacher_temperature))`), on every support and in the target log-probs: below
+            1 sharpens the teacher's preferences, above 1 flattens them. 1.0 (default) leaves every number unchanged.
+        teacher_top_k: The teacher's distribution renormalised over its `teacher_top_k` most likely tokens (ties at
+            the k-th included), probability 0 elsewhere: forward KL and the JSD then ignore the teacher's tail, and
+            where a log-probability of a token outside is read (reverse KL, the sampled token, the target log-probs)
+            it is `teacher_top_k_floor`, never -inf. None (default): the whole distribution.
+        teacher_top_k_floor: That log-probability ([`DEFAULT_TEACHER_TOP_K_FLOOR`], -10).
 
     Returns:
         A [`TokenDivergence`].
@@ -114,6 +134,13 @@ def token_divergence(
             )
         if not entry_clip > 0:
             raise ValueError(f"entry_clip={entry_clip!r}: expected a positive number, or None to disable it")
+    if not 0 < teacher_temperature < float("inf"):
+        raise ValueError(f"teacher_temperature={teacher_temperature!r}: expected a finite number > 0")
+    if teacher_top_k is not None and (isinstance(teacher_top_k, bool) or not isinstance(teacher_top_k, int)
+                                      or not 1 <= teacher_top_k <= teacher_weight.shape[0]):  # fmt: skip
+        raise ValueError(f"teacher_top_k={teacher_top_k!r}: expected None or 1 <= k <= vocabulary size")
+    if not -float("inf") < teacher_top_k_floor <= 0:
+        raise ValueError(f"teacher_top_k_floor={teacher_top_k_floor!r}: expected a finite log-probability (<= 0)")
 
     # Under DeepSpeed ZeRO-3 the heads are empty partitions outside their module's forward: gather them (TRL's helper,
     # a no-op otherwise). Under FSDP2 they are sharded DTensors: one full copy each, as TRL's distillation loss does.
@@ -141,6 +168,8 @@ def token_divergence(
             student_final_logit_softcapping=student_final_logit_softcapping,
             teacher_final_logit_softcapping=teacher_final_logit_softcapping,
             entry_clip=entry_clip,
+            teacher_temperature=teacher_temperature,
+            teacher_top_k=None if teacher_top_k is None else (teacher_top_k, float(teacher_top_k_floor)),
         )
 
 
@@ -161,7 +190,7 @@ def full_lm_head(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | 
 def _token_divergence(
     student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, *, beta, support,
     target_ids, top_k, top_k_source, top_k_tail, temperature, chunk_size, student_logit_scale, teacher_logit_scale,
-    student_final_logit_softcapping, teacher_final_logit_softcapping, entry_clip,
+    student_final_logit_softcapping, teacher_final_logit_softcapping, entry_clip, teacher_temperature, teacher_top_k,
 ) -> TokenDivergence:  # fmt: skip
     # Shapes are read here, after the gather: a ZeRO-3 partition has none
     _check_inputs(
@@ -170,7 +199,7 @@ def _token_divergence(
     student_hidden, student_finite = sanitize_hidden(student_hidden)
     teacher_hidden, teacher_finite = sanitize_hidden(teacher_hidden.detach())
     student_args = (temperature, student_logit_scale, student_final_logit_softcapping)
-    teacher_args = (temperature, teacher_logit_scale, teacher_final_logit_softcapping)
+    teacher_args = (temperature * teacher_temperature, teacher_logit_scale, teacher_final_logit_softcapping)
 
     student_logps = teacher_logps = None
     if support == "sampled_token":
@@ -185,8 +214,8 @@ def _token_divergence(
             outputs=("entropy",),
             grad=True,
         )
-        teacher_logps, _ = _target_logps(
-            teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
+        teacher_logps = _teacher_target_logps(
+            teacher_hidden, teacher_weight, teacher_bias, target_ids, teacher_args, chunk_size, teacher_top_k
         )
         divergence = sampled_token_reverse_kl(student_logps, teacher_logps)
         student_logps, entropy = student_logps.detach(), entropy.detach()
@@ -201,10 +230,12 @@ def _token_divergence(
                     *student_args,
                     chunk_size,
                 )
-                teacher_logps, _ = _target_logps(
-                    teacher_hidden, teacher_weight, teacher_bias, target_ids, *teacher_args, chunk_size
+                teacher_logps = _teacher_target_logps(
+                    teacher_hidden, teacher_weight, teacher_bias, target_ids, teacher_args, chunk_size, teacher_top_k
                 )
-        if support == "full" and entry_clip is None and _fused_kernel_applies(student_hidden):
+        # TRL's kernel takes one temperature for both models and no top-k teacher: those run the chunked path below
+        plain_teacher = teacher_temperature == 1.0 and teacher_top_k is None
+        if support == "full" and entry_clip is None and plain_teacher and _fused_kernel_applies(student_hidden):
             # TRL's fused kernel tiles tokens and vocabulary itself and keeps one fp32 LM-head gradient: one call, or
             # one per `chunk_size` tokens when set (each call then costs its own fp32 LM-head gradient buffer)
             fused_args = (
@@ -235,6 +266,7 @@ def _token_divergence(
                 "entry_clip": entry_clip,
                 "student_args": student_args,
                 "teacher_args": teacher_args,
+                "teacher_top_k": teacher_top_k,
             }
             if support == "full":
                 chunk_math = functools.partial(_full_chunk, **math_kwargs)

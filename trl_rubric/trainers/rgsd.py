@@ -45,6 +45,7 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
 )
 from .rgsd_teacher import build_teacher
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
+from .teacher_shaping import teacher_shaping_kwargs
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -526,6 +527,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             student_final_logit_softcapping=self._student_logits[1],
             teacher_logit_scale=self._teacher_logits[0],
             teacher_final_logit_softcapping=self._teacher_logits[1],
+            **teacher_shaping_kwargs(self.args),  # teacher_temperature / teacher_top_k, none at their defaults
         )
         out = losses.token_divergence(
             *head_args, target_ids=target_ids if want_logps else None, **divergence_args, **entry_clip

@@ -21,6 +21,7 @@ from ..teacher import (
     TEACHER_PENALTIES,
 )
 from ..teacher_context import TEACHER_CONTEXT_PRESETS, apply_preset
+from .teacher_shaping import DEFAULT_TEACHER_TOP_K_FLOOR, check_teacher_shaping
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,18 @@ class RGSDConfig(GRPOConfig):
             Whose top-k tokens form the support: `"teacher"` or `"student"`.
         distillation_top_k_tail (`bool`, *optional*, defaults to `True`):
             Add a bucket holding the probability mass outside the top-k.
+        teacher_temperature (`float`, *optional*, defaults to `1.0`):
+            The teacher's logits are divided by this on top of `temperature` (its distribution is
+            `softmax(z / (temperature * teacher_temperature))`), on every support and in the logged log-ratio. Below 1
+            sharpens what the teacher prefers, above 1 flattens it; 1.0 leaves the loss exactly as without it.
+        teacher_top_k (`int` or `None`, *optional*, defaults to `None`):
+            Keep only the teacher's k most likely tokens, renormalised (probability 0 elsewhere), so its long tail
+            gives no signal. Where a log-probability of a token outside is needed (reverse KL, `sampled_token`, the
+            logged log-ratio) it reads `teacher_top_k_floor`, never -inf. Unlike `distillation_support="topk"` the
+            student's side keeps the whole vocabulary. None: the whole teacher distribution.
+        teacher_top_k_floor (`float`, *optional*, defaults to `-10.0`):
+            The log-probability of a token outside the teacher's top k (about 4.5e-5); lower it to push the student
+            harder away from tokens the teacher left out.
         distillation_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Tokens per call of the full-vocabulary divergence kernel. `None` picks 128 on CPU, where TRL's torch
             fallback would otherwise allocate 4096-token tiles (128 keeps peak memory flat), and one call on GPUs,
@@ -330,6 +343,18 @@ class RGSDConfig(GRPOConfig):
         },
     )
 
+    teacher_temperature: float = field(
+        default=1.0, metadata={"help": "Teacher logits divided by this (on top of temperature); 1.0 = unchanged."}
+    )
+    teacher_top_k: int | None = field(
+        default=None,
+        metadata={"help": "Teacher renormalised over its top k tokens (0 elsewhere); None = whole distribution."},
+    )
+    teacher_top_k_floor: float = field(
+        default=DEFAULT_TEACHER_TOP_K_FLOOR,
+        metadata={"help": "Log-prob a token outside the teacher's top k reads (reverse KL, sampled_token)."},
+    )
+
     def __post_init__(self):
         apply_preset(self, {f.name: f.default for f in fields(RGSDConfig) if f.name in RGSD_PRESET_FIELDS})
         self._check_rgsd_fields()
@@ -443,6 +468,7 @@ class RGSDConfig(GRPOConfig):
         if not (0 < self.teacher_ngram_penalty < float("inf")):
             raise ValueError(f"teacher_ngram_penalty is {self.teacher_ngram_penalty}; expected a finite number > 0")
         choice("teacher_ngram_mode", ("logit", "mask"))
+        check_teacher_shaping(self)
         choice("degenerate_rollouts", ("keep", "drop"))
         if (self.teacher_no_repeat_ngram_size or self.teacher_copy_ngram_size) and self.teacher_context in (
             "skills",

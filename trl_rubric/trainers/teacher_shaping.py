@@ -1,0 +1,41 @@
+"""`RGSDConfig`'s teacher temperature and top-k: their checks, and the keyword arguments they add to the loss.
+
+The math lives in `trl_rubric.losses` (`token_divergence(teacher_temperature=, teacher_top_k=, teacher_top_k_floor=)`);
+this module only keeps the config's fields and the trainer's call in step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..losses import DEFAULT_TEACHER_TOP_K_FLOOR
+
+
+def check_teacher_shaping(config: Any) -> None:
+    """Raise a `ValueError` naming the field when `teacher_temperature`, `teacher_top_k` or `teacher_top_k_floor` is
+    unusable (before training starts)."""
+    t = config.teacher_temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+        raise ValueError(f"teacher_temperature is {t!r}; expected a finite number > 0 (1.0 leaves the teacher as is)")
+    k = config.teacher_top_k
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"teacher_top_k is {k!r}; expected a whole number of tokens >= 1, or None (whole vocabulary)")
+    floor = config.teacher_top_k_floor
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not -math.inf < floor <= 0:
+        raise ValueError(f"teacher_top_k_floor is {floor!r}; expected a finite log-probability <= 0")
+
+
+def teacher_shaping_kwargs(config: Any) -> dict[str, Any]:
+    """The keyword arguments `losses.token_divergence` takes for the config's teacher shaping; none at the defaults,
+    so a run without it calls the loss exactly as before."""
+    kwargs: dict[str, Any] = {}
+    if config.teacher_temperature != 1.0:
+        kwargs["teacher_temperature"] = float(config.teacher_temperature)
+    if config.teacher_top_k is not None:
+        kwargs["teacher_top_k"] = int(config.teacher_top_k)
+        kwargs["teacher_top_k_floor"] = float(config.teacher_top_k_floor)
+    return kwargs
+
+
+__all__ = ["DEFAULT_TEACHER_TOP_K_FLOOR", "check_teacher_shaping", "teacher_shaping_kwargs"]
