@@ -5,22 +5,12 @@ reads the rubric column, grades every completion with its judge (concurrently, o
 `__call__` is async), and returns one score per completion, or `None` where the judge gave no usable verdict: TRL turns
 `None` into NaN and leaves that completion out, so a judge failure never counts as a score of 0.
 
-**Criterion reweighting** (optional; the idea follows "POW3R", arXiv 2605.20164, whose exact formula is not public, so
-the one below is ours). Within the group of G rollouts of one prompt, a criterion that every rollout meets (saturated)
-or none meets (unreachable) says nothing about which rollout is better, yet it still dilutes the score differences of
-the criteria that do. For prompt `x` and criterion `k`:
+**Criterion reweighting** (optional): within each prompt's group of rollouts, move weight toward the criteria whose
+verdicts still separate the rollouts ([`trl_rubric.reweighting`]: our variant `"ours"` and our reading of POW3R,
+`"pow3r"`). In implicit judge mode there are no verdicts, so the rating is returned unchanged.
 
-    p_k   = fraction of the group's rollouts that meet k (unknown verdicts left out)
-    s_k   = sqrt(p_k (1 - p_k))                                    spread in [0, 0.5]
-    S_k   = d * S_k(previous visit of x) + (1 - d) * s_k            EMA over visits (S_k = s_k on the first)
-    m     = max(mean_j S_j, floor)
-    f_k   = clip(max(S_k, floor) / m, lo, hi)                       factor; 1 for a criterion with no known verdict
-    w'_k  = w_k f_k * sum_{j in C(k)} |w_j| / sum_{j in C(k)} |w_j| f_j
-
-where `C(k)` is the criteria of `k`'s category (criteria without one form their own group), so each category keeps
-its total human weight and only the split inside it moves. The score is then [`Rubric.score`] with weights `w'`.
-`floor` keeps a saturated criterion from vanishing entirely and stops near-zero spreads from being blown up into large
-factors. In implicit judge mode there are no verdicts, so the rating is returned unchanged.
+**Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
+contrasting counts, strict completion; [`trl_rubric.criterion_diagnostics`]) and keeps them in `last_diagnostics`.
 """
 
 from __future__ import annotations
@@ -30,91 +20,25 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
 from .judges.base import Grade, RubricJudge, prompt_to_text
+from .judges.groupwise import grade_in_groups, supports_group_grading
+from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; names kept importable from here)
+    CriterionReweighter,
+    ReweightingConfig,
+    criterion_spread,
+    ema_update,
+    reweight,
+    reweighting_factors,
+    reweighting_from,
+)
 from .rubric import PITFALL_POLARITIES, Rubric, RubricError
-
-
-@dataclass
-class ReweightingConfig:
-    """Parameters of policy-aware criterion reweighting (formula in the `trl_rubric.rewards` module docstring).
-
-    Args:
-        lo: Smallest factor a criterion's weight can be multiplied by.
-        hi: Largest factor.
-        floor: Floor on a criterion's spread and on the mean spread (spreads lie in [0, 0.5]).
-        ema_decay: Weight of the previous visit's spread in the moving average; 0 uses the current group only.
-    """
-
-    lo: float = 0.25
-    hi: float = 4.0
-    floor: float = 0.05
-    ema_decay: float = 0.5
-
-    def __post_init__(self):
-        if not 0 < self.lo <= 1 <= self.hi:
-            raise ValueError(f"reweighting bounds lo={self.lo}, hi={self.hi}; expected 0 < lo <= 1 <= hi")
-        if not 0 < self.floor <= 0.5:
-            raise ValueError(f"reweighting floor is {self.floor}; expected 0 < floor <= 0.5 (spreads lie in [0, 0.5])")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"reweighting ema_decay is {self.ema_decay}; expected 0 <= ema_decay < 1")
-
-
-def criterion_spread(group_verdicts: Sequence[Sequence[bool | None]]) -> list[float | None]:
-    """Per criterion, `sqrt(p (1 - p))` over a group's rollouts, `p` the fraction meeting it.
-
-    Args:
-        group_verdicts: One row of verdicts per rollout (`None` = unknown), all rows of the same length.
-
-    Returns:
-        One spread per criterion, `None` where no rollout has a known verdict.
-    """
-    if not group_verdicts:
-        return []
-    spreads: list[float | None] = []
-    for column in zip(*group_verdicts, strict=True):
-        known = [v for v in column if v is not None]
-        if not known:
-            spreads.append(None)
-            continue
-        p = sum(known) / len(known)
-        spreads.append(math.sqrt(p * (1.0 - p)))
-    return spreads
-
-
-def ema_update(previous: float | None, current: float | None, decay: float) -> float | None:
-    """Exponential moving average step; a missing side leaves the other unchanged."""
-    if current is None:
-        return previous
-    if previous is None:
-        return current
-    return decay * previous + (1.0 - decay) * current
-
-
-def reweighting_factors(spreads: Sequence[float | None], lo: float, hi: float, floor: float) -> list[float]:
-    """`f_k = clip(max(S_k, floor) / max(mean_j S_j, floor), lo, hi)`; 1 where the spread is unknown."""
-    known = [s for s in spreads if s is not None]
-    if not known:
-        return [1.0] * len(spreads)
-    mean = max(sum(known) / len(known), floor)
-    return [1.0 if s is None else min(hi, max(lo, max(s, floor) / mean)) for s in spreads]
-
-
-def reweight(weights: Sequence[float], categories: Sequence[str | None], factors: Sequence[float]) -> list[float]:
-    """Multiply weights by factors, then rescale within each category so its total absolute weight is unchanged."""
-    total: dict[Any, float] = defaultdict(float)
-    scaled: dict[Any, float] = defaultdict(float)
-    for w, c, f in zip(weights, categories, factors, strict=True):
-        total[c] += abs(w)
-        scaled[c] += abs(w) * f
-    return [
-        w * f * (total[c] / scaled[c]) if scaled[c] > 0 else w
-        for w, c, f in zip(weights, categories, factors, strict=True)
-    ]
+from .rubric_dropout import check_dropout_probability, drop_criteria, dropout_step
 
 
 def _group_bounds(keys: Sequence[str], size: int | None) -> list[tuple[int, int]]:
@@ -173,7 +97,8 @@ class RubricReward:
         judge: Any [`RubricJudge`].
         weighted: Return the weighted score (HealthBench formula, default) or, if `False`, the unweighted one
             (every criterion counts +1 or -1 by the sign of its weight).
-        reweighting: `None`/`False` for none, `True` for [`ReweightingConfig`] defaults, or a `ReweightingConfig`.
+        reweighting: `None`/`False` for none; `True` or `"ours"` for our variant, `"pow3r"` for our reading of POW3R
+            (both with [`ReweightingConfig`] defaults), or a `ReweightingConfig`.
         rubric_column: Dataset column holding each prompt's rubric (any form [`Rubric.from_any`] reads).
         pitfall_polarity: How to sign RaR "Pitfall" criteria; see [`Rubric.from_any`].
         num_generations: Rollouts per prompt. [`RubricGRPOTrainer`] sets it; without it, groups are runs of identical
@@ -182,21 +107,37 @@ class RubricReward:
         min_graded_fraction: Smallest share of the rubric's points (absolute weights) that must have a known verdict
             for the score to count (default [`DEFAULT_MIN_GRADED_FRACTION`], 0.75); below it the reward is unknown
             (`None`), and the completion is counted in `judge/under_graded`. 0 scores any partly graded completion.
+        group_grading: Grade each prompt's group of rollouts in one judge call (`trl_rubric.judges.groupwise`); the
+            judge must support it (an LLM judge in batched mode, or a panel of them).
+        rubric_dropout: Probability of leaving each criterion out, per prompt and step (`trl_rubric.rubric_dropout`);
+            0 (default) turns it off. Dropped criteria are not sent to the judge and do not count in the reward.
+        dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
     """
 
     def __init__(
         self,
         judge: RubricJudge,
         weighted: bool = True,
-        reweighting: ReweightingConfig | bool | None = None,
+        reweighting: ReweightingConfig | bool | str | None = None,
         rubric_column: str = "rubric",
         pitfall_polarity: str = "as_is",
         num_generations: int | None = None,
         name: str = "rubric_judge",
         min_graded_fraction: float = DEFAULT_MIN_GRADED_FRACTION,
+        group_grading: bool = False,
+        rubric_dropout: float = 0.0,
+        dropout_seed: int = 0,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
+        if group_grading and not supports_group_grading(judge):
+            raise ValueError(
+                f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
+                f"mode, or a panel of them); judge {judge.name!r} cannot. Turn judge_group_grading off"
+            )
+        self.group_grading = bool(group_grading)
+        self.rubric_dropout = check_dropout_probability(rubric_dropout)
+        self.dropout_seed = int(dropout_seed)
         if pitfall_polarity not in PITFALL_POLARITIES:
             raise ValueError(f"pitfall_polarity is {pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
         if not 0.0 <= min_graded_fraction <= 1.0:
@@ -204,16 +145,20 @@ class RubricReward:
         self.min_graded_fraction = min_graded_fraction
         self.judge = judge
         self.weighted = weighted
-        self.reweighting = ReweightingConfig() if reweighting is True else (reweighting or None)
+        self.reweighting = reweighting_from(reweighting)
         self.rubric_column = rubric_column
         self.pitfall_polarity = pitfall_polarity
         self.num_generations = num_generations
         # TRL names reward functions by `__name__` in metrics and the completions table.
         self.__name__ = name
-        self._spread_ema: dict[tuple[str, str], float] = {}
+        self._reweighter = CriterionReweighter(self.reweighting) if self.reweighting is not None else None
         #: Grades of the last call, and why the last unknown rewards were unknown (read by the trainer's logs).
         self.last_grades: list[Grade] = []
         self.last_error: str | None = None
+        self.last_diagnostics: CriterionDiagnostics | None = None
+        #: Set by `trl_rubric.adaptive.AdaptiveRubricCallback`: maps each row's rubric to its current revision
+        #: (`current(prompts, rubrics)`) and is told of every graded batch (`observe(...)`).
+        self.rubric_source = None
 
     def __repr__(self) -> str:
         return f"RubricReward(judge={self.judge!r}, weighted={self.weighted}, reweighting={self.reweighting})"
@@ -241,27 +186,25 @@ class RubricReward:
     def _base_weights(self, rubric: Rubric) -> list[float]:
         return [c.weight if self.weighted else math.copysign(1.0, c.weight) for c in rubric]
 
-    def _reweighted_scores(
-        self, prompts: Sequence[Any], rubrics: list[Rubric], grades: list[Grade]
-    ) -> list[float | None]:
-        cfg = self.reweighting
+    def _group_keys(self, prompts: Sequence[Any], rubrics: list[Rubric]) -> list[str]:
+        """One key per completion naming its prompt and rubric; a group is a run of equal keys."""
         keys = []
         for prompt, rubric in zip(prompts, rubrics, strict=True):
             text = prompt_to_text(prompt) + "\x00" + json.dumps(rubric.to_list(), sort_keys=True)
             keys.append(hashlib.sha1(text.encode("utf-8")).hexdigest())
+        return keys
+
+    def _reweighted_scores(self, keys: list[str], rubrics: list[Rubric], grades: list[Grade]) -> list[float | None]:
         scores: list[float | None] = [None] * len(grades)
         for start, end in _group_bounds(keys, self.num_generations):
             rubric = rubrics[start]
-            spreads = criterion_spread([grades[i].verdicts for i in range(start, end)])
-            smoothed = []
-            for criterion, spread in zip(rubric, spreads, strict=True):
-                key = (keys[start], criterion.text)
-                value = ema_update(self._spread_ema.get(key), spread, cfg.ema_decay)
-                if value is not None:
-                    self._spread_ema[key] = value
-                smoothed.append(value)
-            factors = reweighting_factors(smoothed, cfg.lo, cfg.hi, cfg.floor)
-            weights = reweight(self._base_weights(rubric), [c.category for c in rubric], factors)
+            weights = self._reweighter.group_weights(
+                keys[start],
+                [c.text for c in rubric],
+                self._base_weights(rubric),
+                [c.category for c in rubric],
+                [grades[i].verdicts for i in range(start, end)],
+            )
             reweighted = Rubric(tuple(replace(c, weight=w) for c, w in zip(rubric, weights, strict=True)))
             for i in range(start, end):
                 grade = grades[i]
@@ -271,10 +214,20 @@ class RubricReward:
     async def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         """Grade every completion; return its score, or `None` where the judge gave nothing usable."""
         rubrics = self._rubrics(kwargs, len(completions))
+        if self.rubric_source is not None:
+            rubrics = self.rubric_source.current(prompts, rubrics)
+        if self.rubric_dropout:  # the judge grades, and the reward counts, the kept criteria only
+            step = dropout_step(kwargs.get("trainer_state"))
+            texts = [prompt_to_text(p) for p in prompts]
+            rubrics, _ = drop_criteria(texts, rubrics, self.rubric_dropout, self.dropout_seed, step)
         before = self.judge.stats.snapshot()
-        grades = await self.judge.grade_many(prompts, completions, rubrics)
+        if self.group_grading:
+            grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
+        else:
+            grades = await self.judge.grade_many(prompts, completions, rubrics)
+        keys = self._group_keys(prompts, rubrics)
         if self.reweighting is not None:
-            rewards = self._reweighted_scores(prompts, rubrics, grades)
+            rewards = self._reweighted_scores(keys, rubrics, grades)
         else:
             rewards = [g.score if self.weighted else g.unweighted_score for g in grades]
         # A holistic rating has no verdicts: it is graded or not as a whole.
@@ -288,16 +241,22 @@ class RubricReward:
             for f, rw in zip(graded, rewards, strict=True)
         ]
         rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
+        if self.rubric_source is not None:
+            self.rubric_source.observe(prompts, completions, rubrics, grades)
         self.last_grades = grades
         errors = [g.error for g in grades if g.error]
         self.last_error = errors[0] if errors else None
         self._log(kwargs, rubrics, grades, rewards, self.judge.stats.since(before))
+        group_ids = [g for g, (a, b) in enumerate(_group_bounds(keys, self.num_generations)) for _ in range(a, b)]
+        verdicts = [g.scored_verdicts if g.rating is None and g.verdicts is not None else None for g in grades]
+        self.last_diagnostics = criterion_diagnostics(rubrics, verdicts, group_ids)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             known = [f for f in graded if f is not None]
             if known:
                 log_metric("judge/graded_frac", sum(known) / len(known))
             log_metric("judge/under_graded", float(sum(under)))
+            log_criterion_diagnostics(log_metric, self.last_diagnostics)
         return rewards
 
     def _log(self, kwargs, rubrics, grades, rewards, stats) -> None:
@@ -324,6 +283,8 @@ class RubricReward:
             log_metric("judge/cache_hits", stats.cache_hits)
             log_metric("judge/prompt_tokens", stats.prompt_tokens)
             log_metric("judge/completion_tokens", stats.completion_tokens)
+            if stats.agreement_cells:  # judge panels: mean pairwise agreement per criterion (trl_rubric.judges.panel)
+                log_metric("judge/agreement", stats.agreement_sum / stats.agreement_cells)
             if stats.calls + stats.retries:
                 # Per request attempt, so a slow judge shows up as such even when retries pile up.
                 log_metric("judge/latency_mean_s", stats.latency_s / (stats.calls + stats.retries))

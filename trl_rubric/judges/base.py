@@ -105,6 +105,9 @@ class Grade:
             (rule judges, implicit mode, failures). Empty at construction means none.
         scored_verdicts: The verdicts the score was computed from (cannot-assess resolved by the judge's policy).
             Empty at construction means `verdicts`.
+        agreement: Set only by a judge panel ([`PanelJudge`]): per criterion, the share of pairs of panel members,
+            among those that gave a met / not-met verdict, whose verdicts agree; `None` where fewer than two members
+            gave one. Empty for a single judge.
     """
 
     verdicts: list[bool | None]
@@ -117,6 +120,7 @@ class Grade:
     cannot_assess: list[bool] = field(default_factory=list)
     explanations: list[str | None] = field(default_factory=list)
     scored_verdicts: list[bool | None] = field(default_factory=list)
+    agreement: list[float | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.verdicts is None:  # a custom judge's score-only grade: nothing per criterion to check
@@ -251,6 +255,10 @@ class JudgeStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    #: Judge panels only: the sum of per-criterion agreement ([`Grade.agreement`]) over the (response, criterion)
+    #: cells where it is defined, and the number of such cells; their ratio is the mean agreement (`judge/agreement`).
+    agreement_sum: float = 0.0
+    agreement_cells: int = 0
 
     def snapshot(self) -> JudgeStats:
         return JudgeStats(**vars(self))
@@ -327,6 +335,9 @@ class RubricJudge(ABC):
             s.failures += int(grade.failed)
             s.unknown_verdicts += grade.num_unknown
             s.cannot_assess += grade.num_cannot_assess
+            known = [a for a in grade.agreement if a is not None]
+            s.agreement_sum += sum(known)
+            s.agreement_cells += len(known)
             if grade.usage.cached:
                 s.cache_hits += 1
             else:

