@@ -160,3 +160,29 @@ def test_strict_completion_has_one_definition_shared_with_the_evaluation_metrics
     d = criterion_diagnostics([RUBRIC] * 5, [g.scored_verdicts for g in grades])
     assert d.strict_completion == summary.strict_completion == pytest.approx(1 / 4)
     assert d.n_strict_known == summary.n_strict_known == 4
+
+
+def test_rubric_reward_logs_criteria_metrics_per_rollout_group():
+    import asyncio
+
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.rewards import RubricReward
+
+    rules = {"states the dose": "dose", "mentions fever": "fever", "recommends antibiotics": "antibiotic"}
+    completions = ["dose fever", "dose", "dose fever", "dose", "fever", "fever antibiotic", "x", "x"]
+    logged = {}
+    reward = RubricReward(RuleJudge(rules), num_generations=4)
+    asyncio.run(
+        reward(
+            prompts=["q"] * 8,  # identical prompts: num_generations alone splits them into two groups
+            completions=completions,
+            rubric=[RUBRIC.to_list()] * 8,
+            log_metric=lambda k, v: logged.__setitem__(k, v),
+        )
+    )
+    d = reward.last_diagnostics
+    assert [c.status for c in d.cells if c.group == 0] == [SATURATED, CONTRASTING, SATURATED]
+    assert [c.status for c in d.cells if c.group == 1] == [UNREACHABLE, CONTRASTING, CONTRASTING]
+    assert logged["criteria/saturated"] == 2.0 and logged["criteria/contrasting"] == 3.0
+    assert logged["criteria/strict_completion"] == pytest.approx(2 / 8)
+    assert logged["criteria/fever/pass_rate"] == pytest.approx(4 / 8)

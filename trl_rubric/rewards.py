@@ -27,7 +27,6 @@ import torch
 
 from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
 from .judges.base import Grade, RubricJudge, prompt_to_text
-from .judges.groupwise import grade_in_groups, supports_group_grading
 from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; names kept importable from here)
     CriterionReweighter,
     ReweightingConfig,
@@ -38,7 +37,6 @@ from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; nam
     reweighting_from,
 )
 from .rubric import PITFALL_POLARITIES, Rubric, RubricError
-from .rubric_dropout import check_dropout_probability, drop_criteria, dropout_step
 
 
 def _group_bounds(keys: Sequence[str], size: int | None) -> list[tuple[int, int]]:
@@ -107,11 +105,6 @@ class RubricReward:
         min_graded_fraction: Smallest share of the rubric's points (absolute weights) that must have a known verdict
             for the score to count (default [`DEFAULT_MIN_GRADED_FRACTION`], 0.75); below it the reward is unknown
             (`None`), and the completion is counted in `judge/under_graded`. 0 scores any partly graded completion.
-        group_grading: Grade each prompt's group of rollouts in one judge call (`trl_rubric.judges.groupwise`); the
-            judge must support it (an LLM judge in batched mode, or a panel of them).
-        rubric_dropout: Probability of leaving each criterion out, per prompt and step (`trl_rubric.rubric_dropout`);
-            0 (default) turns it off. Dropped criteria are not sent to the judge and do not count in the reward.
-        dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
     """
 
     def __init__(
@@ -124,20 +117,9 @@ class RubricReward:
         num_generations: int | None = None,
         name: str = "rubric_judge",
         min_graded_fraction: float = DEFAULT_MIN_GRADED_FRACTION,
-        group_grading: bool = False,
-        rubric_dropout: float = 0.0,
-        dropout_seed: int = 0,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
-        if group_grading and not supports_group_grading(judge):
-            raise ValueError(
-                f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
-                f"mode, or a panel of them); judge {judge.name!r} cannot. Turn judge_group_grading off"
-            )
-        self.group_grading = bool(group_grading)
-        self.rubric_dropout = check_dropout_probability(rubric_dropout)
-        self.dropout_seed = int(dropout_seed)
         if pitfall_polarity not in PITFALL_POLARITIES:
             raise ValueError(f"pitfall_polarity is {pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
         if not 0.0 <= min_graded_fraction <= 1.0:
@@ -156,9 +138,6 @@ class RubricReward:
         self.last_grades: list[Grade] = []
         self.last_error: str | None = None
         self.last_diagnostics: CriterionDiagnostics | None = None
-        #: Set by `trl_rubric.adaptive.AdaptiveRubricCallback`: maps each row's rubric to its current revision
-        #: (`current(prompts, rubrics)`) and is told of every graded batch (`observe(...)`).
-        self.rubric_source = None
 
     def __repr__(self) -> str:
         return f"RubricReward(judge={self.judge!r}, weighted={self.weighted}, reweighting={self.reweighting})"
@@ -214,17 +193,8 @@ class RubricReward:
     async def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         """Grade every completion; return its score, or `None` where the judge gave nothing usable."""
         rubrics = self._rubrics(kwargs, len(completions))
-        if self.rubric_source is not None:
-            rubrics = self.rubric_source.current(prompts, rubrics)
-        if self.rubric_dropout:  # the judge grades, and the reward counts, the kept criteria only
-            step = dropout_step(kwargs.get("trainer_state"))
-            texts = [prompt_to_text(p) for p in prompts]
-            rubrics, _ = drop_criteria(texts, rubrics, self.rubric_dropout, self.dropout_seed, step)
         before = self.judge.stats.snapshot()
-        if self.group_grading:
-            grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
-        else:
-            grades = await self.judge.grade_many(prompts, completions, rubrics)
+        grades = await self.judge.grade_many(prompts, completions, rubrics)
         keys = self._group_keys(prompts, rubrics)
         if self.reweighting is not None:
             rewards = self._reweighted_scores(keys, rubrics, grades)
@@ -241,8 +211,6 @@ class RubricReward:
             for f, rw in zip(graded, rewards, strict=True)
         ]
         rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
-        if self.rubric_source is not None:
-            self.rubric_source.observe(prompts, completions, rubrics, grades)
         self.last_grades = grades
         errors = [g.error for g in grades if g.error]
         self.last_error = errors[0] if errors else None
@@ -283,8 +251,6 @@ class RubricReward:
             log_metric("judge/cache_hits", stats.cache_hits)
             log_metric("judge/prompt_tokens", stats.prompt_tokens)
             log_metric("judge/completion_tokens", stats.completion_tokens)
-            if stats.agreement_cells:  # judge panels: mean pairwise agreement per criterion (trl_rubric.judges.panel)
-                log_metric("judge/agreement", stats.agreement_sum / stats.agreement_cells)
             if stats.calls + stats.retries:
                 # Per request attempt, so a slow judge shows up as such even when retries pile up.
                 log_metric("judge/latency_mean_s", stats.latency_s / (stats.calls + stats.retries))
