@@ -305,7 +305,9 @@ def main(argv=None) -> dict[str, Any]:
                           "length": m.mean_length, "degenerate": m.degeneration["degenerate"],
                           "degeneration": m.degeneration,
                           "by_criterion": {t: r["met_rate"] for t, r in m.by_criterion.items()},
-                          "answers": [e["response"] for e in result.examples[: args.answers]]}  # fmt: skip
+                          "answers": [e["response"] for e in result.examples[: args.answers]],
+                          "scores": [e["score"] for e in result.examples],  # per prompt, for paired differences
+                          "degenerate_flags": [e["degeneration"]["degenerate"] for e in result.examples]}  # fmt: skip
         return out
 
     results: dict[str, Any] = {"settings": vars(args), "references": references, "arms": {}}
