@@ -30,6 +30,7 @@ _EXPORTS = {
     "JudgeArguments": ".judges.factory",
     "build_judge": ".judges.factory",
     "OpenAIJudge": ".judges.openai_judge",
+    "PanelJudge": ".judges.panel",
     "TransformersJudge": ".judges.transformers_judge",
     "RubricReward": ".rewards",
     "DEFAULT_TEACHER_PROMPT_TEMPLATE": ".teacher",
@@ -61,6 +62,7 @@ __all__ = [
     "Grade",
     "JudgeArguments",
     "OpenAIJudge",
+    "PanelJudge",
     "RGSDConfig",
     "RGSDTrainer",
     "Rubric",
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
     from .judges.base import Grade, RubricJudge
     from .judges.factory import JudgeArguments, build_judge
     from .judges.openai_judge import OpenAIJudge
+    from .judges.panel import PanelJudge
     from .judges.rule import RuleJudge
     from .judges.transformers_judge import TransformersJudge
     from .rewards import RubricReward
