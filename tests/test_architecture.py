@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "worlds, demos and test kit",
         ("trl_rubric.toy", "trl_rubric.real", "trl_rubric.testing", "trl_rubric.demo_report"),
     ),
-    ("trainers", ("trl_rubric.trainers", "trl_rubric.model_card")),
+    ("trainers", ("trl_rubric.trainers", "trl_rubric.model_card", "trl_rubric.adaptive")),
     (
         "teacher contexts / rewards / evaluation",
         (

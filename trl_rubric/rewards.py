@@ -138,6 +138,9 @@ class RubricReward:
         self.last_grades: list[Grade] = []
         self.last_error: str | None = None
         self.last_diagnostics: CriterionDiagnostics | None = None
+        #: Set by `trl_rubric.adaptive.AdaptiveRubricCallback`: maps each row's rubric to its current revision
+        #: (`current(prompts, rubrics)`) and is told of every graded batch (`observe(...)`).
+        self.rubric_source = None
 
     def __repr__(self) -> str:
         return f"RubricReward(judge={self.judge!r}, weighted={self.weighted}, reweighting={self.reweighting})"
@@ -193,6 +196,8 @@ class RubricReward:
     async def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         """Grade every completion; return its score, or `None` where the judge gave nothing usable."""
         rubrics = self._rubrics(kwargs, len(completions))
+        if self.rubric_source is not None:
+            rubrics = self.rubric_source.current(prompts, rubrics)
         before = self.judge.stats.snapshot()
         grades = await self.judge.grade_many(prompts, completions, rubrics)
         keys = self._group_keys(prompts, rubrics)
@@ -211,6 +216,8 @@ class RubricReward:
             for f, rw in zip(graded, rewards, strict=True)
         ]
         rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
+        if self.rubric_source is not None:
+            self.rubric_source.observe(prompts, completions, rubrics, grades)
         self.last_grades = grades
         errors = [g.error for g in grades if g.error]
         self.last_error = errors[0] if errors else None
