@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "teacher contexts / rewards / evaluation",
         (
             "trl_rubric.teacher_context",
+            "trl_rubric.criterion_views",
             "trl_rubric.critique",
             "trl_rubric.rewards",
             "trl_rubric.evaluation",

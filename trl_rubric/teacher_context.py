@@ -10,6 +10,8 @@ Built-in providers, picked by name with `RGSDConfig.teacher_context`:
 - `"rubric"`: the question with the rubric as hidden criteria (RGSD; the default). Exactly [`build_teacher_prompt`].
 - `"reference"`: the question with a reference answer (OPSD / SDFT style), read from `reference_column`.
 - `"rubric+reference"`: the question, a reference answer and the rubric in one pass (RCSD).
+- `"criteria"`: K teachers per rollout, teacher k shown the question and one group of the criteria
+  ([`CriterionViewsContext`], `trl_rubric.criterion_views`).
 
 A preset (see [`TEACHER_CONTEXT_PRESETS`]) is a provider plus the loss settings of its paper, e.g. `"rcsd"`.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .criterion_views import check_criterion_views, criterion_views
 from .rubric import Rubric, RubricError
 from .teacher import (
     DEFAULT_TEACHER_PENALTIES,
@@ -236,6 +239,46 @@ class ReferenceContext:
         return [TeacherContext(prompt)]
 
 
+@dataclass
+class CriterionViewsContext:
+    """K teachers per rollout, teacher k shown the question plus only criterion group k (`trl_rubric.criterion_views`:
+    one group per criterion, per category, or goals against penalties). Groups are weighted equally or by their
+    criteria's weights; rows with fewer groups than K get weight-0 views. Penalty criteria follow `penalties` as in
+    [`RubricContext`]."""
+
+    num_contexts: int = 4
+    grouping: str = "criterion"
+    weighting: str = "equal"
+    template: str = DEFAULT_TEACHER_PROMPT_TEMPLATE
+    render_style: str = "numbered"
+    rubric_column: str = "rubric"
+    pitfall_polarity: str = "as_is"
+    penalties: str = DEFAULT_TEACHER_PENALTIES
+    name: str = "criteria"
+    needs_completion: bool = False
+
+    def __post_init__(self):
+        _check_placeholders(self.template, ("prompt", "rubric"), self.name)
+        check_teacher_penalties(self.penalties)
+        check_criterion_views(self.grouping, self.weighting, self.penalties, self.num_contexts)
+
+    def validate(self, dataset: Any, name: str) -> None:
+        from .data import validate_rubric_column
+
+        validate_rubric_column(dataset, self.rubric_column, name, self.pitfall_polarity)
+
+    def contexts(self, row: Mapping[str, Any], completion: str | None = None) -> list[TeacherContext]:
+        try:
+            rubric = Rubric.from_any(row[self.rubric_column], pitfall_polarity=self.pitfall_polarity)
+        except (RubricError, KeyError) as e:
+            raise ValueError(f"a training row has an unusable {self.rubric_column!r} column: {e}") from None
+        views = criterion_views(
+            row["prompt"], rubric, self.template, self.render_style, self.penalties, self.grouping, self.weighting,
+            self.num_contexts,
+        )  # fmt: skip
+        return [TeacherContext(prompt, weight) for prompt, weight in views]
+
+
 def load_skill_bank(path: str | os.PathLike) -> list[str]:
     """Skill texts from a file: `.jsonl` rows with `text`, or with `skill` and optionally `mistake` (SGSD's
     skill-mistake pairs), with optional `instead` and `why` for the mistake; any other file has one skill per non-empty
@@ -391,6 +434,10 @@ TEACHER_CONTEXT_PRESETS: dict[str, TeacherContextPreset] = {
     "skills": TeacherContextPreset(
         "skills", description="K teachers per rollout, one retrieved skill each (from skill_bank), averaged"
     ),
+    "criteria": TeacherContextPreset(
+        "criteria",
+        description="K teachers per rollout, teacher k shown one group of the criteria (criterion_grouping), averaged",
+    ),
     "sgsd": TeacherContextPreset(
         "skills",
         # As published (arXiv 2605.28791 and its code): 8 skill-mistake pairs retrieved, the gated loss on the sampled
@@ -463,6 +510,15 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
     )
     if preset.provider == "rubric":
         return RubricContext(config.teacher_prompt_template, config.rubric_render_style, **common)
+    if preset.provider == "criteria":
+        return CriterionViewsContext(
+            num_contexts=config.num_teacher_contexts,
+            grouping=config.criterion_grouping,
+            weighting=config.criterion_view_weights,
+            template=config.teacher_prompt_template,
+            render_style=config.rubric_render_style,
+            **common,
+        )
     if preset.provider == "skills":
         if not config.skill_bank:
             raise ValueError(f"teacher_context={config.teacher_context!r} needs skill_bank, a file of skills")
@@ -485,6 +541,7 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
 
 
 __all__ = [
+    "CriterionViewsContext",
     "REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "SKILL_TEACHER_PROMPT_TEMPLATE",

@@ -12,6 +12,7 @@ from typing import Literal
 from trl import GRPOConfig
 
 from .. import losses
+from ..criterion_views import CRITERION_GROUPINGS, CRITERION_VIEW_WEIGHTS
 from ..multi_teacher import TEACHER_COMBINES
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
@@ -73,8 +74,9 @@ class RGSDConfig(GRPOConfig):
             those loss fields where they hold their defaults. `"skills"`: `num_teacher_contexts` teachers per
             rollout, each shown one skill retrieved (BM25) from `skill_bank`. `"sgsd"`: SGSD as published (arXiv
             2605.28791): 8 skills, combined by its gated loss on the sampled token (`teacher_combine="sgsd_gate"`,
-            `distillation_support="sampled_token"`, `loss_type="grpo"`). See `trl_rubric.teacher_context` for custom
-            providers.
+            `distillation_support="sampled_token"`, `loss_type="grpo"`). `"criteria"`: `num_teacher_contexts` teachers
+            per rollout, teacher k shown the question and only criterion group k (`criterion_grouping`), combined by
+            `teacher_combine`. See `trl_rubric.teacher_context` for custom providers.
         reference_column (`str`, *optional*, defaults to `"reference"`):
             Dataset column holding each prompt's reference answer, for the `reference`, `rubric+reference` and `rcsd`
             contexts. A missing or empty value is an error naming the row, before training.
@@ -109,7 +111,18 @@ class RGSDConfig(GRPOConfig):
             with optional `instead` and `why`, rendered "Don't / Instead / Why this matters" as in SGSD), or one skill
             per line.
         num_teacher_contexts (`int`, *optional*, defaults to `4`):
-            K, the skills retrieved per rollout, one teacher each; the teacher forward then costs about K times more.
+            K, teachers per rollout: the skills retrieved (`skills`, `sgsd`) or the criterion groups (`criteria`; a
+            row with more groups has neighbours merged, one with fewer gets weight-0 views). The teacher forward then
+            costs about K times more.
+        criterion_grouping (`str`, *optional*, defaults to `"criterion"`):
+            For `teacher_context="criteria"`: what one teacher is shown. `"criterion"`: one criterion;
+            `"category"`: one criterion category (RaR essential / important / optional / pitfall, a HealthBench or
+            ResearchRubrics axis); `"polarity"`: what a good answer contains, or what it avoids (needs
+            `teacher_penalties="show"`). Penalty criteria follow `teacher_penalties` as in the whole-rubric view.
+        criterion_view_weights (`str`, *optional*, defaults to `"equal"`):
+            For `teacher_context="criteria"`: how the K teachers weigh in the combination. `"equal"`, or `"weight"`:
+            by the sum of the group's absolute criterion weights, so a 10-point criterion's teacher counts 10 times a
+            1-point one's.
         skill_weight_temperature (`float`, *optional*, defaults to `1.0`):
             The K teachers are weighted by a softmax of their retrieval scores at this temperature.
         teacher_combine (`str`, *optional*, defaults to `"mean"`):
@@ -220,13 +233,25 @@ class RGSDConfig(GRPOConfig):
     )
     teacher_context: str = field(
         default="rubric",
-        metadata={"help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills or sgsd."},
+        metadata={
+            "help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills, sgsd or criteria."
+        },
     )
     reference_column: str = field(
         default="reference", metadata={"help": "Dataset column holding the reference answer."}
     )
     skill_bank: str | None = field(default=None, metadata={"help": "Skill file for the skills / sgsd contexts."})
-    num_teacher_contexts: int = field(default=4, metadata={"help": "Skills (teachers) retrieved per rollout."})
+    num_teacher_contexts: int = field(
+        default=4, metadata={"help": "Teachers per rollout: skills retrieved, or criterion groups (criteria)."}
+    )
+    criterion_grouping: Literal["criterion", "category", "polarity"] = field(
+        default="criterion",
+        metadata={"help": "teacher_context='criteria': one teacher per criterion, category or polarity."},
+    )
+    criterion_view_weights: Literal["equal", "weight"] = field(
+        default="equal",
+        metadata={"help": "teacher_context='criteria': teachers weighted equally or by their criteria's weights."},
+    )
     skill_weight_temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature on the skills' retrieval scores."}
     )
@@ -407,6 +432,8 @@ class RGSDConfig(GRPOConfig):
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         choice("teacher_combine", TEACHER_COMBINES)
+        choice("criterion_grouping", CRITERION_GROUPINGS)
+        choice("criterion_view_weights", CRITERION_VIEW_WEIGHTS)
         if self.teacher_combine == "sgsd_gate" and self.distillation_support != "sampled_token":
             raise ValueError(
                 f"teacher_combine='sgsd_gate' is a loss on the sampled token's log-probs (SGSD, arXiv 2605.28791), but "
@@ -473,6 +500,7 @@ class RGSDConfig(GRPOConfig):
         if (self.teacher_no_repeat_ngram_size or self.teacher_copy_ngram_size) and self.teacher_context in (
             "skills",
             "sgsd",
+            "criteria",
         ):
             raise ValueError(
                 f"teacher n-gram penalties support one teacher context per rollout; teacher_context="
