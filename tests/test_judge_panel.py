@@ -198,3 +198,20 @@ def test_pairwise_agreement_definition():
     assert pairwise_agreement([True, True, False]) == pytest.approx(1 / 3)
     assert pairwise_agreement([True, None]) is None
     assert combine_grades(RUBRIC, []).failed
+
+
+def test_eval_metrics_and_report_state_the_panel_agreement():
+    from trl_rubric.evaluation.metrics import summarize
+    from trl_rubric.evaluation.report import metrics_markdown
+
+    a = ScriptedJudge("a", {"x": [True, True, False, False], "y": [True, True, True, False]})
+    b = ScriptedJudge("b", {"x": [True, False, False, False], "y": [True, True, True, False]})
+    panel = PanelJudge([a, b])
+    grades = panel.grade_many_sync(["q", "q"], ["x", "y"], [RUBRIC, RUBRIC])
+    metrics = summarize(grades, [RUBRIC, RUBRIC], [3, 4], n_bootstrap=0)
+    assert metrics.judge_agreement == pytest.approx(7 / 8)
+    assert metrics.to_dict()["judge_agreement"] == pytest.approx(7 / 8), "results.json carries it"
+    assert any("judge panel agreement | 87.5%" in line for line in metrics_markdown(metrics))
+    single = summarize(a.grade_many_sync(["q"], ["x"], [RUBRIC]), [RUBRIC], [3], n_bootstrap=0)
+    assert single.judge_agreement is None
+    assert not any("agreement" in line for line in metrics_markdown(single))

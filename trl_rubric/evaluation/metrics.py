@@ -44,6 +44,8 @@ class EvalMetrics:
         degeneration: Shares of answers that repeat a line, copy rubric text, talk about the requirements, and any of
             them (`repeats_line`, `copies_rubric`, `meta_talk`, `degenerate`, `n`; see
             `trl_rubric.evaluation.degeneration`); `None` when the answers were not given.
+        judge_agreement: Judge panels only ([`PanelJudge`]): the mean, over (response, criterion) cells with at least
+            two member verdicts, of the share of member pairs that agree ([`Grade.agreement`]); `None` otherwise.
     """
 
     n_examples: int
@@ -63,6 +65,7 @@ class EvalMetrics:
     confidence_level: float = 0.95
     by_criterion: dict[str, dict[str, Any]] = field(default_factory=dict)
     degeneration: dict[str, Any] | None = None
+    judge_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -207,4 +210,5 @@ def summarize(
         confidence_level=confidence_level,
         by_criterion=_group_rates(titles),
         degeneration=degeneration_rates(list(responses), list(rubrics)) if responses is not None else None,
+        judge_agreement=_mean([a for g in grades for a in (g.agreement or []) if a is not None]),
     )

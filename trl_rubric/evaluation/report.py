@@ -75,6 +75,8 @@ def metrics_markdown(metrics: EvalMetrics, level: int = 2) -> list[str]:
         f"| examples (scored) | {metrics.n_examples} ({metrics.n_scored}) |",
         "",
     ]
+    if metrics.judge_agreement is not None:  # a judge panel: mean pairwise agreement per criterion
+        lines.insert(-2, f"| judge panel agreement | {_fmt(metrics.judge_agreement, pct=True)} |")
     return [
         *lines,
         *degeneration_markdown({"answers": metrics.degeneration}, level),
