@@ -215,3 +215,36 @@ def test_eval_metrics_and_report_state_the_panel_agreement():
     single = summarize(a.grade_many_sync(["q"], ["x"], [RUBRIC]), [RUBRIC], [3], n_bootstrap=0)
     assert single.judge_agreement is None
     assert not any("agreement" in line for line in metrics_markdown(single))
+
+
+def test_panel_is_built_from_the_judge_settings():
+    from trl_rubric.judges import JudgeArguments, OpenAIJudge, build_judge
+
+    args = JudgeArguments(
+        judge_panel="openai:m1@http://127.0.0.1:9/v1, openai:m2 ,rule",
+        judge_panel_aggregation="all",
+        judge_max_retries=1,
+        judge_base_url="http://127.0.0.1:8/v1",
+    )
+    panel = build_judge(args)
+    assert isinstance(panel, PanelJudge) and panel.aggregation == "all"
+    first, second, third = panel.judges
+    assert isinstance(first, OpenAIJudge) and first.model == "m1" and first.base_urls == ["http://127.0.0.1:9/v1"]
+    assert second.model == "m2" and second.base_urls == ["http://127.0.0.1:8/v1"] and second.max_retries == 1
+    assert isinstance(third, RuleJudge)
+    assert JudgeArguments(judge_panel=["rule", "rule"]).judge_panel == "rule,rule", "a YAML list is accepted"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("rule", "a panel needs at least two"),
+        ("rule,vllm:m", "member 2 'vllm:m': backend 'vllm' is unknown"),
+        ("rule,openai:@http://x/v1", "member 2 'openai:@http://x/v1': no model"),
+    ],
+)
+def test_bad_panel_spec_is_refused_naming_the_member(spec, message):
+    from trl_rubric.judges import JudgeArguments
+
+    with pytest.raises(ValueError, match=message):
+        JudgeArguments(judge_panel=spec)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .base import CANNOT_ASSESS_POLICIES, RubricJudge
 from .prompts import JUDGE_MODES
+
+PANEL_AGGREGATION_CHOICES = ("majority", "all", "any", "mean")
 
 JUDGE_BACKENDS = ("openai", "transformers", "rule")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,6 +64,15 @@ class JudgeArguments:
             a penalty as met and leaves a positive criterion out, so being unassessable never removes a penalty;
             `"worst_case"` also counts positive criteria as unmet; `"skip"` leaves every such criterion out;
             `"unmet"` counts it as unmet. Change it when a judge abstains often and you would rather it cost reward.
+        judge_panel (`str` or `None`, *optional*, defaults to `None`):
+            Grade with a panel of judges instead of one ([`PanelJudge`]): comma-separated member specs
+            `backend:model@base_url` (`@base_url` optional, defaulting to `judge_base_url`; `rule` needs no model),
+            e.g. `"openai:Qwen/Qwen3-8B@http://h1:8000/v1,openai:google/gemma-3-12b-it@http://h2:8000/v1,rule"`,
+            or a YAML list of them. Every other `judge_*` setting applies to each member. Use it when one judge's
+            noise matters; `judge/agreement` then logs how often the members agree.
+        judge_panel_aggregation (`str`, *optional*, defaults to `"majority"`):
+            How the panel combines its members per criterion: `"majority"` (a tie is unknown), `"all"` (strict),
+            `"any"` (lenient), or `"mean"` of the members' scores; see `trl_rubric.judges.panel`.
     """
 
     judge_backend: Literal["openai", "transformers", "rule"] = field(
@@ -112,7 +124,28 @@ class JudgeArguments:
         },
     )
 
+    judge_panel: str | None = field(
+        default=None,
+        metadata={
+            "help": "Panel of judges: comma-separated 'backend:model@base_url' specs (e.g. 'openai:m1@http://h1/v1,"
+            "rule'); every other judge_* setting applies to each member."
+        },
+    )
+    judge_panel_aggregation: Literal["majority", "all", "any", "mean"] = field(
+        default="majority",
+        metadata={"help": "How a judge panel combines verdicts: majority (tie unknown), all, any, or mean score."},
+    )
+
     def __post_init__(self):
+        if isinstance(self.judge_panel, (list, tuple)):
+            self.judge_panel = ",".join(str(x).strip() for x in self.judge_panel)
+        if self.judge_panel_aggregation not in PANEL_AGGREGATION_CHOICES:
+            raise ValueError(
+                f"judge_panel_aggregation is {self.judge_panel_aggregation!r}; expected one of "
+                f"{PANEL_AGGREGATION_CHOICES}"
+            )
+        if self.judge_panel:
+            panel_members(self.judge_panel)  # a bad spec fails here, naming the member
         if self.judge_cannot_assess not in CANNOT_ASSESS_POLICIES:
             raise ValueError(
                 f"judge_cannot_assess is {self.judge_cannot_assess!r}; expected one of {CANNOT_ASSESS_POLICIES}"
@@ -142,8 +175,29 @@ class JudgeArguments:
             parent()
 
 
+def panel_members(spec: str) -> list[tuple[str, str | None, str | None]]:
+    """`(backend, model, base_url)` of each member of a `judge_panel` spec (see [`JudgeArguments`])."""
+    members = []
+    items = [x.strip() for x in str(spec).split(",") if x.strip()]
+    for i, item in enumerate(items, start=1):
+        backend, _, rest = item.partition(":")
+        backend = backend.strip()
+        if backend not in JUDGE_BACKENDS:
+            raise ValueError(
+                f"judge_panel member {i} {item!r}: backend {backend!r} is unknown; expected one of {JUDGE_BACKENDS} "
+                "(spec: backend:model@base_url)"
+            )
+        model, _, url = rest.partition("@")
+        if backend != "rule" and not model.strip():
+            raise ValueError(f"judge_panel member {i} {item!r}: no model; expected {backend}:model[@base_url]")
+        members.append((backend, model.strip() or None, url.strip() or None))
+    if len(members) < 2:
+        raise ValueError(f"judge_panel {spec!r} names {len(members)} judge(s); a panel needs at least two")
+    return members
+
+
 def build_judge(args: JudgeArguments) -> RubricJudge:
-    """Build the judge that `args` describes.
+    """Build the judge that `args` describes (a [`PanelJudge`] when `judge_panel` is set).
 
     Args:
         args: A [`JudgeArguments`] or any config that inherits it (such as [`RubricGRPOConfig`]).
@@ -151,6 +205,23 @@ def build_judge(args: JudgeArguments) -> RubricJudge:
     Raises:
         ValueError: naming the field that is missing or wrong.
     """
+    panel = getattr(args, "judge_panel", None)
+    if panel:
+        from .panel import PanelJudge
+
+        settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(JudgeArguments) if hasattr(args, f.name)}
+        settings["judge_panel"] = None
+        judges = []
+        for backend, model, url in panel_members(panel):
+            member = {**settings, "judge_backend": backend, "judge_model": model}
+            if url:
+                member["judge_base_url"] = url
+            judges.append(build_judge(JudgeArguments(**member)))
+        return PanelJudge(
+            judges,
+            aggregation=args.judge_panel_aggregation,
+            cannot_assess=getattr(args, "judge_cannot_assess", "penalties_worst_case"),
+        )
     backend = args.judge_backend
     if backend == "rule":
         from .rule import RuleJudge
