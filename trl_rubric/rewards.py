@@ -27,6 +27,7 @@ import torch
 
 from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
 from .judges.base import Grade, RubricJudge, prompt_to_text
+from .judges.groupwise import grade_in_groups, supports_group_grading
 from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; names kept importable from here)
     CriterionReweighter,
     ReweightingConfig,
@@ -37,6 +38,7 @@ from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; nam
     reweighting_from,
 )
 from .rubric import PITFALL_POLARITIES, Rubric, RubricError
+from .rubric_dropout import check_dropout_probability, drop_criteria, dropout_step
 
 
 def _group_bounds(keys: Sequence[str], size: int | None) -> list[tuple[int, int]]:
@@ -105,6 +107,11 @@ class RubricReward:
         min_graded_fraction: Smallest share of the rubric's points (absolute weights) that must have a known verdict
             for the score to count (default [`DEFAULT_MIN_GRADED_FRACTION`], 0.75); below it the reward is unknown
             (`None`), and the completion is counted in `judge/under_graded`. 0 scores any partly graded completion.
+        group_grading: Grade each prompt's group of rollouts in one judge call (`trl_rubric.judges.groupwise`); the
+            judge must support it (an LLM judge in batched mode, or a panel of them).
+        rubric_dropout: Probability of leaving each criterion out, per prompt and step (`trl_rubric.rubric_dropout`);
+            0 (default) turns it off. Dropped criteria are not sent to the judge and do not count in the reward.
+        dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
     """
 
     def __init__(
@@ -117,9 +124,20 @@ class RubricReward:
         num_generations: int | None = None,
         name: str = "rubric_judge",
         min_graded_fraction: float = DEFAULT_MIN_GRADED_FRACTION,
+        group_grading: bool = False,
+        rubric_dropout: float = 0.0,
+        dropout_seed: int = 0,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
+        if group_grading and not supports_group_grading(judge):
+            raise ValueError(
+                f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
+                f"mode, or a panel of them); judge {judge.name!r} cannot. Turn judge_group_grading off"
+            )
+        self.group_grading = bool(group_grading)
+        self.rubric_dropout = check_dropout_probability(rubric_dropout)
+        self.dropout_seed = int(dropout_seed)
         if pitfall_polarity not in PITFALL_POLARITIES:
             raise ValueError(f"pitfall_polarity is {pitfall_polarity!r}; expected one of {PITFALL_POLARITIES}")
         if not 0.0 <= min_graded_fraction <= 1.0:
@@ -198,8 +216,15 @@ class RubricReward:
         rubrics = self._rubrics(kwargs, len(completions))
         if self.rubric_source is not None:
             rubrics = self.rubric_source.current(prompts, rubrics)
+        if self.rubric_dropout:  # the judge grades, and the reward counts, the kept criteria only
+            step = dropout_step(kwargs.get("trainer_state"))
+            texts = [prompt_to_text(p) for p in prompts]
+            rubrics, _ = drop_criteria(texts, rubrics, self.rubric_dropout, self.dropout_seed, step)
         before = self.judge.stats.snapshot()
-        grades = await self.judge.grade_many(prompts, completions, rubrics)
+        if self.group_grading:
+            grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
+        else:
+            grades = await self.judge.grade_many(prompts, completions, rubrics)
         keys = self._group_keys(prompts, rubrics)
         if self.reweighting is not None:
             rewards = self._reweighted_scores(keys, rubrics, grades)
@@ -258,6 +283,8 @@ class RubricReward:
             log_metric("judge/cache_hits", stats.cache_hits)
             log_metric("judge/prompt_tokens", stats.prompt_tokens)
             log_metric("judge/completion_tokens", stats.completion_tokens)
+            if stats.agreement_cells:  # judge panels: mean pairwise agreement per criterion (trl_rubric.judges.panel)
+                log_metric("judge/agreement", stats.agreement_sum / stats.agreement_cells)
             if stats.calls + stats.retries:
                 # Per request attempt, so a slow judge shows up as such even when retries pile up.
                 log_metric("judge/latency_mean_s", stats.latency_s / (stats.calls + stats.retries))
