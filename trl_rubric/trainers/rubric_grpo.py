@@ -31,6 +31,7 @@ from ..model_card import RubricModelCardMixin
 from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
 from ..rubric import PITFALL_POLARITIES
 from ..rubric_dropout import check_dropout_probability
+from .hacking_monitor import RUBRIC_GRPO_SIGNAL, bind_monitors
 from .judge_ahead import JudgeAheadMixin, check_judge_ahead
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
@@ -336,6 +337,7 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
             environment_factory=environment_factory,
         )
         check_judge_ahead(self)
+        bind_monitors(self, RUBRIC_GRPO_SIGNAL.format(name=self.rubric_reward.__name__))
         self.add_callback(_SkipUngradedSteps(self))
         self.add_callback(MetricsFileCallback())
         for callback in self.callback_handler.callbacks:
