@@ -28,7 +28,8 @@ from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
-from ..rewards import DEFAULT_MIN_GRADED_FRACTION, ReweightingConfig, RubricReward, unknown_where_judge_failed
+from ..rewards import DEFAULT_MIN_GRADED_FRACTION, RubricReward, unknown_where_judge_failed
+from ..reweighting import ReweightingConfig, reweighting_from
 from ..rubric import PITFALL_POLARITIES
 from ..rubric_dropout import check_dropout_probability
 from .hacking_monitor import RUBRIC_GRPO_SIGNAL, bind_monitors
@@ -77,18 +78,23 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
 
         > Parameters that control criterion reweighting
 
-        criterion_reweighting (`bool`, *optional*, defaults to `False`):
+        criterion_reweighting (`str`, *optional*, defaults to `"none"`):
             Reweight criteria within each category by how much their verdicts vary across a prompt's rollouts, so
-            that criteria every rollout meets, or none does, stop diluting the reward (idea of arXiv 2605.20164; the
-            exact formula is in `trl_rubric.rewards`).
+            that criteria every rollout meets, or none does, stop diluting the reward. `"none"` (or `False`): static
+            weights. `"ours"` (or `True`): our variant. `"pow3r"`: our reading of POW3R (arXiv 2605.20164, whose
+            code is not public). Formulas in `trl_rubric.reweighting`; compared in docs/benchmarks.md.
         reweighting_lo (`float`, *optional*, defaults to `0.25`):
-            Smallest factor a criterion's weight can be multiplied by.
+            Smallest factor a criterion's weight can be multiplied by (`"ours"`).
         reweighting_hi (`float`, *optional*, defaults to `4.0`):
-            Largest factor a criterion's weight can be multiplied by.
+            Largest factor a criterion's weight can be multiplied by (both methods).
         reweighting_floor (`float`, *optional*, defaults to `0.05`):
-            Floor on a criterion's verdict spread (spreads lie in [0, 0.5]); keeps saturated criteria from vanishing.
+            Floor on a criterion's verdict spread (spreads lie in [0, 0.5]); keeps saturated criteria from vanishing
+            (`"ours"`).
         reweighting_ema_decay (`float`, *optional*, defaults to `0.5`):
             Weight of a prompt's previous spreads when it is seen again (next epoch); 0 uses the current group only.
+        reweighting_weight_floor (`float`, *optional*, defaults to `0.1`):
+            Smallest weight a criterion keeps, as a fraction of its human weight (`"pow3r"`); 0 lets criteria without
+            contrast drop out of the reward entirely.
 
         > Parameters that control how the judge is called
 
@@ -129,9 +135,12 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         default=DEFAULT_MIN_GRADED_FRACTION,
         metadata={"help": "Smallest share of a rubric's points with a known verdict; below it the reward is unknown."},
     )
-    criterion_reweighting: bool = field(
-        default=False,
-        metadata={"help": "Reweight criteria by how much their verdicts vary across a prompt's rollouts."},
+    criterion_reweighting: str = field(
+        default="none",
+        metadata={
+            "help": "Reweight criteria by how much their verdicts vary across a prompt's rollouts: 'none', 'ours' or "
+            "'pow3r' (True means 'ours')."
+        },
     )
     reweighting_lo: float = field(default=0.25, metadata={"help": "Smallest criterion reweighting factor."})
     reweighting_hi: float = field(default=4.0, metadata={"help": "Largest criterion reweighting factor."})
@@ -140,6 +149,9 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
     )
     reweighting_ema_decay: float = field(
         default=0.5, metadata={"help": "Weight of a prompt's previous spreads in the moving average."}
+    )
+    reweighting_weight_floor: float = field(
+        default=0.1, metadata={"help": "Smallest weight a criterion keeps, as a fraction of its human weight (pow3r)."}
     )
     judge_group_grading: bool = field(
         default=False, metadata={"help": "Grade all rollouts of a prompt in one judge call (batched LLM judges)."}
@@ -170,22 +182,30 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             raise ValueError(f"min_graded_fraction is {self.min_graded_fraction}; expected a value in [0, 1]")
         if not self.rubric_column:
             raise ValueError("rubric_column is empty; expected the name of the dataset column holding the rubrics")
+        try:  # True/False (and their strings) stay accepted, as "ours" / "none"
+            method = reweighting_from(self.criterion_reweighting)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"criterion_reweighting: {e}") from None
+        self.criterion_reweighting = method.method if method is not None else "none"
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
         check_dropout_probability(self.rubric_dropout)
         super().__post_init__()  # JudgeArguments, then GRPOConfig
 
     def reweighting_config(self) -> ReweightingConfig | None:
         """The [`ReweightingConfig`] these fields describe, or `None` when reweighting is off."""
+        method = reweighting_from(self.criterion_reweighting)
         try:
             config = ReweightingConfig(
                 lo=self.reweighting_lo,
                 hi=self.reweighting_hi,
                 floor=self.reweighting_floor,
                 ema_decay=self.reweighting_ema_decay,
+                method=method.method if method is not None else "ours",
+                weight_floor=self.reweighting_weight_floor,
             )
         except ValueError as e:
             raise ValueError(f"reweighting_* fields: {e}") from None
-        return config if self.criterion_reweighting else None
+        return config if method is not None else None
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RubricGRPOConfig) if f.default is not dataclasses.MISSING}
