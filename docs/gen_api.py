@@ -29,6 +29,7 @@ SECTIONS = [
             "OpenAIJudge",
             "TransformersJudge",
             "RuleJudge",
+            "PanelJudge",
             "JudgeArguments",
             "build_judge",
             "RubricReward",
