@@ -79,3 +79,44 @@ def test_pair_agreement_matches_a_plain_count_and_its_extremes():
     assert 0.0 <= low <= got["agreement"] <= high <= 1.0
     # pairs with equal scores carry no preference and groups without any are ignored
     assert signal.pair_agreement([[(0.5, 1.0), (0.5, 2.0)]]) == {"agreement": None, "ci": None, "pairs": 0}
+
+
+def test_teacher_signal_views_and_shapings_parse():
+    assert signal.parse_view("direct:omit:criteria") == ("direct", "omit", True)
+    assert signal.parse_view("default:show") == ("default", "show", False)
+    for bad in ("direct", "direct:omit:skills", "other:omit"):
+        with pytest.raises(ValueError, match="--views"):
+            signal.parse_view(bad)
+    args = signal.parse_args(["--teacher_temperatures", "1", "0.5", "--teacher_top_k", "20"])
+    assert signal.shapings(args) == [("T1", 1.0, None), ("T0.5", 0.5, None), ("k20", 1.0, 20)]
+
+
+def test_teacher_signal_shaped_logps_are_the_losses_teacher():
+    import torch
+
+    from trl_rubric.losses import teacher_top_k_logps
+
+    logits, targets = torch.randn(6, 30), torch.randint(0, 30, (6,))
+    tempered = signal.teacher_target_logps(logits, targets, temperature=0.5)
+    assert tempered == pytest.approx(torch.log_softmax(logits / 0.5, -1)[range(6), targets].tolist(), abs=1e-6)
+    top = signal.teacher_target_logps(logits, targets, top_k=3)
+    assert top == pytest.approx(teacher_top_k_logps(logits, 3)[0][range(6), targets].tolist(), abs=1e-6)
+
+
+def test_teacher_signal_criterion_teachers_average_their_log_ratios():
+    got = signal.mean_logratio([[-1.0, -2.0], [-3.0, 0.0]], [1.0, 3.0], [-0.5, -1.0])
+    assert got == pytest.approx([(-1.0 + 3 * -3.0) / 4 + 0.5, (-2.0 + 0.0) / 4 + 1.0])
+
+
+def test_teacher_signal_pools_content_and_format_criteria():
+    def example(score, key_term, steps):
+        return {"score": score, "criteria": [
+            {"title": "key term", "text": "Mentions x.", "weight": 2.0, "verdict": key_term},
+            {"title": "numbered steps", "text": "Numbered.", "weight": 2.0, "verdict": steps},
+        ]}  # fmt: skip
+
+    # One prompt, two answers: the one with the key term has the higher log-ratio, the one with steps the lower
+    examples = [example(0.5, True, False), example(0.5, False, True)]
+    row = signal.agreement_rows(examples, [[1.0, 1.0], [-1.0, -1.0]], n=1, seed=0)
+    assert row["content_sum"]["agreement"] == 1.0 and row["format_sum"]["agreement"] == 0.0
+    assert row["sum"]["pairs"] == 0  # equal scores: no overall pair
