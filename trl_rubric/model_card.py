@@ -14,6 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .criterion_diagnostics import METRIC_PREFIX
+
+STRICT_METRIC = f"{METRIC_PREFIX}/strict_completion"
+
 RGSD_CITATION = """@article{rgsd2026,
     title        = {{Rubric-Guided Self-Distillation}},
     year         = 2026,
@@ -118,6 +122,10 @@ def training_facts(trainer) -> dict[str, Any]:
 
 def _eval_results(trainer) -> dict[str, Any]:
     results = {}
+    strict = [e[STRICT_METRIC] for e in trainer.state.log_history if isinstance(e.get(STRICT_METRIC), (int, float))]
+    if strict:  # logged from the judge's verdicts on the training rollouts (trl_rubric.criterion_diagnostics)
+        results[f"{STRICT_METRIC} (training, first log)"] = strict[0]
+        results[f"{STRICT_METRIC} (training, last log)"] = strict[-1]
     for entry in trainer.state.log_history:
         results.update({k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))})
     path = os.path.join(trainer.args.output_dir, "eval", "results.json")

@@ -173,6 +173,8 @@ def write_gap_outputs(
         f"| score with rubric (teacher's view) | {_fmt(result.score_with_rubric)} |",
         f"| gap | {_fmt(result.gap)} |",
         f"| gap CI (paired bootstrap) | {f'{_fmt(ci[0])} – {_fmt(ci[1])}' if ci else 'n/a'} |",
+        f"| strict completion without / with rubric | {_fmt(result.without_rubric.metrics.strict_completion, pct=True)}"
+        f" / {_fmt(result.with_rubric.metrics.strict_completion, pct=True)} |",
         f"| length ratio (with / without) | {_fmt(result.length_ratio)} |",
         f"| prompts (scored in both views) | {result.n_examples} ({result.n_paired}) |",
         "",

@@ -21,6 +21,7 @@ from ..teacher import TEACHER_PENALTIES
 from ._eval_args import GapArguments, grading_kwargs
 from .eval import (
     UsageError,
+    _pct,
     build_judge_from_args,
     build_parser,
     check_common_args,
@@ -123,6 +124,11 @@ def run_gap(args: GapArguments, judge_args) -> int:
         f"mean length without rubric {fmt_len(result.mean_length_without_rubric)} tokens, with rubric "
         f"{fmt_len(result.mean_length_with_rubric)} (ratio {fmt(result.length_ratio)}) | "
         f"{result.n_paired} of {result.n_examples} prompts scored in both views"
+    )
+    m_without, m_with = result.without_rubric.metrics, result.with_rubric.metrics
+    print(
+        f"strict completion (every criterion met, no penalty) without rubric {_pct(m_without.strict_completion)}, "
+        f"with rubric {_pct(m_with.strict_completion)}"
     )
     d_without, d_with = result.without_rubric.metrics.degeneration, result.with_rubric.metrics.degeneration
     if d_without and d_with and d_with["n"]:
