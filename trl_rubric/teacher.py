@@ -241,6 +241,10 @@ class EMATeacherCallback(TrainerCallback):
         shadow.lerp_(source.float(), rate)
         target.copy_(shadow)
 
+    def load_shadow(self, saved: dict) -> None:
+        device = next(self.teacher_model.parameters()).device
+        self.shadow = {int(i): t.to(device) for i, t in saved.items()}
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % args.teacher_sync_steps == 0:
             self.update(kwargs["model"], args.teacher_update_rate)
@@ -301,30 +305,125 @@ def adapter_starts_at_zero(model, adapter: str = "default") -> bool:
     return True
 
 
-def add_frozen_adapter_copy(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
-    """Add a frozen copy of `adapter` (weights as they are now) under `name`, as `GRPOTrainer` keeps its reference.
+def copy_adapter(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
+    """Add a frozen copy of `adapter` (weights as they are now) under `name`, keeping `adapter` the one trained.
 
     The weights travel through PEFT's own `get_peft_model_state_dict` / `set_peft_model_state_dict`, so every layer
-    PEFT adapts (linear, embedding, `modules_to_save`) is copied, whatever it names its weights."""
+    PEFT adapts (linear, embedding, `modules_to_save`) is copied, whatever it names its weights. Raises what PEFT
+    raises; [`add_frozen_adapter_copy`] and [`add_ema_adapter`] say what it means for their teacher."""
     import copy
 
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+    model.add_adapter(name, copy.deepcopy(model.peft_config[adapter]))
+    state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
+    result = set_peft_model_state_dict(model, {k: v.detach().clone() for k, v in state.items()}, adapter_name=name)
+    missing = [k for k in getattr(result, "unexpected_keys", []) or []]
+    if missing:
+        raise ValueError(f"weights not taken by the copy: {missing[:3]}")
+    model.set_adapter(adapter)  # the policy keeps training its own adapter; the copy stays frozen
+    for param_name, param in model.named_parameters():
+        if name in param_name.split("."):
+            param.requires_grad_(False)
+    return name
+
+
+def add_frozen_adapter_copy(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
+    """Add a frozen copy of `adapter` (weights as they are now) under `name`, as `GRPOTrainer` keeps its reference."""
     try:
-        model.add_adapter(name, copy.deepcopy(model.peft_config[adapter]))
-        state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
-        result = set_peft_model_state_dict(model, {k: v.detach().clone() for k, v in state.items()}, adapter_name=name)
-        missing = [k for k in getattr(result, "unexpected_keys", []) or []]
-        if missing:
-            raise ValueError(f"weights not taken by the copy: {missing[:3]}")
+        return copy_adapter(model, adapter, name)
     except Exception as e:
         raise ValueError(
             f"the policy's PEFT adapter {adapter!r} does not start at zero (a loaded adapter or a non-zero init), so "
             f"with adapters disabled it is not the initial policy, and a frozen copy of it could not be made ({e}). "
             "Merge the adapter into the model first, use a zero-initialised LoRA, or pass teacher_model=."
         ) from e
-    model.set_adapter(adapter)  # the policy keeps training its own adapter; the copy stays frozen
-    for param_name, param in model.named_parameters():
-        if name in param_name.split("."):
-            param.requires_grad_(False)
-    return name
+
+
+def add_ema_adapter(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -> str:
+    """Add the EMA teacher's adapter: a frozen copy of `adapter` as it is now (a zero-initialised LoRA gives a teacher
+    equal to the base model), which [`AdapterEMACallback`] then moves towards the trained adapter."""
+    try:
+        return copy_adapter(model, adapter, name)
+    except Exception as e:
+        raise ValueError(
+            f"teacher_model_kind='ema' keeps the EMA teacher as a second PEFT adapter, a copy of the policy's "
+            f"adapter {adapter!r}, and that copy could not be made ({type(e).__name__}: {e}). Use "
+            "teacher_model_kind='base' or 'live', or merge the adapter into the model and train without PEFT."
+        ) from e
+
+
+class AdapterEMACallback(TrainerCallback):
+    """The EMA teacher of a PEFT policy: a second adapter `teacher_adapter` on the same base weights, moved after
+    optimizer steps by `teacher = (1 - rate) * teacher + rate * policy`, adapter weight by adapter weight.
+
+    Both adapters are read with PEFT's `get_peft_model_state_dict`, whose keys do not carry the adapter name, so the
+    trained adapter's weights pair with the teacher's whatever PEFT calls them (linear and embedding LoRA,
+    `modules_to_save` copies such as the LM head). Its tensors are views of the parameters, which are updated in place;
+    a low-precision weight (a bf16 `modules_to_save` copy) gets an fp32 shadow, as in [`EMATeacherCallback`]. Not for
+    DeepSpeed ZeRO-3, whose partitioned parameters leave these views empty.
+    """
+
+    def __init__(self, model, adapter: str = "default", teacher_adapter: str = TEACHER_ADAPTER):
+        self.model, self.adapter, self.teacher_adapter = model, adapter, teacher_adapter
+        self.shadow: dict[str, torch.Tensor] = {}
+        self._pairs()  # refuse now, not at the first optimizer step, what cannot be averaged in place
+
+    def _pairs(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        from peft import get_peft_model_state_dict
+
+        source = get_peft_model_state_dict(self.model, adapter_name=self.adapter, save_embedding_layers=False)
+        target = get_peft_model_state_dict(self.model, adapter_name=self.teacher_adapter, save_embedding_layers=False)
+        if source.keys() != target.keys():
+            raise ValueError(
+                f"the EMA teacher adapter {self.teacher_adapter!r} holds other weights than the trained adapter "
+                f"{self.adapter!r}: {sorted(source.keys() ^ target.keys())[:3]}"
+            )
+        params = {p.data_ptr() for p in self.model.parameters()}
+        copies = [k for k, v in target.items() if v.data_ptr() not in params]
+        if copies:
+            raise ValueError(
+                f"PEFT returns copies, not the parameters, for the teacher adapter's weights {copies[:3]}, so the EMA "
+                "teacher adapter cannot be updated in place. Use teacher_model_kind='base' or 'live'."
+            )
+        return source, target
+
+    @torch.no_grad()
+    def update(self, rate: float) -> None:
+        """One EMA step of the teacher adapter towards the trained adapter's current weights."""
+        source, target = self._pairs()
+        for key, weight in target.items():
+            if not weight.is_floating_point():
+                continue
+            if weight.dtype in (torch.float32, torch.float64):
+                weight.lerp_(source[key].to(weight.dtype), rate)
+                continue
+            shadow = self.shadow.get(key)
+            if shadow is None:
+                shadow = self.shadow[key] = weight.float()
+            shadow.lerp_(source[key].float(), rate)
+            weight.copy_(shadow)
+
+    def teacher_state(self) -> dict[str, torch.Tensor]:
+        """The teacher adapter's weights (PEFT's keys, no adapter name), on CPU, for a checkpoint."""
+        return {k: v.detach().cpu().clone() for k, v in self._pairs()[1].items()}
+
+    @torch.no_grad()
+    def load_teacher_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Write weights saved by [`teacher_state`] back into the teacher adapter."""
+        target = self._pairs()[1]
+        if state.keys() != target.keys():
+            raise ValueError(
+                f"the saved EMA teacher adapter does not match this model's adapter: "
+                f"{sorted(state.keys() ^ target.keys())[:3]} (was the checkpoint written with another LoRA config?)"
+            )
+        for key, weight in target.items():
+            weight.copy_(state[key])
+
+    def load_shadow(self, saved: dict) -> None:
+        device = next(self.model.parameters()).device
+        self.shadow = {str(k): t.to(device) for k, t in saved.items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.teacher_sync_steps == 0:
+            self.update(args.teacher_update_rate)

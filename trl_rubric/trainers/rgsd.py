@@ -167,7 +167,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.
         self._rgsd_model_is_path = isinstance(model, str)
         self._rgsd_pretrained_adapter = not self._rgsd_model_is_path and is_peft_model(model)
-        self._teacher_adapter = None  # with PEFT and kind "base": None = adapters disabled, else a frozen copy
+        self._teacher_adapter = None  # PEFT "base": None = adapters disabled, or a frozen copy; "ema": its adapter
 
         super().__init__(
             model=model,
@@ -446,7 +446,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _self_teacher_hidden(self, unwrapped, inputs):
         ctx = (
             use_adapter(unwrapped, self._teacher_adapter)
-            if is_peft_model(unwrapped) and self.args.teacher_model_kind == "base"
+            if is_peft_model(unwrapped) and self.args.teacher_model_kind in ("base", "ema")
             else nullcontext()
         )
         with torch.no_grad(), ctx, disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs):
@@ -690,7 +690,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.args.teacher_model_kind != "ema" or self.teacher_model is None:
+        if checkpoint is None or self.args.teacher_model_kind != "ema":
             return
         self._load_teacher_state(checkpoint)
 

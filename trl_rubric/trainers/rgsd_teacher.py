@@ -10,12 +10,15 @@ import os
 
 from accelerate.utils import is_peft_model
 from transformers import AutoTokenizer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import create_model_from_path, get_config_model_id
 
 from ..teacher import (
+    AdapterEMACallback,
     EMATeacherCallback,
     adapter_starts_at_zero,
+    add_ema_adapter,
     add_frozen_adapter_copy,
     freeze,
     teacher_chat_template_differs,
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def build_teacher(trainer, teacher_model, quantization_config):
     """The teacher model `RGSDTrainer` scores completions with, or None when the policy itself scores (PEFT "base"
-    with adapters disabled, or "live"). Checks the vocabularies match, freezes it, prepares it for the engine, and
+    with adapters disabled or a frozen adapter copy, PEFT "ema" with its EMA adapter, or "live"). Checks the vocabularies match, freezes it, prepares it for the engine, and
     registers the EMA callback for `teacher_model_kind="ema"`."""
     args, kind = trainer.args, trainer.args.teacher_model_kind
     peft = is_peft_model(trainer.model)
@@ -40,10 +43,18 @@ def build_teacher(trainer, teacher_model, quantization_config):
     if teacher_model is None and kind == "live":
         return None
     if teacher_model is None and kind == "ema" and peft:
-        raise ValueError(
-            "teacher_model_kind='ema' is not supported with a PEFT model yet. Use 'base' (adapters disabled, "
-            "no extra memory) or 'live', or train without PEFT."
-        )
+        # A second adapter on the same base weights, the EMA of the trained one: one more adapter's memory
+        if is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "teacher_model_kind='ema' with a PEFT model keeps the EMA teacher as a second adapter updated in "
+                "place, which is not supported under DeepSpeed ZeRO-3 (its partitioned adapter weights are not "
+                "averaged). Use 'base' or 'live', ZeRO-2, or train without PEFT."
+            )
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        trainer._teacher_adapter = add_ema_adapter(model)
+        trainer._ema_callback = AdapterEMACallback(model, teacher_adapter=trainer._teacher_adapter)
+        trainer.add_callback(trainer._ema_callback)
+        return None  # the policy itself scores, with the EMA adapter active
     init_kwargs = dict(args.model_init_kwargs or {})
     if quantization_config is not None:
         init_kwargs["quantization_config"] = quantization_config
