@@ -35,6 +35,7 @@ from ..rubric_dropout import check_dropout_probability
 from .hacking_monitor import RUBRIC_GRPO_SIGNAL, bind_monitors
 from .judge_ahead import JudgeAheadMixin, check_judge_ahead
 from .metrics_file import MetricsFileCallback
+from .process_reward import ProcessRewards, process_rewards_from
 from .resume import ExactResumeMixin
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
@@ -115,6 +116,18 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             rewards always grade the completions they train. Needs `num_iterations=1`, `steps_per_generation ==
             gradient_accumulation_steps` and no vLLM; see `trl_rubric.trainers.judge_ahead` and
             `docs/async_judging.md`. Turn it on when judge latency is a large share of a step.
+
+        > Parameters that control dense process rewards (ExpRL)
+
+        process_rewards (`bool`, *optional*, defaults to `False`):
+            Reward each step of an answer instead of the answer as a whole: the judge grades answer prefixes at step
+            boundaries, step t's tokens get score_t - score_{t-1}, and GRPO advantages become per token (arXiv
+            2606.17024; `trl_rubric.trainers.process_reward`). Answers the judge cannot grade are masked; truncated
+            answers get 0. Costs up to `process_max_steps` judge calls per answer. Try it for long multi-step answers.
+        process_step_splitter (`str`, *optional*, defaults to `"paragraphs"`):
+            Where steps end: `"paragraphs"` (blank lines), `"lines"`, `"sentences"` or `"markers"` ("###" headers).
+        process_max_steps (`int`, *optional*, defaults to `8`):
+            Most steps (judge calls) per answer; text past the last step joins it.
     """
 
     rubric_column: str = field(
@@ -165,6 +178,13 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         default=False,
         metadata={"help": "Grade batch k+1 while training on batch k (one step off-policy)."},
     )
+    process_rewards: bool = field(
+        default=False, metadata={"help": "Dense process rewards: the judge grades answer prefixes (ExpRL)."}
+    )
+    process_step_splitter: str = field(
+        default="paragraphs", metadata={"help": "Step splitter: 'paragraphs', 'lines', 'sentences' or 'markers'."}
+    )
+    process_max_steps: int = field(default=8, metadata={"help": "Most steps (judge calls) per answer."})
 
     def __post_init__(self):
         if self.loss_type not in GRPO_LOSS_TYPES:
@@ -189,6 +209,7 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         self.criterion_reweighting = method.method if method is not None else "none"
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
         check_dropout_probability(self.rubric_dropout)
+        ProcessRewards(self.process_step_splitter, self.process_max_steps)  # validates the process_* fields
         super().__post_init__()  # JudgeArguments, then GRPOConfig
 
     def reweighting_config(self) -> ReweightingConfig | None:
@@ -328,6 +349,7 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
         user_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )
+        self.process_rewards = process_rewards_from(args, user_funcs)
         args.reward_weights = _reward_weights(
             args.reward_weights, len(user_funcs), _setting(args, "rubric_reward_weight")
         )
@@ -379,6 +401,8 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
+        if self.process_rewards is not None:  # per-token advantages from graded answer prefixes
+            output = self.process_rewards.apply(self, inputs, output)
         # Batch-first, so that GRPO's shuffling and splitting carry it to every micro-batch of this generation.
         n = output["prompt_ids"].shape[0]
         output[SIGNAL_KEY] = torch.full((n,), self._generation_has_signal, device=output["prompt_ids"].device)
