@@ -7,7 +7,8 @@ the same optimizer steps on the same prompts per step, drawn by the same seed. A
 - `base`: untrained.
 - `rgsd`: `RGSDTrainer`, one rollout per prompt, frozen base teacher (adapter off) shown the rubric, no judge.
 - `grpo4`, `grpo8`: `RubricGRPOTrainer` with the world's exact `RuleJudge`, G = 4 / 8 rollouts per prompt.
-- `grpo_reweight`: `grpo4` with policy-aware criterion reweighting.
+- `grpo_reweight`: `grpo4` with policy-aware criterion reweighting, our variant (`criterion_reweighting="ours"`).
+- `grpo_pow3r`: `grpo4` with our reading of POW3R (`criterion_reweighting="pow3r"`, `trl_rubric.reweighting`).
 - `hybrid`: `RGSDTrainer` plus the rule judge as reward, G = 4, `distillation_weight=0.5`.
 - `grpo_llm`: `RubricGRPOTrainer` with G = 4 whose judge is a real LLM: llama.cpp's OpenAI-compatible server
   (`python -m llama_cpp.server`), started and stopped by this script, serving the same SmolLM2 GGUF, reached through
@@ -49,17 +50,18 @@ from toy_world import TrainingMeter, first_reaching, fmt  # noqa: E402
 
 from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
 
-ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "hybrid", "grpo_llm")
+ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "grpo_pow3r", "hybrid", "grpo_llm")
 LABELS = {
     "base": "base (no training)",
     "rgsd": "RGSD (1 rollout, no judge)",
     "grpo4": "RubricGRPO, rule judge (G=4)",
     "grpo8": "RubricGRPO, rule judge (G=8)",
     "grpo_reweight": "RubricGRPO + criterion reweighting (G=4)",
+    "grpo_pow3r": "RubricGRPO + POW3R-style reweighting (G=4)",
     "hybrid": "hybrid RGSD + rule judge (G=4, w=0.5)",
     "grpo_llm": "RubricGRPO, llama.cpp SmolLM2 judge (G=4)",
 }
-GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "hybrid": 4, "grpo_llm": 4}
+GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "grpo_pow3r": 4, "hybrid": 4, "grpo_llm": 4}
 
 
 def parse_args(argv=None):
@@ -170,7 +172,10 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
         return RGSDTrainer(path, reward_funcs=[reward], args=config, train_dataset=train,
                            processing_class=tokenizer, peft_config=lora)  # fmt: skip
     config = RubricGRPOConfig(
-        per_device_train_batch_size=P * G, num_generations=G, criterion_reweighting=arm == "grpo_reweight", **common
+        per_device_train_batch_size=P * G,
+        num_generations=G,
+        **common,
+        criterion_reweighting={"grpo_reweight": "ours", "grpo_pow3r": "pow3r"}.get(arm, "none"),
     )
     return RubricGRPOTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, judge=judge,
                              peft_config=lora)  # fmt: skip
@@ -346,6 +351,11 @@ def main(argv=None) -> dict[str, Any]:
             row = {**final_scores(model), "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
                    "steps": trainer.state.global_step, "generated_tokens": sum(meter.tokens),
                    "judge_calls": meter.total_judge_calls()}  # fmt: skip
+            row["criteria_log"] = [  # the judge's verdicts on the training rollouts (trl_rubric.criterion_diagnostics)
+                {"step": e["step"], **{k: v for k, v in e.items() if k.startswith("criteria/") and k.count("/") == 1}}
+                for e in trainer.state.log_history
+                if "criteria/pass_rate" in e
+            ]
             if args.budget_s and curve_set is not None:  # the end of the budget is a curve point too
                 model.eval()
                 m = evaluate(model, curve_set, world.judge(), tokenizer=tokenizer, seed=args.seed, **gen).metrics

@@ -8,7 +8,8 @@ it never errs). Methods (`--methods`):
 - `base`: the pretrained toy model, untrained.
 - `rgsd`: `RGSDTrainer`, one rollout per prompt, frozen base teacher shown the rubric, no judge.
 - `grpo`: `RubricGRPOTrainer(judge=RuleJudge)`, G = 8 rollouts per prompt.
-- `grpo_reweight`: the same with policy-aware criterion reweighting (`criterion_reweighting=True`).
+- `grpo_reweight`: the same with policy-aware criterion reweighting, our variant (`criterion_reweighting="ours"`).
+- `grpo_pow3r`: the same with our reading of POW3R (`criterion_reweighting="pow3r"`, `trl_rubric.reweighting`).
 - `hybrid`: `RGSDTrainer` with the judge as a reward function, G = 8 rollouts, `distillation_weight=0.5`.
 
 **Budget.** Every trained method gets the same number of optimizer steps (`--steps`) and the same number of prompts
@@ -47,12 +48,13 @@ from typing import Any
 from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
 
 ENV = OFFLINE_ENV
-METHODS = ("base", "rgsd", "grpo", "grpo_reweight", "hybrid")
+METHODS = ("base", "rgsd", "grpo", "grpo_reweight", "grpo_pow3r", "hybrid")
 LABELS = {
     "base": "base (no training)",
     "rgsd": "RGSD (1 rollout, no judge)",
     "grpo": "RubricGRPO, rule judge (G=8)",
     "grpo_reweight": "RubricGRPO + criterion reweighting (G=8)",
+    "grpo_pow3r": "RubricGRPO + POW3R-style reweighting (G=8)",
     "hybrid": "hybrid RGSD + judge (G=8, w=0.5)",
 }
 #: Answer length cap during training, as in `trl-rubric demo` (toy answers are at most about 16 words).
@@ -166,7 +168,7 @@ def build_trainer(method: str, path: str, tokenizer, train, args, output_dir: st
         learning_rate=args.grpo_lr,
         per_device_train_batch_size=P * G,
         num_generations=G,
-        criterion_reweighting=method == "grpo_reweight",
+        criterion_reweighting={"grpo_reweight": "ours", "grpo_pow3r": "pow3r"}.get(method, "none"),
         **common,
     )
     trainer = RubricGRPOTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, judge=judge)
@@ -342,6 +344,12 @@ def main(argv=None) -> dict[str, Any]:
             "judge_calls": meter.total_judge_calls(),
             "half_gap_point": first_reaching(curve.points, half_gap),
             "learning_curve": curve.points,
+            # The judge's verdicts on the training rollouts (trl_rubric.criterion_diagnostics), per logged step.
+            "criteria_log": [
+                {"step": e["step"], **{k: v for k, v in e.items() if k.startswith("criteria/") and k.count("/") == 1}}
+                for e in trainer.state.log_history
+                if "criteria/pass_rate" in e
+            ],
         }
         r = results["methods"][method]
         print(
@@ -351,6 +359,13 @@ def main(argv=None) -> dict[str, Any]:
         )
         del trainer, model
 
+    if "grpo" in curves:  # steps each method needs to reach static GRPO's final learning-curve score
+        target = curves["grpo"][-1]["score"]
+        for method, points in curves.items():
+            results["methods"][method]["reach_grpo_final"] = {
+                "target": target,
+                **(first_reaching(points, target) or {}),
+            }
     os.makedirs(args.output_dir, exist_ok=True)
     png = os.path.join(args.output_dir, "toy_world_learning_curves.png")
     plot_learning_curves(
