@@ -236,3 +236,31 @@ def test_resuming_a_peft_ema_run_without_its_teacher_adapter_fails_clearly(untie
     resumed = _trainer(untied_model_path, tmp_path / "resumed", _lora(), **kwargs)
     with pytest.raises(FileNotFoundError, match="holds no rgsd_teacher.pt"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_resumed_bf16_peft_ema_run_keeps_the_fp32_average_of_the_head_copy(untied_model_path, tmp_path):
+    from peft import get_peft_model
+
+    def trainer(out):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(untied_model_path, dtype=torch.bfloat16), _lora())
+        kwargs = dict(max_steps=4, save_strategy="steps", save_steps=2, teacher_update_rate=0.01, learning_rate=1e-3)
+        return _trainer(model, out, **kwargs)
+
+    full = trainer(tmp_path / "full")
+    full.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-2"
+    shutil.copytree(tmp_path / "full" / "out" / "checkpoint-2", checkpoint)
+    assert (checkpoint / "rgsd_teacher_fp32_rank0.pt").exists()
+    resumed = trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert full._ema_callback.shadow.keys() == resumed._ema_callback.shadow.keys() != set()
+    for key, shadow in full._ema_callback.shadow.items():
+        torch.testing.assert_close(resumed._ema_callback.shadow[key], shadow, rtol=0, atol=0)
+
+
+def test_peft_ema_teacher_is_refused_under_zero3_before_training(untied_model_path, tmp_path, monkeypatch):
+    import trl_rubric.trainers.rgsd_teacher as rgsd_teacher
+
+    monkeypatch.setattr(rgsd_teacher, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(ValueError, match="not supported under DeepSpeed ZeRO-3"):
+        _trainer(untied_model_path, tmp_path, _lora())
