@@ -51,7 +51,9 @@ class RGSDConfig(GRPOConfig):
         teacher_model_kind (`str`, *optional*, defaults to `"base"`):
             Which weights score the completions. `"base"`: the frozen initial policy (the paper's choice; with a PEFT
             model, the same model with adapters disabled, so no copy). `"ema"`: an exponential moving average of the
-            policy, updated every `teacher_sync_steps` with rate `teacher_update_rate`. `"live"`: the current policy
+            policy, updated every `teacher_sync_steps` with rate `teacher_update_rate` (with a PEFT model, a second
+            adapter `rgsd_teacher` averaging the trained one: one more adapter's memory, not a model; not under
+            ZeRO-3). `"live"`: the current policy
             weights, without gradients. A separate teacher (`teacher_model_name_or_path`, or `teacher_model=` on the
             trainer) is always frozen and needs the default `"base"`.
         teacher_update_rate (`float`, *optional*, defaults to `0.05`):
