@@ -3,12 +3,16 @@
 Today's loop is serial: generate batch k, wait for the judge, train on batch k. With `judge_ahead`, the generation
 call of step k does three things:
 
-1. it takes batch k, whose completions were generated one step earlier and whose grading ran in the background
-   during step k-1's forward and backward passes, and waits for the grades (usually already there);
-2. it hands batch k to TRL's own scoring code (advantages, metrics, the completions table) exactly as a synchronous
-   step would, with the judge's grades of *those* completions standing in for a new judge call;
-3. it generates the completions of batch k+1 with the current policy, records their per-token log-probabilities
-   under that policy, and submits their grading to TRL's reward event loop, so the judge works while step k trains.
+1. it waits for the grades of batch k, whose completions were generated one step earlier and whose grading ran in
+   the background during step k-1's scoring, forward and backward passes (usually they are already there);
+2. it generates the completions of batch k+1 with the current policy, records their per-token log-probabilities
+   under that policy, and submits their grading to TRL's reward event loop, so the judge works while step k is
+   scored and trained (one grading at a time, in batch order);
+3. it hands batch k to TRL's own scoring code (advantages, metrics, the completions table) exactly as a synchronous
+   step would, with the judge's grades of *those* completions standing in for a new judge call.
+
+So the judge's latency is hidden up to the length of a step's scoring and training; `judge/ahead_wait_s` logs what
+is left of it.
 
 **What is stale, exactly.** Batch k+1 is sampled from the policy *before* step k's update and trained after it: one
 optimizer step off-policy (`judge/ahead_stale` = 1; 0 on a synchronous step). Rewards are never stale: every reward
@@ -91,7 +95,6 @@ class _Pending:
     future: Any  # concurrent.futures.Future of the reward function's coroutine
     recorder: _Recorder
     metrics: dict[str, list[float]]
-    waited: float = 0.0
 
 
 class _GradedReward:
@@ -144,18 +147,26 @@ class JudgeAheadMixin:
         if not (getattr(self.args, "judge_ahead", False) and self.model.training):
             return super()._generate_and_score_completions(inputs)
         pending, self._ahead_pending = self._ahead_pending, None
+        upcoming, self._ahead_next = self._ahead_next, None
+        read_ahead = upcoming is not None and not self._ahead_stop_here()
         if pending is not None and pending.key == _prompt_key(inputs):
-            output, waited = self._ahead_finish(inputs, pending), pending.waited
-            stale = 1.0
+            start = time.perf_counter()
+            rewards = pending.future.result()
+            waited, stale = time.perf_counter() - start, 1.0
+            # Batch k+1 is sampled and sent to the judge before batch k is scored, so its grading also overlaps
+            # the scoring. Never before batch k's grades are in: one grading at a time keeps the judge's counters
+            # (judge/calls, ...) and any per-prompt reward state in order.
+            if read_ahead:
+                self._ahead_pending = self._ahead_start(upcoming)
+            output = self._ahead_finish(inputs, pending, rewards)
         else:
             if pending is not None:
-                pending.future.result()  # let a read-ahead that is not used finish, so judge stats stay whole
+                pending.future.result()  # a read-ahead that is not used: let it finish, so judge stats stay whole
             output, waited, stale = super()._generate_and_score_completions(inputs), 0.0, 0.0
+            if read_ahead:
+                self._ahead_pending = self._ahead_start(upcoming)
         self._metrics["train"][AHEAD_STALE].append(stale)
         self._metrics["train"][AHEAD_WAIT].append(waited)
-        upcoming, self._ahead_next = self._ahead_next, None
-        if upcoming is not None and not self._ahead_stop_here():
-            self._ahead_pending = self._ahead_start(upcoming)
         return output
 
     def _ahead_stop_here(self) -> bool:
@@ -224,10 +235,7 @@ class JudgeAheadMixin:
             )
         return logps
 
-    def _ahead_finish(self, inputs, pending: _Pending):
-        start = time.perf_counter()
-        rewards = pending.future.result()
-        pending.waited = time.perf_counter() - start
+    def _ahead_finish(self, inputs, pending: _Pending, rewards: list[float | None]):
         for key, values in pending.metrics.items():
             self._metrics["train"][key].extend(values)
         index = self.reward_funcs.index(self.rubric_reward)
