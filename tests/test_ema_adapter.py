@@ -222,8 +222,17 @@ def test_resumed_peft_ema_run_matches_the_uninterrupted_run(untied_model_path, t
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
+    # The final save holds the teacher adapter too, loadable on its own onto the base model
+    from peft import PeftModel
+
     full.save_model(str(tmp_path / "final"))
-    assert (tmp_path / "final" / "rgsd_teacher" / "adapter_model.safetensors").exists()
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(untied_model_path), str(tmp_path / "final" / "rgsd_teacher")
+    )
+    reloaded = _adapter(loaded, "default")
+    assert reloaded.keys() == a.keys()
+    for key in a:
+        torch.testing.assert_close(reloaded[key], a[key], rtol=0, atol=0, msg=key)
 
 
 def test_resuming_a_peft_ema_run_without_its_teacher_adapter_fails_clearly(untied_model_path, tmp_path):
