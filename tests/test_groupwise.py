@@ -179,3 +179,36 @@ def test_panel_of_group_judges_grades_groups_and_reports_agreement():
     assert [g.verdicts for g in grades] == [reference(x) for x in ANSWERS[:4]]
     assert all(g.agreement == [1.0] * 4 for g in grades)
     assert panel.stats.grades == 4 and panel.stats.calls == 2
+
+
+def test_rubric_grpo_config_turns_group_grading_on(tmp_path, tiny_model_path):
+    from datasets import Dataset
+
+    from trl_rubric.testing import make_rubric_rows
+    from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
+
+    with FakeJudgeServer() as server:
+        args = RubricGRPOConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            max_completion_length=8,
+            per_device_train_batch_size=4,
+            num_generations=2,
+            max_steps=2,
+            logging_steps=1,
+            save_strategy="no",
+            judge_backend="openai",
+            judge_model="fake-judge",
+            judge_base_url=server.url,
+            judge_probe=False,
+            judge_max_retries=0,
+            judge_group_grading=True,
+            seed=0,
+        )
+        trainer = RubricGRPOTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(make_rubric_rows(4)))
+        trainer.train()
+        assert server.requests == 2 * 2, "2 steps x 2 prompt groups, one request each (not 2 x 4 completions)"
+    rewards = trainer._logs["rewards"]["rubric_judge"]
+    assert len(rewards) == 4 and all(r == r for r in rewards), "every completion graded (no NaN)"

@@ -164,3 +164,37 @@ def test_bad_dropout_probability_is_refused_at_construction(bad):
         RubricGRPOConfig("out", judge_backend="rule", rubric_dropout=bad, report_to=[])
     with pytest.raises(ValueError, match="rubric_dropout is"):
         RubricReward(RuleJudge(RULES), rubric_dropout=bad)
+
+
+def test_rubric_grpo_drops_criteria_per_step_for_whole_groups(tmp_path, tiny_model_path):
+    from datasets import Dataset
+
+    from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
+
+    rows = [{"prompt": f"question {i}", "rubric": RUBRIC} for i in range(2)]
+    judge = RecordingRuleJudge()
+    args = RubricGRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_completion_length=8,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        judge_probe=False,
+        rubric_dropout=0.5,
+        min_graded_fraction=0.0,
+        seed=0,
+    )
+    RubricGRPOTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows), judge=judge).train()
+    assert len(judge.seen) == 3 * 4
+    calls = [judge.seen[i : i + 4] for i in range(0, 12, 4)]  # one prompt group per step
+    rubric = Rubric.from_any(RUBRIC)
+    for step, group in enumerate(calls):
+        assert len({tuple(c) for _, _, c in group}) == 1, f"step {step}: one set for the whole group"
+        prompt = group[0][0]
+        kept = kept_criteria(rubric, 0.5, seed=0, step=step, key=prompt_key(prompt, rubric))
+        assert group[0][2] == [rubric[i].text for i in kept], f"step {step}: the set is f(seed, step, prompt)"
