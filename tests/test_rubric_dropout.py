@@ -198,3 +198,14 @@ def test_rubric_grpo_drops_criteria_per_step_for_whole_groups(tmp_path, tiny_mod
         prompt = group[0][0]
         kept = kept_criteria(rubric, 0.5, seed=0, step=step, key=prompt_key(prompt, rubric))
         assert group[0][2] == [rubric[i].text for i in kept], f"step {step}: the set is f(seed, step, prompt)"
+
+
+def test_reward_logs_the_share_of_criteria_kept():
+    metrics = {}
+    reward = RubricReward(RuleJudge(RULES), rubric_dropout=0.5, dropout_seed=2, min_graded_fraction=0.0)
+    prompts, completions = batch(num_prompts=4, g=2)
+    call(reward, prompts, completions, step=5, rubric=[RUBRIC] * 8, log_metric=metrics.__setitem__)
+    rubric = Rubric.from_any(RUBRIC)
+    kept = [len(kept_criteria(rubric, 0.5, seed=2, step=5, key=prompt_key(p, rubric))) for p in prompts]
+    assert metrics["judge/dropout_kept_frac"] == pytest.approx(sum(kept) / (8 * len(RUBRIC)))
+    assert metrics["judge/dropout_kept_frac"] < 1.0

@@ -219,7 +219,10 @@ class RubricReward:
         if self.rubric_dropout:  # the judge grades, and the reward counts, the kept criteria only
             step = dropout_step(kwargs.get("trainer_state"))
             texts = [prompt_to_text(p) for p in prompts]
+            full = [len(r) for r in rubrics]
             rubrics, _ = drop_criteria(texts, rubrics, self.rubric_dropout, self.dropout_seed, step)
+            if kwargs.get("log_metric") is not None and full:
+                kwargs["log_metric"]("judge/dropout_kept_frac", sum(map(len, rubrics)) / sum(full))
         before = self.judge.stats.snapshot()
         if self.group_grading:
             grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
