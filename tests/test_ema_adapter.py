@@ -273,3 +273,37 @@ def test_peft_ema_teacher_is_refused_under_zero3_before_training(untied_model_pa
     monkeypatch.setattr(rgsd_teacher, "is_deepspeed_zero3_enabled", lambda: True)
     with pytest.raises(ValueError, match="not supported under DeepSpeed ZeRO-3"):
         _trainer(untied_model_path, tmp_path, _lora())
+
+
+class _HeadAfterStep(TrainerCallback):
+    def __init__(self):
+        self.heads = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.heads[state.global_step] = model.get_output_embeddings().weight.detach().clone()
+
+
+@pytest.mark.parametrize("kind, init", [("ema", True), ("base", False)])
+def test_vllm_sync_pushes_the_trained_head_copy_not_the_teachers(untied_model_path, tmp_path, kind, init):
+    # TRL renames only the trained adapter's modules_to_save copy for vLLM; the teacher adapter's copy went under its
+    # PEFT name, which vLLM does not know, and the first sync failed
+    from trl_rubric.testing.fake_vllm import fake_vllm
+
+    heads = _HeadAfterStep()
+    with fake_vllm() as engines:
+        trainer = _trainer(
+            untied_model_path,
+            tmp_path,
+            _lora(init_lora_weights=init),
+            teacher_model_kind=kind,
+            use_vllm=True,
+            vllm_mode="colocate",
+            max_steps=2,
+        )
+        assert trainer._teacher_adapter == "rgsd_teacher"
+        trainer.add_callback(heads)
+        trainer.train()
+    syncs = engines[0].llm.syncs
+    assert len(syncs) >= 2 and not any("modules_to_save" in name for sync in syncs for name in sync)
+    torch.testing.assert_close(syncs[1]["lm_head.weight"], heads.heads[1], rtol=0, atol=0)
+    assert not torch.equal(syncs[0]["lm_head.weight"], syncs[1]["lm_head.weight"]), "the trained head reached vLLM"

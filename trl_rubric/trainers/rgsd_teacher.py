@@ -39,6 +39,7 @@ def build_teacher(trainer, teacher_model, quantization_config):
         # nothing leaves the policy with adapters disabled equal to the initial policy, and saves no teacher folder
         if not adapter_starts_at_zero(trainer.model):
             trainer._teacher_adapter = add_frozen_adapter_copy(trainer.model)
+            keep_teacher_adapter_out_of_vllm(trainer)
         return None  # the policy itself scores, with adapters disabled or the frozen initial adapter: no copy
     if teacher_model is None and kind == "live":
         return None
@@ -54,6 +55,7 @@ def build_teacher(trainer, teacher_model, quantization_config):
         trainer._teacher_adapter = add_ema_adapter(model)
         trainer._ema_callback = AdapterEMACallback(model, teacher_adapter=trainer._teacher_adapter)
         trainer.add_callback(trainer._ema_callback)
+        keep_teacher_adapter_out_of_vllm(trainer)
         return None  # the policy itself scores, with the EMA adapter active
     init_kwargs = dict(args.model_init_kwargs or {})
     if quantization_config is not None:
@@ -111,6 +113,27 @@ def build_teacher(trainer, teacher_model, quantization_config):
         trainer._ema_callback = EMATeacherCallback(teacher, accelerator=trainer.accelerator)
         trainer.add_callback(trainer._ema_callback)
     return teacher
+
+
+def keep_teacher_adapter_out_of_vllm(trainer) -> None:
+    """Leave the teacher adapter's `modules_to_save` copies (e.g. `lm_head.modules_to_save.rgsd_teacher.weight`) out of
+    the weights TRL pushes to vLLM.
+
+    TRL merges the active adapter, skips LoRA weights and renames the trained adapter's copies
+    (`modules_to_save.default.`) to the module's own name, but passes any other adapter's copy under its PEFT name,
+    which vLLM does not know (`load_weights` fails at the first sync). Every parameter is still iterated, so the
+    collective gathers of DeepSpeed / FSDP run on every process as before."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None:
+        return
+    iterate = generation._iter_named_params
+
+    def named_params():
+        for name, param in iterate():
+            if "modules_to_save." not in name:
+                yield name, param
+
+    generation._iter_named_params = named_params
 
 
 def is_zero3_partitioned(model) -> bool:
