@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "trl_rubric.criterion_views",
             "trl_rubric.critique",
             "trl_rubric.rewards",
+            "trl_rubric.async_reward",
             "trl_rubric.evaluation",
             "trl_rubric.authoring",
         ),
