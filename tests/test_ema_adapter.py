@@ -133,9 +133,13 @@ def _merged_by_hand(path, adapter, scaling):
     return model
 
 
-def test_teacher_pass_is_the_model_with_the_teacher_adapters_weights_merged(untied_model_path, tmp_path):
-    trainer = _trainer(untied_model_path, tmp_path, _lora())
+@pytest.mark.parametrize("lora_dropout", [0.0, 0.5])
+def test_teacher_pass_is_the_model_with_the_teacher_adapters_weights_merged(untied_model_path, tmp_path, lora_dropout):
+    # With LoRA dropout (TRL's ModelConfig default is 0.05) the teacher adapter has none: the teacher pass runs in the
+    # policy's train mode and must still be the merged model, not a noisy draw
+    trainer = _trainer(untied_model_path, tmp_path, _lora(lora_dropout=lora_dropout))
     unwrapped, _, _ = _train_recording(trainer)
+    unwrapped.train()
     teacher = _adapter(unwrapped, "rgsd_teacher")
     assert any(v.any() for k, v in teacher.items() if "lora_B" in k or "lora_embedding_A" in k), "a teacher that moved"
     reference = _merged_by_hand(untied_model_path, teacher, scaling=8 / 4)

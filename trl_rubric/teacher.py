@@ -309,13 +309,18 @@ def copy_adapter(model, adapter: str = "default", name: str = TEACHER_ADAPTER) -
     """Add a frozen copy of `adapter` (weights as they are now) under `name`, keeping `adapter` the one trained.
 
     The weights travel through PEFT's own `get_peft_model_state_dict` / `set_peft_model_state_dict`, so every layer
-    PEFT adapts (linear, embedding, `modules_to_save`) is copied, whatever it names its weights. Raises what PEFT
+    PEFT adapts (linear, embedding, `modules_to_save`) is copied, whatever it names its weights. The copy has no LoRA
+    dropout (dropout has no weights; the teacher pass must be deterministic). Raises what PEFT
     raises; [`add_frozen_adapter_copy`] and [`add_ema_adapter`] say what it means for their teacher."""
     import copy
 
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    model.add_adapter(name, copy.deepcopy(model.peft_config[adapter]))
+    config = copy.deepcopy(model.peft_config[adapter])
+    if getattr(config, "lora_dropout", 0.0):
+        # A teacher scores in the policy's train mode: with the trained adapter's dropout its targets would be noisy
+        config.lora_dropout = 0.0
+    model.add_adapter(name, config)
     state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
     result = set_peft_model_state_dict(model, {k: v.detach().clone() for k, v in state.items()}, adapter_name=name)
     missing = [k for k in getattr(result, "unexpected_keys", []) or []]
