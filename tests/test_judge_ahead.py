@@ -73,17 +73,27 @@ def recording(trainer):
     return rounds
 
 
-def test_rewards_graded_ahead_equal_synchronous_grading_of_the_same_completions(tiny_model_path, tmp_path):
+@pytest.mark.parametrize(
+    "accumulation, expected_stale",
+    # 8 prompts. One per micro-batch: 4 steps per epoch, step 1 synchronous. Two micro-batches per step (and two per
+    # generation): 2 steps per epoch, and the first step of each epoch is synchronous (nothing to read ahead).
+    [(1, [0.0, 1.0, 1.0, 1.0]), (2, [0.0, 1.0, 0.0, 1.0])],
+)
+def test_rewards_graded_ahead_equal_synchronous_grading_of_the_same_completions(
+    accumulation, expected_stale, tiny_model_path, tmp_path
+):
     dataset = Dataset.from_list(make_rubric_rows(8, conversational=True, seed=1))
-    trainer = RubricGRPOTrainer(tiny_model_path, args=args(tmp_path), train_dataset=dataset, judge=parity_judge())
+    settings = dict(gradient_accumulation_steps=accumulation, steps_per_generation=accumulation)
+    trainer = RubricGRPOTrainer(
+        tiny_model_path, args=args(tmp_path, **settings), train_dataset=dataset, judge=parity_judge()
+    )
     rounds = recording(trainer)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
     stale = [e[AHEAD_STALE] for e in trainer.state.log_history if AHEAD_STALE in e]
-    # Step 1 has nothing graded ahead; steps 2-4 train on batches sampled one step earlier.
-    assert stale == [0.0, 1.0, 1.0, 1.0]
+    assert stale == expected_stale
     assert len(rounds) == 4
     reference = RubricReward(parity_judge(), num_generations=2)
     for i, r in enumerate(rounds):
@@ -93,9 +103,11 @@ def test_rewards_graded_ahead_equal_synchronous_grading_of_the_same_completions(
         torch.testing.assert_close(r["rewards"], expected, equal_nan=True, msg=f"round {i}")
     # Graded-ahead batches carry log-probabilities of the policy that sampled them (the step before), so GRPO's ratio
     # corrects the one-step lag; the synchronous first step needs none (on-policy).
-    assert rounds[0]["old_logps"] is None
-    for r in rounds[1:]:
-        assert r["old_logps"] is not None and r["old_logps"].shape == r["completion_ids"].shape
+    for r, stale_step in zip(rounds, expected_stale, strict=True):
+        if stale_step:
+            assert r["old_logps"] is not None and r["old_logps"].shape == r["completion_ids"].shape
+        elif accumulation == 1:
+            assert r["old_logps"] is None  # on-policy: TRL needs none
     ratios = [e for e in trainer.state.log_history if "clip_ratio/region_mean" in e]
     assert ratios, "GRPO logged its clipped-ratio metrics"
 
