@@ -172,3 +172,26 @@ def test_resumed_judge_ahead_run_matches_the_uninterrupted_run(tiny_model_path, 
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-6, abs=1e-9), f"step {step}"
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_trl_seams_judge_ahead_relies_on_keep_their_shape():
+    """Fails loudly if a TRL or transformers upgrade changes a seam judge_ahead uses (it reads `_generate`'s tuple)."""
+    import inspect
+
+    from transformers import Trainer
+    from trl import GRPOTrainer
+
+    expected = {
+        (Trainer, "get_batch_samples"): ["self", "epoch_iterator", "num_batches", "device"],
+        (GRPOTrainer, "_generate"): ["self", "prompts"],
+        (GRPOTrainer, "_generate_and_score_completions"): ["self", "inputs"],
+    }
+    for (cls, name), params in expected.items():
+        assert list(inspect.signature(getattr(cls, name)).parameters) == params, name
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    # The 8-tuple whose first four items (prompt ids, completion ids, tool mask, completions) judge_ahead reads.
+    assert (
+        "prompt_ids_list,\n            completion_ids_list,\n            tool_mask_list,\n            completions,"
+        in (source)
+    )
+    assert "= self._generate(prompts)" in source
