@@ -342,7 +342,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         degenerate = torch.zeros_like(dropped)
         if self.args.degenerate_rollouts == "drop":  # out of the distillation loss, like a failed teacher context
             degenerate = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
-            self._metrics[mode]["rgsd/degenerate_dropped"].append(self.accelerator.gather(degenerate.sum()).sum().item())
+            self._metrics[mode]["rgsd/degenerate_dropped"].append(
+                self.accelerator.gather(degenerate.sum()).sum().item()
+            )
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
