@@ -248,3 +248,30 @@ def test_bad_panel_spec_is_refused_naming_the_member(spec, message):
 
     with pytest.raises(ValueError, match=message):
         JudgeArguments(judge_panel=spec)
+
+
+def test_trl_rubric_eval_with_a_panel_writes_the_agreement(tiny_model_path, tmp_path):
+    import json
+
+    from trl_rubric.cli import main
+
+    rows = [
+        {
+            "prompt": f"question {i}",
+            "rubric": [
+                {"text": "mentions the", "weight": 1.0, "tags": ["rule:contains:the"]},
+                {"text": "is short", "weight": 1.0, "tags": ["rule:max_words:3"]},
+            ],
+        }
+        for i in range(3)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    argv = ["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", str(data), "--judge_panel", "rule,rule",
+            "--max_completion_length", "4", "--n_samples", "3", "--bootstrap_samples", "0", "--plots", "false",
+            "--progress", "false", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge_agreement"] == 1.0, "two identical rule judges always agree"
+    assert "judge panel agreement | 100.0%" in (out / "report.md").read_text()
