@@ -212,3 +212,14 @@ def test_rubric_grpo_config_turns_group_grading_on(tmp_path, tiny_model_path):
         assert server.requests == 2 * 2, "2 steps x 2 prompt groups, one request each (not 2 x 4 completions)"
     rewards = trainer._logs["rewards"]["rubric_judge"]
     assert len(rewards) == 4 and all(r == r for r in rewards), "every completion graded (no NaN)"
+
+
+def test_panel_with_a_rule_member_still_grades_groups_in_one_llm_call():
+    llm = ScriptedChatJudge(seed=1)
+    rule = RuleJudge({c.text: c.text.split()[-1] for c in RUBRIC})
+    panel = PanelJudge([llm, rule])
+    assert supports_group_grading(panel)
+    grades = run(grade_in_groups(panel, ["q"] * 4, ANSWERS[:4], [RUBRIC] * 4))
+    assert len(llm.messages) == 1 and rule.stats.grades == 4
+    assert [g.verdicts for g in grades] == [reference(x) for x in ANSWERS[:4]]
+    assert not supports_group_grading(PanelJudge([rule, RuleJudge()]))

@@ -108,7 +108,7 @@ class RubricReward:
             for the score to count (default [`DEFAULT_MIN_GRADED_FRACTION`], 0.75); below it the reward is unknown
             (`None`), and the completion is counted in `judge/under_graded`. 0 scores any partly graded completion.
         group_grading: Grade each prompt's group of rollouts in one judge call (`trl_rubric.judges.groupwise`); the
-            judge must support it (an LLM judge in batched mode, or a panel of them).
+            judge must support it (an LLM judge in batched mode, or a panel with one).
         rubric_dropout: Probability of leaving each criterion out, per prompt and step (`trl_rubric.rubric_dropout`);
             0 (default) turns it off. Dropped criteria are not sent to the judge and do not count in the reward.
         dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
@@ -133,7 +133,7 @@ class RubricReward:
         if group_grading and not supports_group_grading(judge):
             raise ValueError(
                 f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
-                f"mode, or a panel of them); judge {judge.name!r} cannot. Turn judge_group_grading off"
+                f"mode, or a panel with one); judge {judge.name!r} cannot. Turn judge_group_grading off"
             )
         self.group_grading = bool(group_grading)
         self.rubric_dropout = check_dropout_probability(rubric_dropout)

@@ -19,7 +19,8 @@ The group's one request is counted once: its usage (calls, tokens, latency) sits
 rollout, and the other grades carry none. Group grades skip the judge's grade cache: a verdict given beside other
 answers is a different measurement from one given alone.
 
-Which judges can: an LLM judge ([`ChatRubricJudge`]) in `"batched"` mode, and a [`PanelJudge`] whose members all can.
+Which judges can: an LLM judge ([`ChatRubricJudge`]) in `"batched"` mode, and a [`PanelJudge`] with at least one
+such member.
 [`grade_in_groups`] falls back to one request per answer for any other judge.
 """
 

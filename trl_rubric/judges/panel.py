@@ -171,12 +171,13 @@ class PanelJudge(RubricJudge):
 
     @property
     def supports_group_grading(self) -> bool:
-        """True when every member grades a whole group in one call (see `trl_rubric.judges.groupwise`)."""
-        return all(getattr(j, "supports_group_grading", False) for j in self.judges)
+        """True when at least one member grades a whole group in one call (see `trl_rubric.judges.groupwise`); the
+        others (a rule judge, say) then grade each answer on their own."""
+        return any(getattr(j, "supports_group_grading", False) for j in self.judges)
 
     async def grade_group(self, prompt: Any, responses: Sequence[str], rubric: Any) -> list[Grade]:
-        """Grade all `responses` to one prompt: each member grades the group (in one call where it can), then the
-        panel combines each response's member grades."""
+        """Grade all `responses` to one prompt: each member grades the group (in one call where it can, else one
+        grade per answer), then the panel combines each response's member grades."""
         from .groupwise import grade_group
 
         rubric = Rubric.from_any(rubric)

@@ -102,7 +102,7 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         judge_group_grading (`bool`, *optional*, defaults to `False`):
             Grade all `num_generations` rollouts of a prompt in one judge call instead of one call each (G times
             fewer calls, and the conversation and rubric are sent once). Each rollout still gets absolute verdicts;
-            rollouts are shuffled before the call. Needs an LLM judge in `"batched"` mode (or a panel of them); see
+            rollouts are shuffled before the call. Needs an LLM judge in `"batched"` mode (or a panel with one); see
             `trl_rubric.judges.groupwise`. Turn it on when judge calls or prompt tokens dominate the cost.
         rubric_dropout (`float`, *optional*, defaults to `0.0`):
             Probability of leaving each criterion out, per prompt and step ("Rubric Dropout", arXiv 2608.11669): all
