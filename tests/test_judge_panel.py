@@ -275,3 +275,20 @@ def test_trl_rubric_eval_with_a_panel_writes_the_agreement(tiny_model_path, tmp_
     results = json.loads((out / "results.json").read_text())
     assert results["judge_agreement"] == 1.0, "two identical rule judges always agree"
     assert "judge panel agreement | 100.0%" in (out / "report.md").read_text()
+
+
+def test_panel_reward_pickles_for_a_rollout_process():
+    import pickle
+
+    from trl_rubric.judges import OpenAIJudge
+    from trl_rubric.testing.judge_server import FakeJudgeServer
+
+    with FakeJudgeServer() as server:
+        members = [OpenAIJudge("fake-judge", base_url=server.url, max_retries=0) for _ in range(3)]
+        reward = RubricReward(PanelJudge(members), num_generations=2, group_grading=True, rubric_dropout=0.2)
+        copy = pickle.loads(pickle.dumps(reward))
+        scores = asyncio.run(
+            copy(prompts=["q", "q"], completions=["fever rest", "dose"], rubric=[RUBRIC.to_list()] * 2)
+        )
+        assert server.requests == 3, "one group request per member"
+    assert all(s is not None for s in scores)
