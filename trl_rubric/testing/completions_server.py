@@ -13,7 +13,9 @@ Each token's log-probability is that of the uniform draw, `-log(len(vocab))`.
         ...  # vllm_server_url=server.base_url
         assert server.requests > 0
 
-It also answers `GET /health` (200) and `GET /v1/models`. `delay` holds every answer back by that many seconds.
+It also answers `GET /health` (200) and `GET /v1/models`. `delay` holds every answer back by that many seconds;
+`hold_after=n` answers the first `n` requests and holds every later one until `release()` or `stop()`, so a test can
+let a client that never stops asking (a rollout worker) produce exactly `n` completions.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class FakeCompletionsServer:
         min_tokens: Fewest tokens before the end-of-sequence token may come.
         model: Model id the server reports.
         delay: Seconds each answer is held back.
+        hold_after: Answer this many requests, then hold the rest until `release()` or `stop()` (`None`: never).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class FakeCompletionsServer:
         min_tokens: int = 1,
         model: str = "fake-policy",
         delay: float = 0.0,
+        hold_after: int | None = None,
     ):
         self.vocab = list(vocab)
         if not self.vocab:
@@ -56,6 +60,9 @@ class FakeCompletionsServer:
         self.min_tokens = min_tokens
         self.model = model
         self.delay = delay
+        self.hold_after = hold_after
+        self._released = threading.Event()
+        self._served = 0
         self.requests = 0
         self.models_requested: list[str] = []
         self._lock = threading.Lock()
@@ -75,7 +82,12 @@ class FakeCompletionsServer:
             self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Answer the requests held by `hold_after`, and all later ones."""
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -113,7 +125,7 @@ class FakeCompletionsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as aiohttp's connection pool expects
+            protocol_version = "HTTP/1.0"  # one request per connection: a held request pins no pooled connection
 
             def log_message(self, *args):
                 pass
@@ -141,11 +153,17 @@ class FakeCompletionsServer:
                 if not self.path.rstrip("/").endswith("/v1/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                if server.delay:
-                    time.sleep(server.delay)
                 with server._lock:
                     server.requests += 1
                     server.models_requested.append(str(body.get("model")))
+                    # A slot is taken on arrival, so concurrent requests cannot overshoot `hold_after`.
+                    hold = server.hold_after is not None and server._served >= server.hold_after
+                    server._served += not hold
+                if hold:
+                    server._released.wait()
+                if server.delay:
+                    time.sleep(server.delay)
+                with server._lock:
                     answer = server.complete(body)
                 self._send(200, answer)
 
