@@ -5,6 +5,7 @@ grow step by step (scripted through the generation budget: the random tiny model
 signal rises, the monitor falls, the monitor warns. The same run without the growth stays quiet.
 """
 
+import json
 import warnings
 
 import pytest
@@ -12,7 +13,7 @@ from datasets import Dataset
 
 from trl_rubric.judges import RuleJudge
 from trl_rubric.testing import make_rubric_rows
-from trl_rubric.trainers.hacking_monitor import HackingMonitor, RewardHackingWarning, hacking_check
+from trl_rubric.trainers.hacking_monitor import PROBES_FILE, HackingMonitor, RewardHackingWarning, hacking_check
 from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
@@ -102,6 +103,9 @@ def test_monitor_warns_when_a_length_paying_judge_rises_while_the_monitor_falls(
     assert "rewards/rubric_judge/mean rose" in str(caught[0].message)
     assert any(e.get("monitor/hacking_warning") == 1.0 for e in logged)
     assert all("monitor/length" in e and "monitor/signal" in e for e in logged)
+    probes = [json.loads(line) for line in (tmp_path / PROBES_FILE).read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 2, 4, 6] and len(probes[-1]["answers"]) == 4
+    assert probes[-1]["answers"][0]["answer"] == monitor.last_answers[0]
 
 
 def test_monitor_stays_quiet_on_a_normal_run(tmp_path, tiny_model_path):

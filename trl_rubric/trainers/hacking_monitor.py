@@ -19,6 +19,9 @@ than `min_signal_rise`; the monitor *falls* when its score at the latest probe i
 probe by more than `min_score_drop`. Both at once: a warning through `warnings.warn` and the logger, and
 `monitor/hacking_warning` = 1.
 
+Every probe is also appended to `<output_dir>/monitor_probes.jsonl` (main process): step, score, length and the probe
+answers with their scores, so what the policy now writes can be read next to the numbers.
+
 Judge calls: the monitor grades `len(probe_dataset)` answers per probe, nothing else; RGSD calls no judge without one.
 Pass it in `callbacks=[HackingMonitor(...)]`; the trainer hands itself to the monitor when it is built. Probe
 generation leaves the training RNG untouched, so a monitored run trains exactly like an unmonitored one.
@@ -26,7 +29,9 @@ generation leaves the training RNG untouched, so a monitored run trains exactly 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -44,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: Training signal each trainer is watched on, by the name it logs.
 RUBRIC_GRPO_SIGNAL = "rewards/{name}/mean"
 RGSD_SIGNAL = "rgsd/teacher_logratio"
+#: Written in the trainer's `output_dir`: one JSON line per probe.
+PROBES_FILE = "monitor_probes.jsonl"
 
 
 class RewardHackingWarning(UserWarning):
@@ -147,6 +154,7 @@ class HackingMonitor(TrainerCallback):
         self.signal: list[tuple[int, float]] = []
         self.warnings: list[dict[str, float]] = []
         self.last_answers: list[str] = []
+        self.last_scores: list[float | None] = []
 
     def bind(self, trainer: Any, signal_key: str) -> None:
         """Called by the trainer: where to generate, where to log, and which signal to watch (unless given)."""
@@ -174,6 +182,7 @@ class HackingMonitor(TrainerCallback):
 
     def _probe(self, step: int, log: bool) -> None:
         score, length = self._measure()
+        self._write(step, score, length)
         self.scores.append((step, score))
         self.lengths.append((step, length))
         metrics = {"monitor/score": score, "monitor/length": length}
@@ -204,6 +213,19 @@ class HackingMonitor(TrainerCallback):
             for key, value in metrics.items():
                 self.trainer._metrics["train"][key].append(value)
 
+    def _write(self, step: int, score: float, length: float) -> None:
+        if not self.trainer.accelerator.is_main_process:
+            return
+        os.makedirs(self.trainer.args.output_dir, exist_ok=True)
+        record = {
+            "step": step,
+            "score": score,
+            "length": length,
+            "answers": [{"answer": a, "score": s} for a, s in zip(self.last_answers, self.last_scores, strict=True)],
+        }
+        with open(os.path.join(self.trainer.args.output_dir, PROBES_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
     def _measure(self) -> tuple[float, float]:
         """Greedy answers to the probe prompts from the current policy, graded by the monitor judge."""
         trainer = self.trainer
@@ -227,6 +249,7 @@ class HackingMonitor(TrainerCallback):
             if cuda is not None:
                 torch.cuda.set_rng_state_all(cuda)
         grades = self.judge.grade_many_sync(self.prompts, out.texts, self.rubrics)
+        self.last_scores = [g.score for g in grades]
         known = [g.score for g in grades if g.score is not None]
         if not known:
             errors = [g.error for g in grades if g.error]
