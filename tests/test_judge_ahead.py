@@ -195,3 +195,24 @@ def test_trl_seams_judge_ahead_relies_on_keep_their_shape():
         in (source)
     )
     assert "= self._generate(prompts)" in source
+
+
+def test_grading_ahead_sees_the_trainer_state_of_sampling_time(tiny_model_path, tmp_path):
+    """The background grading gets a snapshot, not the live state that training moves on meanwhile."""
+    dataset = Dataset.from_list(make_rubric_rows(8, conversational=True, seed=1))
+    trainer = RubricGRPOTrainer(tiny_model_path, args=args(tmp_path), train_dataset=dataset, judge=parity_judge())
+    seen, call = [], trainer.rubric_reward.__class__.__call__
+
+    async def recording_call(self, prompts, completions, **kwargs):
+        state = kwargs["trainer_state"]
+        seen.append((state is trainer.state, state.global_step))
+        return await call(self, prompts, completions, **kwargs)
+
+    trainer.rubric_reward.__class__.__call__ = recording_call
+    try:
+        trainer.train()
+    finally:
+        trainer.rubric_reward.__class__.__call__ = call
+    # Step 1 grades synchronously (the live state, global_step 0); each later batch is graded from a copy taken when
+    # it was sampled, during the step before the one that trains on it.
+    assert seen == [(True, 0), (False, 0), (False, 1), (False, 2)]

@@ -33,6 +33,7 @@ gradient_accumulation_steps` (TRL's default), no vLLM, tools, environments or `r
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import time
 from collections.abc import Iterator
@@ -202,7 +203,8 @@ class JudgeAheadMixin:
             prompts=prompts,
             completions=completions,
             completion_ids=completion_ids_list,
-            trainer_state=self.state,
+            # A copy: the grading runs while training moves the live state on (rubric dropout reads its step).
+            trainer_state=copy.copy(self.state),
             log_metric=recorder.log_metric,
             log_extra=recorder.log_extra,
             **kwargs,
