@@ -216,3 +216,21 @@ def test_grading_ahead_sees_the_trainer_state_of_sampling_time(tiny_model_path, 
     # Step 1 grades synchronously (the live state, global_step 0); each later batch is graded from a copy taken when
     # it was sampled, during the step before the one that trains on it.
     assert seen == [(True, 0), (False, 0), (False, 1), (False, 2)]
+
+
+def test_evaluation_during_a_judge_ahead_run_grades_synchronously(tiny_model_path, tmp_path):
+    rows = make_rubric_rows(12, conversational=True, seed=1)
+    train, held_out = Dataset.from_list(rows[:8]), Dataset.from_list(rows[8:])
+    settings = dict(eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    trainer = RubricGRPOTrainer(
+        tiny_model_path,
+        args=args(tmp_path, **settings),
+        train_dataset=train,
+        eval_dataset=held_out,
+        judge=parity_judge(),
+    )
+    trainer.train()
+    stale = [e[AHEAD_STALE] for e in trainer.state.log_history if AHEAD_STALE in e]
+    assert stale == [0.0, 1.0, 1.0, 1.0], "evaluation does not break the read-ahead"
+    evals = [e for e in trainer.state.log_history if "eval_reward" in e]
+    assert [e["step"] for e in evals] == [2, 4] and all(e["eval_reward"] == e["eval_reward"] for e in evals)

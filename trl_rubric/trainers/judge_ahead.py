@@ -146,6 +146,8 @@ class JudgeAheadMixin:
 
     def _generate_and_score_completions(self, inputs):
         if not (getattr(self.args, "judge_ahead", False) and self.model.training):
+            if self._ahead_pending is not None:  # evaluation: let the read-ahead grading finish first (judge stats)
+                self._ahead_pending.future.result()
             return super()._generate_and_score_completions(inputs)
         pending, self._ahead_pending = self._ahead_pending, None
         upcoming, self._ahead_next = self._ahead_next, None
