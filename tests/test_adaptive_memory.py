@@ -155,3 +155,16 @@ def test_updater_thread_returns_a_valid_revision_and_rejects_a_malformed_one(mon
         (bad,) = updater.take_done(wait=True, timeout=30)
         assert bad.rubric is None and "weight" in bad.error
         updater.close()
+
+
+def test_closing_the_updater_does_not_wait_for_a_slow_author(monkeypatch):
+    import time
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with FakeAuthorServer(delay=20.0) as server:
+        updater = RubricUpdater(backend(server), min_criteria=1)
+        updater.submit(request())
+        start = time.perf_counter()
+        updater.close()
+        assert time.perf_counter() - start < 10.0
+        assert updater.take_done() == [] and updater.in_flight == set()

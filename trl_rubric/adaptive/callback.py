@@ -112,7 +112,8 @@ class AdaptiveRubricCallback(TrainerCallback):
         #: keeps failing on stops costing calls.
         self.attempts: dict[str, int] = {}
         self.stats = {"requests": 0, "applied": 0, "rejected": 0}
-        self._keys: dict[tuple[str, str], str] = {}
+        self._keys: dict[tuple[str, str | None], str] = {}
+        self._current: dict[str, Rubric] = {}
         self._observed: list[dict[str, Any]] = []
         self._trainer = None
         self.num_generations: int | None = None
@@ -134,7 +135,10 @@ class AdaptiveRubricCallback(TrainerCallback):
             key = prompt_key(prompt, rubric)
             entry = self.versions.get(key)
             now = entry["rubric"] if entry else rubric
-            self._keys[(prompt_to_text(prompt), rubric_text(now))] = key
+            text = prompt_to_text(prompt)
+            self._keys[(text, rubric_text(now))] = key
+            self._keys[(text, None)] = key  # rubric dropout may grade a subset: fall back to the prompt alone
+            self._current[key] = now
             out.append(now)
         return out
 
@@ -152,7 +156,8 @@ class AdaptiveRubricCallback(TrainerCallback):
     def _summary(self, prompts, completions, rubrics, grades: Sequence[Grade], start: int, end: int) -> dict[str, Any]:
         rubric = rubrics[start]
         text = prompt_to_text(prompts[start])
-        key = self._keys.get((text, rubric_text(rubric))) or prompt_key(prompts[start], rubric)
+        key = self._keys.get((text, rubric_text(rubric))) or self._keys.get((text, None))
+        key = key or prompt_key(prompts[start], rubric)
         rows = [grades[i].verdicts for i in range(start, end) if len(grades[i].verdicts) == len(rubric)]
         cells = group_cells(0, rubric, rows) if rows else []
         statuses = [c.status for c in cells]
@@ -176,7 +181,7 @@ class AdaptiveRubricCallback(TrainerCallback):
             "stale_fraction": (n_sat + n_unr) / len(judged) if judged else None,
             "failure": failure[:FAILURE_CHARS] if failure else None,
             "_prompt": prompts[start],
-            "_rubric": rubric,
+            "_rubric": self._current.get(key, rubric),  # the whole current rubric, also when dropout graded a part
         }
 
     # -- trainer events ----------------------------------------------------------------------------------------------
@@ -271,6 +276,8 @@ class AdaptiveRubricCallback(TrainerCallback):
                 continue
             if record["version"] != self.versions.get(key, {}).get("version", 0):
                 continue  # graded before the latest revision
+            if len(record["statuses"]) != len(record["_rubric"]):
+                continue  # graded on a part of the rubric (rubric dropout): no per-criterion evidence to show
             recent = [r for r in self.memory.recent(key, self.patience) if r["version"] == record["version"]]
             if len(recent) < self.patience or any(
                 r["stale_fraction"] is None or r["stale_fraction"] < self.stale_fraction for r in recent

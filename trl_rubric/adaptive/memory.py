@@ -11,8 +11,8 @@ training `step` it belongs to:
 - `resume`: training (re)started at `step`; every record written before it with a later step belongs to an abandoned
   future and is dropped when the store is read, so a run resumed from a checkpoint sees exactly what it saw then.
 
-Appends take a `filelock` lock next to the file and write one whole line, so several processes (or a second run in
-the same folder) never interleave partial lines.
+Appends take a `filelock` lock next to the file and write whole lines in one write, so several processes (or a second
+run in the same folder) never interleave partial lines; readers parse only complete lines.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ class EvaluationMemory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.embed = embed or hashed_bag_of_words
         self._lock = FileLock(str(self.path) + ".lock")
+        # Parsed records and how many bytes of the file they cover: reads parse only what was appended since.
+        self._parsed: list[dict[str, Any]] = []
+        self._offset = 0
+        self._lines = 0
+        self._vectors: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"EvaluationMemory({str(self.path)!r})"
@@ -77,24 +82,32 @@ class EvaluationMemory:
         if not lines:
             return
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+            f.write("".join(lines))  # one write of whole lines under the lock (no fsync: it cost ~20 ms a step)
 
-    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The live records in write order (records cut off by a later `resume` are dropped), optionally one kind."""
-        if not self.path.exists():
-            return []
-        with self._lock:
-            text = self.path.read_text(encoding="utf-8")
-        live: list[dict[str, Any]] = []
-        for number, line in enumerate(text.splitlines(), start=1):
+    def _refresh(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == self._offset:
+            return
+        with self._lock, open(self.path, "rb") as f:
+            f.seek(self._offset)
+            tail = f.read()
+        complete = tail[: tail.rfind(b"\n") + 1]  # appends are whole lines; never parse a half-written one
+        self._offset += len(complete)
+        for line in complete.decode("utf-8").splitlines():
+            self._lines += 1
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                self._parsed.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{self.path}: line {number} is not JSON ({e}); the memory file is damaged") from None
+                raise ValueError(
+                    f"{self.path}: line {self._lines} is not JSON ({e}); the memory file is damaged"
+                ) from None
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The live records in write order (records cut off by a later `resume` are dropped), optionally one kind."""
+        self._refresh()
+        live: list[dict[str, Any]] = []
+        for record in self._parsed:
             if record["kind"] == "resume":
                 live = [r for r in live if r["step"] <= record["step"]]
             live.append(record)
@@ -109,7 +122,12 @@ class EvaluationMemory:
         pool = [r for r in self.records(kind) if r.get("key") != exclude_key and r.get("prompt")]
         if not pool or k <= 0:
             return []
-        vectors = _unit_rows(self.embed([r["prompt"] for r in pool]))
+        import numpy as np
+
+        missing = list(dict.fromkeys(r["prompt"] for r in pool if r["prompt"] not in self._vectors))
+        if missing:  # each distinct prompt is embedded once
+            self._vectors.update(zip(missing, _unit_rows(self.embed(missing)), strict=True))
+        vectors = np.stack([self._vectors[r["prompt"]] for r in pool])
         scores = (vectors @ _unit_rows(self.embed([query]))[0]).tolist()
         order = sorted(range(len(pool)), key=lambda i: -scores[i])[:k]
         return [(scores[i], pool[i]) for i in order]

@@ -13,9 +13,9 @@ so a rubric never changes in the middle of a step.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +105,8 @@ def read_revision(text: str | None, min_criteria: int, max_criteria: int) -> tup
 
 
 class RubricUpdater:
-    """A background thread that sends [`RevisionRequest`]s to an author backend and keeps the results.
+    """A background thread running an event loop that sends [`RevisionRequest`]s to an author backend, several at
+    once (up to the backend's `max_concurrency`), and keeps the results until the training loop takes them.
 
     Args:
         backend: A chat backend from [`build_author_backend`] (an [`OpenAIJudge`] or a [`TransformersJudge`]); its
@@ -118,78 +119,80 @@ class RubricUpdater:
             raise ValueError(f"min_criteria={min_criteria}, max_criteria={max_criteria}; expected 1 <= min <= max")
         self.backend = backend
         self.min_criteria, self.max_criteria = int(min_criteria), int(max_criteria)
-        self._requests: queue.Queue[RevisionRequest | None] = queue.Queue()
-        self._done: list[RevisionResult] = []
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
+        self._futures: list[concurrent.futures.Future] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._semaphore: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
         return f"RubricUpdater(backend={self.backend!r})"
 
     @property
     def in_flight(self) -> set[str]:
-        """Keys of the prompts with a request queued or being answered (or answered and not yet taken)."""
+        """Keys of the prompts with a request being answered (or answered and not yet taken)."""
         with self._lock:
             return set(self._in_flight)
 
+    def _start(self) -> None:
+        # The backends keep their HTTP clients per event loop: one long-lived loop on our own thread.
+        self._loop = asyncio.new_event_loop()
+        self._semaphore = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rubric-updater", daemon=True)
+        self._thread.start()
+
     def submit(self, request: RevisionRequest) -> bool:
-        """Queue a request; `False` (and nothing queued) if that prompt already has one in flight."""
+        """Send a request; `False` (and nothing sent) if that prompt already has one in flight."""
         with self._lock:
             if request.key in self._in_flight:
                 return False
             self._in_flight.add(request.key)
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="rubric-updater", daemon=True)
-            self._thread.start()
-        self._requests.put(request)
+        if self._thread is None:
+            self._start()
+        future = asyncio.run_coroutine_threadsafe(self._revise(request), self._loop)
+        with self._lock:
+            self._futures.append(future)
         return True
 
     def take_done(self, wait: bool = False, timeout: float | None = None) -> list[RevisionResult]:
-        """The results that arrived since the last call (with `wait`, first wait for every queued request)."""
+        """The results that arrived since the last call (with `wait`, first wait for every request in flight)."""
         if wait:
             self.wait(timeout)
         with self._lock:
-            done, self._done = self._done, []
+            done = [f.result() for f in self._futures if f.done() and not f.cancelled()]
+            self._futures = [f for f in self._futures if not f.done()]
             for result in done:
                 self._in_flight.discard(result.request.key)
         return done
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every queued request has an answer (or `timeout` seconds pass)."""
-        finished = threading.Event()
-
-        def watch():
-            self._requests.join()
-            finished.set()
-
-        threading.Thread(target=watch, daemon=True).start()
-        finished.wait(timeout)
+        """Block until every request sent so far has an answer (or `timeout` seconds pass)."""
+        with self._lock:
+            futures = list(self._futures)
+        concurrent.futures.wait(futures, timeout=timeout)
 
     def close(self) -> None:
-        """Stop the thread after the queued requests (their results stay available to [`take_done`])."""
-        if self._thread is not None and self._thread.is_alive():
-            self._requests.put(None)
+        """Stop the thread without waiting for unanswered requests (their revisions could no longer be applied)."""
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for future in futures:
+            future.cancel()
+        if self._thread is not None:
+            try:  # let the cancelled requests unwind (close their connections) before the loop stops
+                asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=10)
+            except Exception:  # noqa: BLE001  (best effort: the thread is a daemon)
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
-        self._thread = None
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()  # the backends keep their HTTP clients per event loop
-        try:
-            while True:
-                request = self._requests.get()
-                try:
-                    if request is None:
-                        return
-                    result = loop.run_until_complete(self._revise(request))
-                    with self._lock:
-                        self._done.append(result)
-                finally:
-                    self._requests.task_done()
-        finally:
-            loop.close()
+            self._loop.close()
+        self._thread = self._loop = None
+        with self._lock:
+            self._in_flight.clear()
 
     async def _revise(self, request: RevisionRequest) -> RevisionResult:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(max(1, int(getattr(self.backend, "max_concurrency", 4))))
         box: list[Rubric | None] = [None]
 
         def read(text):
@@ -197,13 +200,23 @@ class RubricUpdater:
             return problem
 
         try:
-            _, raw, problem = await self.backend._ask(revision_messages(request), read)
-        except Exception as e:  # a crashed request must not kill the thread or leave the prompt in flight forever
+            async with self._semaphore:
+                _, raw, problem = await self.backend._ask(revision_messages(request), read)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a crashed request must not kill the loop or leave the prompt in flight forever
             logger.warning("rubric revision for %s failed: %r", request.key[:12], e)
             return RevisionResult(request, None, error=f"{type(e).__name__}: {e}")
         if problem is not None:
             return RevisionResult(request, None, error=problem, raw=raw)
         return RevisionResult(request, box[0], raw=raw)
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def rubric_json(rubric: Rubric) -> str:
