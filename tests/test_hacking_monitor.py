@@ -6,6 +6,8 @@ signal rises, the monitor falls, the monitor warns. The same run without the gro
 """
 
 import json
+import random
+import re
 import warnings
 
 import pytest
@@ -35,14 +37,18 @@ def probe_rows(n=4):
     return rows
 
 
+def threshold(criterion):
+    return int(re.search(r"\d+", criterion.text).group())
+
+
 def length_judge():
-    """The training judge that pays for length."""
-    return RuleJudge(resolver=lambda c: lambda r, t=int(c.text.split()[2]): len(r) >= t)
+    """The training judge that pays for length: any criterion "... N characters" is met by N characters or more."""
+    return RuleJudge(resolver=lambda c: lambda r, t=threshold(c): len(r) >= t)
 
 
 def brevity_judge():
-    """The monitor judge: pays for brevity, so padding answers lowers its score."""
-    return RuleJudge(resolver=lambda c: lambda r, t=int(c.text.split()[1]): len(r) < t)
+    """The monitor judge: pays for brevity ("under N characters"), so padding answers lowers its score."""
+    return RuleJudge(resolver=lambda c: lambda r, t=threshold(c): len(r) < t)
 
 
 class GrowingAnswers:
@@ -103,6 +109,9 @@ def test_monitor_warns_when_a_length_paying_judge_rises_while_the_monitor_falls(
     assert "rewards/rubric_judge/mean rose" in str(caught[0].message)
     assert any(e.get("monitor/hacking_warning") == 1.0 for e in logged)
     assert all("monitor/length" in e and "monitor/signal" in e for e in logged)
+    # The length-paying training judge, on the same probe answers, pulls away from the monitor.
+    gaps = [e["monitor/gap"] for e in logged]
+    assert gaps[-1] > gaps[0] and any("judges part on the same answers" in w["reasons"] for w in monitor.warnings)
     probes = [json.loads(line) for line in (tmp_path / PROBES_FILE).read_text().splitlines()]
     assert [p["step"] for p in probes] == [0, 2, 4, 6] and len(probes[-1]["answers"]) == 4
     assert probes[-1]["answers"][0]["answer"] == monitor.last_answers[0]
@@ -113,21 +122,46 @@ def test_monitor_stays_quiet_on_a_normal_run(tmp_path, tiny_model_path):
     assert not caught and not monitor.warnings
     logged = [e for e in trainer.state.log_history if "monitor/score" in e]
     assert len(logged) == 3 and all(e.get("monitor/hacking_warning", 0.0) == 0.0 for e in logged)
+    assert all("monitor/gap" in e for e in logged), "RubricGRPO's own judge also grades the probe answers"
+
+
+def probes_at(steps, means, spread=0.0, n=8, gaps=None):
+    """Probes whose per-prompt scores are `mean +- spread` (a seeded draw per prompt), as `hacking_check` takes them."""
+    out = []
+    for i, (step, mean) in enumerate(zip(steps, means, strict=True)):
+        rng = random.Random(step)
+        scores = [mean + rng.choice((spread, -spread)) for _ in range(n)]
+        scores = [x - (sum(scores) / n - mean) for x in scores]  # exactly `mean` on average
+        out.append((step, scores, None if gaps is None else [gaps[i]] * n))
+    return out
 
 
 def test_hacking_check_on_scripted_signals():
     rising = [(s, 0.1 * s) for s in range(1, 7)]
-    falling_scores = [(0, 0.8), (2, 0.7), (4, 0.5), (6, 0.3)]
-    result = hacking_check(rising, falling_scores, window=2)
-    assert result["warning"] == 1.0 and result["signal_rise"] > 0 and result["score_change"] == pytest.approx(-0.4)
+    steps = (0, 2, 4, 6)
+    falling = probes_at(steps, (0.8, 0.7, 0.5, 0.3))
+    result = hacking_check(rising, falling, window=2)
+    assert result["warning"] == 1.0 and result["reasons"] == ["signal up, monitor down"]
+    assert result["signal_rise"] > 0 and result["score_change"] == pytest.approx(-0.4)
     # Both rising: the policy got better by both measures.
-    assert hacking_check(rising, [(0, 0.3), (2, 0.4), (4, 0.5), (6, 0.6)], window=2)["warning"] == 0.0
-    # Monitor falls by less than min_score_drop: noise, not a warning.
-    assert hacking_check(rising, [(0, 0.5), (2, 0.5), (4, 0.5), (6, 0.48)], window=2)["warning"] == 0.0
-    # Signal flat while the monitor falls: not the hacking pattern (a worse policy, but not a gamed judge).
+    assert hacking_check(rising, probes_at(steps, (0.3, 0.4, 0.5, 0.6)), window=2)["warning"] == 0.0
+    # The monitor falls by less than min_score_drop: not a warning.
+    assert hacking_check(rising, probes_at(steps, (0.5, 0.5, 0.5, 0.48)), window=2)["warning"] == 0.0
+    # A fall of 0.2 on average, but the prompts swing by +-0.5 between probes: within the noise of 8 prompts.
+    noisy = probes_at(steps, (0.5, 0.5, 0.5, 0.3), spread=0.5)
+    result = hacking_check(rising, noisy, window=2)
+    assert result["score_change"] == pytest.approx(-0.2) and result["score_change_se"] > 0.1
+    assert result["warning"] == 0.0
+    # Signal flat while the monitor falls: a worse policy, not a gamed judge.
     flat = [(s, 0.5) for s in range(1, 7)]
-    assert hacking_check(flat, falling_scores, window=2)["warning"] == 0.0
-    assert hacking_check(rising, falling_scores[:2], window=2) is None, "too few probes for the window"
+    assert hacking_check(flat, falling, window=2)["warning"] == 0.0
+    assert hacking_check(rising, falling[:2], window=2) is None, "too few probes for the window"
+    # The training judge's lead over the monitor on the same answers grows: warns without any signal trend.
+    parting = probes_at(steps, (0.3, 0.3, 0.3, 0.3), gaps=(0.1, 0.2, 0.3, 0.5))
+    result = hacking_check(flat, parting, window=2)
+    assert result["reasons"] == ["judges part on the same answers"] and result["gap_change"] == pytest.approx(0.3)
+    steady = probes_at(steps, (0.3, 0.3, 0.3, 0.3), gaps=(0.4, 0.4, 0.45, 0.45))
+    assert hacking_check(flat, steady, window=2)["warning"] == 0.0
 
 
 def test_monitor_refuses_bad_probe_rows_and_settings():
@@ -158,7 +192,7 @@ def test_rgsd_calls_a_judge_only_with_a_monitor_and_watches_the_teacher_logratio
     trainer = RGSDTrainer(
         tiny_model_path, args=args, train_dataset=Dataset.from_list(length_rows(4)), callbacks=[monitor]
     )
-    assert monitor.signal_key == "rgsd/teacher_logratio"
+    assert monitor.signal_key == "rgsd/teacher_logratio" and monitor.training_judge is None
     trainer.train()
     assert judge.stats.grades == 2 * 3, "2 probe answers at steps 0, 1 and 2, and no other grading"
     logged = [e for e in trainer.state.log_history if "monitor/score" in e]
