@@ -156,3 +156,29 @@ def test_resume_from_a_checkpoint_restores_the_rubric_versions_it_had(tiny_model
         )
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert recorder.at_begin == at_step_2
+
+
+def test_config_fields_turn_adaptive_rubrics_on_and_bad_values_name_the_field(tiny_model_path, tmp_path, api_key):
+    with pytest.raises(ValueError, match="adaptive_stale_fraction"):
+        args(tmp_path, adaptive_author_model="m", adaptive_stale_fraction=2.0)
+    with pytest.raises(ValueError, match="adaptive_max_revisions"):
+        args(tmp_path, adaptive_author_model="m", adaptive_max_revisions=0)
+    secret = "sk-live-not-a-variable-name"
+    with pytest.raises(ValueError, match="adaptive_author_api_key_env") as error:
+        args(tmp_path, adaptive_author_model="m", adaptive_author_api_key_env=secret)
+    assert secret not in str(error.value)
+    args(tmp_path, adaptive_stale_fraction=2.0)  # ignored while adaptive rubrics are off
+
+    with FakeAuthorServer() as server:
+        config = args(tmp_path, max_steps=3, adaptive_author_model="fake-author", adaptive_author_base_url=server.url)
+        config.adaptive_wait = True
+        trainer = RubricGRPOTrainer(
+            model=tiny_model_path,
+            args=config,
+            train_dataset=Dataset.from_list(make_rubric_rows(4, seed=1)),
+            judge=stale_then_contrasting_judge(set()),
+        )
+        (adaptive,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, AdaptiveRubricCallback)]
+        assert trainer.rubric_reward.rubric_source is adaptive and adaptive.wait_for_revisions
+        trainer.train()
+    assert EvaluationMemory(tmp_path / "adaptive_memory.jsonl").records("update")

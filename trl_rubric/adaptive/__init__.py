@@ -6,17 +6,19 @@ asked), `callback` (the `TrainerCallback` that ties them to [`RubricGRPOTrainer`
 boundaries, resume). See `docs/adaptive.md`.
 """
 
-from .callback import AdaptiveRubricCallback, prompt_key
+from .callback import ADAPTIVE_FIELDS, AdaptiveRubricCallback, adaptive_callback_from, prompt_key
 from .memory import MEMORY_FILE, EvaluationMemory, hashed_bag_of_words
 from .updater import RevisionRequest, RevisionResult, RubricUpdater, read_revision, revision_messages
 
 __all__ = [
+    "ADAPTIVE_FIELDS",
     "MEMORY_FILE",
     "AdaptiveRubricCallback",
     "EvaluationMemory",
     "RevisionRequest",
     "RevisionResult",
     "RubricUpdater",
+    "adaptive_callback_from",
     "hashed_bag_of_words",
     "prompt_key",
     "read_revision",

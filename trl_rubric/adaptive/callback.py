@@ -268,6 +268,9 @@ class AdaptiveRubricCallback(TrainerCallback):
 
     def _submit(self, observed: list[dict[str, Any]]) -> None:
         busy = self.updater.in_flight
+        history: dict[str, list[dict[str, Any]]] = {}  # one pass over the memory per boundary, not one per group
+        for summary in self.memory.records("summary"):
+            history.setdefault(summary["key"], []).append(summary)
         for record in observed:
             key = record["key"]
             if key in busy or self.revision_counts.get(key, 0) >= self.max_revisions:
@@ -278,7 +281,7 @@ class AdaptiveRubricCallback(TrainerCallback):
                 continue  # graded before the latest revision
             if len(record["statuses"]) != len(record["_rubric"]):
                 continue  # graded on a part of the rubric (rubric dropout): no per-criterion evidence to show
-            recent = [r for r in self.memory.recent(key, self.patience) if r["version"] == record["version"]]
+            recent = [r for r in history.get(key, [])[-self.patience :] if r["version"] == record["version"]]
             if len(recent) < self.patience or any(
                 r["stale_fraction"] is None or r["stale_fraction"] < self.stale_fraction for r in recent
             ):
@@ -292,7 +295,7 @@ class AdaptiveRubricCallback(TrainerCallback):
                 pass_rates=record["pass_rates"],
                 statuses=record["statuses"],
                 failure=record["failure"],
-                recent=self.memory.recent(key, self.recent_k),
+                recent=history.get(key, [])[-self.recent_k :],
                 similar_updates=[r for _, r in similar],
             )
             if self.updater.submit(request):
@@ -341,3 +344,42 @@ class AdaptiveRubricCallback(TrainerCallback):
 def _public(record: dict[str, Any], step: int) -> dict[str, Any]:
     """The JSON-safe part of an observation (keys starting with `_` hold live objects), stamped with the step."""
     return {**{k: v for k, v in record.items() if not k.startswith("_")}, "step": step}
+
+
+#: The `RubricGRPOConfig` fields that configure adaptive rubrics (documented there), with their defaults.
+ADAPTIVE_FIELDS = {
+    "adaptive_author_model": None,
+    "adaptive_author_base_url": "http://localhost:8000/v1",
+    "adaptive_author_api_key_env": "OPENAI_API_KEY",
+    "adaptive_stale_fraction": 0.5,
+    "adaptive_max_revisions": 2,
+    "adaptive_wait": False,
+}
+
+
+def adaptive_callback_from(args: Any) -> AdaptiveRubricCallback | None:
+    """The [`AdaptiveRubricCallback`] a config's `adaptive_*` fields describe, or `None` when `adaptive_author_model`
+    is unset. Raises `ValueError` naming the field that is wrong; builds the author client but sends nothing."""
+    from ..authoring.backend import AuthorArguments, build_author_backend
+
+    settings = {name: getattr(args, name, default) for name, default in ADAPTIVE_FIELDS.items()}
+    if not settings["adaptive_author_model"]:
+        return None
+    try:
+        author = AuthorArguments(
+            author_model=settings["adaptive_author_model"],
+            author_base_url=settings["adaptive_author_base_url"],
+            author_api_key_env=settings["adaptive_author_api_key_env"],
+            author_probe=False,
+        )
+        return AdaptiveRubricCallback(
+            build_author_backend(author),
+            stale_fraction=settings["adaptive_stale_fraction"],
+            max_revisions=settings["adaptive_max_revisions"],
+            wait_for_revisions=settings["adaptive_wait"],
+        )
+    except ValueError as e:
+        message = str(e)
+        for name in ("author_", "stale_fraction", "max_revisions"):
+            message = message.replace(name, f"adaptive_{name}")
+        raise ValueError(message) from None

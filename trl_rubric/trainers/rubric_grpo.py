@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..adaptive.callback import adaptive_callback_from
 from ..data import named_datasets, validate_rubric_column
 from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
@@ -128,6 +129,25 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             Where steps end: `"paragraphs"` (blank lines), `"lines"`, `"sentences"` or `"markers"` ("###" headers).
         process_max_steps (`int`, *optional*, defaults to `8`):
             Most steps (judge calls) per answer; text past the last step joins it.
+
+        > Parameters that control adaptive rubrics (`trl_rubric.adaptive`, `docs/adaptive.md`)
+
+        adaptive_author_model (`str` or `None`, *optional*, defaults to `None`):
+            Author model (served behind an OpenAI-compatible endpoint) that revises, during training, the rubrics of
+            prompts whose criteria every rollout passes or none does; revisions apply at step boundaries, are
+            versioned in `<output_dir>/adaptive_memory.jsonl` and restored on resume. `None` turns it off. From
+            Python, pass an `AdaptiveRubricCallback` instead for every setting.
+        adaptive_author_base_url (`str`, *optional*, defaults to `"http://localhost:8000/v1"`):
+            Endpoint root of the author model.
+        adaptive_author_api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
+            NAME of the environment variable holding the author's API key (never stored).
+        adaptive_stale_fraction (`float`, *optional*, defaults to `0.5`):
+            Share of a group's criteria that must be saturated or unreachable before its rubric is sent for revision.
+        adaptive_max_revisions (`int`, *optional*, defaults to `2`):
+            Most revisions applied per prompt over the run.
+        adaptive_wait (`bool`, *optional*, defaults to `False`):
+            Wait at every step boundary for the revisions in flight (reproducible, slower) instead of applying them
+            at the first boundary after they arrive.
     """
 
     rubric_column: str = field(
@@ -185,6 +205,22 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         default="paragraphs", metadata={"help": "Step splitter: 'paragraphs', 'lines', 'sentences' or 'markers'."}
     )
     process_max_steps: int = field(default=8, metadata={"help": "Most steps (judge calls) per answer."})
+    adaptive_author_model: str | None = field(
+        default=None, metadata={"help": "Author model that revises stale rubrics during training (None = off)."}
+    )
+    adaptive_author_base_url: str = field(
+        default="http://localhost:8000/v1", metadata={"help": "Endpoint root of the adaptive-rubrics author model."}
+    )
+    adaptive_author_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "NAME of the environment variable with the author's API key."}
+    )
+    adaptive_stale_fraction: float = field(
+        default=0.5, metadata={"help": "Share of stale (saturated/unreachable) criteria that triggers a revision."}
+    )
+    adaptive_max_revisions: int = field(default=2, metadata={"help": "Most revisions applied per prompt."})
+    adaptive_wait: bool = field(
+        default=False, metadata={"help": "Wait at each step boundary for the revisions in flight."}
+    )
 
     def __post_init__(self):
         if self.loss_type not in GRPO_LOSS_TYPES:
@@ -210,6 +246,7 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
         check_dropout_probability(self.rubric_dropout)
         ProcessRewards(self.process_step_splitter, self.process_max_steps)  # validates the process_* fields
+        adaptive_callback_from(self)  # validates the adaptive_* fields (builds the client, sends nothing)
         super().__post_init__()  # JudgeArguments, then GRPOConfig
 
     def reweighting_config(self) -> ReweightingConfig | None:
@@ -382,6 +419,9 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
         bind_monitors(self, RUBRIC_GRPO_SIGNAL.format(name=self.rubric_reward.__name__))
         self.add_callback(_SkipUngradedSteps(self))
         self.add_callback(MetricsFileCallback())
+        adaptive = adaptive_callback_from(args)
+        if adaptive is not None:
+            self.add_callback(adaptive)
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):  # trl_rubric.adaptive.AdaptiveRubricCallback: reads our reward
                 callback.bind_trainer(self)
