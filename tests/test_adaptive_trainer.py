@@ -100,6 +100,11 @@ def test_stale_rubrics_are_revised_at_a_step_boundary_and_the_reward_grades_the_
     logged = [h for h in trainer.state.log_history if "adaptive/revisions_applied" in h]
     assert logged[-1]["adaptive/revisions_applied"] == len(updates)
     assert logged[-1]["adaptive/revisions_rejected"] == 0
+    # Evaluation grades the original rubrics and writes nothing to the memory.
+    seen.clear()
+    trainer.evaluate(Dataset.from_list(make_rubric_rows(4, seed=1)))
+    assert seen and not any(text.startswith(REVISED) for text in seen)
+    assert len(memory.records("summary")) == len(summaries)
 
 
 def test_a_revision_that_is_not_a_valid_rubric_is_rejected_counted_and_never_applied(

@@ -45,6 +45,36 @@ def test_splitters_cut_where_documented_and_cap_the_number_of_steps():
         split_steps(text, "words")
 
 
+def reference_token_steps(tokenizer, ids, step_ends):
+    """The plain per-token loop: decode every prefix, move to the next step once past the current step's end."""
+    out, step = [], 0
+    for j in range(len(ids)):
+        end = len(tokenizer.decode(list(ids[: j + 1]), skip_special_tokens=True))
+        while step < len(step_ends) - 1 and end > step_ends[step]:
+            step += 1
+        out.append(step)
+    return out
+
+
+def test_token_steps_bisection_matches_the_per_token_loop(tiny_model_path):
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    rng = random.Random(0)
+    texts = ["Rest first.\n\nDrink fluids. Then sleep!\n\n\nSee a doctor.", "é café\nnaïve — ok\n\nend", "", "one"]
+    cases = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    for _ in range(20):  # random token soup with newlines in it
+        cases.append([rng.choice([rng.randrange(len(tok)), *newline]) for _ in range(rng.randrange(1, 40))])
+    for ids in cases:
+        text = tok.decode(ids, skip_special_tokens=True)
+        for splitter in ("lines", "sentences", "paragraphs"):
+            ends = split_steps(text, splitter, max_steps=5)
+            assert token_steps(tok, ids, ends) == reference_token_steps(tok, ids, ends), (ids, splitter)
+
+
 def test_step_rewards_are_score_deltas_that_sum_to_the_final_score():
     assert step_rewards([0.2, 0.2, 0.9], truncated=False) == pytest.approx([0.2, 0.0, 0.7])
     assert sum(step_rewards([0.5, -0.25, 0.75], truncated=False)) == pytest.approx(0.75)
@@ -163,7 +193,7 @@ def test_the_batch_gets_delta_rewards_per_step_masks_ungradable_answers_and_zero
             scores.append(None if None in verdicts else rubric.score(verdicts))
         rewards.append(step_rewards(scores, truncated=i == 3))
         ids = output["completion_ids"][i][: len(tok(answer, add_special_tokens=False)["input_ids"]) + (i != 3)]
-        steps.append(token_steps(tok, ids.tolist(), ends))
+        steps.append(reference_token_steps(tok, ids.tolist(), ends))
     assert rewards[0] == pytest.approx([2 / 3, 1 / 3]) and rewards[2] is None and rewards[3] == [0.0]
     expected = reference_advantages(rewards, steps, 2, output["completion_ids"].shape[1], scale=True)
     torch.testing.assert_close(output["advantages"], torch.tensor(expected), atol=1e-5, rtol=1e-5)

@@ -128,8 +128,16 @@ class AdaptiveRubricCallback(TrainerCallback):
         path = self.memory_path or os.path.join(trainer.args.output_dir, MEMORY_FILE)
         self.memory = EvaluationMemory(path, embed=self.embed)
 
+    def _training(self) -> bool:
+        # Evaluation grades with the dataset's rubrics and leaves the memory alone: its scores stay comparable
+        # across the run, and eval prompts never trigger revisions.
+        return self._trainer is None or self._trainer.model.training
+
     def current(self, prompts: Sequence[Any], rubrics: Sequence[Rubric]) -> list[Rubric]:
-        """Each row's current rubric: its latest applied revision, else the dataset's."""
+        """Each row's current rubric: its latest applied revision, else the dataset's (always the dataset's while the
+        trainer evaluates)."""
+        if not self._training():
+            return list(rubrics)
         out = []
         for prompt, rubric in zip(prompts, rubrics, strict=True):
             key = prompt_key(prompt, rubric)
@@ -144,6 +152,8 @@ class AdaptiveRubricCallback(TrainerCallback):
 
     def observe(self, prompts: Sequence[Any], completions: Sequence[Any], rubrics: Sequence[Rubric], grades) -> None:
         """Record the graded groups of this call (consecutive rollouts of one prompt) for the step's summaries."""
+        if not self._training():
+            return
         size = self.num_generations or len(prompts)
         start = 0
         while start < len(prompts):

@@ -71,13 +71,29 @@ def split_steps(text: str, splitter: str = "paragraphs", max_steps: int | None =
 
 def token_steps(tokenizer, ids: Sequence[int], step_ends: Sequence[int]) -> list[int]:
     """The step (0-based) each token of `ids` belongs to: the first step whose end is at or past the end of the text
-    decoded up to and including that token (special tokens decode to nothing and fall in the last step)."""
-    out, step = [], 0
-    for j in range(len(ids)):
-        end = len(tokenizer.decode(list(ids[: j + 1]), skip_special_tokens=True))
-        while step < len(step_ends) - 1 and end > step_ends[step]:
-            step += 1
-        out.append(step)
+    decoded up to and including that token (special tokens decode to nothing and fall in the last step).
+
+    The decoded length of a prefix grows with it, so each step's last token is found by bisection: O(steps x log T)
+    decodes instead of one per token (`tests/test_process_reward.py` checks it against the per-token loop).
+    """
+    ids = list(ids)
+
+    def decoded_length(n: int) -> int:
+        return len(tokenizer.decode(ids[:n], skip_special_tokens=True))
+
+    out: list[int] = []
+    for step, end in enumerate(step_ends):
+        if step == len(step_ends) - 1:
+            out.extend([step] * (len(ids) - len(out)))
+            break
+        lo, hi = len(out), len(ids)  # find the most tokens n >= len(out) with decoded_length(n) <= end
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if decoded_length(mid) <= end:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.extend([step] * (lo - len(out)))
     return out
 
 
