@@ -281,3 +281,23 @@ def test_trainer_loss_uses_the_tempered_top_k_teacher(tiny_model_path, tmp_path,
     else:
         expected = s_logps.gather(-1, targets[:, None])[:, 0] - t_target
     torch.testing.assert_close(out.divergence.detach(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_model_card_states_a_shaped_or_criterion_wise_teacher_and_nothing_at_the_defaults(tiny_model_path, tmp_path):
+    from datasets import Dataset
+
+    from trl_rubric.model_card import training_facts
+    from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    data = Dataset.from_list(make_rubric_rows(4))
+    plain = training_facts(RGSDTrainer(tiny_model_path, args=rgsd_test_config(tmp_path / "a"), train_dataset=data))
+    assert plain["teacher_context"] is None and plain["teacher_shaping"] is None
+    config = rgsd_test_config(
+        tmp_path / "b", teacher_context="criteria", num_teacher_contexts=3, teacher_temperature=0.5, teacher_top_k=20
+    )
+    facts = training_facts(RGSDTrainer(tiny_model_path, args=config, train_dataset=data))
+    assert facts["teacher_context"] == (
+        "criteria: 3 teachers per rollout, one criterion group each, weighted equal, combined by mean"
+    )
+    assert facts["teacher_shaping"] == "temperature 0.5, top-20 renormalised (floor -10)"

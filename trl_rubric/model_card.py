@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from huggingface_hub import ModelCard, ModelCardData
 
 from .criterion_diagnostics import METRIC_PREFIX
+from .trainers.teacher_shaping import teacher_facts
 
 STRICT_METRIC = f"{METRIC_PREFIX}/strict_completion"
 
@@ -96,6 +97,7 @@ def training_facts(trainer) -> dict[str, Any]:
             # "none" rather than a missing row: no clip is a choice the reader should see (the paper clips at 0.05).
             token_clip="none" if args.token_clip is None else args.token_clip,
             teacher_penalties=_penalties_fact(trainer),
+            **teacher_facts(args),  # context and temperature / top-k, when not the plain rubric teacher
             rollouts_per_prompt=args.num_generations,
             mask_thinking=args.mask_thinking,
             train_judge_calls=0,

@@ -38,4 +38,23 @@ def teacher_shaping_kwargs(config: Any) -> dict[str, Any]:
     return kwargs
 
 
-__all__ = ["DEFAULT_TEACHER_TOP_K_FLOOR", "check_teacher_shaping", "teacher_shaping_kwargs"]
+def teacher_facts(config: Any) -> dict[str, str | None]:
+    """Model-card facts for a teacher that differs from the plain rubric teacher: its context when not `"rubric"`
+    (for `"criteria"`, how many teachers and how grouped) and its shaping; None (no row) at the defaults."""
+    context = None
+    if config.teacher_context == "criteria":
+        context = (
+            f"criteria: {config.num_teacher_contexts} teachers per rollout, one {config.criterion_grouping} group "
+            f"each, weighted {config.criterion_view_weights}, combined by {config.teacher_combine}"
+        )
+    elif config.teacher_context != "rubric":
+        context = config.teacher_context
+    shaping = []
+    if config.teacher_temperature != 1.0:
+        shaping.append(f"temperature {config.teacher_temperature:g}")
+    if config.teacher_top_k is not None:
+        shaping.append(f"top-{config.teacher_top_k} renormalised (floor {config.teacher_top_k_floor:g})")
+    return {"teacher_context": context, "teacher_shaping": ", ".join(shaping) or None}
+
+
+__all__ = ["DEFAULT_TEACHER_TOP_K_FLOOR", "check_teacher_shaping", "teacher_facts", "teacher_shaping_kwargs"]
