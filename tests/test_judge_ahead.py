@@ -120,7 +120,7 @@ def test_batch_graded_ahead_is_scored_like_a_synchronous_batch(tiny_model_path, 
     )
     trainer.model.train()
     inputs = [dict(row) for row in dataset.select([0, 0, 1, 1])]
-    pending = trainer._ahead_start(inputs)
+    pending = trainer._ahead_submit(trainer._ahead_start(inputs))
     ahead = trainer._ahead_finish(inputs, pending, pending.future.result())
     generated = pending.generated
     trainer._generate = lambda prompts: generated

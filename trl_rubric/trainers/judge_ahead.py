@@ -1,18 +1,19 @@
 """Judge one step ahead: `RubricGRPOTrainer` grades batch k+1 while it trains on batch k (`judge_ahead=True`).
 
 Today's loop is serial: generate batch k, wait for the judge, train on batch k. With `judge_ahead`, the generation
-call of step k does three things:
+call of step k does four things:
 
-1. it waits for the grades of batch k, whose completions were generated one step earlier and whose grading ran in
-   the background during step k-1's scoring, forward and backward passes (usually they are already there);
-2. it generates the completions of batch k+1 with the current policy, records their per-token log-probabilities
-   under that policy, and submits their grading to TRL's reward event loop, so the judge works while step k is
-   scored and trained (one grading at a time, in batch order);
-3. it hands batch k to TRL's own scoring code (advantages, metrics, the completions table) exactly as a synchronous
+1. it samples the completions of batch k+1 with the current policy and records their per-token log-probabilities
+   under that policy;
+2. it waits for the grades of batch k, whose completions were sampled one step earlier and whose grading has run in
+   the background since (during step k-1's scoring and training, and step 1 just now);
+3. it sends batch k+1 to the judge, on TRL's reward event loop (one grading at a time, in batch order);
+4. it hands batch k to TRL's own scoring code (advantages, metrics, the completions table) exactly as a synchronous
    step would, with the judge's grades of *those* completions standing in for a new judge call.
 
-So the judge's latency is hidden up to the length of a step's scoring and training; `judge/ahead_wait_s` logs what
-is left of it.
+So the judge's latency is hidden up to the length of a step's scoring, training and sampling; `judge/ahead_wait_s`
+logs what is left of it. The price, besides the one step of staleness below, is one extra forward pass per batch
+(the sampling policy's log-probabilities, which a synchronous on-policy step does not need).
 
 **What is stale, exactly.** Batch k+1 is sampled from the policy *before* step k's update and trained after it: one
 optimizer step off-policy (`judge/ahead_stale` = 1; 0 on a synchronous step). Rewards are never stale: every reward
@@ -93,9 +94,10 @@ class _Pending:
     generated: tuple
     old_logps: torch.Tensor
     completions: list[Any]
-    future: Any  # concurrent.futures.Future of the reward function's coroutine
+    kwargs: dict[str, Any]  # the reward function's arguments
     recorder: _Recorder
     metrics: dict[str, list[float]]
+    future: Any = None  # concurrent.futures.Future of the reward function's coroutine, once submitted
 
 
 class _GradedReward:
@@ -153,21 +155,23 @@ class JudgeAheadMixin:
         upcoming, self._ahead_next = self._ahead_next, None
         read_ahead = upcoming is not None and not self._ahead_stop_here()
         if pending is not None and pending.key == _prompt_key(inputs):
+            # Batch k+1 is sampled before waiting for batch k's grades (so they also overlap this generation), and
+            # sent to the judge after them: one grading at a time keeps the judge's counters (judge/calls, ...) and
+            # any per-prompt reward state in order. Its grading then overlaps the scoring and training of batch k
+            # and the sampling of batch k+2.
+            upcoming_pending = self._ahead_start(upcoming) if read_ahead else None
             start = time.perf_counter()
             rewards = pending.future.result()
             waited, stale = time.perf_counter() - start, 1.0
-            # Batch k+1 is sampled and sent to the judge before batch k is scored, so its grading also overlaps
-            # the scoring. Never before batch k's grades are in: one grading at a time keeps the judge's counters
-            # (judge/calls, ...) and any per-prompt reward state in order.
-            if read_ahead:
-                self._ahead_pending = self._ahead_start(upcoming)
+            if upcoming_pending is not None:
+                self._ahead_pending = self._ahead_submit(upcoming_pending)
             output = self._ahead_finish(inputs, pending, rewards)
         else:
             if pending is not None:
                 pending.future.result()  # a read-ahead that is not used: let it finish, so judge stats stay whole
             output, waited, stale = super()._generate_and_score_completions(inputs), 0.0, 0.0
             if read_ahead:
-                self._ahead_pending = self._ahead_start(upcoming)
+                self._ahead_pending = self._ahead_submit(self._ahead_start(upcoming))
         self._metrics["train"][AHEAD_STALE].append(stale)
         self._metrics["train"][AHEAD_WAIT].append(waited)
         return output
@@ -185,6 +189,7 @@ class JudgeAheadMixin:
         )
 
     def _ahead_start(self, inputs) -> _Pending:
+        """Sample a batch with the current policy and record its log-probabilities; grading is submitted apart."""
         metrics = self._metrics["train"]
         before = {key: len(values) for key, values in metrics.items()}
         prompts = [x["prompt"] for x in inputs]
@@ -201,7 +206,7 @@ class JudgeAheadMixin:
         recorder = _Recorder()
         columns = [key for key in inputs[0] if key not in ("prompt", "completion", "completion_ids")]
         kwargs = {key: [x[key] for x in inputs] for key in columns}
-        coroutine = self.rubric_reward(
+        kwargs.update(
             prompts=prompts,
             completions=completions,
             completion_ids=completion_ids_list,
@@ -209,10 +214,13 @@ class JudgeAheadMixin:
             trainer_state=copy.copy(self.state),
             log_metric=recorder.log_metric,
             log_extra=recorder.log_extra,
-            **kwargs,
         )
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.async_loop)
-        return _Pending(_prompt_key(inputs), generated, old_logps, completions, future, recorder, moved)
+        return _Pending(_prompt_key(inputs), generated, old_logps, completions, kwargs, recorder, moved)
+
+    def _ahead_submit(self, pending: _Pending) -> _Pending:
+        """Send a sampled batch to the judge on TRL's reward event loop (it runs while training goes on)."""
+        pending.future = asyncio.run_coroutine_threadsafe(self.rubric_reward(**pending.kwargs), self.async_loop)
+        return pending
 
     def _sampling_logps(self, prompt_ids_list, completion_ids_list) -> torch.Tensor:
         """Per-token log-probabilities of the completions under the current (sampling) policy, padded as TRL pads."""
