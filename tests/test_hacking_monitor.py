@@ -199,3 +199,37 @@ def test_rgsd_calls_a_judge_only_with_a_monitor_and_watches_the_teacher_logratio
     assert len(logged) == 2 and all("monitor/signal" in e for e in logged[1:])
     plain = RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(length_rows(4)))
     assert not any(isinstance(c, HackingMonitor) for c in plain.callback_handler.callbacks)
+
+
+def test_monitor_with_judge_ahead_grades_each_answer_once(tmp_path, tiny_model_path):
+    """The probe waits for a read-ahead grading in flight before using the training judge; nothing is lost or doubled."""
+    train_judge = length_judge()
+    monitor = HackingMonitor(probe_rows(), brevity_judge(), every_n_steps=2, window=1)
+    args = RubricGRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=4,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        judge_probe=False,
+        seed=0,
+        disable_tqdm=True,
+        judge_ahead=True,
+    )
+    trainer = RubricGRPOTrainer(
+        tiny_model_path,
+        args=args,
+        train_dataset=Dataset.from_list(length_rows(8)),
+        judge=train_judge,
+        callbacks=[monitor],
+    )
+    trainer.train()
+    # 4 steps x 4 completions for training, 3 probes (steps 0, 2, 4) x 4 probe answers for the gap.
+    assert train_judge.stats.grades == 4 * 4 + 3 * 4
+    assert [e["judge/ahead_stale"] for e in trainer.state.log_history if "judge/ahead_stale" in e] == [0, 1, 1, 1]
+    assert len([e for e in trainer.state.log_history if "monitor/gap" in e]) == 2
