@@ -271,3 +271,28 @@ def test_bad_process_settings_are_refused_naming_the_field(tmp_path, tiny_model_
             judge=word_judge(),
         )
     assert ProcessRewards("lines", 3).max_steps == 3
+
+
+def test_prefixes_are_graded_by_the_http_judge_and_malformed_judge_output_masks_the_answers(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    from trl_rubric.testing.judge_server import FakeJudgeServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    rows = [{"prompt": "q", "rubric": RUBRIC}] * 4
+    with FakeJudgeServer() as server:
+        config = grpo_args(
+            tmp_path, judge_model="fake-judge", judge_base_url=server.url, judge_max_retries=0, judge_timeout=30
+        )
+        trainer = RubricGRPOTrainer(model=tiny_model_path, args=config, train_dataset=Dataset.from_list(rows))
+        answers = ["rest now\nwater too", "water\nrest\nbad", "rest", "rest water"]
+        output = trainer.process_rewards.apply(trainer, rows, batch_for(trainer, answers))
+        # One request per prefix of each finished answer (2 + 3 + 1 steps); the truncated last answer costs none.
+        assert server.requests == 6
+        # The server's rule (a criterion is met when its last word is in the text) gives the first answer 2/3 then 1.
+        assert output["completion_mask"].sum(1).gt(0).all()
+        assert output["advantages"][0, 0] != output["advantages"][2, 0]
+        server.fault = "malformed"
+        masked = trainer.process_rewards.apply(trainer, rows, batch_for(trainer, answers))
+    assert masked["completion_mask"][:3].sum() == 0  # every graded answer is masked, none scored 0
+    assert masked["completion_mask"][3].sum() > 0 and masked["advantages"].abs().sum() == 0

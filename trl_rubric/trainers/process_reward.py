@@ -26,6 +26,7 @@ repeated full-answer call free).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,7 +165,9 @@ class ProcessRewards:
         if int(self.max_steps) < 1:
             raise ValueError(f"process_max_steps is {self.max_steps!r}; expected an integer >= 1")
 
-    def prefix_scores(self, reward, prompts, texts: list[str], rubrics, skip=None) -> list[list[float | None]]:
+    def prefix_scores(
+        self, reward, prompts, texts: list[str], rubrics, skip=None, loop=None
+    ) -> list[list[float | None]]:
         """Per answer, the judge's score of each prefix (`None` where it gave nothing usable); answers flagged in
         `skip` (truncated ones, whose reward is 0 anyway) cost no judge call and get 0 per step."""
         flat_prompts, flat_prefixes, flat_rubrics, owners = [], [], [], []
@@ -179,7 +182,14 @@ class ProcessRewards:
                 flat_prefixes.append(text[:end])
                 flat_rubrics.append(rubric)
                 owners.append(i)
-        grades = run_sync(reward.judge.grade_many(flat_prompts, flat_prefixes, flat_rubrics)) if owners else []
+        grades = []
+        if owners:
+            coroutine = reward.judge.grade_many(flat_prompts, flat_prefixes, flat_rubrics)
+            # On the trainer's reward loop when there is one: the judge keeps its HTTP clients per event loop.
+            if loop is not None:
+                grades = asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+            else:
+                grades = run_sync(coroutine)
         for owner, grade, rubric in zip(owners, grades, flat_rubrics, strict=True):
             score = grade.score if reward.weighted else grade.unweighted_score
             if grade.rating is None and rubric.graded_fraction(grade.graded_verdicts) < reward.min_graded_fraction:
@@ -200,7 +210,8 @@ class ProcessRewards:
         lists = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         texts = [tokenizer.decode(row, skip_special_tokens=True) for row in lists]
         truncated = [not row or row[-1] not in stop for row in lists]
-        scores = self.prefix_scores(reward, prompts, texts, rubrics, skip=truncated)
+        loop = getattr(trainer, "async_loop", None)
+        scores = self.prefix_scores(reward, prompts, texts, rubrics, skip=truncated, loop=loop)
         local_rewards = [step_rewards(s, t) for s, t in zip(scores, truncated, strict=True)]
         local_steps = [
             token_steps(tokenizer, row, split_steps(text, self.splitter, self.max_steps))
