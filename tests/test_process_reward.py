@@ -296,3 +296,25 @@ def test_prefixes_are_graded_by_the_http_judge_and_malformed_judge_output_masks_
         masked = trainer.process_rewards.apply(trainer, rows, batch_for(trainer, answers))
     assert masked["completion_mask"][:3].sum() == 0  # every graded answer is masked, none scored 0
     assert masked["completion_mask"][3].sum() > 0 and masked["advantages"].abs().sum() == 0
+
+
+def test_a_step_whose_answers_are_all_masked_makes_no_update(tiny_model_path, tmp_path):
+    rows = [{"prompt": f"q{i}", "rubric": RUBRIC} for i in range(4)]
+    unknown = RuleJudge(resolver=lambda c: lambda response: None)  # the judge never knows
+    trainer = RubricGRPOTrainer(
+        model=tiny_model_path,
+        args=grpo_args(tmp_path, min_graded_fraction=0.0, max_steps=1),
+        train_dataset=Dataset.from_list(rows),
+        judge=unknown,
+    )
+    trainer._generation_has_signal = True
+    output = trainer.process_rewards.apply(trainer, rows, batch_for(trainer, ["a", "b", "c", "d"]))
+    # Three answers masked, the fourth truncated (never sent to the judge): no update at all.
+    assert trainer._generation_has_signal is False and output["completion_mask"][:3].sum() == 0
+
+
+def test_one_graded_answer_keeps_the_step(trainer):
+    trainer._generation_has_signal = True
+    rows = [{"prompt": "q", "rubric": RUBRIC}] * 4
+    trainer.process_rewards.apply(trainer, rows, batch_for(trainer, ["bad words", "bad words", "rest", "x"]))
+    assert trainer._generation_has_signal is True  # "rest" was graded

@@ -225,6 +225,12 @@ class ProcessRewards:
         )
         start = trainer.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)].to(ids.device)
+        all_truncated = _gather(trainer, truncated)
+        if all(r is None or t for r, t in zip(all_rewards, all_truncated, strict=True)):
+            # The judge graded nothing anywhere (every answer masked, or truncated and never sent): like a step the
+            # judge graded none of, make no update at all (the trainer drops the gradients before the optimizer, so
+            # Adam's momentum does not move the weights either).
+            trainer._generation_has_signal = False
         masked = torch.tensor([r is None for r in local_rewards], device=ids.device)
         output["completion_mask"] = mask * (~masked).unsqueeze(1).to(mask.dtype)
         total = trainer.accelerator.gather(output["completion_mask"].sum().reshape(1)).sum()
