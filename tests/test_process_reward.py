@@ -318,3 +318,19 @@ def test_one_graded_answer_keeps_the_step(trainer):
     rows = [{"prompt": "q", "rubric": RUBRIC}] * 4
     trainer.process_rewards.apply(trainer, rows, batch_for(trainer, ["bad words", "bad words", "rest", "x"]))
     assert trainer._generation_has_signal is True  # "rest" was graded
+
+
+def test_single_step_answers_get_grpo_sequence_advantages_on_every_token(trainer):
+    rows = [{"prompt": "q", "rubric": RUBRIC}] * 4
+    answers = ["rest water", "rest", "water bad", "rest bad"]
+    batch = batch_for(trainer, answers)
+    batch["completion_ids"][3, batch["completion_mask"][3].sum()] = trainer.processing_class.eos_token_id
+    batch["completion_mask"][3, batch["completion_mask"][3].sum()] = 1  # let the last answer finish too
+    output = trainer.process_rewards.apply(trainer, rows, batch)
+    rubric = Rubric.from_any(RUBRIC)
+    scores = torch.tensor([rubric.score([c.text.split()[-1] in a for c in rubric]) for a in answers])
+    grouped = scores.view(-1, 2)
+    expected = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).flatten()
+    mask = output["completion_mask"].bool()
+    for i in range(4):  # GRPO's advantage (TRL's formula, unbiased std), the same on each of the answer's tokens
+        torch.testing.assert_close(output["advantages"][i][mask[i]], expected[i].expand(int(mask[i].sum())))
