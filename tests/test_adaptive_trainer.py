@@ -161,6 +161,7 @@ def test_resume_from_a_checkpoint_restores_the_rubric_versions_it_had(tiny_model
         )
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert recorder.at_begin == at_step_2
+    assert resumed.stats["applied"] == len(EvaluationMemory(tmp_path / "adaptive_memory.jsonl").records("update"))
 
 
 def test_config_fields_turn_adaptive_rubrics_on_and_bad_values_name_the_field(tiny_model_path, tmp_path, api_key):

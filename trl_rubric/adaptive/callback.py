@@ -208,9 +208,13 @@ class AdaptiveRubricCallback(TrainerCallback):
         }
         self.revision_counts = {key: e["version"] for key, e in self.versions.items()}
         self.attempts = {}
+        counts = {"update": 0, "rejected": 0}
         for record in self.memory.records():
-            if record["kind"] in ("update", "rejected"):
+            if record["kind"] in counts:
                 self.attempts[record["key"]] = self.attempts.get(record["key"], 0) + 1
+                counts[record["kind"]] += 1
+        # Running totals continue across a resume (requests in flight at the checkpoint were lost: not counted).
+        self.stats = {"requests": sum(counts.values()), "applied": counts["update"], "rejected": counts["rejected"]}
         if self.versions:
             logger.info(
                 "adaptive rubrics: %d revised rubrics restored at step %d", len(self.versions), state.global_step
