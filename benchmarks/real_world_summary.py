@@ -1,6 +1,7 @@
 """Summarise `benchmarks/real_world.py --budget_s` runs: several seeds and worlds, one table and one plot.
 
-Each run directory holds one world and one seed (`results.json`). Per world and arm this reports the mean over seeds
+Each run directory holds one world and one seed (`results.json`); two directories of the same world and seed (arms
+run in two invocations) are merged when their base and teacher references agree. Per world and arm this reports the mean over seeds
 of the final train and held-out scores, the share of the conditioning gap closed, steps, completion tokens sampled,
 judge calls and degenerate answers, and each arm's difference from a reference arm (default `grpo8`), paired per
 prompt within each seed and pooled over seeds, with a 95% bootstrap interval. The plot puts every arm's learning
@@ -35,7 +36,19 @@ def load(dirs: list[str]) -> dict[str, list[dict[str, Any]]]:
         with open(path) as f:
             r = json.load(f)
         r["dir"] = d
-        runs[r["settings"]["world"]].append(r)
+        world, seed = r["settings"]["world"], r["settings"]["seed"]
+        same = next((x for x in runs[world] if x["settings"]["seed"] == seed), None)
+        if same is None:
+            runs[world].append(r)
+            continue
+        # The same world and seed run in two invocations (arms split): one run, if the references agree.
+        mismatch = [
+            k for k, v in r["references"].items() if isinstance(v, float) and abs(v - same["references"][k]) > 1e-9
+        ]
+        if mismatch:
+            raise SystemExit(f"{d} and {same['dir']}: same world and seed but references differ ({mismatch})")
+        same["arms"].update(r["arms"])
+        same["dir"] += f" + {d}"
     return runs
 
 
@@ -62,7 +75,7 @@ def summarise(world: str, runs: list[dict[str, Any]], reference: str) -> list[st
         f"{base:.3f}, rubric-conditioned teacher {teacher:.3f} (train, mean over seeds).",
         "",
         f"| arm | train score | held-out score | gap closed (train) | train − {reference} [95%] "
-        f"| held-out − {reference} [95%] | steps | completion tokens | judge calls | degenerate (train) | words |",
+        f"| held-out − {reference} [95%] | steps | completion tokens | judge calls | degenerate (train) | length (tokens) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
