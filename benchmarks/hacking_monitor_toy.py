@@ -18,31 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 import warnings
 
 from trl_rubric.judges import RuleJudge
 from trl_rubric.testing import OFFLINE_ENV
-
-_WORD = re.compile(r"[\w']+")
-
-
-class LongAnswerBlindSpot(RuleJudge):
-    """The exact rule judge, except that "required word" is met by any answer of `long_words` words or more."""
-
-    name = "rule+long-answer-blind-spot"
-
-    def __init__(self, long_words: int):
-        super().__init__()
-        self.long_words = long_words
-
-    def check_for(self, criterion):
-        check = super().check_for(criterion)
-        if criterion.title != "required word" or check is None:
-            return check
-        return lambda response: check(response) or len(_WORD.findall(response)) >= self.long_words
-
+from trl_rubric.testing.gameable_judge import LengthPayingJudge
 
 KEYS = ("monitor/score", "monitor/length", "monitor/signal", "monitor/gap", "monitor/hacking_warning")
 
@@ -80,7 +61,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     probes = world.heldout_dataset().select(range(args.probes))
     results = {"settings": vars(args), "arms": {}}
-    for arm, judge in (("gameable", LongAnswerBlindSpot(args.long_words)), ("exact", RuleJudge())):
+    for arm, judge in (("gameable", LengthPayingJudge(args.long_words)), ("exact", RuleJudge())):
         torch.manual_seed(args.seed)
         monitor = HackingMonitor(probes, RuleJudge(), every_n_steps=args.every, window=args.window)
         config = RubricGRPOConfig(

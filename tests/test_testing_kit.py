@@ -52,3 +52,23 @@ def test_rgsd_test_config_keeps_overrides_and_short_cpu_defaults(tmp_path):
     args = rgsd_test_config(tmp_path / "out", max_steps=5, token_clip=0.2)
     assert args.output_dir == str(tmp_path / "out") and args.use_cpu and not args.bf16
     assert (args.max_steps, args.token_clip, args.max_completion_length, args.save_strategy) == (5, 0.2, 8, "no")
+
+
+def test_length_paying_judge_pays_the_blind_spot_for_long_answers_only():
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.rubric import Rubric
+    from trl_rubric.testing.gameable_judge import LengthPayingJudge, word_count
+
+    rubric = Rubric.from_any(
+        [
+            {"text": "Uses the word river.", "title": "required word", "weight": 2, "tags": ["rule:contains:river"]},
+            {"text": "Uses the word lake.", "title": "other", "weight": 1, "tags": ["rule:contains:lake"]},
+        ]
+    )
+    long_answer = "forest " * 12
+    assert word_count(long_answer) == 12
+    gamed, exact = LengthPayingJudge(long_words=12), RuleJudge()
+    assert gamed.verdicts(long_answer, rubric) == [True, False]  # paid without the word; other criteria exact
+    assert exact.verdicts(long_answer, rubric) == [False, False]
+    assert gamed.verdicts("forest desert", rubric) == exact.verdicts("forest desert", rubric) == [False, False]
+    assert gamed.verdicts("a river", rubric) == [True, False]
