@@ -10,9 +10,9 @@ from transformers import TrainerCallback
 from trl_rubric.adaptive import AdaptiveRubricCallback, EvaluationMemory
 from trl_rubric.authoring import AuthorArguments, build_author_backend
 from trl_rubric.judges import RuleJudge
-from trl_rubric.testing import make_rubric_rows
+from trl_rubric.testing import make_rubric_rows, rubric_grpo_test_config
 from trl_rubric.testing.author_server import FakeAuthorServer
-from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
+from trl_rubric.trainers.rubric_grpo import RubricGRPOTrainer
 
 REVISED = "The answer mentions"  # how the fake author's criteria begin
 
@@ -34,22 +34,7 @@ def stale_then_contrasting_judge(seen):
 
 
 def args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        max_completion_length=8,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-2,
-        judge_probe=False,
-        seed=0,
-    )
-    return RubricGRPOConfig(**{**defaults, **kwargs})
+    return rubric_grpo_test_config(tmp_path, **{"max_steps": 4, **kwargs})
 
 
 def author(server):

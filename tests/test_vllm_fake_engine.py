@@ -13,8 +13,8 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from trl_rubric import RGSDTrainer, RubricGRPOConfig, RubricGRPOTrainer
-from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric import RGSDTrainer, RubricGRPOTrainer
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config, rubric_grpo_test_config
 from trl_rubric.testing.fake_vllm import fake_vllm
 
 VLLM = dict(use_vllm=True, vllm_mode="colocate")
@@ -33,23 +33,7 @@ def length_reward(completions, **kwargs):
 
 
 def grpo_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        max_completion_length=8,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-2,
-        judge_backend="rule",
-        judge_probe=False,
-        seed=0,
-    )
-    return RubricGRPOConfig(**{**defaults, **kwargs})
+    return rubric_grpo_test_config(tmp_path, **kwargs)
 
 
 class Probe:

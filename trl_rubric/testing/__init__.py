@@ -179,3 +179,31 @@ def rgsd_test_config(output_dir: str | Path, **overrides):
     )
     kwargs.update(overrides)
     return RGSDConfig(**kwargs)
+
+
+def rubric_grpo_test_config(output_dir: str | Path, **overrides):
+    """A `RubricGRPOConfig` for a short CPU run on the tiny model: 2 steps of 4 completions (2 prompts x G=2),
+    8-token completions, the rule judge without its start-up probe, no saving.
+
+    Any field can be changed through `overrides`.
+    """
+    from ..trainers.rubric_grpo import RubricGRPOConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_completion_length=8,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-2,
+        judge_backend="rule",
+        judge_probe=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return RubricGRPOConfig(**kwargs)
