@@ -188,12 +188,13 @@ def _corpus(rows, n_words: int, seed: int) -> list[str]:
 
 
 def _rows(n: int, seed: int) -> list[dict]:
-    from trl_rubric.rubric import Rubric
+    from trl_rubric.teacher import render_for_teacher
     from trl_rubric.testing import make_rubric_rows
 
     rows = make_rubric_rows(n, seed=seed, conversational=True)
     for row in rows:
-        row["privileged_context"] = Rubric.from_any(row["rubric"]).render("numbered")
+        # RGSD's own view of the rubric (its default penalty handling included), so SDFT's teacher sees the same text
+        row["privileged_context"] = render_for_teacher(row["rubric"])
     return rows
 
 

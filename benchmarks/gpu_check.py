@@ -53,7 +53,15 @@ def _common(args, out_dir: str, max_steps: int) -> dict:
 
 
 def _full_state(trainer) -> dict:
-    state = trainer.accelerator.get_state_dict(trainer.model)  # collective under ZeRO-3 / FSDP
+    if trainer.is_deepspeed_enabled:
+        # Before `train()` the engine does not exist yet (accelerate's get_state_dict needs it), but ZeRO-3 has already
+        # partitioned the weights at load: gather them, the same way before and after training
+        import deepspeed
+
+        params = dict(trainer.model.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in params.items()}
+    state = trainer.accelerator.get_state_dict(trainer.model)  # collective under FSDP
     return {k: v.detach().float().cpu().clone() for k, v in state.items()}
 
 
@@ -76,6 +84,9 @@ def train(args) -> tuple[bool, str]:
         from trl_rubric.trainers.rubric_grpo import RubricGRPOConfig, RubricGRPOTrainer
 
         for row in rows:
+            # The toy criteria read "mentions <word>": give each its rule, so no verdict is unknown
+            for criterion in row["rubric"]:
+                criterion["tags"] = [f"rule:contains:{criterion['text'].split()[-1]}"]
             row["rubric"].append({"text": "has an e", "weight": 1.0, "category": None, "title": None, "tags": ["rule:contains:e"]})  # fmt: skip
         cfg = RubricGRPOConfig(
             **_common(args, out, args.steps), save_strategy="no", num_generations=2, judge_backend="rule"

@@ -17,7 +17,7 @@ STEPS=${STEPS:-20}
 CHECKS=${CHECKS:-"zero3 fsdp2 vllm memory"}
 LOG="$WORK/log"
 mkdir -p "$LOG"
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TRL_EXPERIMENTAL_SILENCE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 USE_HUB_KERNELS=NO HF_HUB_DISABLE_TELEMETRY=1 TRL_EXPERIMENTAL_SILENCE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 failed=0
 
 echo "gpu_check: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1); work dir $WORK"

@@ -120,3 +120,20 @@ def test_teacher_signal_pools_content_and_format_criteria():
     row = signal.agreement_rows(examples, [[1.0, 1.0], [-1.0, -1.0]], n=1, seed=0)
     assert row["content_sum"]["agreement"] == 1.0 and row["format_sum"]["agreement"] == 0.0
     assert row["sum"]["pairs"] == 0  # equal scores: no overall pair
+
+
+def test_step_benchmark_gives_sdft_the_teacher_input_rgsd_uses(tmp_path):
+    # bench_rgsd_step compares RGSD with TRL's SDFT on the same teacher tokens and refuses to run when they differ
+    # (it did, silently broken, once RGSD stopped showing penalties by default): run it small, end to end.
+    import subprocess
+    import sys
+
+    md = tmp_path / "step.md"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_rgsd_step.py"), "--device", "cpu"]
+    cmd += "--vocab-size 1024 --completion-length 16 --hidden-size 32 --reps 1 --threads 1".split()
+    cmd += ["--modes", "rgsd", "sdft", "--markdown", str(md), "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in md.read_text().splitlines() if x.startswith("Same-objective check"))
+    gap = float(line.rsplit("relative gap ", 1)[1].rstrip(").").strip())
+    assert gap < 1e-3, line

@@ -37,6 +37,9 @@ OFFLINE_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # transformers >= 5.2x with the `kernels` package fetches Hub kernels (rotary, ...) for CUDA models: offline that
+    # is an error ("not available in the local cache"), so the plain PyTorch layers are used
+    "USE_HUB_KERNELS": "NO",
 }
 
 
