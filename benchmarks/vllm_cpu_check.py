@@ -252,21 +252,100 @@ def run_sync(args) -> bool:
     return bool(ok)
 
 
+def _answer_scores(run_dir: Path, results: dict, seed: int) -> tuple[list, list]:
+    """The student's per-answer train and held-out scores of one demo run: from `results.json`, or (runs made before
+    the demo recorded them) by scoring the saved LoRA student again exactly as the demo did, checked against the
+    demo's recorded means."""
+    if "rgsd_train_scores" in results:
+        return results["rgsd_train_scores"], results["rgsd_heldout_scores"]
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_rubric.real.demo import RealDemoBudget, demo_eval_sets, per_answer_scores, score_like_demo
+
+    budget = RealDemoBudget(**results["settings"]["budget"])
+    _, judge, _, train, heldout = demo_eval_sets(results["world"], seed, budget)
+    tokenizer = AutoTokenizer.from_pretrained(results["model_path"])
+    base = AutoModelForCausalLM.from_pretrained(results["model_path"])
+    student = PeftModel.from_pretrained(base, str(run_dir / "student")).eval()
+    out = []
+    for dataset, offset, recorded in ((train, 1, "rgsd_score"), (heldout, 2, "heldout_rgsd_score")):
+        scored = score_like_demo(student, tokenizer, dataset, judge, seed + offset)
+        if abs(scored.metrics.weighted_score - results[recorded]) > 1e-6:
+            raise RuntimeError(
+                f"{run_dir}: scoring the saved student again gives {scored.metrics.weighted_score:.4f}, the demo "
+                f"recorded {results[recorded]:.4f}; the answers would not pair up"
+            )
+        out.append(per_answer_scores(scored))
+    return out[0], out[1]
+
+
+def _paired_interval(diffs: list[float], seed: int = 0, n: int = 10_000) -> tuple[float, float, float]:
+    """Mean of paired differences and its 95% percentile-bootstrap interval (no clipping: differences are signed)."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
+    low, high = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    return float(d.mean()), float(low), float(high)
+
+
 def run_learning(args) -> bool:
-    """Pairs the demo runs the shell script made: gap closed with and without vLLM per seed, and step-time ratio."""
-    rows = []
-    for seed in (0, 1):
+    """Pairs the demo runs the shell script made, answer by answer (same seed: same prompts, same sampling seed): the
+    difference in gap closed (vLLM minus transformers generation during training) pooled over seeds with its
+    interval, the held-out difference, and the training-time ratio."""
+    rows, closed_diffs, heldout_diffs = [], [], []
+    for seed in args.seeds:
         pair = {}
         for arm in ("transformers", "vllm"):
-            results = args.work / f"demo-{arm}-seed{seed}" / "results.json"
-            if not results.exists():
-                print(f"FAIL learning: {results} missing (the demo run failed or was not run)")
+            run_dir = args.work / f"demo-{arm}-seed{seed}"
+            if not (run_dir / "results.json").exists():
+                print(f"FAIL learning: {run_dir}/results.json missing (the demo run failed or was not run)")
                 return False
-            pair[arm] = json.loads(results.read_text())
-        rows.append(pair)
-    print(json.dumps(rows, indent=1)[:4000])
-    record(args.work, {"check": "learning", "runs": rows})
-    return True
+            res = json.loads((run_dir / "results.json").read_text())
+            train, heldout = _answer_scores(run_dir, res, seed)
+            pair[arm] = {"results": res, "train": train, "heldout": heldout}
+        t, v = pair["transformers"], pair["vllm"]
+        gap = t["results"]["teacher_score"] - t["results"]["base_score"]
+        if abs(gap - (v["results"]["teacher_score"] - v["results"]["base_score"])) > 1e-9:
+            print(f"FAIL learning: seed {seed}: the two arms measured different gaps (not the same base answers)")
+            return False
+        closed_diffs += [(b - a) / gap for a, b in zip(t["train"], v["train"], strict=True) if None not in (a, b)]
+        heldout_diffs += [b - a for a, b in zip(t["heldout"], v["heldout"], strict=True) if None not in (a, b)]
+        row = {"seed": seed, "gap": gap}
+        for arm, run in pair.items():
+            r = run["results"]
+            row[arm] = {
+                "gap_closed": r["gap_closed_fraction"],
+                "heldout_delta": r["heldout_rgsd_score"] - r["heldout_base_score"],
+                "train_seconds": r["train_seconds"],
+                "seconds_per_step": r["train_seconds"] / r["train_steps"],
+                "degenerate": r.get("rgsd_degenerate"),
+                "mean_length": r.get("rgsd_mean_length"),
+                "load_average": r.get("load_average"),
+            }
+        rows.append(row)
+    closed = _paired_interval(closed_diffs)
+    heldout = _paired_interval(heldout_diffs)
+    time_ratio = sum(r["vllm"]["train_seconds"] for r in rows) / sum(r["transformers"]["train_seconds"] for r in rows)
+    print("| seed | gap | gap closed, transformers / vLLM | held-out delta, transformers / vLLM | s per step, "
+          "transformers / vLLM | degenerate, transformers / vLLM |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        t, v = r["transformers"], r["vllm"]
+        print(f"| {r['seed']} | {r['gap']:+.3f} | {t['gap_closed']:.0%} / {v['gap_closed']:.0%} | "
+              f"{t['heldout_delta']:+.3f} / {v['heldout_delta']:+.3f} | {t['seconds_per_step']:.1f} / "
+              f"{v['seconds_per_step']:.1f} | {t['degenerate']:.0%} / {v['degenerate']:.0%} |")  # fmt: skip
+    print(
+        f"vLLM - transformers, paired per answer over seeds {args.seeds}: gap closed {closed[0]:+.1%} "
+        f"[{closed[1]:+.1%}, {closed[2]:+.1%}] (n={len(closed_diffs)}), held-out score {heldout[0]:+.3f} "
+        f"[{heldout[1]:+.3f}, {heldout[2]:+.3f}]; training time ratio vLLM / transformers {time_ratio:.2f}"
+    )
+    within = closed[1] <= 0 <= closed[2]
+    print(f"{'PASS' if within else 'FAIL'} learning: 0 {'inside' if within else 'outside'} the paired interval")
+    record(args.work, {"check": "learning", "runs": rows, "gap_closed_diff": closed, "heldout_diff": heldout,
+                       "time_ratio": time_ratio, "n": len(closed_diffs)})  # fmt: skip
+    return within
 
 
 def main() -> int:
@@ -277,6 +356,7 @@ def main() -> int:
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="learning: the demo seeds to pair.")
     parser.add_argument("--n_prompts", type=int, default=30)
     parser.add_argument("--max_new_tokens", type=int, default=48)
     args = parser.parse_args()

@@ -80,7 +80,7 @@ for stage in $STAGES; do
           out="$WORK/demo-$arm-seed$seed"
           /usr/bin/time -f "%e s" -o "$out.time" "$VENV/bin/trl-rubric" demo --model smollm2 --quick --seed "$seed" \
             --output_dir "$out" "${flag[@]}" >"$out.log" 2>&1 || echo "FAIL demo $arm seed $seed (see $out.log)"
-          echo "demo $arm seed $seed: $(cat "$out.time" 2>/dev/null) $(grep -i -E 'gap closed' "$out.log" | tail -1)"
+          echo "demo $arm seed $seed: $(cat "$out.time" 2>/dev/null) $(grep -E "closed [0-9]+% of" "$out.log" | tail -1)"
         done
       done
       "$PY" "$REPO/benchmarks/vllm_cpu_check.py" learning --work "$WORK"

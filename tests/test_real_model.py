@@ -286,3 +286,23 @@ def test_smollm2_recipes_show_the_teacher_what_the_demo_shows_it(recipe):
     with open(os.path.join(os.path.dirname(__file__), "..", "recipes", recipe)) as f:
         settings = yaml.safe_load(f)
     assert {key: settings[key] for key in REAL_TEACHER_VIEW} == dict(REAL_TEACHER_VIEW)
+
+
+def test_demo_eval_sets_are_reproducible_so_saved_students_pair_up_answer_by_answer():
+    # benchmarks/vllm_cpu_check.py scores saved students again on the demo's sets: same seed, same prompts, in order
+    from trl_rubric.real.demo import RealDemoBudget, demo_eval_sets, per_answer_scores
+
+    budget = RealDemoBudget.for_run(False)
+    _, judge, prompts, train, heldout = demo_eval_sets("health", 3, budget)
+    _, _, prompts_again, train_again, heldout_again = demo_eval_sets("health", 3, budget)
+    assert len(train) == budget.train_eval_prompts * budget.eval_samples == 2 * len(prompts)
+    assert len(heldout) == budget.heldout_eval_prompts * budget.eval_samples
+    assert train["prompt"] == train_again["prompt"] and heldout["prompt"] == heldout_again["prompt"]
+    assert train["prompt"][: len(prompts)] == prompts["prompt"] == train["prompt"][len(prompts) :]
+    assert demo_eval_sets("health", 4, budget)[3]["prompt"] != train["prompt"]
+    assert judge.name == "rule"
+
+    class Scored:
+        examples = [{"score": 0.5}, {"score": None}, {"score": 1.0}]
+
+    assert per_answer_scores(Scored()) == [0.5, None, 1.0]

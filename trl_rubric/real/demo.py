@@ -58,7 +58,8 @@ class RealDemoBudget:
         )
 
 
-def _score(model, tokenizer, dataset, judge, seed: int):
+def score_like_demo(model, tokenizer, dataset, judge, seed: int):
+    """Sample and grade as the demo does (`seed`: the demo's seed + 1 for train prompts, + 2 for held-out)."""
     from ..evaluation import evaluate
 
     return evaluate(
@@ -73,6 +74,29 @@ def _score(model, tokenizer, dataset, judge, seed: int):
         n_bootstrap=1000,
         progress=True,
     )
+
+
+def demo_eval_sets(world_name: str, seed: int, budget: RealDemoBudget):
+    """The demo's world, rule judge, train prompts, and the scored train and held-out sets (each prompt
+    `budget.eval_samples` times), so a later script can score a saved student on exactly the demo's answers' prompts."""
+    from datasets import concatenate_datasets
+
+    from ..evaluation import select_examples
+    from .worlds import make_named_world
+
+    world = make_named_world(world_name, seed=seed)
+    train_prompts = select_examples(world.train_dataset(), budget.train_eval_prompts, seed)
+    # Each scored prompt `eval_samples` times; base and student share the sampling seed, so answers pair up.
+    train = concatenate_datasets([train_prompts] * budget.eval_samples)
+    heldout = concatenate_datasets(
+        [select_examples(world.heldout_dataset(), budget.heldout_eval_prompts, seed)] * budget.eval_samples
+    )
+    return world, world.judge(), train_prompts, train, heldout
+
+
+def per_answer_scores(result) -> list[float | None]:
+    """Each scored answer's weighted score, in dataset order (`None` where the judge could not grade it)."""
+    return [e["score"] for e in result.examples]
 
 
 def paired_delta(after, before, seed: int) -> dict[str, Any]:
@@ -98,7 +122,6 @@ def paired_delta(after, before, seed: int) -> dict[str, Any]:
 def run_real_demo(args) -> dict[str, Any]:
     """Run the real-model demo with the toy demo's options (`DemoArguments`) and return `results.json`'s content."""
     import torch
-    from datasets import concatenate_datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..demo_report import demo_rgsd_config, report_demo
@@ -106,7 +129,7 @@ def run_real_demo(args) -> dict[str, Any]:
     from ..trainers.rgsd import RGSDTrainer
     from .model import lora_config, smollm2_path
     from .world import REAL_TEACHER_VIEW
-    from .worlds import DEFAULT_WORLD, make_named_world
+    from .worlds import DEFAULT_WORLD
 
     # One thread: measured on a shared 2-core machine, 2 threads made sampling ~10x and a training step ~1.5-4x
     # slower (docs/benchmarks.md). A `threads` option, where the demo has one, wins.
@@ -123,14 +146,7 @@ def run_real_demo(args) -> dict[str, Any]:
         return results
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path)
-    world = make_named_world(world_name, seed=args.seed)
-    judge = world.judge()
-    train_prompts = select_examples(world.train_dataset(), budget.train_eval_prompts, args.seed)
-    # Each scored prompt `eval_samples` times; base and student share the sampling seed, so answers pair up.
-    train = concatenate_datasets([train_prompts] * budget.eval_samples)
-    heldout = concatenate_datasets(
-        [select_examples(world.heldout_dataset(), budget.heldout_eval_prompts, args.seed)] * budget.eval_samples
-    )
+    world, judge, train_prompts, train, heldout = demo_eval_sets(world_name, args.seed, budget)
 
     print(
         f"[2/5] conditioning gap on {len(train_prompts)} train prompts x {budget.eval_samples} answers ...", flush=True
@@ -194,9 +210,9 @@ def run_real_demo(args) -> dict[str, Any]:
     trainer.save_model(os.path.join(args.output_dir, "student"))
 
     print("[4/5] scoring base and student on train and held-out prompts ...", flush=True)
-    rgsd_train = _score(student, tokenizer, train, judge, args.seed + 1)
-    base_heldout = _score(base, tokenizer, heldout, judge, args.seed + 2)
-    rgsd_heldout = _score(student, tokenizer, heldout, judge, args.seed + 2)
+    rgsd_train = score_like_demo(student, tokenizer, train, judge, args.seed + 1)
+    base_heldout = score_like_demo(base, tokenizer, heldout, judge, args.seed + 2)
+    rgsd_heldout = score_like_demo(student, tokenizer, heldout, judge, args.seed + 2)
     train_delta = paired_delta(rgsd_train, gap.without_rubric, args.seed)
     heldout_delta = paired_delta(rgsd_heldout, base_heldout, args.seed)
     curve.append({"step": steps, "seconds": train_seconds, "score": rgsd_train.metrics.weighted_score})
@@ -209,6 +225,12 @@ def run_real_demo(args) -> dict[str, Any]:
         heldout_rgsd_score=rgsd_heldout.metrics.weighted_score,
         train_delta_ci=train_delta["delta_ci"],
         heldout_delta_ci=heldout_delta["delta_ci"],
+        # Per answer, in dataset order: two runs on the same seed pair up answer by answer (same prompts, same
+        # sampling seed), e.g. with and without vLLM (benchmarks/vllm_cpu_check.py)
+        base_train_scores=per_answer_scores(gap.without_rubric),
+        rgsd_train_scores=per_answer_scores(rgsd_train),
+        base_heldout_scores=per_answer_scores(base_heldout),
+        rgsd_heldout_scores=per_answer_scores(rgsd_heldout),
         base_strict=gap.without_rubric.metrics.strict_completion,
         rgsd_strict=rgsd_train.metrics.strict_completion,
         base_mean_length=gap.without_rubric.metrics.mean_length,
@@ -276,7 +298,7 @@ def _CurveCallback(points, tokenizer, dataset, judge, every: int, seed: int):
             began = time.perf_counter()
             was_training = model.training
             model.eval()
-            result = _score(model, tokenizer, dataset, judge, seed + state.global_step)
+            result = score_like_demo(model, tokenizer, dataset, judge, seed + state.global_step)
             model.train(was_training)
             points.append(
                 {
