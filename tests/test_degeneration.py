@@ -9,14 +9,19 @@ import random
 import pytest
 
 from trl_rubric.evaluation.degeneration import (
+    DEGENERATION_FLAGS,
     META_TALK_PATTERNS,
     _loops,
     _units,
     copied_rubric_fraction,
+    copied_rubric_spans,
     copies_rubric,
     degeneration_flags,
     degeneration_rates,
+    degeneration_spans,
     meta_talk,
+    meta_talk_spans,
+    repeated_line_spans,
     repeats_line,
 )
 
@@ -512,3 +517,76 @@ def test_config_refuses_an_unknown_degenerate_rollouts_policy():
 
     with pytest.raises(ValueError, match="degenerate_rollouts"):
         RGSDConfig(output_dir="/tmp/x", use_cpu=True, bf16=False, degenerate_rollouts="mask")
+
+
+# ---------------------------------------------------------------- spans (what degenerate_rollouts="unlikelihood" hits)
+
+
+def _span_texts(answer, spans):
+    return [answer[s:e] for s, e in spans]
+
+
+def test_spans_of_a_repeated_item_are_its_later_occurrences():
+    answer = "1. Drink water.\n2. Drink water.\n3. Rest.\n4. Drink water."
+    second = answer.index("Drink water.", 5)
+    third = answer.index("Drink water.", second + 1)
+    assert repeated_line_spans(answer) == [(second, second + 12), (third, third + 12)]
+    eggs = "1. How to make scrambled eggs creamy. 2. What to make scrambled eggs. 3. What to eat scrambled eggs."
+    start = eggs.index("What to eat")
+    assert repeated_line_spans(eggs) == [(start, len(eggs))]  # the near-repeat, not the item it repeats
+
+
+def test_spans_of_an_empty_list_are_its_markers():
+    answer = "Steps:\n1.\n2.\n3."
+    assert _span_texts(answer, repeated_line_spans(answer)) == ["1.", "2.", "3."]
+    assert repeated_line_spans("1. Rest.\n2. Drink fluids.\n3.") == []  # one trailing marker is a cut-off answer
+
+
+def test_spans_of_a_loop_are_the_phrase_after_its_first_time():
+    answer = "The seeds grow towards the growth of the growth of the growth of the light."
+    assert _span_texts(answer, repeated_line_spans(answer)) == ["the growth of the growth of the"]
+    short = "1. Start a vegetable garden!\n2. Sunday!\n3. 1st!\n4. 1st!\n5. 1st!"
+    assert _span_texts(short, repeated_line_spans(short)) == ["1st!", "1st!"]  # a short unit seen three times
+
+
+def test_spans_of_copied_rubric_text_are_the_shared_word_run():
+    answer = "Tips: see a doctor if the symptoms persist or get worse. Rest."
+    spans = copied_rubric_spans(answer, RUBRIC)
+    assert _span_texts(answer, spans) == ["a doctor if the symptoms persist or get worse"]
+    assert copied_rubric_spans("Mentions aloe vera.", RUBRIC) == [(0, len("Mentions aloe vera"))]
+    assert copied_rubric_spans(answer, None) == []
+
+
+def test_spans_of_meta_talk_are_the_sentences_that_match():
+    answer = "Rest and drink fluids.\n\nThis answer meets the requirements. Sleep well."
+    assert _span_texts(answer, meta_talk_spans(answer)) == ["This answer meets the requirements."]
+    here = "Intro line.\nHere's your answer:\nRest and drink fluids."
+    assert _span_texts(here, meta_talk_spans(here)) == ["Here's your answer:"]
+
+
+def test_degeneration_spans_index_the_full_answer_and_skip_the_reasoning():
+    answer = "<think>the requirements</think>\n1. Drink plenty of water.\n2. Drink plenty of water."
+    spans = degeneration_spans(answer, RUBRIC)
+    assert spans["meta_talk"] == []  # the reasoning is not checked, as for the flags
+    assert _span_texts(answer, spans["degenerate"]) == ["Drink plenty of water."]
+    assert spans["degenerate"][0][0] == answer.rindex("Drink")
+
+
+@pytest.mark.parametrize(("answer", "repeats", "copies", "meta"), LABELLED)
+def test_spans_are_non_empty_exactly_when_the_flag_is_set(answer, repeats, copies, meta):
+    spans = degeneration_spans(answer, RUBRIC)
+    flags = degeneration_flags(answer, RUBRIC).to_dict()
+    assert {name: bool(spans[name]) for name in DEGENERATION_FLAGS} == flags
+    assert all(0 <= s < e <= len(answer) for s, e in spans["degenerate"])
+
+
+def test_repeated_line_spans_agree_with_the_flag_on_random_lists():
+    rng = random.Random(3)
+    vocab = ["rest", "drink", "water", "sleep", "early", "doctor", "the", "a", "eggs", "slowly"]
+    for _ in range(300):
+        lines = []
+        for i in range(rng.randint(1, 5)):
+            words = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 7)))
+            lines.append(f"{rng.choice(['', f'{i + 1}. ', '- ', '* ', f'{i + 1}. **'])}{words}.")
+        answer = rng.choice(["\n", " ", "\n\n"]).join(lines)
+        assert bool(repeated_line_spans(answer)) == repeats_line(answer), answer

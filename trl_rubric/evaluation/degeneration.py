@@ -317,3 +317,196 @@ def log_degeneration(
         for name, count in zip(DEGENERATION_FLAGS, counts[1:], strict=True):
             metrics[f"{prefix}/{name}"].append(count / counts[0])
     return flags
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spans: where in the answer each flag comes from, as character ranges `[start, end)` of the answer text. A trainer
+# that acts on the tokens of a degenerate answer (`RGSDConfig.degenerate_rollouts="unlikelihood"`) needs these; each
+# span function is non-empty exactly when its boolean check flags the answer (tests/test_degeneration.py checks this
+# on the labelled corpus).
+# ---------------------------------------------------------------------------------------------------------------------
+
+Span = tuple[int, int]
+
+
+def _merge(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, non-empty spans with overlapping or touching ones joined."""
+    out: list[list[int]] = []
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(s, e) for s, e in out]
+
+
+def _unit_spans(answer: str) -> tuple[list[tuple[tuple[str, ...], list[Span]]], list[tuple[Span, int]]]:
+    """[`_units`] with positions: each unit's words with the character span of every word, and the span of each
+    empty list item with its marker count ("1.1. 2.1 3.1" is one item of 3 markers). Words are found by the same steps as `_units`; their positions
+    by aligning them, in order, with the words of the original line."""
+    units: list[tuple[tuple[str, ...], list[Span]]] = []
+    empty: list[tuple[Span, int]] = []
+    offset = 0
+    for raw in answer.splitlines(keepends=True):
+        line = raw.splitlines()[0]  # without its line break, as `_units` sees it
+        found = [(m.group(0).lower(), m.span()) for m in _WORD.finditer(line)]
+        cursor = 0
+        starts = [m.start() for m in _INLINE_ITEM.finditer(line)] + [len(line)]
+        bounds = list(zip([0, *starts[:-1]], starts, strict=True))
+        for item_start, item_end in bounds:
+            item = line[item_start:item_end]
+            if not item:
+                continue
+            rest, n_markers = _strip_markers(item)
+            if not _words(rest):
+                if n_markers and not rest.strip(" .:;,!?"):
+                    lead = len(item) - len(item.lstrip())
+                    empty.append(((offset + item_start + lead, offset + item_start + len(item.rstrip())), n_markers))
+                continue
+            for sentence in _SENTENCE_END.split(rest):
+                words = tuple(_words(_strip_markers(sentence)[0]))
+                if not words:
+                    continue
+                spans: list[Span] = []
+                for word in words:
+                    while cursor < len(found) and found[cursor][0] != word:
+                        cursor += 1
+                    if cursor < len(found):
+                        start, end = found[cursor][1]
+                        cursor += 1
+                    else:  # not aligned (a word whose lower case changes length): the item's span stands in
+                        start, end = item_start, item_end
+                    spans.append((offset + start, offset + end))
+                units.append((words, spans))
+        offset += len(raw)
+    return units, empty
+
+
+def _loop_spans(words: tuple[str, ...], max_period: int = 8) -> list[tuple[int, int]]:
+    """Word ranges `[i, j)` that [`_loops`] finds: the copies of the phrase after its first occurrence."""
+    out = []
+    for p in range(1, min(max_period, len(words) // 3) + 1):
+        run = 0
+        for i in range(len(words) - p):
+            run = run + 1 if words[i] == words[i + p] else 0
+            if run >= max(2 * p, 4):
+                # words[i - run + 1 .. i] equal the words p later: the repeat covers [i - run + 1 + p, i + p].
+                out.append((i - run + 1 + p, i + p + 1))
+    return out
+
+
+_UNIT_END = frozenset(".!?;:,)*\"'")
+
+
+def repeated_line_spans(
+    answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2, short_repeats: int = 3
+) -> list[Span]:
+    """Character spans of what [`repeats_line`] flags (same arguments): the second and later occurrences of a repeated
+    (or near-repeated) unit, every occurrence but the first of a short unit seen `short_repeats` times, the repeated
+    part of a looping phrase, and every empty list item (markers included) when there are `min_empty_items` of them.
+    Empty exactly when `repeats_line` is false."""
+    units, empty = _unit_spans(answer)
+    n_empty = sum(n for _, n in empty)
+    spans: list[Span] = [span for span, _ in empty] if min_empty_items and n_empty >= min_empty_items else []
+    seen: set[tuple[str, ...]] = set()
+    short: dict[tuple[str, ...], list[Span]] = {}
+    near: dict[tuple[Any, ...], None] = {}
+    for words, word_spans in units:
+        end = word_spans[-1][1]
+        while end < len(answer) and answer[end] in _UNIT_END:  # the unit's closing punctuation repeats with it
+            end += 1
+        whole = (word_spans[0][0], end)
+        for i, j in _loop_spans(words):
+            spans.append((word_spans[i][0], word_spans[j - 1][1]))
+        repeated = False
+        if len(words) >= min_words:
+            repeated = words in seen
+            seen.add(words)
+        elif short_repeats:
+            short.setdefault(words, []).append(whole)
+        if near_min_words and len(words) >= near_min_words:
+            for i in range(len(words)):
+                key = (i, words[:i], words[i + 1 :])
+                repeated = repeated or key in near
+                near[key] = None
+        if repeated:
+            spans.append(whole)
+    for occurrences in short.values():
+        if len(occurrences) >= short_repeats:
+            spans.extend(occurrences[1:])
+    return _merge(spans)
+
+
+def copied_rubric_spans(answer: str, rubric: Any, threshold: float = 0.7, min_words: int = 5) -> list[Span]:
+    """Character spans of the word runs [`copies_rubric`] finds (same arguments): for each criterion whose longest run
+    shared with the answer reaches `threshold`, that run in the answer. Empty exactly when `copies_rubric` is false."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"copy threshold is {threshold}; expected a share in (0, 1]")
+    answer_words = _words(answer)
+    positions = [m.span() for m in _WORD.finditer(answer)]
+    if len(positions) != len(answer_words):  # a character whose lower case changes the word split
+        positions = [(0, len(answer))] * len(answer_words)
+    spans: list[Span] = []
+    matcher = SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(answer_words)
+    for text in _criterion_texts(rubric):
+        words = _words(text)
+        need = min(min_words, len(words))
+        if len(words) < _MIN_CRITERION_WORDS or len(answer_words) < need:
+            continue
+        matcher.set_seq1(words)
+        match = matcher.find_longest_match(0, len(words), 0, len(answer_words))
+        if match.size >= need and match.size / len(words) >= threshold:
+            spans.append((positions[match.b][0], positions[match.b + match.size - 1][1]))
+    return _merge(spans)
+
+
+_SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+
+
+def meta_talk_spans(answer: str, patterns: Sequence[tuple[str, str] | str] | None = None) -> list[Span]:
+    """Character spans of the sentences in which a [`meta_talk`] pattern matches (the sentence, not only the match:
+    "Your answer should contain a bullet point." is meta-talk as a whole). A sentence ends at `.`, `!` or `?` before
+    white space, or at a line break. Empty exactly when `meta_talk` is false."""
+    compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
+    breaks = [m.end() for m in _SENTENCE_BREAK.finditer(answer)]
+    spans: list[Span] = []
+    for m in compiled.finditer(answer):
+        start, end = m.span()
+        start += len(m.group(0)) - len(m.group(0).lstrip())  # a pattern anchored on the line break before it
+        if end == start:
+            end = min(start + 1, len(answer))
+        sentence_start = max([b for b in breaks if b <= start] + [0])
+        sentence_end = min([b for b in breaks if b >= end] + [len(answer)])
+        text = answer[sentence_start:sentence_end]
+        lead = len(text) - len(text.lstrip())
+        spans.append((sentence_start + lead, sentence_start + len(text.rstrip())))
+    return _merge(spans)
+
+
+def degeneration_spans(
+    answer: str,
+    rubric: Any = None,
+    copy_threshold: float = 0.7,
+    copy_min_words: int = 5,
+    meta_patterns: Sequence[tuple[str, str] | str] | None = None,
+) -> dict[str, list[Span]]:
+    """[`degeneration_flags`] as character spans of `answer` (a text): `{flag: [(start, end), ...]}` for each of
+    [`DEGENERATION_FLAGS`], `degenerate` being the union. A `<think>...</think>` block is skipped as the flags skip
+    it, and the spans still index the full `answer`."""
+    start, end = 0, len(answer)
+    if "</think>" in answer:
+        start = answer.rindex("</think>") + len("</think>")
+    elif "<think>" in answer:
+        end = answer.index("<think>")
+    part = answer[start:end]
+    start += len(part) - len(part.lstrip())
+    part = part.strip()
+    found = {
+        "repeats_line": repeated_line_spans(part),
+        "copies_rubric": copied_rubric_spans(part, rubric, copy_threshold, copy_min_words),
+        "meta_talk": meta_talk_spans(part, meta_patterns),
+    }
+    out = {name: [(s + start, e + start) for s, e in spans] for name, spans in found.items()}
+    out["degenerate"] = _merge(s for spans in out.values() for s in spans)
+    return out
