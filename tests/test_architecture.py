@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "trl_rubric.teacher_context",
             "trl_rubric.criterion_views",
+            "trl_rubric.teacher_focus",
             "trl_rubric.critique",
             "trl_rubric.rewards",
             "trl_rubric.async_reward",
