@@ -44,7 +44,9 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
     TOKEN_CLIP_MODES,
     RGSDConfig,
 )
+from .rgsd_focus import build_teacher_focus, load_focus_state, save_focus_state
 from .rgsd_teacher import build_teacher
+from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
 from .teacher_shaping import teacher_shaping_kwargs
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
@@ -163,6 +165,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             teacher_context.penalties = args.teacher_penalties  # a provider left to follow the config (reason-first)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             teacher_context.validate(dataset, name)
+        self._teacher_focus = build_teacher_focus(args, reward_funcs, teacher_context)  # "unlearned": rgsd_focus.py
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
         # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.
         self._rgsd_model_is_path = isinstance(model, str)
@@ -239,6 +242,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _teacher_contexts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
         """Each row's `num_contexts` teacher contexts, from the provider."""
         provider, k = self.teacher_context, self.teacher_context.num_contexts
+        if self._teacher_focus is not None:
+            inputs = self._teacher_focus.rows(inputs)  # each rubric without the criteria the student meets already
         rows = []
         for i, x in enumerate(inputs):
             contexts = provider.contexts(x, completions[i] if completions is not None else None)
@@ -340,7 +345,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
         flags = log_degeneration(self._metrics[mode], "rgsd", completions, rubrics, reduce=total)
         degenerate = torch.zeros_like(dropped)
-        if self.args.degenerate_rollouts == "drop":  # out of the distillation loss, like a failed teacher context
+        if self.args.degenerate_rollouts != "keep":  # out of the distillation loss, like a failed teacher context
             degenerate = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
             self._metrics[mode]["rgsd/degenerate_dropped"].append(
                 self.accelerator.gather(degenerate.sum()).sum().item()
@@ -358,11 +363,18 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             loss_mask = loss_mask * keep
         if self.args.num_loss_tokens_to_skip:
             loss_mask = losses.skip_first_tokens_mask(loss_mask, self.args.num_loss_tokens_to_skip)
+        unlikely = torch.zeros_like(loss_mask, dtype=torch.bool)
+        if self.args.degenerate_rollouts == "unlikelihood":  # the flagged spans' tokens, pushed down in the loss
+            unlikely = unlikelihood_token_mask(
+                self._tokenizer, output["completion_ids"], output["completion_mask"], loss_mask, degenerate, rubrics
+            )
+            output["rgsd_unlikelihood_mask"] = unlikely
         loss_mask = loss_mask * (~(dropped | degenerate))[:, None]
         self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
-        # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's).
-        output["rgsd_num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's); an
+        # unlikelihood token counts as one loss token, as a distilled one does.
+        output["rgsd_num_items_in_batch"] = self.accelerator.gather(loss_mask.sum() + unlikely.sum()).sum()
         if not self._rgsd_hybrid:
             output["advantages"] = torch.zeros_like(output["advantages"])
 
@@ -392,6 +404,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             # As in RubricGRPOTrainer: a completion the judge could not grade is unknown, never a 0 next to others.
             judges = [i for i, f in enumerate(self.reward_funcs) if isinstance(f, RubricReward)]
             rewards_per_func = unknown_where_judge_failed(rewards_per_func, judges)
+            if self._teacher_focus is not None:
+                self._teacher_focus.observe(self, inputs)
             if self.args.teacher_combine == "sgsd_gate":
                 local = slice(
                     self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
@@ -577,6 +591,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
+        per_token, loss_mask, unlikelihood_stats = add_unlikelihood(
+            per_token, loss_mask, s_hidden, head, inputs, self.args.degenerate_unlikelihood_weight,
+            temperature=self.temperature, logit_scale=self._student_logits[0],
+            final_logit_softcapping=self._student_logits[1], chunk_size=chunk_size,
+        )  # fmt: skip
         loss = losses.reduce_token_loss(
             per_token,
             loss_mask.to(per_token.dtype),
@@ -617,6 +636,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f.sum() if out.teacher_logps is not None else out.divergence.new_zeros(()),
                 (gate_active * f).sum() if gated else out.divergence.new_zeros(()),
                 f.sum() if clip_measured else out.divergence.new_zeros(()),  # tokens whose clipping was measured
+                *unlikelihood_stats.to(out.divergence.dtype),
             ]
         )
         return loss, stats
@@ -650,6 +670,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             metrics["rgsd/teacher_logratio"].append((totals[2] / totals[7]).item())
         metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
+        if self.args.degenerate_rollouts == "unlikelihood":
+            metrics["rgsd/unlikelihood_tokens"].append(totals[11].item())
+            if totals[11] > 0:  # the mean unweighted term -log(1 - p) over those tokens
+                metrics["rgsd/unlikelihood"].append((totals[10] / totals[11]).item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())
@@ -689,9 +713,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         save_teacher_state(self, trial)
+        save_focus_state(self, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
+        load_focus_state(self, checkpoint)
         if checkpoint is None or self.args.teacher_model_kind != "ema":
             return
         self._load_teacher_state(checkpoint)

@@ -22,6 +22,7 @@ from ..teacher import (
     TEACHER_PENALTIES,
 )
 from ..teacher_context import TEACHER_CONTEXT_PRESETS, apply_preset
+from ..teacher_focus import TEACHER_FOCUS_MODES, check_teacher_focus_settings
 from .teacher_shaping import DEFAULT_TEACHER_TOP_K_FLOOR, check_teacher_shaping
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,22 @@ class RGSDConfig(GRPOConfig):
         teacher_view_samples (`int`, *optional*, defaults to `16`):
             Training prompts `teacher_penalties="auto"` compares the views on (each is answered three times: once
             by the student, once per view). More prompts give a surer choice at the cost of start-up time.
+        teacher_focus (`str`, *optional*, defaults to `"all"`):
+            Which criteria the teacher is shown. `"all"`: the whole rubric (the paper). `"unlearned"`: only those the
+            student does not meet yet, by the verdicts of a `RubricReward` among `reward_funcs` on its rollouts
+            (`trl_rubric.teacher_focus`; with `distillation_weight=1.0` the judge only observes). A batch's verdicts
+            count from the next generation batch on. Penalties follow `teacher_penalties`; at least one goal always
+            stays. For `teacher_context="rubric"` and `"rubric+reference"`. Logs `rgsd/teacher_focus_omitted` and
+            `rgsd/teacher_focus_rows`. Try it when the teacher's rubric is long and the student meets part of it.
+        teacher_focus_threshold (`float`, *optional*, defaults to `0.8`):
+            With `teacher_focus="unlearned"`: the pass rate (over a prompt's last `teacher_focus_window` graded
+            rollouts) from which a criterion counts as learned and leaves the teacher's view.
+        teacher_focus_min_observations (`int`, *optional*, defaults to `2`):
+            With `teacher_focus="unlearned"`: graded rollouts of a prompt a criterion needs before it can count as
+            learned. Raise it for a noisy judge.
+        teacher_focus_window (`int`, *optional*, defaults to `8`):
+            With `teacher_focus="unlearned"`: verdicts kept per prompt and criterion; a criterion the student forgets
+            comes back into view within this many rollouts.
         rubric_column (`str`, *optional*, defaults to `"rubric"`):
             Dataset column holding each prompt's rubric, in any format `Rubric.from_any` reads.
         pitfall_polarity (`str`, *optional*, defaults to `"as_is"`):
@@ -211,6 +228,12 @@ class RGSDConfig(GRPOConfig):
             Text that closes a thinking block.
         num_loss_tokens_to_skip (`int`, *optional*, defaults to `0`):
             Leave the first N completion tokens of every sample out of the loss.
+        degenerate_rollouts (`str`, *optional*, defaults to `"keep"`):
+            What the loss does with a sampled answer the degeneration checks flag (`keep`, `drop`, `unlikelihood`);
+            see the field's help.
+        degenerate_unlikelihood_weight (`float`, *optional*, defaults to `1.0`):
+            With `degenerate_rollouts="unlikelihood"`, the weight of `-log(1 - p_student(token))` on the flagged
+            spans' tokens, each counted as one loss token beside the distilled ones.
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
@@ -283,6 +306,20 @@ class RGSDConfig(GRPOConfig):
     )
     teacher_view_samples: int = field(
         default=16, metadata={"help": "Training prompts teacher_penalties='auto' compares the views on."}
+    )
+    teacher_focus: Literal["all", "unlearned"] = field(
+        default="all",
+        metadata={"help": "Criteria the teacher is shown: all, or unlearned (those a judge reward sees unmet)."},
+    )
+    teacher_focus_threshold: float = field(
+        default=0.8, metadata={"help": "teacher_focus='unlearned': pass rate from which a criterion is learned."}
+    )
+    teacher_focus_min_observations: int = field(
+        default=2,
+        metadata={"help": "teacher_focus='unlearned': graded rollouts needed before a criterion is learned."},
+    )
+    teacher_focus_window: int = field(
+        default=8, metadata={"help": "teacher_focus='unlearned': verdicts kept per prompt and criterion."}
     )
     rubric_column: str = field(default="rubric", metadata={"help": "Dataset column holding the rubric."})
     pitfall_polarity: Literal["as_is", "negative", "positive"] = field(
@@ -359,14 +396,27 @@ class RGSDConfig(GRPOConfig):
             "completion tokens that themselves complete such an n-gram out of the loss."
         },
     )
-    degenerate_rollouts: Literal["keep", "drop"] = field(
+    degenerate_rollouts: Literal["keep", "drop", "unlikelihood"] = field(
         default="keep",
         metadata={
             "help": "What the distillation loss does with a sampled answer that the degeneration checks flag (a "
             "repeated line, pasted criterion text, talk about the requirements; `trl_rubric.evaluation.degeneration`, "
             "the checks `eval` and `gap` report). 'keep' (default): distil it like any other. 'drop': leave the whole "
             "answer out of the distillation loss (counted as `rgsd/degenerate_dropped`), so the student is never "
-            "pulled towards the teacher's preferences inside a degenerate answer. A hybrid run's reward term keeps it."
+            "pulled towards the teacher's preferences inside a degenerate answer. 'unlikelihood': drop it as 'drop' "
+            "does, and on the tokens of its flagged spans (a repeated line or item after its first occurrence, empty "
+            "list items, the pasted criterion words, the meta-talk sentence) add the unlikelihood term "
+            "-log(1 - p_student(token)) (Welleck et al., arXiv 1908.04319), which pushes the student away from what "
+            "it wrote there (`rgsd/unlikelihood`, `rgsd/unlikelihood_tokens`). Use it when 'drop' leaves the "
+            "student's own degenerate answers in place. A hybrid run's reward term keeps it."
+        },
+    )
+    degenerate_unlikelihood_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the unlikelihood term of degenerate_rollouts='unlikelihood'. Each flagged token counts "
+            "as one loss token beside the distilled ones (the same normaliser, loss_type's), so 1.0 weighs a flagged "
+            "token's -log(1 - p) like one token's divergence. Raise it when degenerate answers persist."
         },
     )
 
@@ -431,6 +481,10 @@ class RGSDConfig(GRPOConfig):
         choice("teacher_penalties", (*TEACHER_PENALTIES, "auto"))
         if self.teacher_view_samples < 2:
             raise ValueError(f"teacher_view_samples is {self.teacher_view_samples}; expected 2 or more")
+        choice("teacher_focus", TEACHER_FOCUS_MODES)
+        check_teacher_focus_settings(
+            self.teacher_focus_threshold, self.teacher_focus_min_observations, self.teacher_focus_window
+        )
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         choice("teacher_combine", TEACHER_COMBINES)
@@ -498,7 +552,10 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(f"teacher_ngram_penalty is {self.teacher_ngram_penalty}; expected a finite number > 0")
         choice("teacher_ngram_mode", ("logit", "mask"))
         check_teacher_shaping(self)
-        choice("degenerate_rollouts", ("keep", "drop"))
+        choice("degenerate_rollouts", ("keep", "drop", "unlikelihood"))
+        weight = self.degenerate_unlikelihood_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            raise ValueError(f"degenerate_unlikelihood_weight is {weight!r}; expected a finite number >= 0")
         if (self.teacher_no_repeat_ngram_size or self.teacher_copy_ngram_size) and self.teacher_context in (
             "skills",
             "sgsd",
