@@ -32,6 +32,11 @@ logs and the benchmarks share.
   well-structured answer"). "Requirement" alone is not enough: SmolLM2's base answers say "a fundamental requirement
   for any living organism", and an everyday answer may say "nutritional requirements".
 - **degenerate**: any of the three.
+
+[`degeneration_spans`] gives the same checks as character ranges of the answer (what `degenerate_rollouts=
+"unlikelihood"` in RGSD pushes the student away from): a repeated unit after its first occurrence, empty list items with
+their markers, the repeated part of a loop, the pasted criterion run, the sentence holding meta-talk. A flag's spans are
+non-empty exactly when the flag is set.
 """
 
 from __future__ import annotations
