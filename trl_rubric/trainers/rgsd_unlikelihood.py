@@ -49,6 +49,10 @@ def add_unlikelihood(
     """Add `weight * -log(1 - p_student(token))` on the batch's `rgsd_unlikelihood_mask` tokens to the `[B, T]`
     distillation loss `per_token`, and those tokens to its `loss_mask` (the flagged rows are already out of it).
 
+    Normalisation: one reduction of the joint `per_token` over the joint mask by `loss_type`, so each unlikelihood
+    token weighs as one distilled token; the batch-wide token count (`rgsd_num_items_in_batch`, used by `dapo`) counts
+    both kinds. With `grpo`, a flagged row is one sequence whose loss is the mean term over its span tokens.
+
     Returns `(per_token, loss_mask, stats)` with `stats = [sum of the unweighted term, token count]` for the logs. A
     batch without the key (another `degenerate_rollouts` policy) comes back unchanged. `logits_kwargs` go to
     [`~trl_rubric.losses.unlikelihood.sampled_token_unlikelihood`] (temperature, logit scale, soft-capping, chunk).
