@@ -47,6 +47,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--output_dir", default="/tmp/adaptive_overhead")
+    p.add_argument(
+        "--model",
+        choices=["toy", "smollm2"],
+        default="toy",
+        help="smollm2: SmolLM2-135M-Instruct with LoRA on a real world (--world), 96-token answers; only the `off` "
+        "and `reject` arms make sense there (the fake author's revisions are written for the toy world), and the "
+        "final scoring is skipped.",
+    )
+    p.add_argument("--world", default="instructions", help="Real world for --model smollm2.")
     return p.parse_args(argv)
 
 
@@ -86,6 +95,8 @@ def serve_author(delay: float, valid: bool, urls, stop) -> None:
 def run_arm(arm, args, path, tokenizer, train, world, url, output_dir):
     from transformers import PrinterCallback
 
+    real = args.model == "smollm2"
+
     from trl_rubric import RubricGRPOConfig, RubricGRPOTrainer
     from trl_rubric.adaptive import AdaptiveRubricCallback, EvaluationMemory
     from trl_rubric.authoring import AuthorArguments, build_author_backend
@@ -98,8 +109,8 @@ def run_arm(arm, args, path, tokenizer, train, world, url, output_dir):
         max_steps=args.steps,
         lr_scheduler_type="constant",
         learning_rate=args.lr,
-        max_completion_length=24,
-        temperature=1.0,
+        max_completion_length=96 if real else 24,
+        temperature=0.7 if real else 1.0,
         per_device_train_batch_size=args.prompts_per_step * args.num_generations,
         num_generations=args.num_generations,
         logging_steps=max(1, args.steps // 10),
@@ -113,8 +124,19 @@ def run_arm(arm, args, path, tokenizer, train, world, url, output_dir):
         author = AuthorArguments(author_model="fake-author", author_base_url=url, author_probe=False)
         author.author_max_retries = 0
         callbacks.append(AdaptiveRubricCallback(build_author_backend(author), wait_for_revisions=arm == "wait"))
+    peft = {}
+    if real:
+        from trl_rubric.real.model import lora_config
+
+        peft = {"peft_config": lora_config()}
     trainer = RubricGRPOTrainer(
-        path, args=config, train_dataset=train, processing_class=tokenizer, judge=world.judge(), callbacks=callbacks
+        path,
+        args=config,
+        train_dataset=train,
+        processing_class=tokenizer,
+        judge=world.judge(),
+        callbacks=callbacks,
+        **peft,
     )
     trainer.remove_callback(PrinterCallback)  # keep the output to one line per run
     start, cpu = time.perf_counter(), time.process_time()
@@ -142,9 +164,16 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
-    world = make_world(seed=args.seed)
+    if args.model == "smollm2":
+        from trl_rubric.real.model import smollm2_path
+        from trl_rubric.real.worlds import make_named_world
+
+        world = make_named_world(args.world, seed=args.seed)
+        path = smollm2_path()
+    else:
+        world = make_world(seed=args.seed)
+        path = prepare_toy_model(seed=args.seed)
     train = world.train_dataset()
-    path = prepare_toy_model(seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     results = []
     ctx = multiprocessing.get_context("spawn")
@@ -160,8 +189,10 @@ def main(argv=None):
                 output_dir = os.path.join(args.output_dir, f"{arm}-{repeat}")
                 url = urls[arm != "reject"]
                 out, model = run_arm(arm, args, path, tokenizer, train, world, url, output_dir)
-                scores = score_model(model.eval(), tokenizer, train, world.judge(), n=2, seed=args.seed + 1)
-                out.update(repeat=repeat, score=scores["score"], strict=scores["strict"], length=scores["length"])
+                out.update(repeat=repeat)
+                if args.model == "toy":
+                    scores = score_model(model.eval(), tokenizer, train, world.judge(), n=2, seed=args.seed + 1)
+                    out.update(score=scores["score"], strict=scores["strict"], length=scores["length"])
                 print(json.dumps(out), flush=True)
                 results.append(out)
     finally:
