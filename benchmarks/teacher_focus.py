@@ -73,6 +73,7 @@ def scores(model, tokenizer, dataset, judge, n: int, seed: int) -> dict:
     m = result.metrics
     return {
         "score": m.weighted_score,
+        "score_ci": m.weighted_score_ci,
         "strict": m.strict_completion,
         "length": m.mean_length,
         "criteria": {k: p / t for k, (p, t) in sorted(passes.items())},
@@ -129,6 +130,7 @@ def run(args, seed: int, mode: str, path: str, tokenizer, world) -> dict:
         "teacher_focus_omitted": [
             round(h["rgsd/teacher_focus_omitted"], 2) for h in history if "rgsd/teacher_focus_omitted" in h
         ],
+        "teacher_focus_rows": [h["rgsd/teacher_focus_rows"] for h in history if "rgsd/teacher_focus_rows" in h],
         "teacher_prompt_length": [
             round(h["rgsd/teacher_prompt_length"], 1) for h in history if "rgsd/teacher_prompt_length" in h
         ],
@@ -167,15 +169,16 @@ def main(argv=None):
             json.dump(results, f, indent=2)
 
     print(
-        "\n| seed | teacher_focus | train score | strict (train) | held-out score | strict (held-out) | length | s/step |"
+        "\n| seed | teacher_focus | train score (95% CI) | strict (train) | held-out score | strict (held-out) | length | s/step |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for seed, entry in results["seeds"].items():
         for arm in ("base", *args.modes):
             r = entry[arm]
             step = f"{r['seconds_per_step']:.2f}" if arm != "base" else "-"
+            ci = r["train"]["score_ci"] or (float("nan"), float("nan"))
             print(
-                f"| {seed} | {arm} | {r['train']['score']:.3f} | {r['train']['strict']:.3f} | {r['heldout']['score']:.3f} "
+                f"| {seed} | {arm} | {r['train']['score']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | {r['train']['strict']:.3f} | {r['heldout']['score']:.3f} "
                 f"| {r['heldout']['strict']:.3f} | {r['train']['length']:.1f} | {step} |"
             )
     print("\nPass rate per criterion kind (train prompts), base -> arm:")
