@@ -184,6 +184,10 @@ def test_unlearned_focus_needs_a_rubric_reward(tiny_model_path, tmp_path):
 def test_unlearned_focus_refuses_a_context_without_one_rubric_list(tiny_model_path, tmp_path):
     with pytest.raises(ValueError, match="'criteria' teacher context"):
         _trainer(tiny_model_path, tmp_path, teacher_context="criteria", num_teacher_contexts=2)
+    with pytest.raises(ValueError, match="grades column 'other'"):
+        _trainer(tiny_model_path, tmp_path, reward_funcs=[RubricReward(_judge(), rubric_column="other")])
+    with pytest.raises(ValueError, match="rubric_dropout=0.5"):
+        _trainer(tiny_model_path, tmp_path, reward_funcs=[RubricReward(_judge(), rubric_dropout=0.5)])
 
 
 class _RecordTeacherPrompts:

@@ -116,6 +116,12 @@ def build_teacher_focus(args, reward_funcs: Any, teacher_context: Any) -> Teache
             "teacher context does not show as one list; use teacher_context='rubric' or 'rubric+reference', or "
             "teacher_focus='all'"
         )
+    if reward.rubric_column != teacher_context.rubric_column:
+        raise ValueError(
+            f"teacher_focus='unlearned' matches the judge's verdicts to the teacher's rubric, but the RubricReward "
+            f"grades column {reward.rubric_column!r} and the teacher reads {teacher_context.rubric_column!r}; "
+            "point both at the same column"
+        )
     store = LearnedCriteria(
         args.teacher_focus_threshold, args.teacher_focus_min_observations, args.teacher_focus_window
     )
