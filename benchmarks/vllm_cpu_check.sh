@@ -8,7 +8,8 @@
 #   sync      RGSD (pure, hybrid) and RubricGRPO colocate, LoRA and full fine-tuning, k steps at a learning rate that
 #             moves the policy: vLLM's log-probs of a fixed completion equal the trainer's within TOL after k steps,
 #             and differ from step 0's
-#   learning  `trl-rubric demo --model smollm2 --quick` with and without --use_vllm, 2 seeds each (~30+ min)
+#   learning  `trl-rubric demo --model smollm2 --quick` with and without --use_vllm, SEEDS (default "0 1"; about
+#             11 minutes a seed on one core), then the answer-by-answer paired summary
 #
 #   bash benchmarks/vllm_cpu_check.sh                         # install eval sync
 #   STAGES="install eval sync learning" bash benchmarks/vllm_cpu_check.sh
@@ -73,7 +74,7 @@ for stage in $STAGES; do
       done
       ;;
     learning)
-      for seed in 0 1; do
+      for seed in ${SEEDS:-0 1}; do
         for arm in transformers vllm; do
           flag=()
           [ "$arm" = vllm ] && flag=(--use_vllm)
@@ -83,7 +84,7 @@ for stage in $STAGES; do
           echo "demo $arm seed $seed: $(cat "$out.time" 2>/dev/null) $(grep -E "closed [0-9]+% of" "$out.log" | tail -1)"
         done
       done
-      "$PY" "$REPO/benchmarks/vllm_cpu_check.py" learning --work "$WORK"
+      "$PY" "$REPO/benchmarks/vllm_cpu_check.py" learning --work "$WORK" --seeds ${SEEDS:-0 1}
       ;;
     *) echo "unknown stage $stage" ;;
   esac
