@@ -217,8 +217,13 @@ def copied_rubric_fraction(answer: str, rubric: Any, min_words: int = 5) -> floa
     `min_words` words is shared). A criterion shorter than `min_words` (but of 3 words or more, such as "Ends with
     'Happy gardening!'.") counts only when pasted whole. `rubric`: a `Rubric`, a list of criterion dicts or texts, or
     one text."""
-    answer_words = _words(answer)
-    best = 0.0
+    shares = [match.size / n for n, match in _criterion_runs(_words(answer), rubric, min_words)]
+    return max(shares, default=0.0)
+
+
+def _criterion_runs(answer_words: list[str], rubric: Any, min_words: int):
+    """`(criterion word count, longest run it shares with the answer)` for each criterion whose run is long enough
+    to count (see [`copied_rubric_fraction`]); `match.b` indexes `answer_words`."""
     matcher = SequenceMatcher(None, autojunk=False)
     matcher.set_seq2(answer_words)  # indexed once, matched against every criterion
     for text in _criterion_texts(rubric):
@@ -229,8 +234,7 @@ def copied_rubric_fraction(answer: str, rubric: Any, min_words: int = 5) -> floa
         matcher.set_seq1(words)
         match = matcher.find_longest_match(0, len(words), 0, len(answer_words))
         if match.size >= need:
-            best = max(best, match.size / len(words))
-    return best
+            yield len(words), match
 
 
 def copies_rubric(answer: str, rubric: Any, threshold: float = 0.7, min_words: int = 5) -> bool:
@@ -451,18 +455,11 @@ def copied_rubric_spans(answer: str, rubric: Any, threshold: float = 0.7, min_wo
     positions = [m.span() for m in _WORD.finditer(answer)]
     if len(positions) != len(answer_words):  # a character whose lower case changes the word split
         positions = [(0, len(answer))] * len(answer_words)
-    spans: list[Span] = []
-    matcher = SequenceMatcher(None, autojunk=False)
-    matcher.set_seq2(answer_words)
-    for text in _criterion_texts(rubric):
-        words = _words(text)
-        need = min(min_words, len(words))
-        if len(words) < _MIN_CRITERION_WORDS or len(answer_words) < need:
-            continue
-        matcher.set_seq1(words)
-        match = matcher.find_longest_match(0, len(words), 0, len(answer_words))
-        if match.size >= need and match.size / len(words) >= threshold:
-            spans.append((positions[match.b][0], positions[match.b + match.size - 1][1]))
+    spans = [
+        (positions[match.b][0], positions[match.b + match.size - 1][1])
+        for n, match in _criterion_runs(answer_words, rubric, min_words)
+        if match.size / n >= threshold
+    ]
     return _merge(spans)
 
 
