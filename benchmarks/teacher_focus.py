@@ -48,21 +48,9 @@ def parse_args(argv=None):
 
 def scores(model, tokenizer, dataset, judge, n: int, seed: int) -> dict:
     """`toy.experiment.score_model`'s numbers, plus the pass rate per criterion title and three answers."""
-    from trl_rubric.evaluation import evaluate
-    from trl_rubric.toy.experiment import MAX_NEW_TOKENS, repeat_dataset
+    from trl_rubric.toy.experiment import evaluate_toy
 
-    result = evaluate(
-        model,
-        repeat_dataset(dataset, n),
-        judge,
-        tokenizer=tokenizer,
-        max_new_tokens=MAX_NEW_TOKENS,
-        batch_size=64,
-        temperature=1.0,
-        seed=seed,
-        n_bootstrap=200,
-        progress=False,
-    )
+    result = evaluate_toy(model, tokenizer, dataset, judge, n, seed)
     passes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for example in result.examples:
         for c in example["criteria"]:

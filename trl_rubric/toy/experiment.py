@@ -22,11 +22,11 @@ def repeat_dataset(dataset, n: int):
     return concatenate_datasets([dataset] * n) if n > 1 else dataset
 
 
-def score_model(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0) -> dict[str, float]:
-    """Weighted score, strict completion and mean answer length of `model` on `dataset`, `n` samples per prompt."""
+def evaluate_toy(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0):
+    """The toy world's evaluation (sampled at temperature 1, `n` answers per prompt): the whole `EvaluationResult`."""
     from ..evaluation import evaluate
 
-    result = evaluate(
+    return evaluate(
         model,
         repeat_dataset(dataset, n),
         judge,
@@ -38,7 +38,11 @@ def score_model(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0) -> 
         n_bootstrap=200,
         progress=False,
     )
-    m = result.metrics
+
+
+def score_model(model, tokenizer, dataset, judge, n: int = 1, seed: int = 0) -> dict[str, float]:
+    """Weighted score, strict completion and mean answer length of `model` on `dataset`, `n` samples per prompt."""
+    m = evaluate_toy(model, tokenizer, dataset, judge, n, seed).metrics
     return {"score": m.weighted_score, "strict": m.strict_completion, "length": m.mean_length}
 
 
