@@ -210,6 +210,7 @@ def _config_fields_section() -> list[str]:
     from trl_rubric.scripts.eval import EvalArguments
     from trl_rubric.scripts.gap import GapArguments
     from trl_rubric.scripts.grpo import ExtraRewardArguments
+    from trl_rubric.scripts.rgsd import RGSDJudgeArguments
 
     lines = [
         "## Config fields",
@@ -241,6 +242,12 @@ def _config_fields_section() -> list[str]:
         "`trl-rubric grpo` also takes:",
         "",
         *field_table(dataclasses.fields(ExtraRewardArguments), ExtraRewardArguments),
+        "",
+        "`trl-rubric rgsd` also takes every `JudgeArguments` field, for the settings that need a judge (hybrid RGSD, "
+        "`teacher_focus=\"unlearned\"`, `teacher_combine=\"sgsd_gate\"`, `teacher_penalties=\"auto\"`); pure RGSD "
+        "calls none. One default differs:",
+        "",
+        *field_table(own_fields(RGSDJudgeArguments, JudgeArguments), RGSDJudgeArguments),
         "",
         "### `trl-rubric eval` options",
         "",

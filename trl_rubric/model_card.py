@@ -100,7 +100,7 @@ def training_facts(trainer) -> dict[str, Any]:
             **teacher_facts(args),  # context and temperature / top-k, when not the plain rubric teacher
             rollouts_per_prompt=args.num_generations,
             mask_thinking=args.mask_thinking,
-            train_judge_calls=0,
+            train_judge_calls=_rgsd_judge_calls(trainer),
         )
     else:
         urls = [u for u in str(getattr(args, "judge_base_url", "") or "").split(",") if u.strip()]
@@ -120,6 +120,15 @@ def training_facts(trainer) -> dict[str, Any]:
         )
     facts["max_steps"] = trainer.state.global_step
     return facts
+
+
+def _rgsd_judge_calls(trainer) -> int:
+    """Judge calls of an RGSD run on this process: 0 for pure RGSD; the calls of a judge reward (hybrid, teacher focus,
+    SGSD gate) and of the teacher-view choice (`teacher_penalties="auto"`) otherwise, each judge counted once."""
+    judges = [f.judge for f in getattr(trainer, "reward_funcs", []) if hasattr(f, "judge")]
+    judges.append(getattr(trainer, "_view_judge", None))
+    distinct = {id(j): j for j in judges if j is not None and hasattr(j, "stats")}
+    return sum(int(j.stats.calls) for j in distinct.values())
 
 
 def _eval_results(trainer) -> dict[str, Any]:

@@ -39,8 +39,8 @@ def auto_view_judge(args, reward_funcs: Any, teacher_view_judge: RubricJudge | N
     raise ValueError(
         "teacher_penalties='auto' chooses the teacher view by grading answers before training, so it needs a judge: "
         "pass teacher_view_judge=<a RubricJudge> to RGSDTrainer (RuleJudge() for rule-tagged rubrics) or a "
-        "RubricReward among reward_funcs, or set teacher_penalties to 'show' or 'omit' (`trl-rubric rgsd` takes no "
-        "judge options yet: choose there with `trl-rubric gap --compare_views`)"
+        "RubricReward among reward_funcs (`trl-rubric rgsd`: set judge_backend), or set teacher_penalties to 'show' "
+        "or 'omit'"
     )
 
 

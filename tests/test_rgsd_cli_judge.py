@@ -1,0 +1,141 @@
+"""`trl-rubric rgsd` and its judge: pure RGSD builds none; hybrid RGSD, `teacher_focus="unlearned"`,
+`teacher_combine="sgsd_gate"` and `teacher_penalties="auto"` take one from the `judge_*` options, and say so clearly
+when it is missing or dead. Also: an EMA teacher with LoRA through the CLI, and the model card's judge-call count."""
+
+import json
+import logging
+
+import pytest
+
+from trl_rubric.cli import main as cli
+from trl_rubric.judges.rule import RuleJudge
+from trl_rubric.rewards import RubricReward
+from trl_rubric.scripts import rgsd as rgsd_script
+from trl_rubric.testing.judge_server import FakeJudgeServer
+
+WORDS = ["alpha", "beta", "gamma"]
+
+
+@pytest.fixture(scope="module")
+def rule_rows(tmp_path_factory):
+    """Rows whose criteria the rule judge can check (`rule:contains:<word>`)."""
+    rubric = [{"text": f"mentions {w}", "weight": 1.0, "tags": [f"rule:contains:{w}"]} for w in WORDS]
+    path = tmp_path_factory.mktemp("rgsd-cli-judge") / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"question {i}: say something", "rubric": rubric}) + "\n"
+                            for i in range(4)))  # fmt: skip
+    return str(path)
+
+
+def argv(dataset, model, output_dir, *extra):
+    return [
+        "rgsd",
+        "--dataset_name", dataset,
+        "--model_name_or_path", model,
+        "--output_dir", str(output_dir),
+        "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--save_strategy", "no",
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "4",
+        "--logging_steps", "1", "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def build(*args):
+    """The trainer `trl-rubric rgsd` would train, from its arguments."""
+    parser = rgsd_script.make_parser()
+    *parsed, remaining = parser.parse_args_and_config(list(args[1:]), return_remaining_strings=True)
+    assert remaining == []
+    return rgsd_script.build_trainer(*parsed)
+
+
+def error_line(code, err):
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("trl-rubric rgsd: error: ")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def test_pure_rgsd_builds_no_judge(rule_rows, tiny_model_path, tmp_path):
+    trainer = build(*argv(rule_rows, tiny_model_path, tmp_path))
+    assert not trainer._rgsd_has_rewards
+    assert not any(isinstance(f, RubricReward) for f in trainer.reward_funcs)
+    assert trainer._view_judge is None
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--teacher_focus", "unlearned"], "teacher_focus=unlearned"),
+        (["--distillation_weight", "0.5", "--num_generations", "2"], "distillation_weight=0.5 (hybrid RGSD)"),
+        (["--teacher_penalties", "auto"], "teacher_penalties=auto"),
+    ],
+)
+def test_a_setting_that_needs_a_judge_without_one_is_one_line(extra, named, rule_rows, tiny_model_path, tmp_path, capfd):
+    line = error_line(cli(argv(rule_rows, tiny_model_path, tmp_path, *extra)), capfd.readouterr().err)
+    assert f"{named} needs a judge: set judge_backend" in line
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_teacher_focus_with_the_rule_judge_trains_from_the_cli(rule_rows, tiny_model_path, tmp_path):
+    extra = ["--teacher_focus", "unlearned", "--judge_backend", "rule"]
+    trainer = build(*argv(rule_rows, tiny_model_path, tmp_path, *extra))
+    rewards = [f for f in trainer.reward_funcs if isinstance(f, RubricReward)]
+    assert len(rewards) == 1 and isinstance(rewards[0].judge, RuleJudge)
+    assert trainer._teacher_focus is not None
+    assert trainer.args.distillation_weight == 1.0  # the judge observes; the loss stays distillation
+
+    out = tmp_path / "cli"
+    assert cli(argv(rule_rows, tiny_model_path, out, *extra)) == 0
+    card = (out / "README.md").read_text()
+    # 2 steps x 2 rollouts, each graded once by the observing judge.
+    assert "| train judge calls | 4 |" in card, card
+
+
+def test_hybrid_rgsd_gets_the_judge_reward(rule_rows, tiny_model_path, tmp_path):
+    trainer = build(
+        *argv(rule_rows, tiny_model_path, tmp_path, "--distillation_weight", "0.5", "--num_generations", "2",
+              "--judge_backend", "rule")
+    )  # fmt: skip
+    assert trainer._rgsd_hybrid
+    assert [type(f.judge) for f in trainer.reward_funcs if isinstance(f, RubricReward)] == [RuleJudge]
+
+
+def test_auto_view_uses_the_judge_only_before_step_0(rule_rows, tiny_model_path, tmp_path):
+    trainer = build(
+        *argv(rule_rows, tiny_model_path, tmp_path, "--teacher_penalties", "auto", "--judge_backend", "rule")
+    )
+    assert isinstance(trainer._view_judge, RuleJudge)
+    assert not trainer._rgsd_has_rewards  # no judge call during training
+
+
+def test_a_dead_judge_stops_the_cli_before_the_model_loads(rule_rows, tiny_model_path, tmp_path, capfd, monkeypatch):
+    from trl_rubric.trainers import rgsd
+
+    with FakeJudgeServer() as server:
+        dead = server.url
+    monkeypatch.setattr(rgsd.RGSDTrainer, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    extra = ["--teacher_focus", "unlearned", "--judge_backend", "openai", "--judge_model", "m", "--judge_base_url", dead]
+    line = error_line(cli(argv(rule_rows, tiny_model_path, tmp_path, *extra)), capfd.readouterr().err)
+    assert f"judge endpoint {dead} did not answer the start-up probe" in line
+
+
+def test_an_unused_judge_is_a_warning(rule_rows, tiny_model_path, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="trl_rubric.scripts.rgsd")
+    trainer = build(*argv(rule_rows, tiny_model_path, tmp_path, "--judge_backend", "rule"))
+    assert not trainer._rgsd_has_rewards
+    assert "judge_backend=rule is set but unused" in caplog.text
+
+
+def test_bad_judge_options_are_still_checked(rule_rows, tiny_model_path, tmp_path, capfd):
+    code = cli(argv(rule_rows, tiny_model_path, tmp_path, "--judge_max_retries", "-1"))
+    assert "judge_max_retries is -1" in error_line(code, capfd.readouterr().err)
+
+
+def test_ema_teacher_with_lora_trains_from_the_cli(rule_rows, tiny_model_path, tmp_path):
+    out = tmp_path / "ema"
+    code = cli(
+        argv(rule_rows, tiny_model_path, out, "--use_peft", "true", "--lora_r", "4", "--lora_target_modules",
+             "q_proj", "v_proj", "--teacher_model_kind", "ema", "--teacher_update_rate", "0.5")
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "adapter_model.safetensors").exists()
