@@ -70,7 +70,9 @@ def test_pure_rgsd_builds_no_judge(rule_rows, tiny_model_path, tmp_path):
         (["--teacher_penalties", "auto"], "teacher_penalties=auto"),
     ],
 )
-def test_a_setting_that_needs_a_judge_without_one_is_one_line(extra, named, rule_rows, tiny_model_path, tmp_path, capfd):
+def test_a_setting_that_needs_a_judge_without_one_is_one_line(
+    extra, named, rule_rows, tiny_model_path, tmp_path, capfd
+):
     line = error_line(cli(argv(rule_rows, tiny_model_path, tmp_path, *extra)), capfd.readouterr().err)
     assert f"{named} needs a judge: set judge_backend" in line
     assert not (tmp_path / "model.safetensors").exists()
@@ -114,7 +116,16 @@ def test_a_dead_judge_stops_the_cli_before_the_model_loads(rule_rows, tiny_model
     with FakeJudgeServer() as server:
         dead = server.url
     monkeypatch.setattr(rgsd.RGSDTrainer, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
-    extra = ["--teacher_focus", "unlearned", "--judge_backend", "openai", "--judge_model", "m", "--judge_base_url", dead]
+    extra = [
+        "--teacher_focus",
+        "unlearned",
+        "--judge_backend",
+        "openai",
+        "--judge_model",
+        "m",
+        "--judge_base_url",
+        dead,
+    ]
     line = error_line(cli(argv(rule_rows, tiny_model_path, tmp_path, *extra)), capfd.readouterr().err)
     assert f"judge endpoint {dead} did not answer the start-up probe" in line
 
