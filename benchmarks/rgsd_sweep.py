@@ -5,7 +5,9 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 
 - `finetune=lora|full` (default `lora`: r 16, alpha 32, every projection);
 - `lora_r=<int>` (alpha = 2 r);
-- `template=direct|default`: the world's direct teacher template (default here) or `RGSDConfig`'s own.
+- `template=direct|default`: the world's direct teacher template (default here) or `RGSDConfig`'s own;
+- `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
+  (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
 Every student trains on SmolLM2-135M-Instruct for the same steps, prompts per step and seed, and is then scored on
 the same train and held-out prompts, `--eval_samples` answers each, with the same sampling seeds as the base, so each
@@ -30,7 +32,7 @@ from typing import Any
 
 from trl_rubric.testing import OFFLINE_ENV
 
-OWN_KEYS = ("finetune", "lora_r", "template")
+OWN_KEYS = ("finetune", "lora_r", "template", "judge")
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, str]]:
@@ -68,6 +70,18 @@ def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
             kind = int if value.lstrip("-").isdigit() else float
         out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
+
+
+def judge_reward(pairs: dict[str, str], world, config) -> list | None:
+    """`reward_funcs` for a setting: the world's rule judge with `judge=rule`, else none (pure RGSD)."""
+    from trl_rubric import RubricReward
+
+    kind = pairs.get("judge", "none")
+    if kind == "none":
+        return None
+    if kind != "rule":
+        raise ValueError(f"judge={kind!r}: expected rule or none")
+    return [RubricReward(world.judge(), rubric_column=config.rubric_column, num_generations=config.num_generations)]
 
 
 def parse_args(argv=None):
@@ -200,7 +214,8 @@ def main(argv=None) -> dict[str, Any]:
         lora = None if full else lora_config(r)
         torch.manual_seed(args.seed)
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
-        trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora)
+        trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora,
+                              reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t
@@ -232,7 +247,7 @@ def main(argv=None) -> dict[str, Any]:
                 row["train"]["delta"] / teacher_scores[key] if teacher_scores[key] else None
             )
         keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio",
-                "rgsd/degenerate")  # fmt: skip
+                "rgsd/degenerate", "rgsd/teacher_focus_omitted", "rgsd/teacher_focus_rows")  # fmt: skip
         row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]
         results["runs"][name] = row
         d, h = row["train"], row["heldout"]

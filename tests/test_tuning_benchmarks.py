@@ -137,3 +137,18 @@ def test_step_benchmark_gives_sdft_the_teacher_input_rgsd_uses(tmp_path):
     line = next(x for x in md.read_text().splitlines() if x.startswith("Same-objective check"))
     gap = float(line.rsplit("relative gap ", 1)[1].rstrip(").").strip())
     assert gap < 1e-3, line
+
+
+def test_judge_key_gives_the_worlds_rule_judge_as_a_reward():
+    from trl_rubric import RGSDConfig, RubricReward
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.real.worlds import make_named_world
+
+    config = RGSDConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
+    world = make_named_world("instructions", seed=0)
+    assert sweep.config_overrides({"judge": "rule", "teacher_focus": "unlearned"}) == {"teacher_focus": "unlearned"}
+    assert sweep.judge_reward({}, world, config) is None
+    (reward,) = sweep.judge_reward({"judge": "rule"}, world, config)
+    assert isinstance(reward, RubricReward) and isinstance(reward.judge, RuleJudge)
+    with pytest.raises(ValueError, match="judge='llm': expected rule or none"):
+        sweep.judge_reward({"judge": "llm"}, world, config)
