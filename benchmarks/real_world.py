@@ -9,6 +9,9 @@ the same optimizer steps on the same prompts per step, drawn by the same seed. A
 - `grpo4`, `grpo8`: `RubricGRPOTrainer` with the world's exact `RuleJudge`, G = 4 / 8 rollouts per prompt.
 - `grpo_reweight`: `grpo4` with policy-aware criterion reweighting, our variant (`criterion_reweighting="ours"`).
 - `grpo_pow3r`: `grpo4` with our reading of POW3R (`criterion_reweighting="pow3r"`, `trl_rubric.reweighting`).
+- `grpo_process`: `grpo4` with dense process rewards (ExpRL; `process_rewards=True`): the rule judge grades every
+  prefix of an answer cut at its lines (`process_step_splitter="lines"`, at most 8 steps), and each line's tokens get
+  the score it added. The answers of both worlds are mostly lists, one step a line.
 - `hybrid`: `RGSDTrainer` plus the rule judge as reward, G = 4, `distillation_weight=0.5`.
 - `grpo_llm`: `RubricGRPOTrainer` with G = 4 whose judge is a real LLM: llama.cpp's OpenAI-compatible server
   (`python -m llama_cpp.server`), started and stopped by this script, serving the same SmolLM2 GGUF, reached through
@@ -50,7 +53,7 @@ from toy_world import TrainingMeter, first_reaching, fmt  # noqa: E402
 
 from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
 
-ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "grpo_pow3r", "hybrid", "grpo_llm")
+ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "grpo_pow3r", "grpo_process", "hybrid", "grpo_llm")
 LABELS = {
     "base": "base (no training)",
     "rgsd": "RGSD (1 rollout, no judge)",
@@ -58,10 +61,11 @@ LABELS = {
     "grpo8": "RubricGRPO, rule judge (G=8)",
     "grpo_reweight": "RubricGRPO + criterion reweighting (G=4)",
     "grpo_pow3r": "RubricGRPO + POW3R-style reweighting (G=4)",
+    "grpo_process": "RubricGRPO, rule judge, process rewards per line (G=4)",
     "hybrid": "hybrid RGSD + rule judge (G=4, w=0.5)",
     "grpo_llm": "RubricGRPO, llama.cpp SmolLM2 judge (G=4)",
 }
-GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "grpo_pow3r": 4, "hybrid": 4, "grpo_llm": 4}
+GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "grpo_pow3r": 4, "grpo_process": 4, "hybrid": 4, "grpo_llm": 4}
 
 
 def parse_args(argv=None):
@@ -176,6 +180,7 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
         num_generations=G,
         **common,
         criterion_reweighting={"grpo_reweight": "ours", "grpo_pow3r": "pow3r"}.get(arm, "none"),
+        **(dict(process_rewards=True, process_step_splitter="lines") if arm == "grpo_process" else {}),
     )
     return RubricGRPOTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, judge=judge,
                              peft_config=lora)  # fmt: skip
@@ -352,7 +357,10 @@ def main(argv=None) -> dict[str, Any]:
                    "steps": trainer.state.global_step, "generated_tokens": sum(meter.tokens),
                    "judge_calls": meter.total_judge_calls()}  # fmt: skip
             row["criteria_log"] = [  # the judge's verdicts on the training rollouts (trl_rubric.criterion_diagnostics)
-                {"step": e["step"], **{k: v for k, v in e.items() if k.startswith("criteria/") and k.count("/") == 1}}
+                {
+                    "step": e["step"],
+                    **{k: v for k, v in e.items() if k.startswith(("criteria/", "process/")) and k.count("/") == 1},
+                }  # fmt: skip
                 for e in trainer.state.log_history
                 if "criteria/pass_rate" in e
             ]

@@ -152,3 +152,26 @@ def test_judge_key_gives_the_worlds_rule_judge_as_a_reward():
     assert isinstance(reward, RubricReward) and isinstance(reward.judge, RuleJudge)
     with pytest.raises(ValueError, match="judge='llm': expected rule or none"):
         sweep.judge_reward({"judge": "llm"}, world, config)
+
+
+def test_real_world_process_arm_is_grpo4_with_line_process_rewards(tiny_model_path, tmp_path):
+    import argparse
+
+    from datasets import Dataset
+
+    from trl_rubric.judges import RuleJudge
+    from trl_rubric.testing import make_rubric_rows
+
+    real_world = _load("real_world")
+    assert set(real_world.GROUP) | {"base", "rgsd"} == set(real_world.ARMS) == set(real_world.LABELS)
+    args = argparse.Namespace(prompts_per_step=2, seed=0, budget_s=0, steps=1, lr=1e-3, max_completion_length=8,
+                              temperature=1.0)  # fmt: skip
+    train = Dataset.from_list(make_rubric_rows(4))
+    built = {
+        arm: real_world.build_trainer(arm, tiny_model_path, None, train, args, str(tmp_path / arm), RuleJudge())
+        for arm in ("grpo4", "grpo_process")
+    }
+    assert built["grpo4"].process_rewards is None
+    process = built["grpo_process"]
+    assert process.process_rewards is not None and process.args.process_step_splitter == "lines"
+    assert process.args.num_generations == built["grpo4"].args.num_generations == 4
