@@ -5,22 +5,13 @@ One launch runs `tests/adaptive_worker.py` in two processes against a FakeAuthor
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from _torchrun import torchrun
 
 from trl_rubric.adaptive import EvaluationMemory
 from trl_rubric.testing import make_tiny_model
 from trl_rubric.testing.author_server import FakeAuthorServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 WORKER = Path(__file__).with_name("adaptive_worker.py")
 
@@ -29,22 +20,9 @@ def test_every_process_grades_with_the_revisions_the_main_process_applied(tmp_pa
     model = make_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     out.mkdir()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": str(WORKER.parents[1]),
-        "OPENAI_API_KEY": "test-key",
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), model, str(out),
-    ]  # fmt: skip
     with FakeAuthorServer() as server:
-        proc = subprocess.run([*cmd, server.url], env=env, capture_output=True, text=True, timeout=300)
+        torchrun(WORKER, model, out, server.url, env_extra={"OPENAI_API_KEY": "test-key"})
         requests = server.requests
-    assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["versions"] and r0["versions"] == r1["versions"]  # the same rubrics on every process
     assert r1["stats"]["requests"] == 0 and r0["stats"]["requests"] == requests  # only the main process asks

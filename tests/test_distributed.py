@@ -5,13 +5,10 @@ lives in this test process); each rank writes what it saw to a JSON file, compar
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _torchrun import torchrun
 
 from trl_rubric.testing import make_tiny_model
 from trl_rubric.testing.judge_server import FakeJudgeServer
@@ -20,28 +17,15 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 NPROC, PER_DEVICE, STEPS = 2, 2, 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     model = make_tiny_model(root / "tiny")
     out = root / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(WORKER.parents[1])}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(NPROC), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), model, str(out),
-    ]  # fmt: skip
     with FakeJudgeServer() as server:
-        proc = subprocess.run([*cmd, server.url], env=env, capture_output=True, text=True, timeout=300)
+        torchrun(WORKER, model, out, server.url, nproc=NPROC)
         requests = server.requests
-    assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(NPROC)]
     return {"results": results, "requests": requests}
 

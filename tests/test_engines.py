@@ -11,40 +11,15 @@ Commands: `tests/engine_worker.py` and `tests/dtensor_worker.py` (see their docs
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _torchrun import torchrun
 
 from trl_rubric.testing import make_tiny_model
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(script: Path, *args: str, env_extra: dict | None = None, timeout: int = 240) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": str(HERE.parent),
-        **(env_extra or {}),
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def read_ranks(out: Path) -> list:

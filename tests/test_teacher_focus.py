@@ -255,28 +255,17 @@ def test_resume_restores_the_store_exactly(tiny_model_path, tmp_path):
 def test_every_process_holds_the_same_store_under_torchrun(tmp_path):
     """2 CPU processes, each grading its own 2 of the 4 prompts: the verdicts are gathered, so both stores are equal
     and hold all 4 prompts, and both processes' teachers drop the learned criterion from batch 3 on."""
-    import os
-    import socket
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from _torchrun import torchrun
 
     from trl_rubric.testing import make_tiny_model
 
     worker = Path(__file__).with_name("teacher_focus_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     model = make_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(worker.parents[1])}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), str(worker), model, str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(worker, model, out)
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["state"] == r1["state"]
     assert len(r0["state"]["store"]["history"]) == 4  # every prompt, whichever process graded it
