@@ -158,6 +158,46 @@ def test_bias_columns_refuse_an_infinite_penalty():
         tb.bias_columns([[]], torch.ones(1, 2, dtype=torch.bool), float("inf"), V)
 
 
+# A small vocabulary with real texts, for the empty-item bans.
+TEXTS = ["1", "2", ".", " ", "\n", ".\n", ":\n\n", "Drink", " water", "x\n", "-", " -", "\n\n", ")"]
+
+
+def _plain_empty_item_bans(ids, texts):
+    """The rule read literally: at each t, decode the completion so far, take its last line, and if that line is list
+    markers only, ban every token whose text, before its first line break, has no letter or digit."""
+    import re
+
+    markers_only = re.compile(r"\s*(?:(?:[-*•+]|\d{1,3}[.)])\s*)+")
+    enders = [i for i, x in enumerate(texts) if "\n" in x and not any(c.isalnum() for c in x.split("\n")[0])]
+    bans = set()
+    for t in range(len(ids)):
+        line = "".join(texts[i] for i in ids[:t]).split("\n")[-1]
+        if markers_only.fullmatch(line):
+            bans |= {(t, e) for e in enders}
+    return bans
+
+
+def test_empty_item_bans_equal_the_plain_rule():
+    enders = tb.line_ender_ids(TEXTS)
+    assert [TEXTS[i] for i in enders] == ["\n", ".\n", ":\n\n", "\n\n"]  # not "x\n": it adds a word
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.randrange(len(TEXTS)) for _ in range(rng.randrange(0, 20))]
+        assert set(tb.empty_item_bans(ids, TEXTS, enders)) == _plain_empty_item_bans(ids, TEXTS)
+
+
+def test_empty_item_bans_hit_a_bare_marker_line_only():
+    enders = tb.line_ender_ids(TEXTS)
+    # "1. Drink water\n2.\n": the line "2." may not end; "1. Drink water" may, and so may an empty line.
+    ids = [0, 2, 3, 7, 8, 4, 1, 2, 4, 4]
+    bans = tb.empty_item_bans(ids, TEXTS, enders)
+    assert {t for t, _ in bans} == {2, 3, 8}  # after "1.", after "1. " and after "2."
+    assert (8, 4) in bans and all(tok in enders for _, tok in bans)
+    # row_bans adds them to the n-gram bans
+    assert set(tb.row_bans(ids, empty_items=(TEXTS, enders))) == set(bans)
+    assert tb.row_bans(ids) == []
+
+
 # ---------------------------------------------------------------- in the trainer
 
 
@@ -233,6 +273,28 @@ def test_trainer_mask_mode_leaves_repeating_tokens_out_of_the_loss(tiny_model_pa
     assert kept[:, 2 * line :].float().mean() < 0.5  # most of the third line repeats
 
 
+def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_bare_marker(tiny_model_path, tmp_path):
+    trainer, batch, _ = _trainer_with_repeated_completions(
+        tiny_model_path, tmp_path, teacher_ban_empty_items=True, teacher_ngram_penalty=5.0
+    )
+    tok = trainer._tokenizer
+    ids = tok("1. drink water\n2.\n3.", add_special_tokens=False)["input_ids"]
+    batch["completion_ids"] = torch.tensor([ids, ids])
+    for key in ("completion_mask", "rgsd_loss_mask"):
+        batch[key] = torch.ones_like(batch["completion_ids"])
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
+    hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
+    got, plain = hidden @ weight.t(), t_hidden @ t_weight.t()
+    texts = [tok.decode([i]) for i in range(len(tok))]
+    newline = next(i for i, x in enumerate(texts) if x == "\n")
+    # the position after "2." (its line holds a marker only): ending the line there costs 5; after "water" nothing
+    after_marker = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]).endswith("\n2."))
+    after_words = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]).endswith("water"))
+    torch.testing.assert_close(got[0, after_marker, newline], plain[0, after_marker, newline] - 5.0)
+    torch.testing.assert_close(got[0, after_words], plain[0, after_words])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -241,6 +303,7 @@ def test_trainer_mask_mode_leaves_repeating_tokens_out_of_the_loss(tiny_model_pa
         ({"teacher_ngram_penalty": float("inf")}, "teacher_ngram_penalty is inf"),
         ({"teacher_ngram_mode": "drop"}, "teacher_ngram_mode is 'drop'"),
         ({"teacher_no_repeat_ngram_size": 4, "teacher_context": "skills"}, "one teacher context per rollout"),
+        ({"teacher_ban_empty_items": True, "teacher_context": "criteria"}, "one teacher context per rollout"),
     ],
 )
 def test_config_refuses_bad_teacher_penalties_by_name(overrides, message):

@@ -7,7 +7,9 @@ functions find, for every completion position, the tokens that would
 - complete an n-gram already present earlier in the completion (`no_repeat_ngram_size`, the rule of transformers'
   `NoRepeatNGramLogitsProcessor`, restricted to the completion), or
 - extend a copy of an n-gram that only the teacher was shown (`copy_ngram_size`: n-grams of the teacher prompt that
-  are not in the student prompt, i.e. the rubric and the template around it),
+  are not in the student prompt, i.e. the rubric and the template around it), or
+- end a line that holds only list markers (`empty_items`: "2." or "1. 1." alone on a line, the empty list items a
+  student keeps writing once the n-gram bans are on, which no n-gram ban catches because markers are not words),
 
 as sparse `(position, token)` bans, pure functions of token ids. [`bias_columns`] turns the bans into a `[N, K]`
 block of extra teacher hidden columns and a `[V, K]` one-hot block of extra LM-head columns (K = distinct banned
@@ -18,12 +20,16 @@ apply the penalty unchanged, at the cost of K more columns in the teacher's proj
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 Ban = tuple[int, int]  # (position in the completion, token id)
+
+# A line of list markers only: bullets ("-", "*", "•", "+") and numbers ("2.", "3)"), any number of them, with spaces.
+_MARKERS_ONLY = re.compile(r"\s*(?:(?:[-*•+]|\d{1,3}[.)])\s*)+")
 
 
 def _counts(gram: Sequence[int], content_tokens: frozenset[int] | None) -> bool:
@@ -89,6 +95,32 @@ def copy_ngram_bans(completion: Sequence[int], table: dict[tuple[int, ...], set[
     return bans
 
 
+def line_ender_ids(token_texts: Sequence[str]) -> list[int]:
+    """Ids of the tokens that end a line without adding a word or a number to it: their text holds a line break, and
+    nothing before the first break is a letter or a digit ("\n", ".\n", ":\n\n")."""
+    return [i for i, text in enumerate(token_texts) if "\n" in text and not _has_alnum(text.split("\n", 1)[0])]
+
+
+def _has_alnum(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+def empty_item_bans(completion: Sequence[int], token_texts: Sequence[str], line_enders: Sequence[int]) -> list[Ban]:
+    """`(t, token)` for every position t where the completion's current line, up to t, holds only list markers
+    (see `_MARKERS_ONLY`), and every token of `line_enders` ([`line_ender_ids`]): ending the line there would leave
+    an empty list item. A line starts after the last line break of the text so far; an empty line is not banned
+    from ending (paragraph breaks stay free)."""
+    bans: list[Ban] = []
+    enders = sorted(set(line_enders))
+    line = ""
+    for t, tok in enumerate(completion):
+        if _MARKERS_ONLY.fullmatch(line):
+            bans.extend((t, e) for e in enders)
+        text = token_texts[tok] if 0 <= tok < len(token_texts) else ""
+        line = text.rsplit("\n", 1)[1] if "\n" in text else line + text
+    return bans
+
+
 def row_bans(
     completion: Sequence[int],
     teacher_prompt: Sequence[int] | None = None,
@@ -97,9 +129,13 @@ def row_bans(
     no_repeat_ngram_size: int | None = None,
     copy_ngram_size: int | None = None,
     content_tokens: frozenset[int] | None = None,
+    empty_items: tuple[Sequence[str], Sequence[int]] | None = None,
 ) -> list[Ban]:
-    """The union of one completion's repeat and copy bans, sorted by position then token, without duplicates."""
+    """The union of one completion's repeat, copy and empty-item bans, sorted by position then token, without
+    duplicates. `empty_items` is `(token_texts, line_enders)` to ban ending a line of markers only."""
     bans: set[Ban] = set()
+    if empty_items is not None:
+        bans.update(empty_item_bans(completion, *empty_items))
     if no_repeat_ngram_size:
         bans.update(repeated_ngram_bans(completion, no_repeat_ngram_size, content_tokens))
     if copy_ngram_size:
@@ -121,6 +157,7 @@ def batch_bans(
     no_repeat_ngram_size: int | None = None,
     copy_ngram_size: int | None = None,
     content_tokens: frozenset[int] | None = None,
+    empty_items: tuple[Sequence[str], Sequence[int]] | None = None,
 ) -> list[list[Ban]]:
     """[`row_bans`] of every row of a padded batch (masks pick the real tokens, whichever side is padded)."""
 
@@ -135,14 +172,21 @@ def batch_bans(
             no_repeat_ngram_size=no_repeat_ngram_size,
             copy_ngram_size=copy_ngram_size,
             content_tokens=content_tokens,
+            empty_items=empty_items,
         )
         for b in range(completion_ids.size(0))
     ]
 
 
-def content_token_ids(tokenizer) -> frozenset[int]:
+def token_texts(tokenizer) -> list[str]:
+    """Every token id's decoded text, indexed by id."""
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
+
+
+def content_token_ids(tokenizer, texts: Sequence[str] | None = None) -> frozenset[int]:
     """Ids of the tokens whose decoded text contains a letter (words, word pieces), for `content_tokens`."""
-    return frozenset(i for i in range(len(tokenizer)) if any(c.isalpha() for c in tokenizer.decode([i])))
+    texts = token_texts(tokenizer) if texts is None else texts
+    return frozenset(i for i, text in enumerate(texts) if any(c.isalpha() for c in text))
 
 
 def banned_target_mask(bans: list[list[Ban]], completion_ids: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
     RGSD_PRESET_FIELDS,
     TOKEN_CLIP_MODES,
     RGSDConfig,
+    teacher_penalties_on,
 )
 from .rgsd_focus import build_teacher_focus, load_focus_state, save_focus_state
 from .rgsd_teacher import build_teacher
@@ -476,16 +477,20 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return hidden, weight, bias
 
     def _penalize_teacher(self, inputs, t_hidden, t_weight):
-        """Teacher-side n-gram penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`): the teacher's
-        hidden states and head with the penalty columns appended, or (`teacher_ngram_mode="mask"`) the loss mask
+        """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`,
+        `teacher_ban_empty_items`): the teacher's hidden states and head with the penalty columns appended, or
+        (`teacher_ngram_mode="mask"`) the loss mask
         without the completion tokens that complete a banned n-gram. The student's sampling is untouched."""
         if getattr(self, "_content_tokens", None) is None:
-            self._content_tokens = teacher_bias.content_token_ids(self._tokenizer)
+            texts = teacher_bias.token_texts(self._tokenizer)
+            self._content_tokens = teacher_bias.content_token_ids(self._tokenizer, texts)
+            self._empty_items = (texts, teacher_bias.line_ender_ids(texts))
         bans = teacher_bias.batch_bans(
             inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
             inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],
             no_repeat_ngram_size=self.args.teacher_no_repeat_ngram_size,
             copy_ngram_size=self.args.teacher_copy_ngram_size, content_tokens=self._content_tokens,
+            empty_items=self._empty_items if self.args.teacher_ban_empty_items else None,
         )  # fmt: skip
         if self.args.teacher_ngram_mode == "mask":
             mask = inputs["rgsd_loss_mask"]
@@ -504,7 +509,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             # because DeepSpeed copies tensor arguments and the copy of a ZeRO-3 partition can no longer be gathered
             t_hidden = teacher
             t_weight, t_bias = self._separate_teacher_head()
-        if self.args.teacher_no_repeat_ngram_size or self.args.teacher_copy_ngram_size:
+        if teacher_penalties_on(self.args):
             t_hidden, t_weight, inputs = self._penalize_teacher(inputs, t_hidden, t_weight)
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)

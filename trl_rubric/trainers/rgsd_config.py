@@ -385,6 +385,15 @@ class RGSDConfig(GRPOConfig):
             "None (default) = off."
         },
     )
+    teacher_ban_empty_items: bool = field(
+        default=False,
+        metadata={
+            "help": "Penalise (by teacher_ngram_penalty; or, with teacher_ngram_mode='mask', leave out of the loss) "
+            "every token that would end a line holding only list markers ('2.' or '1. 1.' alone on its line): the "
+            "teacher stops preferring empty list items, which the n-gram penalties miss (markers are not words). "
+            "Off by default."
+        },
+    )
     teacher_ngram_penalty: float = field(
         default=10.0,
         metadata={"help": "Logit penalty on those tokens (finite; 10 is close to a ban). Lower it for a nudge."},
@@ -556,14 +565,15 @@ class RGSDConfig(GRPOConfig):
         weight = self.degenerate_unlikelihood_weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             raise ValueError(f"degenerate_unlikelihood_weight is {weight!r}; expected a finite number >= 0")
-        if (self.teacher_no_repeat_ngram_size or self.teacher_copy_ngram_size) and self.teacher_context in (
+        if teacher_penalties_on(self) and self.teacher_context in (
             "skills",
             "sgsd",
             "criteria",
         ):
             raise ValueError(
                 f"teacher n-gram penalties support one teacher context per rollout; teacher_context="
-                f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size and teacher_copy_ngram_size."
+                f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size, teacher_copy_ngram_size "
+                "and teacher_ban_empty_items."
             )
         if self.num_loss_tokens_to_skip < 0:
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
@@ -574,6 +584,13 @@ class RGSDConfig(GRPOConfig):
                 "teacher_prompt_template has no {rubric} placeholder: the teacher will not see the rubric, so this "
                 "run is plain self-distillation (a useful control, but not RGSD)."
             )
+
+
+def teacher_penalties_on(config) -> bool:
+    """Whether any teacher-side penalty (repeat, copy, empty item) is set."""
+    return bool(
+        config.teacher_no_repeat_ngram_size or config.teacher_copy_ngram_size or config.teacher_ban_empty_items
+    )
 
 
 __all__ = ["DEFAULT_TOKEN_CLIP", "DEFAULT_TOKEN_CLIP_MODE", "DISTILLATION_SUPPORTS", "TOKEN_CLIP_MODES", "RGSDConfig"]
