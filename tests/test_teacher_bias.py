@@ -163,27 +163,31 @@ TEXTS = ["1", "2", ".", " ", "\n", ".\n", ":\n\n", "Drink", " water", "x\n", "-"
 
 
 def _plain_empty_item_bans(ids, texts):
-    """The rule read literally: at each t, decode the completion so far, take its last line, and if that line is list
-    markers only, ban every token whose text, before its first line break, has no letter or digit."""
+    """The rule read literally: at each t, decode the completion so far and take its last line. If that line is list
+    markers only, ban every token whose text, before its first line break, has no letter or digit, and every number
+    or bullet token ("*" excepted) that a space separates from the marker."""
     import re
 
     markers_only = re.compile(r"\s*(?:(?:[-*•+]|\d{1,3}[.)])\s*)+")
     enders = [i for i, x in enumerate(texts) if "\n" in x and not any(c.isalnum() for c in x.split("\n")[0])]
+    starts = [i for i, x in enumerate(texts) if x.strip() and (x.strip().isdigit() or x.strip() in "-•+")]
     bans = set()
     for t in range(len(ids)):
         line = "".join(texts[i] for i in ids[:t]).split("\n")[-1]
         if markers_only.fullmatch(line):
             bans |= {(t, e) for e in enders}
+            bans |= {(t, m) for m in starts if line.endswith(" ") or texts[m].startswith(" ")}
     return bans
 
 
 def test_empty_item_bans_equal_the_plain_rule():
-    enders = tb.line_ender_ids(TEXTS)
+    enders, starts = tb.line_ender_ids(TEXTS), tb.marker_start_ids(TEXTS)
     assert [TEXTS[i] for i in enders] == ["\n", ".\n", ":\n\n", "\n\n"]  # not "x\n": it adds a word
+    assert [TEXTS[i] for i in starts] == ["1", "2", "-", " -"]
     rng = random.Random(0)
-    for _ in range(200):
+    for _ in range(300):
         ids = [rng.randrange(len(TEXTS)) for _ in range(rng.randrange(0, 20))]
-        assert set(tb.empty_item_bans(ids, TEXTS, enders)) == _plain_empty_item_bans(ids, TEXTS)
+        assert set(tb.empty_item_bans(ids, TEXTS, enders, starts)) == _plain_empty_item_bans(ids, TEXTS)
 
 
 def test_empty_item_bans_hit_a_bare_marker_line_only():
@@ -194,8 +198,19 @@ def test_empty_item_bans_hit_a_bare_marker_line_only():
     assert {t for t, _ in bans} == {2, 3, 8}  # after "1.", after "1. " and after "2."
     assert (8, 4) in bans and all(tok in enders for _, tok in bans)
     # row_bans adds them to the n-gram bans
-    assert set(tb.row_bans(ids, empty_items=(TEXTS, enders))) == set(bans)
+    assert set(tb.row_bans(ids, empty_items=(TEXTS, enders, []))) == set(bans)
     assert tb.row_bans(ids) == []
+
+
+def test_empty_item_bans_stop_a_second_marker_but_not_a_decimal():
+    enders, starts = tb.line_ender_ids(TEXTS), tb.marker_start_ids(TEXTS)
+    one, two, dot, space = 0, 1, 2, 3
+    # "1. " then "1": the doubled marker of "1. 1. Plan ..." is banned at t=3 (after the space)
+    bans = set(tb.empty_item_bans([one, dot, space, one], TEXTS, enders, starts))
+    assert (3, one) in bans and (3, two) in bans
+    # "1." then "2" with no space ("1.2"): not banned at t=2; " -" (a spaced bullet) is
+    bans = set(tb.empty_item_bans([one, dot, two], TEXTS, enders, starts))
+    assert (2, two) not in bans and (2, TEXTS.index(" -")) in bans
 
 
 # ---------------------------------------------------------------- in the trainer

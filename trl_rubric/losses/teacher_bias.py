@@ -8,8 +8,9 @@ functions find, for every completion position, the tokens that would
   `NoRepeatNGramLogitsProcessor`, restricted to the completion), or
 - extend a copy of an n-gram that only the teacher was shown (`copy_ngram_size`: n-grams of the teacher prompt that
   are not in the student prompt, i.e. the rubric and the template around it), or
-- end a line that holds only list markers (`empty_items`: "2." or "1. 1." alone on a line, the empty list items a
-  student keeps writing once the n-gram bans are on, which no n-gram ban catches because markers are not words),
+- end a line that holds only list markers, or add a second marker to it (`empty_items`: "2." alone on a line,
+  "1. 1. Plan ...": the empty list items a student keeps writing once the n-gram bans are on, which no n-gram ban
+  catches because markers are not words),
 
 as sparse `(position, token)` bans, pure functions of token ids. [`bias_columns`] turns the bans into a `[N, K]`
 block of extra teacher hidden columns and a `[V, K]` one-hot block of extra LM-head columns (K = distinct banned
@@ -30,6 +31,8 @@ Ban = tuple[int, int]  # (position in the completion, token id)
 
 # A line of list markers only: bullets ("-", "*", "•", "+") and numbers ("2.", "3)"), any number of them, with spaces.
 _MARKERS_ONLY = re.compile(r"\s*(?:(?:[-*•+]|\d{1,3}[.)])\s*)+")
+# A token that begins another marker: a number or a bullet, maybe after a space ("*" is left out: bold text).
+_MARKER_START = re.compile(r"\s*(?:\d{1,3}|[-•+])")
 
 
 def _counts(gram: Sequence[int], content_tokens: frozenset[int] | None) -> bool:
@@ -105,17 +108,36 @@ def _has_alnum(text: str) -> bool:
     return any(c.isalnum() for c in text)
 
 
-def empty_item_bans(completion: Sequence[int], token_texts: Sequence[str], line_enders: Sequence[int]) -> list[Ban]:
+def marker_start_ids(token_texts: Sequence[str]) -> list[int]:
+    """Ids of the tokens that would begin another list marker: a number of up to three digits or a bullet ("-", "•",
+    "+"), with or without a leading space ("1", " 2", " -")."""
+    return [i for i, text in enumerate(token_texts) if _MARKER_START.fullmatch(text)]
+
+
+def empty_item_bans(
+    completion: Sequence[int],
+    token_texts: Sequence[str],
+    line_enders: Sequence[int],
+    marker_starts: Sequence[int] = (),
+) -> list[Ban]:
     """`(t, token)` for every position t where the completion's current line, up to t, holds only list markers
-    (see `_MARKERS_ONLY`), and every token of `line_enders` ([`line_ender_ids`]): ending the line there would leave
-    an empty list item. A line starts after the last line break of the text so far; an empty line is not banned
-    from ending (paragraph breaks stay free)."""
+    (see `_MARKERS_ONLY`), and every token that would leave an empty list item there:
+
+    - every token of `line_enders` ([`line_ender_ids`]): ending the line ("2." alone on its line);
+    - every token of `marker_starts` ([`marker_start_ids`]) when a space separates it from the marker: a second
+      marker ("1. 1. Plan ...", "2. - Rest"). "1.5 cups" (no space) is left alone.
+
+    A line starts after the last line break of the text so far; an empty line is not banned from ending (paragraph
+    breaks stay free)."""
     bans: list[Ban] = []
     enders = sorted(set(line_enders))
+    starts = sorted(set(marker_starts))
     line = ""
     for t, tok in enumerate(completion):
         if _MARKERS_ONLY.fullmatch(line):
             bans.extend((t, e) for e in enders)
+            spaced = line[-1:].isspace()
+            bans.extend((t, m) for m in starts if spaced or token_texts[m][:1].isspace())
         text = token_texts[tok] if 0 <= tok < len(token_texts) else ""
         line = text.rsplit("\n", 1)[1] if "\n" in text else line + text
     return bans
@@ -129,10 +151,10 @@ def row_bans(
     no_repeat_ngram_size: int | None = None,
     copy_ngram_size: int | None = None,
     content_tokens: frozenset[int] | None = None,
-    empty_items: tuple[Sequence[str], Sequence[int]] | None = None,
+    empty_items: tuple[Sequence[str], Sequence[int], Sequence[int]] | None = None,
 ) -> list[Ban]:
     """The union of one completion's repeat, copy and empty-item bans, sorted by position then token, without
-    duplicates. `empty_items` is `(token_texts, line_enders)` to ban ending a line of markers only."""
+    duplicates. `empty_items` is `(token_texts, line_enders, marker_starts)` for [`empty_item_bans`]."""
     bans: set[Ban] = set()
     if empty_items is not None:
         bans.update(empty_item_bans(completion, *empty_items))
@@ -157,7 +179,7 @@ def batch_bans(
     no_repeat_ngram_size: int | None = None,
     copy_ngram_size: int | None = None,
     content_tokens: frozenset[int] | None = None,
-    empty_items: tuple[Sequence[str], Sequence[int]] | None = None,
+    empty_items: tuple[Sequence[str], Sequence[int], Sequence[int]] | None = None,
 ) -> list[list[Ban]]:
     """[`row_bans`] of every row of a padded batch (masks pick the real tokens, whichever side is padded)."""
 

@@ -484,7 +484,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if getattr(self, "_content_tokens", None) is None:
             texts = teacher_bias.token_texts(self._tokenizer)
             self._content_tokens = teacher_bias.content_token_ids(self._tokenizer, texts)
-            self._empty_items = (texts, teacher_bias.line_ender_ids(texts))
+            self._empty_items = (texts, teacher_bias.line_ender_ids(texts), teacher_bias.marker_start_ids(texts))
         bans = teacher_bias.batch_bans(
             inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
             inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],

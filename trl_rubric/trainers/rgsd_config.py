@@ -389,8 +389,9 @@ class RGSDConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Penalise (by teacher_ngram_penalty; or, with teacher_ngram_mode='mask', leave out of the loss) "
-            "every token that would end a line holding only list markers ('2.' or '1. 1.' alone on its line): the "
-            "teacher stops preferring empty list items, which the n-gram penalties miss (markers are not words). "
+            "every token that would end a line holding only list markers ('2.' alone on its line) or add a second "
+            "marker to it ('1. 1. Plan'): the teacher stops preferring empty list items, which the n-gram penalties "
+            "miss (markers are not words). "
             "Off by default."
         },
     )
