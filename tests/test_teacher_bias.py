@@ -311,6 +311,36 @@ def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_b
 
 
 @pytest.mark.parametrize(
+    ("flags", "ends_banned", "second_marker_banned"),
+    [
+        ({"teacher_ban_empty_items": True}, True, False),
+        ({"teacher_ban_doubled_markers": True}, False, True),
+        ({"teacher_ban_empty_items": True, "teacher_ban_doubled_markers": True}, True, True),
+    ],
+)
+def test_trainer_empty_item_flags_ban_what_they_name(
+    tiny_model_path, tmp_path, flags, ends_banned, second_marker_banned
+):
+    trainer, batch, _ = _trainer_with_repeated_completions(
+        tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, **flags
+    )
+    tok = trainer._tokenizer
+    ids = tok("1. 1. drink", add_special_tokens=False)["input_ids"]
+    batch["completion_ids"] = torch.tensor([ids, ids])
+    for key in ("completion_mask", "rgsd_loss_mask"):
+        batch[key] = torch.ones_like(batch["completion_ids"])
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
+    hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
+    lowered = (hidden @ weight.t() - t_hidden @ t_weight.t())[0] < -4.0  # [T, V]
+    texts = [tok.decode([i]) for i in range(len(tok))]
+    t = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]) == "1. ")  # after "1. ": a bare marker line
+    newline, one = texts.index("\n"), texts.index("1")
+    assert bool(lowered[t, newline]) == ends_banned
+    assert bool(lowered[t, one]) == second_marker_banned
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"teacher_no_repeat_ngram_size": 1}, "teacher_no_repeat_ngram_size is 1"),
@@ -319,6 +349,7 @@ def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_b
         ({"teacher_ngram_mode": "drop"}, "teacher_ngram_mode is 'drop'"),
         ({"teacher_no_repeat_ngram_size": 4, "teacher_context": "skills"}, "one teacher context per rollout"),
         ({"teacher_ban_empty_items": True, "teacher_context": "criteria"}, "one teacher context per rollout"),
+        ({"teacher_ban_doubled_markers": True, "teacher_context": "criteria"}, "one teacher context per rollout"),
     ],
 )
 def test_config_refuses_bad_teacher_penalties_by_name(overrides, message):

@@ -389,10 +389,17 @@ class RGSDConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Penalise (by teacher_ngram_penalty; or, with teacher_ngram_mode='mask', leave out of the loss) "
-            "every token that would end a line holding only list markers ('2.' alone on its line) or add a second "
-            "marker to it ('1. 1. Plan'): the teacher stops preferring empty list items, which the n-gram penalties "
-            "miss (markers are not words). "
-            "Off by default."
+            "every token that would end a line holding only list markers ('2.' alone on its line): the teacher stops "
+            "preferring empty list items, which the n-gram penalties miss (markers are not words). Off by default; "
+            "docs/benchmarks.md measures it on both SmolLM2 worlds."
+        },
+    )
+    teacher_ban_doubled_markers: bool = field(
+        default=False,
+        metadata={
+            "help": "Likewise for every number or bullet token ('*' excepted) that would add a second marker after a "
+            "spaced one ('1. 1. Plan', '2. - Rest'). Off by default: with teacher_ban_empty_items and the n-gram "
+            "penalties it lowered the gain on the health world (docs/benchmarks.md)."
         },
     )
     teacher_ngram_penalty: float = field(
@@ -573,8 +580,8 @@ class RGSDConfig(GRPOConfig):
         ):
             raise ValueError(
                 f"teacher n-gram penalties support one teacher context per rollout; teacher_context="
-                f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size, teacher_copy_ngram_size "
-                "and teacher_ban_empty_items."
+                f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size, teacher_copy_ngram_size, "
+                "teacher_ban_empty_items and teacher_ban_doubled_markers."
             )
         if self.num_loss_tokens_to_skip < 0:
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
@@ -588,9 +595,12 @@ class RGSDConfig(GRPOConfig):
 
 
 def teacher_penalties_on(config) -> bool:
-    """Whether any teacher-side penalty (repeat, copy, empty item) is set."""
+    """Whether any teacher-side penalty (repeat, copy, empty item, doubled marker) is set."""
     return bool(
-        config.teacher_no_repeat_ngram_size or config.teacher_copy_ngram_size or config.teacher_ban_empty_items
+        config.teacher_no_repeat_ngram_size
+        or config.teacher_copy_ngram_size
+        or config.teacher_ban_empty_items
+        or config.teacher_ban_doubled_markers
     )
 
 
