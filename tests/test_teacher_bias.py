@@ -288,24 +288,36 @@ def test_trainer_mask_mode_leaves_repeating_tokens_out_of_the_loss(tiny_model_pa
     assert kept[:, 2 * line :].float().mean() < 0.5  # most of the third line repeats
 
 
-def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_bare_marker(tiny_model_path, tmp_path):
+def _penalized_logits(tiny_model_path, tmp_path, text, **overrides):
+    """The completion `text` (twice, as a batch of 2) scored by the teacher with and without its penalties:
+    `(ids, penalised logits [B, T, V], plain logits, every token's text)`."""
     trainer, batch, _ = _trainer_with_repeated_completions(
-        tiny_model_path, tmp_path, teacher_ban_empty_items=True, teacher_ngram_penalty=5.0
+        tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, **overrides
     )
     tok = trainer._tokenizer
-    ids = tok("1. drink water\n2.\n3.", add_special_tokens=False)["input_ids"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     batch["completion_ids"] = torch.tensor([ids, ids])
     for key in ("completion_mask", "rgsd_loss_mask"):
         batch[key] = torch.ones_like(batch["completion_ids"])
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
     hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
-    got, plain = hidden @ weight.t(), t_hidden @ t_weight.t()
     texts = [tok.decode([i]) for i in range(len(tok))]
-    newline = next(i for i, x in enumerate(texts) if x == "\n")
+    return ids, hidden @ weight.t(), t_hidden @ t_weight.t(), texts
+
+
+def _position_after(ids, texts, predicate):
+    return next(t for t in range(1, len(ids)) if predicate("".join(texts[i] for i in ids[:t])))
+
+
+def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_bare_marker(tiny_model_path, tmp_path):
+    ids, got, plain, texts = _penalized_logits(
+        tiny_model_path, tmp_path, "1. drink water\n2.\n3.", teacher_ban_empty_items=True
+    )
+    newline = texts.index("\n")
     # the position after "2." (its line holds a marker only): ending the line there costs 5; after "water" nothing
-    after_marker = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]).endswith("\n2."))
-    after_words = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]).endswith("water"))
+    after_marker = _position_after(ids, texts, lambda prefix: prefix.endswith("\n2."))
+    after_words = _position_after(ids, texts, lambda prefix: prefix.endswith("water"))
     torch.testing.assert_close(got[0, after_marker, newline], plain[0, after_marker, newline] - 5.0)
     torch.testing.assert_close(got[0, after_words], plain[0, after_words])
 
@@ -321,20 +333,9 @@ def test_trainer_empty_item_ban_lowers_the_teacher_logits_of_line_ends_after_a_b
 def test_trainer_empty_item_flags_ban_what_they_name(
     tiny_model_path, tmp_path, flags, ends_banned, second_marker_banned
 ):
-    trainer, batch, _ = _trainer_with_repeated_completions(
-        tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, **flags
-    )
-    tok = trainer._tokenizer
-    ids = tok("1. 1. drink", add_special_tokens=False)["input_ids"]
-    batch["completion_ids"] = torch.tensor([ids, ids])
-    for key in ("completion_mask", "rgsd_loss_mask"):
-        batch[key] = torch.ones_like(batch["completion_ids"])
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
-    hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
-    lowered = (hidden @ weight.t() - t_hidden @ t_weight.t())[0] < -4.0  # [T, V]
-    texts = [tok.decode([i]) for i in range(len(tok))]
-    t = next(t for t in range(1, len(ids)) if tok.decode(ids[:t]) == "1. ")  # after "1. ": a bare marker line
+    ids, got, plain, texts = _penalized_logits(tiny_model_path, tmp_path, "1. 1. drink", **flags)
+    lowered = (got - plain)[0] < -4.0  # [T, V]
+    t = _position_after(ids, texts, lambda prefix: prefix == "1. ")  # after "1. ": a bare marker line
     newline, one = texts.index("\n"), texts.index("1")
     assert bool(lowered[t, newline]) == ends_banned
     assert bool(lowered[t, one]) == second_marker_banned

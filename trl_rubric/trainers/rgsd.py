@@ -478,23 +478,24 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _penalize_teacher(self, inputs, t_hidden, t_weight):
         """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`,
-        `teacher_ban_empty_items`, `teacher_ban_doubled_markers`): the teacher's hidden states and head with the penalty columns appended, or
-        (`teacher_ngram_mode="mask"`) the loss mask
-        without the completion tokens that complete a banned n-gram. The student's sampling is untouched."""
-        if getattr(self, "_content_tokens", None) is None:
+        `teacher_ban_empty_items`, `teacher_ban_doubled_markers`): the teacher's hidden states and head with the
+        penalty columns appended, or (`teacher_ngram_mode="mask"`) the loss mask without the completion tokens that
+        are themselves banned. The student's sampling is untouched."""
+        if getattr(self, "_content_tokens", None) is None:  # vocabulary tables, built once
             texts = teacher_bias.token_texts(self._tokenizer)
             self._content_tokens = teacher_bias.content_token_ids(self._tokenizer, texts)
+            ends, starts = self.args.teacher_ban_empty_items, self.args.teacher_ban_doubled_markers
             self._empty_items = (
-                texts,
-                teacher_bias.line_ender_ids(texts) if self.args.teacher_ban_empty_items else [],
-                teacher_bias.marker_start_ids(texts) if self.args.teacher_ban_doubled_markers else [],
-            )
+                (texts, teacher_bias.line_ender_ids(texts) if ends else [],
+                 teacher_bias.marker_start_ids(texts) if starts else [])
+                if ends or starts else None
+            )  # fmt: skip
         bans = teacher_bias.batch_bans(
             inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
             inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],
             no_repeat_ngram_size=self.args.teacher_no_repeat_ngram_size,
             copy_ngram_size=self.args.teacher_copy_ngram_size, content_tokens=self._content_tokens,
-            empty_items=self._empty_items if self._empty_items[1] or self._empty_items[2] else None,
+            empty_items=self._empty_items,
         )  # fmt: skip
         if self.args.teacher_ngram_mode == "mask":
             mask = inputs["rgsd_loss_mask"]
