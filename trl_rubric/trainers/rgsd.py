@@ -35,6 +35,7 @@ from ..teacher_context import TeacherContextProvider, build_teacher_context
 from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
+from .rgsd_anchor import ANCHOR_DIVERGENCE_KEYS, add_anchor, anchor_divergence, anchor_token_mask, check_anchor
 from .rgsd_checkpoint import TEACHER_SHADOW_FILE, TEACHER_STATE_FILE, load_teacher_state, save_teacher_state  # noqa: F401
 from .rgsd_config import (  # noqa: F401  (re-exported: these names were importable from here)
     DEFAULT_TOKEN_CLIP,
@@ -150,6 +151,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             )
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
+        check_anchor(args, separate_teacher_given=teacher_model is not None)
         if teacher_model is not None and args.teacher_model_kind != "base":
             raise ValueError(
                 f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
@@ -447,27 +449,38 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         return input_ids, attention_mask, completion_ids.size(1)
 
-    def _separate_teacher_hidden(self, inputs):
+    @staticmethod
+    def _student_inputs(inputs):
+        """The student's own view, `(input_ids, attention_mask, T)`: its prompt and the completion."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        return input_ids, attention_mask, inputs["completion_ids"].size(1)
+
+    def _separate_teacher_hidden(self, inputs, own_prompt: bool = False):
+        """The separate teacher's hidden states on its view (or, with `own_prompt`, on the student's: the initial
+        policy of `anchor_weight`), with its head."""
         unwrapped = self.accelerator.unwrap_model(self.teacher_model)
+        view = self._student_inputs(inputs) if own_prompt else self._teacher_inputs(inputs)
         with torch.no_grad():
             # Through the wrapper's forward, so FSDP / DeepSpeed gather the teacher's sharded weights.
-            hidden = self._forward_redirection(
-                self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *self._teacher_inputs(inputs)
-            )
+            hidden = self._forward_redirection(self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *view)
         return (hidden, *self._separate_teacher_head())
 
     def _separate_teacher_head(self):
         head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
         return head.weight, head.bias
 
-    def _self_teacher_hidden(self, unwrapped, inputs):
+    def _self_teacher_hidden(self, unwrapped, inputs, own_prompt: bool = False):
+        """The policy as teacher (adapters disabled, the frozen or EMA adapter, or live) on the teacher's view, or with
+        `own_prompt` on the student's (the initial policy of `anchor_weight`), with its head."""
+        view = self._student_inputs(inputs) if own_prompt else self._teacher_inputs(inputs)
         ctx = (
             use_adapter(unwrapped, self._teacher_adapter)
             if is_peft_model(unwrapped) and self.args.teacher_model_kind in ("base", "ema")
             else nullcontext()
         )
         with torch.no_grad(), ctx, disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs):
-            hidden = self._last_hidden_state(unwrapped, *self._teacher_inputs(inputs))
+            hidden = self._last_hidden_state(unwrapped, *view)
             # Read inside the block: with PEFT `modules_to_save=["lm_head"]` the head resolves to the original (or the
             # frozen teacher copy) only while the teacher's adapter setting is active, not to the trained copy. The
             # parameters themselves, not detached copies: under ZeRO-3 `token_divergence` gathers them (a detached
@@ -517,9 +530,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if teacher_penalties_on(self.args):
             t_hidden, t_weight, inputs = self._penalize_teacher(inputs, t_hidden, t_weight)
 
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        T = inputs["completion_ids"].size(1)
+        input_ids, attention_mask, T = self._student_inputs(inputs)
         router_logits = [] if self.aux_loss_enabled else None
         s_hidden = self._last_hidden_state(unwrapped, input_ids, attention_mask, T, router_logits)
         head = unwrapped.get_output_embeddings()
@@ -601,6 +612,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
+        per_token, anchor_stats = self._add_anchor(unwrapped, inputs, per_token, loss_mask, s_hidden, head, divergence_args)
         per_token, loss_mask, unlikelihood_stats = add_unlikelihood(
             per_token, loss_mask, s_hidden, head, inputs, self.args.degenerate_unlikelihood_weight,
             temperature=self.temperature, logit_scale=self._student_logits[0],
@@ -647,9 +659,26 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 (gate_active * f).sum() if gated else out.divergence.new_zeros(()),
                 f.sum() if clip_measured else out.divergence.new_zeros(()),  # tokens whose clipping was measured
                 *unlikelihood_stats.to(out.divergence.dtype),
+                *anchor_stats.to(out.divergence.dtype),
             ]
         )
         return loss, stats
+
+    def _add_anchor(self, unwrapped, inputs, per_token, loss_mask, s_hidden, head, divergence_args):
+        """`anchor_weight`'s term on the `[B, T]` distillation loss (`rgsd_anchor.py`), with `[sum, count]` stats."""
+        if self.args.anchor_weight == 0:
+            return per_token, per_token.new_zeros(2).detach()
+        if self.args.anchor_tokens == "content" and getattr(self, "_anchor_content", None) is None:
+            self._anchor_content = teacher_bias.content_token_ids(self._tokenizer)
+        content = self._anchor_content if self.args.anchor_tokens == "content" else None
+        anchored = anchor_token_mask(inputs["completion_ids"], loss_mask, content)
+        if self.teacher_model is not None:  # computed outside, through the teacher wrapper's forward
+            a_hidden, a_weight, a_bias = inputs["rgsd_anchor_hidden"], *self._separate_teacher_head()
+        else:
+            a_hidden, a_weight, a_bias = self._self_teacher_hidden(unwrapped, inputs, own_prompt=True)
+        kwargs = {key: divergence_args[key] for key in ANCHOR_DIVERGENCE_KEYS}
+        term = anchor_divergence(s_hidden[anchored], head, a_hidden[anchored], a_weight, a_bias, kwargs)
+        return add_anchor(per_token, anchored, term, self.args.anchor_weight)
 
     def _logged_step(self) -> bool:
         """Whether the optimizer step being computed ends a logging window (always true outside training)."""
@@ -666,6 +695,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
         teacher = self._separate_teacher_hidden(inputs)[0] if self.teacher_model is not None else None
+        if teacher is not None and self.args.anchor_weight > 0:
+            inputs = {**inputs, "rgsd_anchor_hidden": self._separate_teacher_hidden(inputs, own_prompt=True)[0]}
         unwrapped = self.accelerator.unwrap_model(model)
         # One pass through the policy wrapper's forward: DDP prepares its gradient hooks and FSDP / DeepSpeed keep
         # the sharded weights (LM head included) gathered while the divergence is computed from hidden states.
@@ -684,6 +715,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             metrics["rgsd/unlikelihood_tokens"].append(totals[11].item())
             if totals[11] > 0:  # the mean unweighted term -log(1 - p) over those tokens
                 metrics["rgsd/unlikelihood"].append((totals[10] / totals[11]).item())
+        if self.args.anchor_weight > 0 and totals[13] > 0:  # the mean unweighted anchor divergence, its tokens
+            metrics["rgsd/anchor_divergence"].append((totals[12] / totals[13]).item())
+            metrics["rgsd/anchor_tokens"].append(totals[13].item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())

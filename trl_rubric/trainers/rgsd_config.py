@@ -234,6 +234,11 @@ class RGSDConfig(GRPOConfig):
         degenerate_unlikelihood_weight (`float`, *optional*, defaults to `1.0`):
             With `degenerate_rollouts="unlikelihood"`, the weight of `-log(1 - p_student(token))` on the flagged
             spans' tokens, each counted as one loss token beside the distilled ones.
+        anchor_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the divergence between the student and the initial policy (both shown the student's prompt),
+            added on the anchored tokens; 0 = off. Needs `teacher_model_kind="base"` and no separate teacher model.
+        anchor_tokens (`str`, *optional*, defaults to `"content"`):
+            Which distilled tokens carry the anchor: `"content"` (the student wrote a word there) or `"all"`.
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
@@ -436,6 +441,26 @@ class RGSDConfig(GRPOConfig):
             "token's -log(1 - p) like one token's divergence. Raise it when degenerate answers persist."
         },
     )
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an anchor to the initial policy: on each anchored token, the divergence (generalised "
+            "JSD at distillation_beta, whole vocabulary) between the student and the policy it started from, both "
+            "shown the student's own prompt, added to the distillation loss. It holds the student near what it wrote "
+            "before it read rubrics (no talk of requirements, no repeated items) while the teacher moves it. 0 "
+            "(default) = off. Needs the frozen initial policy: teacher_model_kind='base' and no separate "
+            "teacher_model. Costs one more no-gradient forward of the frozen model a step (trl_rubric/trainers/"
+            "rgsd_anchor.py)."
+        },
+    )
+    anchor_tokens: Literal["content", "all"] = field(
+        default="content",
+        metadata={
+            "help": "Which distilled tokens carry the anchor: 'content' (default) those where the student wrote a "
+            "word (a token with a letter), so list markers, line breaks and punctuation follow the teacher alone; "
+            "'all' every distilled token."
+        },
+    )
 
     teacher_temperature: float = field(
         default=1.0, metadata={"help": "Teacher logits divided by this (on top of temperature); 1.0 = unchanged."}
@@ -573,6 +598,16 @@ class RGSDConfig(GRPOConfig):
         weight = self.degenerate_unlikelihood_weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             raise ValueError(f"degenerate_unlikelihood_weight is {weight!r}; expected a finite number >= 0")
+        anchor = self.anchor_weight
+        if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
+            raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")
+        choice("anchor_tokens", ("content", "all"))
+        if anchor > 0 and self.teacher_model_kind != "base":
+            raise ValueError(
+                f"anchor_weight is {anchor}, which anchors the student to the initial policy, but teacher_model_kind "
+                f"is {self.teacher_model_kind!r}: only the frozen 'base' teacher is the initial policy. Use "
+                "teacher_model_kind='base', or set anchor_weight=0."
+            )
         if teacher_penalties_on(self) and self.teacher_context in (
             "skills",
             "sgsd",
