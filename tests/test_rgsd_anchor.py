@@ -18,7 +18,10 @@ def test_anchor_token_mask_keeps_the_distilled_tokens_that_hold_a_letter():
     loss_mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]])
     content = frozenset({5, 7, 2, 3, 100})  # 100 is past this batch's largest id
     got = anchor_token_mask(ids, loss_mask, content)
-    expected = [[bool(m) and i in content for i, m in zip(r, mr, strict=True)] for r, mr in zip(ids.tolist(), loss_mask.tolist(), strict=True)]
+    expected = [
+        [bool(m) and i in content for i, m in zip(r, mr, strict=True)]
+        for r, mr in zip(ids.tolist(), loss_mask.tolist(), strict=True)
+    ]
     assert got.tolist() == expected
     assert anchor_token_mask(ids, loss_mask, None).equal(loss_mask.bool())
 
@@ -124,7 +127,9 @@ def test_anchor_loss_matches_a_plain_reference_in_value_and_gradient(
     kept = batch["rgsd_loss_mask"].bool()
     content = teacher_bias.content_token_ids(trainer.processing_class)
     ids = batch["completion_ids"]
-    anchored = kept & (torch.tensor([[i in content for i in r] for r in ids.tolist()]) if tokens == "content" else kept)
+    anchored = kept & (
+        torch.tensor([[i in content for i in r] for r in ids.tolist()]) if tokens == "content" else kept
+    )
     assert anchored.any() and (tokens == "all" or not anchored.equal(kept))
     anchor = _jsd(s_logp, a_logp)
     assert anchor[anchored].min() > 1e-4  # the student moved: the anchor acts
@@ -182,7 +187,9 @@ def test_the_anchor_keeps_the_student_nearer_the_initial_policy(tiny_model_path,
     drift = {}
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
-        trainer, rows = _trainer(tiny_model_path, tmp_path / str(weight), True, anchor_weight=weight, anchor_tokens="all")
+        trainer, rows = _trainer(
+            tiny_model_path, tmp_path / str(weight), True, anchor_weight=weight, anchor_tokens="all"
+        )
         batch = trainer._generate_and_score_completions(rows)
         drift[weight] = _anchor_after_steps(trainer, batch)
     assert drift[2.0] < 0.8 * drift[0.0], drift

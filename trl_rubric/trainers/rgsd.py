@@ -463,7 +463,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         view = self._student_inputs(inputs) if own_prompt else self._teacher_inputs(inputs)
         with torch.no_grad():
             # Through the wrapper's forward, so FSDP / DeepSpeed gather the teacher's sharded weights.
-            hidden = self._forward_redirection(self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *view)
+            hidden = self._forward_redirection(
+                self.teacher_model, unwrapped, self._last_hidden_state, unwrapped, *view
+            )
         return (hidden, *self._separate_teacher_head())
 
     def _separate_teacher_head(self):
@@ -612,7 +614,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
-        per_token, anchor_stats = self._add_anchor(unwrapped, inputs, per_token, loss_mask, s_hidden, head, divergence_args)
+        per_token, anchor_stats = self._add_anchor(
+            unwrapped, inputs, per_token, loss_mask, s_hidden, head, divergence_args
+        )
         per_token, loss_mask, unlikelihood_stats = add_unlikelihood(
             per_token, loss_mask, s_hidden, head, inputs, self.args.degenerate_unlikelihood_weight,
             temperature=self.temperature, logit_scale=self._student_logits[0],

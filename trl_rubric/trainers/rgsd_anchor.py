@@ -21,7 +21,6 @@ from torch import Tensor
 
 from .. import losses
 
-
 #: The distillation's divergence settings the anchor shares (the divergence, temperature, chunking and the models'
 #: logit scaling); the support and the teacher shaping are its own.
 ANCHOR_DIVERGENCE_KEYS = (
