@@ -25,8 +25,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_world import LABELS  # noqa: E402
 
 
-def load(dirs: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """World name -> the results of every finished run of that world."""
+def label(arm: str) -> str:
+    """An arm's table label; `grpo8@lr0.0005` (from `--tag_lr`) reads "RubricGRPO, ... (G=8), lr 0.0005"."""
+    name, _, lr = arm.partition("@lr")
+    return f"{LABELS[name]}, lr {lr}" if lr else LABELS[name]
+
+
+def load(dirs: list[str], tag_lr: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """World name -> the results of every finished run of that world. With `tag_lr`, every arm is named with its
+    run's learning rate (`rgsd@lr0.002`), so one arm run at two rates stays two arms."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d in dirs:
         path = os.path.join(d, "results.json")
@@ -36,6 +43,8 @@ def load(dirs: list[str]) -> dict[str, list[dict[str, Any]]]:
         with open(path) as f:
             r = json.load(f)
         r["dir"] = d
+        if tag_lr:
+            r["arms"] = {f"{arm}@lr{r['settings']['lr']:g}": v for arm, v in r["arms"].items()}
         world, seed = r["settings"]["world"], r["settings"]["seed"]
         same = next((x for x in runs[world] if x["settings"]["seed"] == seed), None)
         if same is None:
@@ -95,7 +104,7 @@ def summarise(world: str, runs: list[dict[str, Any]], reference: str) -> list[st
             cells.append(f"{pp(mean(diffs))} [{pp(ci[0])}, {pp(ci[1])}]" if ci else pp(mean(diffs) if diffs else None))
         gap = [x["gap_closed_train"] for x in rows if x.get("gap_closed_train") is not None]
         lines.append(
-            f"| {LABELS[arm]} | {mean(x['train']['score'] for x in rows):.3f} "
+            f"| {label(arm)} | {mean(x['train']['score'] for x in rows):.3f} "
             f"| {mean(x['heldout']['score'] for x in rows):.3f} | {f'{100 * mean(gap):.0f}%' if gap else '-'} "
             f"| {cells[0]} | {cells[1]} | {mean(x.get('steps', 0) for x in rows):.1f} "
             f"| {mean(x.get('generated_tokens', 0) for x in rows):,.0f} | {mean(x.get('judge_calls', 0) for x in rows):,.0f} "
@@ -104,7 +113,7 @@ def summarise(world: str, runs: list[dict[str, Any]], reference: str) -> list[st
     criteria = sorted({c for r in runs for a in arms for c in r["arms"][a]["train"].get("by_criterion", {})})
     if criteria:
         lines += ["", f"Criteria met on train prompts ({world}, mean over seeds):", ""]
-        lines.append("| criterion | " + " | ".join(LABELS[a] for a in arms) + " |")
+        lines.append("| criterion | " + " | ".join(label(a) for a in arms) + " |")
         lines.append("|---|" + "---|" * len(arms))
         for c in criteria:
             cells = []
@@ -133,7 +142,7 @@ def plot(runs_by_world: dict[str, list[dict[str, Any]]], path: str) -> None:
                 xs = [p["cpu_seconds"] for p in curve if p.get("score") is not None]
                 ys = [p["score"] for p in curve if p.get("score") is not None]
                 ax.plot(xs, ys, color=color, marker="o", markersize=3, alpha=0.8,
-                        label=LABELS[arm] if j == 0 else None)  # fmt: skip
+                        label=label(arm) if j == 0 else None)  # fmt: skip
         base = mean(r["references"]["base_train"] for r in runs)
         teacher = mean(r["references"]["teacher_train"] for r in runs)
         ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="base")
@@ -152,8 +161,11 @@ def main(argv=None) -> str:
     p.add_argument("dirs", nargs="+", help="Output directories of real_world.py --budget_s runs.")
     p.add_argument("--reference", default="grpo8", help="Arm the paired differences are taken against.")
     p.add_argument("--output", default=None, help="Write <output>.md and <output>.png.")
+    p.add_argument("--tag_lr", action="store_true",
+                   help="Name every arm with its run's learning rate (grpo8@lr0.0005), to compare one arm at two "
+                   "rates; --reference then takes such a name.")  # fmt: skip
     args = p.parse_args(argv)
-    runs = load(args.dirs)
+    runs = load(args.dirs, tag_lr=args.tag_lr)
     lines: list[str] = []
     for world in sorted(runs):
         lines += summarise(world, runs[world], args.reference) + [""]

@@ -175,3 +175,37 @@ def test_real_world_process_arm_is_grpo4_with_line_process_rewards(tiny_model_pa
     process = built["grpo_process"]
     assert process.process_rewards is not None and process.args.process_step_splitter == "lines"
     assert process.args.num_generations == built["grpo4"].args.num_generations == 4
+
+
+def _budget_run(path, lr, arms, seed=0):
+    import json
+
+    os.makedirs(path)
+    arm = lambda scores: {  # noqa: E731
+        split: {"score": sum(scores) / len(scores), "scores": scores, "degenerate": 0.0, "length": 10.0}
+        for split in ("train", "heldout")
+    }
+    result = {
+        "settings": {"world": "health", "seed": seed, "lr": lr, "budget_s": 240.0},
+        "references": {"base_train": 0.1, "teacher_train": 0.4},
+        "arms": {name: arm(scores) for name, scores in arms.items()},
+    }
+    with open(os.path.join(path, "results.json"), "w") as f:
+        json.dump(result, f)
+
+
+def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
+    summary = _load("real_world_summary")
+    _budget_run(tmp_path / "a", 2e-3, {"rgsd": [0.5, 0.5, 0.5], "grpo8": [0.1, 0.2, 0.3]})
+    _budget_run(tmp_path / "b", 5e-4, {"grpo8": [0.3, 0.4, 0.5]})
+    dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    # Without the tag the later run's grpo8 replaces the first's (the merge is by arm name).
+    assert set(summary.load(dirs)["health"][0]["arms"]) == {"rgsd", "grpo8"}
+    arms = summary.load(dirs, tag_lr=True)["health"][0]["arms"]
+    assert set(arms) == {"rgsd@lr0.002", "grpo8@lr0.002", "grpo8@lr0.0005"}
+    text = summary.main([*dirs, "--tag_lr", "--reference", "grpo8@lr0.0005"])
+    assert "RubricGRPO, rule judge (G=8), lr 0.0005" in text
+    rgsd_row = next(line for line in text.splitlines() if line.startswith("| RGSD"))
+    assert "+10.0" in rgsd_row  # 0.5 - mean(0.3, 0.4, 0.5), paired per prompt
+    low_row = next(line for line in text.splitlines() if "lr 0.002" in line and "G=8" in line)
+    assert "-20.0" in low_row
