@@ -5,7 +5,8 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 
 - `finetune=lora|full` (default `lora`: r 16, alpha 32, every projection);
 - `lora_r=<int>` (alpha = 2 r);
-- `template=direct|default`: the world's direct teacher template (default here) or `RGSDConfig`'s own;
+- `template=direct|default|<name>`: the world's direct teacher template (default here), `RGSDConfig`'s own, or one
+  of [`CANDIDATE_TEMPLATES`] (teacher templates worded against meta-talk, compared with `gap --compare_templates`);
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -33,6 +34,17 @@ from typing import Any
 from trl_rubric.testing import OFFLINE_ENV
 
 OWN_KEYS = ("finetune", "lora_r", "template", "judge")
+
+#: Teacher templates worded so the teacher does not talk about what it was shown (no "requirements"), for
+#: `template=<name>`; `docs/benchmarks.md` compares them with `trl-rubric gap --compare_templates`.
+CANDIDATE_TEMPLATES = {
+    "notes_after": (
+        "{prompt}\n\nWhat a good answer does:\n{rubric}\n\n"
+        "Now answer the question above directly, as a helpful assistant would."
+    ),
+    "notes_first": "Keep these points in mind, but never mention or repeat them:\n{rubric}\n\n{prompt}",
+    "private": "{prompt}\n\n(Private notes on what a good answer does; the reader never sees them:\n{rubric})",
+}
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, str]]:
@@ -112,6 +124,11 @@ def parse_args(argv=None):
         args.parsed = [parse_setting(s) for s in args.settings]
         for _, pairs in args.parsed:
             config_overrides(pairs)
+            template = pairs.get("template", "direct")
+            if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
+                raise ValueError(
+                    f"template={template!r}: expected direct, default or one of {list(CANDIDATE_TEMPLATES)}"
+                )
     except ValueError as e:
         p.error(str(e))
     return args
@@ -203,8 +220,11 @@ def main(argv=None) -> dict[str, Any]:
             save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
         )  # fmt: skip
         kwargs.update(overrides)
-        if pairs.get("template") == "default":
+        template = pairs.get("template", "direct")
+        if template == "default":
             kwargs.pop("teacher_prompt_template")
+        elif template != "direct":
+            kwargs["teacher_prompt_template"] = CANDIDATE_TEMPLATES[template]
         try:
             config = RGSDConfig(**kwargs)
         except ValueError as e:

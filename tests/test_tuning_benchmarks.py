@@ -209,3 +209,16 @@ def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
     assert "+10.0" in rgsd_row  # 0.5 - mean(0.3, 0.4, 0.5), paired per prompt
     low_row = next(line for line in text.splitlines() if "lr 0.002" in line and "G=8" in line)
     assert "-20.0" in low_row
+
+
+def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names_are_refused():
+    from trl_rubric import RGSDConfig
+
+    for name, template in sweep.CANDIDATE_TEMPLATES.items():
+        assert "{prompt}" in template and "{rubric}" in template, name
+        assert "requirement" not in template.lower(), name  # the word the meta-talk checks look for
+        RGSDConfig(output_dir="/tmp/x", teacher_prompt_template=template, use_cpu=True, report_to="none")
+    args = sweep.parse_args(["--settings", "a:template=notes_first"])
+    assert args.parsed == [("a", {"template": "notes_first"})]
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--settings", "a:template=nonsense"])
