@@ -10,14 +10,16 @@ import torch
 from trl_rubric import RGSDConfig, losses
 from trl_rubric.losses import teacher_bias
 from trl_rubric.testing import make_rubric_rows, rgsd_test_config
-from trl_rubric.trainers.rgsd_anchor import add_anchor, anchor_token_mask
+from trl_rubric.trainers.rgsd_anchor import add_anchor, anchor_token_mask, content_table
 
 
 def test_anchor_token_mask_keeps_the_distilled_tokens_that_hold_a_letter():
     ids = torch.tensor([[5, 1, 7, 2], [3, 3, 9, 0]])
     loss_mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]])
-    content = frozenset({5, 7, 2, 3, 100})  # 100 is past this batch's largest id
-    got = anchor_token_mask(ids, loss_mask, content)
+    content = frozenset({5, 7, 2, 3, 100})  # 100 is past the table's vocabulary: left out, no error
+    table = content_table(content, vocab_size=12)
+    assert table.tolist() == [i in content for i in range(12)]
+    got = anchor_token_mask(ids, loss_mask, table)
     expected = [
         [bool(m) and i in content for i, m in zip(r, mr, strict=True)]
         for r, mr in zip(ids.tolist(), loss_mask.tolist(), strict=True)

@@ -35,7 +35,14 @@ from ..teacher_context import TeacherContextProvider, build_teacher_context
 from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
-from .rgsd_anchor import ANCHOR_DIVERGENCE_KEYS, add_anchor, anchor_divergence, anchor_token_mask, check_anchor
+from .rgsd_anchor import (
+    ANCHOR_DIVERGENCE_KEYS,
+    add_anchor,
+    anchor_divergence,
+    anchor_token_mask,
+    check_anchor,
+    content_table,
+)
 from .rgsd_checkpoint import TEACHER_SHADOW_FILE, TEACHER_STATE_FILE, load_teacher_state, save_teacher_state  # noqa: F401
 from .rgsd_config import (  # noqa: F401  (re-exported: these names were importable from here)
     DEFAULT_TOKEN_CLIP,
@@ -673,7 +680,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if self.args.anchor_weight == 0:
             return per_token, per_token.new_zeros(2).detach()
         if self.args.anchor_tokens == "content" and getattr(self, "_anchor_content", None) is None:
-            self._anchor_content = teacher_bias.content_token_ids(self._tokenizer)
+            # Every id the model can sample: its config's vocabulary, which may be padded past the tokenizer's.
+            vocab = max(len(self._tokenizer), getattr(_causal_lm(unwrapped).config, "vocab_size", 0) or 0)
+            self._anchor_content = content_table(teacher_bias.content_token_ids(self._tokenizer), vocab)
         content = self._anchor_content if self.args.anchor_tokens == "content" else None
         anchored = anchor_token_mask(inputs["completion_ids"], loss_mask, content)
         if self.teacher_model is not None:  # computed outside, through the teacher wrapper's forward

@@ -44,16 +44,20 @@ def check_anchor(args: Any, separate_teacher_given: bool) -> None:
         )
 
 
-def anchor_token_mask(completion_ids: Tensor, loss_mask: Tensor, content_tokens: frozenset[int] | None) -> Tensor:
-    """`[B, T]` bool: the distilled tokens that carry the anchor, all of `loss_mask` when `content_tokens` is None (the
-    `"all"` policy), else those whose sampled token is in `content_tokens`."""
+def content_table(content_tokens: frozenset[int], vocab_size: int) -> Tensor:
+    """`[V]` bool: which token ids are content tokens (`teacher_bias.content_token_ids`), built once per run."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    table[torch.tensor(sorted(i for i in content_tokens if i < vocab_size), dtype=torch.long)] = True
+    return table
+
+
+def anchor_token_mask(completion_ids: Tensor, loss_mask: Tensor, content: Tensor | None) -> Tensor:
+    """`[B, T]` bool: the distilled tokens that carry the anchor, all of `loss_mask` when `content` is None (the
+    `"all"` policy), else those whose sampled token is a content token (`content`, a [`content_table`])."""
     keep = loss_mask.bool()
-    if content_tokens is None:
+    if content is None:
         return keep
-    table = torch.zeros(int(completion_ids.max().item()) + 1, dtype=torch.bool, device=completion_ids.device)
-    ids = torch.tensor(sorted(i for i in content_tokens if i < table.numel()), dtype=torch.long)
-    table[ids.to(table.device)] = True
-    return keep & table[completion_ids]
+    return keep & content.to(completion_ids.device)[completion_ids]
 
 
 def anchor_divergence(
