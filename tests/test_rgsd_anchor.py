@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _rgsd_reference import assert_matches_reference, completion_log_softmax
 
 from trl_rubric import RGSDConfig, losses
 from trl_rubric.losses import teacher_bias
@@ -63,12 +64,6 @@ def test_trainer_refuses_an_anchor_with_a_separate_teacher(tiny_model_path, tmp_
                     teacher_model=tiny_model_path)  # fmt: skip
 
 
-def _log_softmax(model, ids, mask, T):
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
-
-
 def _jsd(s_logp, t_logp, beta=0.5):
     p_s, p_t = s_logp.exp(), t_logp.exp()
     m = beta * p_s + (1 - beta) * p_t
@@ -117,15 +112,15 @@ def test_anchor_loss_matches_a_plain_reference_in_value_and_gradient(
 
     T = batch["completion_ids"].size(1)
     s_view = trainer._student_inputs(batch)
-    s_logp = _log_softmax(trainer.model, *s_view)
+    s_logp = completion_log_softmax(trainer.model, *s_view)
     with torch.no_grad():
         if lora:
             with trainer.model.disable_adapter():
-                t_logp = _log_softmax(trainer.model, *trainer._teacher_inputs(batch))
-                a_logp = _log_softmax(trainer.model, *s_view)
+                t_logp = completion_log_softmax(trainer.model, *trainer._teacher_inputs(batch))
+                a_logp = completion_log_softmax(trainer.model, *s_view)
         else:
-            t_logp = _log_softmax(trainer.teacher_model, *trainer._teacher_inputs(batch))
-            a_logp = _log_softmax(trainer.teacher_model, *s_view)
+            t_logp = completion_log_softmax(trainer.teacher_model, *trainer._teacher_inputs(batch))
+            a_logp = completion_log_softmax(trainer.teacher_model, *s_view)
     kept = batch["rgsd_loss_mask"].bool()
     content = teacher_bias.content_token_ids(trainer.processing_class)
     ids = batch["completion_ids"]
@@ -136,15 +131,7 @@ def test_anchor_loss_matches_a_plain_reference_in_value_and_gradient(
     anchor = _jsd(s_logp, a_logp)
     assert anchor[anchored].min() > 1e-4  # the student moved: the anchor acts
     per_token = torch.where(kept, _jsd(s_logp, t_logp), 0.0) + torch.where(anchored, weight * anchor, 0.0)
-    expected = losses.reduce_token_loss(
-        per_token, kept, loss_type, num_items_in_batch=batch["rgsd_num_items_in_batch"],
-        max_completion_length=trainer.max_completion_length,
-        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
-        steps_per_generation=trainer.args.steps_per_generation,
-    )  # fmt: skip
-    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-4)
-    for got, ref in zip(got_grads, torch.autograd.grad(expected, params), strict=True):
-        torch.testing.assert_close(got, ref, atol=1e-6, rtol=2e-3)
+    assert_matches_reference(trainer, batch, loss, got_grads, params, per_token, kept, loss_type)
     metrics = trainer._metrics["train"]
     assert metrics["rgsd/anchor_tokens"] == [anchored.sum().item()]
     assert metrics["rgsd/anchor_divergence"] == [pytest.approx(anchor[anchored].mean().item(), rel=1e-4)]
@@ -156,9 +143,9 @@ def test_without_an_anchor_the_loss_and_metrics_are_unchanged(tiny_model_path, t
     batch = trainer._generate_and_score_completions(rows)
     _move_student(trainer)
     loss = trainer._compute_loss(trainer.model, batch)
-    s_logp = _log_softmax(trainer.model, *trainer._student_inputs(batch))
+    s_logp = completion_log_softmax(trainer.model, *trainer._student_inputs(batch))
     with torch.no_grad(), trainer.model.disable_adapter():
-        t_logp = _log_softmax(trainer.model, *trainer._teacher_inputs(batch))
+        t_logp = completion_log_softmax(trainer.model, *trainer._teacher_inputs(batch))
     kept = batch["rgsd_loss_mask"].bool()
     expected = losses.reduce_token_loss(
         torch.where(kept, _jsd(s_logp, t_logp), 0.0), kept, trainer.loss_type,
@@ -178,9 +165,9 @@ def _anchor_after_steps(trainer, batch, steps=8):
         optimizer.step()
     s_view = trainer._student_inputs(batch)
     with torch.no_grad():
-        s_logp = _log_softmax(trainer.model, *s_view)
+        s_logp = completion_log_softmax(trainer.model, *s_view)
         with trainer.model.disable_adapter():
-            a_logp = _log_softmax(trainer.model, *s_view)
+            a_logp = completion_log_softmax(trainer.model, *s_view)
     kept = batch["rgsd_loss_mask"].bool()
     return _jsd(s_logp, a_logp)[kept].mean().item()
 

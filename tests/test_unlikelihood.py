@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _rgsd_reference import assert_matches_reference, completion_log_softmax
 
-from trl_rubric import losses
 from trl_rubric.losses.unlikelihood import (
     char_spans_to_token_mask,
     sampled_token_unlikelihood,
@@ -116,12 +116,6 @@ def test_flagged_spans_become_unlikelihood_tokens_of_their_row_only(tiny_model_p
     assert trainer._metrics["train"]["rgsd/degenerate_dropped"] == [1]
 
 
-def _log_softmax(model, ids, mask, T):
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
-
-
 @pytest.mark.parametrize(
     ("loss_type", "chunk", "lora"),
     [("dapo", None, False), ("grpo", 3, False), ("bnpo", None, False), ("dapo", 2, True)],
@@ -147,9 +141,11 @@ def test_unlikelihood_loss_matches_a_plain_reference_in_value_and_gradient(
     T = batch["completion_ids"].size(1)
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    s_logp = _log_softmax(trainer.model, ids, mask, T)
+    s_logp = completion_log_softmax(trainer.model, ids, mask, T)
     with torch.no_grad():
-        t_logp = _log_softmax(trainer.model, *trainer._teacher_inputs(batch))  # the frozen teacher is step 0's model
+        t_logp = completion_log_softmax(
+            trainer.model, *trainer._teacher_inputs(batch)
+        )  # the frozen teacher is step 0's model
     p_s, p_t = s_logp.exp(), t_logp.exp()
     m = 0.5 * p_s + 0.5 * p_t
     jsd = (0.5 * torch.xlogy(p_t, p_t / m) + 0.5 * p_s * (s_logp - m.log())).sum(-1)
@@ -157,15 +153,7 @@ def test_unlikelihood_loss_matches_a_plain_reference_in_value_and_gradient(
     kept, unlikely = batch["rgsd_loss_mask"].bool(), batch["rgsd_unlikelihood_mask"]
     assert unlikely[[0, 2]].any() and not (kept & unlikely).any()
     per_token = torch.where(kept, jsd, 0.0) + torch.where(unlikely, weight * -torch.log(1 - p_sampled), 0.0)
-    expected = losses.reduce_token_loss(
-        per_token, kept | unlikely, loss_type, num_items_in_batch=batch["rgsd_num_items_in_batch"],
-        max_completion_length=trainer.max_completion_length,
-        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
-        steps_per_generation=trainer.args.steps_per_generation,
-    )  # fmt: skip
-    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-4)
-    for got, ref in zip(got_grads, torch.autograd.grad(expected, params), strict=True):
-        torch.testing.assert_close(got, ref, atol=1e-6, rtol=2e-3)
+    assert_matches_reference(trainer, batch, loss, got_grads, params, per_token, kept | unlikely, loss_type)
     metrics = trainer._metrics["train"]
     assert metrics["rgsd/unlikelihood_tokens"] == [unlikely.sum().item()]
     mean_term = -torch.log(1 - p_sampled[unlikely]).mean().item()
@@ -177,7 +165,11 @@ def _flagged_logp(trainer, batch):
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     with torch.no_grad():
-        logp = _log_softmax(trainer.model, ids, mask, T).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+        logp = (
+            completion_log_softmax(trainer.model, ids, mask, T)
+            .gather(-1, batch["completion_ids"][..., None])
+            .squeeze(-1)
+        )
     return logp[batch["unlikely"]].mean().item()
 
 
