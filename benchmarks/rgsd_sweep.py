@@ -5,8 +5,9 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 
 - `finetune=lora|full` (default `lora`: r 16, alpha 32, every projection);
 - `lora_r=<int>` (alpha = 2 r);
-- `template=direct|default|<name>`: the world's direct teacher template (default here), `RGSDConfig`'s own, or one
-  of [`CANDIDATE_TEMPLATES`] (teacher templates worded against meta-talk, compared with `gap --compare_templates`);
+- `template=direct|default|<name>`: the world's teacher template (`REAL_TEACHER_PROMPT_TEMPLATE`, default here),
+  `RGSDConfig`'s own, or one of [`CANDIDATE_TEMPLATES`] (teacher templates compared with `gap --compare_templates`;
+  `requirements` is the world's template before 2026-12-05, for rerunning earlier rows of docs/benchmarks.md);
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -35,8 +36,9 @@ from trl_rubric.testing import OFFLINE_ENV
 
 OWN_KEYS = ("finetune", "lora_r", "template", "judge")
 
-#: Teacher templates worded so the teacher does not talk about what it was shown (no "requirements"), for
-#: `template=<name>`; `docs/benchmarks.md` compares them with `trl-rubric gap --compare_templates`.
+#: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
+#: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
+#: compares them with `trl-rubric gap --compare_templates`.
 CANDIDATE_TEMPLATES = {
     "notes_after": (
         "{prompt}\n\nWhat a good answer does:\n{rubric}\n\n"
@@ -44,6 +46,10 @@ CANDIDATE_TEMPLATES = {
     ),
     "notes_first": "Keep these points in mind, but never mention or repeat them:\n{rubric}\n\n{prompt}",
     "private": "{prompt}\n\n(Private notes on what a good answer does; the reader never sees them:\n{rubric})",
+    "requirements": (
+        "{prompt}\n\nWrite your answer so that it meets every requirement below (do not mention the requirements):\n"
+        "{rubric}"
+    ),
 }
 
 

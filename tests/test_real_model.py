@@ -193,6 +193,10 @@ def test_teacher_prompt_through_the_real_chat_template(smollm2):
         # The world's teacher reads what a good answer contains; its penalties stay out of its view.
         assert (criterion["text"] in text) == (criterion["weight"] > 0) and criterion["text"] not in student
     assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
+    # Rubric first, question last, and no word the meta-talk checks count (docs/benchmarks.md, teacher templates).
+    first = next(c["text"] for c in row["rubric"] if c["weight"] > 0)
+    assert text.index(first) < text.index(row["prompt"][-1]["content"])
+    assert "requirement" not in text.lower()
 
 
 def _lora():
@@ -306,3 +310,40 @@ def test_demo_eval_sets_are_reproducible_so_saved_students_pair_up_answer_by_ans
         examples = [{"score": 0.5}, {"score": None}, {"score": 1.0}]
 
     assert per_answer_scores(Scored()) == [0.5, None, 1.0]
+
+
+def test_demo_report_names_the_criteria_that_moved_and_shows_answers_before_and_after():
+    from trl_rubric.evaluation.generation import Generations
+    from trl_rubric.evaluation.grading import _grade_examples
+    from trl_rubric.real.demo import criteria_markdown, criterion_rates, example_answers, report_details
+
+    world = make_real_world()
+    rows = [row for row in world.train_rows if any(c["title"] == "numbered steps" for c in row["rubric"])][:2]
+
+    def graded(texts):
+        prompts, rubrics = [r["prompt"] for r in rows], [r["rubric"] for r in rows]
+        generations = Generations(texts, [[1] * 5 for _ in texts])
+        return _grade_examples(world.judge(), prompts, generations, rubrics, None, False, 10, 0.95, 0, {})
+
+    before = graded(["Rest and drink water.", "It depends on the person."])
+    after = graded(["1. Rest.\n2. Drink water.", "It depends on the person."])
+    rates_before, rates_after = criterion_rates(before), criterion_rates(after)
+    assert rates_before["numbered steps"] == 0.0 and rates_after["numbered steps"] == 0.5
+    table = criteria_markdown({"base": rates_before, "RGSD": rates_after})
+    assert table.splitlines()[0] == "| criterion (pass rate) | base | RGSD |"
+    assert "| numbered steps | 0.00 | 0.50 |" in table.splitlines()
+    assert criteria_markdown({"base": {"short": None}}).splitlines()[-1] == "| short | - |"
+    examples = example_answers(before, after, 1)
+    assert examples == [
+        {"prompt": before.examples[0]["prompt"], "base": "Rest and drink water.", "base_score": before.examples[0]["score"],
+         "rgsd": "1. Rest.\n2. Drink water.", "rgsd_score": after.examples[0]["score"]}
+    ]  # fmt: skip
+    assert examples[0]["rgsd_score"] > examples[0]["base_score"]
+    rates = {"train": {"base": rates_before, "teacher": rates_after, "rgsd": rates_after},
+             "heldout": {"base": rates_before, "rgsd": rates_after}}  # fmt: skip
+    examples[0]["base_score"] = None
+    details = "\n".join(report_details({"criteria": rates, "heldout_examples": examples}))
+    assert "| criterion (pass rate) | base | teacher | RGSD |" in details
+    score = examples[0]["rgsd_score"]
+    assert f"rgsd ({score:.2f}):\n\n> 1. Rest.\n> 2. Drink water.\n" in details
+    assert "base (not graded):" in details

@@ -19,6 +19,8 @@ from typing import Any
 MAX_NEW_TOKENS = 96
 #: Sampling temperature for rollouts and scoring: a 135M model rambles off topic at 1.0.
 TEMPERATURE = 0.7
+#: Held-out prompts whose base and RGSD answers the report shows.
+EXAMPLES_IN_REPORT = 3
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,66 @@ def demo_eval_sets(world_name: str, seed: int, budget: RealDemoBudget):
 def per_answer_scores(result) -> list[float | None]:
     """Each scored answer's weighted score, in dataset order (`None` where the judge could not grade it)."""
     return [e["score"] for e in result.examples]
+
+
+def criterion_rates(result) -> dict[str, float | None]:
+    """Each criterion's pass rate by title, from an evaluation result (`None` where no answer was graded on it)."""
+    return {title: row["met_rate"] for title, row in result.metrics.by_criterion.items()}
+
+
+def criteria_markdown(columns: dict[str, dict[str, float | None]]) -> str:
+    """One row per criterion title, one column per set of answers (`{"base": rates, "RGSD": rates}`): which criteria
+    moved. A penalty criterion's pass rate is how often the answers fall into it, so lower is better there."""
+    titles = sorted({title for rates in columns.values() for title in rates})
+    lines = ["| criterion (pass rate) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for title in titles:
+        cells = [columns[name].get(title) for name in columns]
+        lines.append(f"| {title} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def example_answers(before, after, n: int) -> list[dict[str, Any]]:
+    """The first `n` answer pairs of two evaluations of the same prompts (same order): the prompt, each answer and its
+    score, so a reader sees what the score change is made of."""
+    return [
+        {
+            "prompt": a["prompt"],
+            "base": b["response"],
+            "base_score": b["score"],
+            "rgsd": a["response"],
+            "rgsd_score": a["score"],
+        }
+        for a, b in zip(after.examples[:n], before.examples[:n], strict=True)
+    ]
+
+
+def report_details(results: dict[str, Any]) -> list[str]:
+    """The report's lines after the score table: pass rate by criterion (train: base, teacher, RGSD; held-out: base,
+    RGSD) and the held-out answers of `results["heldout_examples"]`, base and RGSD."""
+    criteria = results["criteria"]
+    lines = [
+        "",
+        "Criteria, train prompts:",
+        "",
+        criteria_markdown(
+            {
+                "base": criteria["train"]["base"],
+                "teacher": criteria["train"]["teacher"],
+                "RGSD": criteria["train"]["rgsd"],
+            }
+        ),
+        "",
+        "Criteria, held-out prompts:",
+        "",
+        criteria_markdown({"base": criteria["heldout"]["base"], "RGSD": criteria["heldout"]["rgsd"]}),
+    ]
+    for example in results["heldout_examples"]:
+        lines += ["", f"**{example['prompt']}**", ""]
+        for who in ("base", "rgsd"):
+            answer = example[who].strip().replace("\n", "\n> ")
+            score = example[who + "_score"]
+            lines += [f"{who} ({'not graded' if score is None else f'{score:.2f}'}):", "", f"> {answer}", ""]
+    return lines
 
 
 def paired_delta(after, before, seed: int) -> dict[str, Any]:
@@ -242,6 +304,16 @@ def run_real_demo(args) -> dict[str, Any]:
         rgsd_degenerate=rgsd_train.metrics.degeneration["degenerate"],
         heldout_base_degenerate=base_heldout.metrics.degeneration["degenerate"],
         heldout_rgsd_degenerate=rgsd_heldout.metrics.degeneration["degenerate"],
+        # Which criteria moved (pass rate by criterion title), and a few held-out answers before and after.
+        criteria={
+            "train": {
+                "base": criterion_rates(gap.without_rubric),
+                "teacher": criterion_rates(gap.with_rubric),
+                "rgsd": criterion_rates(rgsd_train),
+            },
+            "heldout": {"base": criterion_rates(base_heldout), "rgsd": criterion_rates(rgsd_heldout)},
+        },
+        heldout_examples=example_answers(base_heldout, rgsd_heldout, EXAMPLES_IN_REPORT),
         gap_closed_fraction=closed,
         train_judge_calls=train_judge_calls,
         train_steps=steps,
@@ -276,6 +348,7 @@ def run_real_demo(args) -> dict[str, Any]:
         f"{results['heldout_rgsd_degenerate']:.0%} | |",
         f"| judge calls during training | - | {train_judge_calls} | |",
     ]
+    lines += report_details(results)
     table = "\n".join(lines)
     report_demo(
         results, table, args.output_dir, title=f"trl-rubric demo: RGSD on SmolLM2-135M-Instruct ({world_name} world)"

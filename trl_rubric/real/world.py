@@ -30,13 +30,15 @@ from .questions import QUESTIONS
 WORLD_VERSION = 1
 #: The word limit of the general length criterion. SmolLM2's plain answers run past it.
 MAX_WORDS = 60
-#: Teacher context for this world, used by the demo, the benchmark and `trl-rubric gap` recipes. The default RGSD
-#: template works too; a 135M model follows this shorter, more direct one better (see docs/real_model.md).
-REAL_TEACHER_PROMPT_TEMPLATE = (
-    "{prompt}\n\n"
-    "Write your answer so that it meets every requirement below (do not mention the requirements):\n"
-    "{rubric}"
-)
+#: Teacher context for this world, used by the demo, the benchmark and `trl-rubric gap` recipes: the rubric first, as
+#: notes not to repeat, and the question last, so the 135M teacher answers the question instead of talking about the
+#: rubric. Against the template shipped before ("{prompt}" then "Write your answer so that it meets every requirement
+#: below (do not mention the requirements):" and "{rubric}") its students scored higher on held-out prompts in all six
+#: paired runs (both worlds, two seeds and the full demo; four with intervals excluding 0), level or higher on train
+#: prompts, and the teacher's meta-talk fell 14.6% -> 2.1% on the instructions world (docs/benchmarks.md, "Teacher view
+#: by measurement"). Its own conditioning gap is 4-7 points smaller, so the share of the gap a student closes reads
+#: higher against it; compare students by their scores.
+REAL_TEACHER_PROMPT_TEMPLATE = "Keep these points in mind, but never mention or repeat them:\n{rubric}\n\n{prompt}"
 REAL_RENDER_STYLE = "numbered"
 #: Whether the teacher view lists the penalty criteria (see `RGSDConfig.teacher_penalties`); the demo's gap and
 #: training both read it, so they always share one teacher view.
