@@ -71,6 +71,8 @@ LABELLED = [
     ("1. Start a vegetable garden!\n2. Sunday!\n3. Saturday!\n4. 1st!\n5. 1st!\n6. 1st!", True, False, False),
     ("1. Yes, you need a tetanus shot.\n2. Not mentioning any other requirements.", False, False, True),
     ("Please provide the requested information.", False, False, True),
+    # SmolLM2 student, full demo on the everyday-instructions world: the criterion "Uses the word ..." as a plan.
+    ("1. I'll include a list of the steps\n2. I'll use the word \"baking\" twice.", False, False, True),
     # Clean answers that must not be flagged.
     (
         "Without water, plants cannot survive. It's a fundamental requirement for any living organism.",
@@ -94,6 +96,7 @@ LABELLED = [
     ("**Tips:**\n- Rest.\n**Tips:**\n- Drink.", False, False, False),  # a repeated one-word heading
     ("Day 1:\n- Hike.\nDay 2:\n- Swim.\nDay 3:\n- Rest.", False, False, False),  # distinct short headings
     ("Eat more vegetables.\nEat more fruit.", False, False, False),  # parallel, short, distinct
+    ("Many people use the word loosely; a cold is not the flu.", False, False, False),  # no quoted word announced
     ("1. Boil water.\n2. Add the pasta.\n3. Stir after 2. Then drain it.", False, False, False),
     ("---\nRest well.\n---", False, False, False),
 ]

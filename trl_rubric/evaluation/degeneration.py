@@ -29,7 +29,7 @@ logs and the benchmarks share.
 - **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): "criteria", "rubric", "the / every / three
   requirements", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
   word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
-  well-structured answer"). "Requirement" alone is not enough: SmolLM2's base answers say "a fundamental requirement
+  well-structured answer"), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement" alone is not enough: SmolLM2's base answers say "a fundamental requirement
   for any living organism", and an everyday answer may say "nutritional requirements".
 - **degenerate**: any of the three.
 
@@ -77,6 +77,11 @@ META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
     ("as requested", r"\b(requested|as required|as instructed)\b"),
     ("word count", r"\b(word (limit|count)|(under|fewer than|less than|within|at most) \d+ words)\b"),
     ("do not mention", r"\b(do not|don't|without) mention(ing)?\b"),
+    # A criterion's "Uses the word 'amazing'" said back as a plan: "I'll use the word "baking" twice."
+    (
+        "uses the word",
+        r"\b(use|uses|using|include|includes|including|say|says|mention|mentions) the (word|phrase|term)s? [\"'“‘]",
+    ),
 )
 
 _MARKER = re.compile(
