@@ -334,9 +334,10 @@ def test_demo_report_names_the_criteria_that_moved_and_shows_answers_before_and_
     assert "| numbered steps | 0.00 | 0.50 |" in table.splitlines()
     assert criteria_markdown({"base": {"short": None}}).splitlines()[-1] == "| short | - |"
     examples = example_answers(before, after, 1)
+    first_before, first_after = before.examples[0], after.examples[0]
     assert examples == [
-        {"prompt": before.examples[0]["prompt"], "base": "Rest and drink water.", "base_score": before.examples[0]["score"],
-         "rgsd": "1. Rest.\n2. Drink water.", "rgsd_score": after.examples[0]["score"]}
+        {"prompt": first_before["prompt"], "base": "Rest and drink water.", "base_score": first_before["score"],
+         "rgsd": "1. Rest.\n2. Drink water.", "rgsd_score": first_after["score"]}
     ]  # fmt: skip
     assert examples[0]["rgsd_score"] > examples[0]["base_score"]
     rates = {"train": {"base": rates_before, "teacher": rates_after, "rgsd": rates_after},

@@ -29,8 +29,9 @@ logs and the benchmarks share.
 - **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): "criteria", "rubric", "the / every / three
   requirements", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
   word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
-  well-structured answer"), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement" alone is not enough: SmolLM2's base answers say "a fundamental requirement
-  for any living organism", and an everyday answer may say "nutritional requirements".
+  well-structured answer"), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement"
+  alone is not enough: SmolLM2's base answers say "a fundamental requirement for any living organism", and an
+  everyday answer may say "nutritional requirements".
 - **degenerate**: any of the three.
 
 [`degeneration_spans`] gives the same checks as character ranges of the answer (what `degenerate_rollouts=
