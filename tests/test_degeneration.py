@@ -389,9 +389,10 @@ def test_rgsd_logs_degeneration_of_each_steps_completions_against_their_rubrics(
     from datasets import Dataset
 
     import trl_rubric.trainers.rgsd as rgsd
+    import trl_rubric.trainers.rgsd_rollouts as rgsd_rollouts
     from trl_rubric.testing import make_rubric_rows, rgsd_test_config
 
-    calls = _recording(monkeypatch, rgsd)
+    calls = _recording(monkeypatch, rgsd_rollouts)
     rows = make_rubric_rows(8, conversational=True)
     trainer = rgsd.RGSDTrainer(tiny_model_path, args=rgsd_test_config(tmp_path / "out"),
                                train_dataset=Dataset.from_list(rows))  # fmt: skip
@@ -486,6 +487,7 @@ def test_rgsd_drops_degenerate_answers_from_the_distillation_loss_only_when_aske
 
     import trl_rubric.evaluation.degeneration as real
     import trl_rubric.trainers.rgsd as rgsd
+    import trl_rubric.trainers.rgsd_rollouts as rgsd_rollouts
     from trl_rubric.testing import make_rubric_rows, rgsd_test_config
 
     # The tiny model writes random tokens; the checks are shown a repeated list for the first answer of each batch
@@ -496,7 +498,7 @@ def test_rgsd_drops_degenerate_answers_from_the_distillation_loss_only_when_aske
         answers = [looped] + ["Rest and drink fluids."] * (len(answers) - 1)
         return real.log_degeneration(metrics, prefix, answers, rubrics, reduce, **kwargs)
 
-    monkeypatch.setattr(rgsd, "log_degeneration", shown)
+    monkeypatch.setattr(rgsd_rollouts, "log_degeneration", shown)
     rows = make_rubric_rows(4)
     args = rgsd_test_config(tmp_path / "out", degenerate_rollouts=policy)
     trainer = rgsd.RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))

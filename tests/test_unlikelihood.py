@@ -80,6 +80,7 @@ def _trainer(
     from datasets import Dataset
 
     import trl_rubric.trainers.rgsd as rgsd
+    import trl_rubric.trainers.rgsd_rollouts as rgsd_rollouts
     import trl_rubric.trainers.rgsd_unlikelihood as rgsd_unlikelihood
 
     def flags(metrics, prefix, answers, rubrics, reduce=None, **kwargs):
@@ -88,7 +89,7 @@ def _trainer(
     def spans(text, rubric):
         return {"degenerate": [(len(text) // 4, len(text) // 2)] if text else []}
 
-    monkeypatch.setattr(rgsd, "log_degeneration", flags)
+    monkeypatch.setattr(rgsd_rollouts, "log_degeneration", flags)
     monkeypatch.setattr(rgsd_unlikelihood, "degeneration_spans", spans)
     rows = make_rubric_rows(n_rows)
     config = dict(degenerate_rollouts="unlikelihood", token_clip=None, max_completion_length=16)

@@ -37,7 +37,7 @@ from .divergence import (
     transform_logits,
 )
 from .head_divergence import full_lm_head, token_divergence
-from .masks import finite_token_mask, sanitize_hidden, skip_first_tokens_mask, thinking_mask
+from .masks import completion_thinking_mask, finite_token_mask, sanitize_hidden, skip_first_tokens_mask, thinking_mask
 from .moe import moe_load_balancing_fn, router_load_balancing_loss
 from .reduce import LOSS_TYPES, POLICY_ONLY_LOSS_TYPES, reduce_token_loss
 
@@ -55,6 +55,7 @@ __all__ = [
     "TopKSource",
     "add_tail_bucket",
     "clip_token_divergence",
+    "completion_thinking_mask",
     "finite_token_mask",
     "full_lm_head",
     "generalized_jsd",

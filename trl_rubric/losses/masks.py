@@ -78,6 +78,29 @@ def thinking_mask(
     return keep.to(completion_ids.device)
 
 
+def completion_thinking_mask(
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    start_ids: Sequence[int],
+    end_ids: Sequence[int],
+) -> Tensor:
+    """[`thinking_mask`] of left-padded completions whose prompts may already have opened a block: a row starts
+    inside one when its prompt's last start delimiter comes after its last end delimiter (chat templates that end the
+    generation prompt with "<think>\n"). Returns the `[B, T]` keep mask of `completion_ids`."""
+    # A row is open when its prompt's last start comes after its last end.
+    real_prompts = prompt_ids.masked_fill(prompt_mask == 0, -1)
+    opened = thinking_mask(real_prompts, start_ids, end_ids, open_at_start=False)
+    end = torch.tensor(list(end_ids), device=prompt_ids.device)
+    ends_closed = (prompt_ids[:, -len(end_ids) :] == end).all(dim=1)  # a block closed by the prompt's last tokens
+    open_rows = (~opened[:, -1]) & (prompt_mask[:, -1] == 1) & ~ends_closed
+    closed_keep = thinking_mask(completion_ids, start_ids, end_ids, open_at_start=False)
+    if not open_rows.any():
+        return closed_keep
+    open_keep = thinking_mask(completion_ids, start_ids, end_ids, open_at_start=True)
+    return torch.where(open_rows[:, None], open_keep, closed_keep)
+
+
 def skip_first_tokens_mask(mask: Tensor, n: int) -> Tensor:
     """Drop the first `n` completion tokens of each row from a `[B, T]` loss mask (`num_loss_tokens_to_skip`).
 

@@ -1,4 +1,5 @@
-"""Token-level unlikelihood on the student's own sampled tokens: `-log(1 - p_student(token))`.
+"""Token-level unlikelihood on the student's own sampled tokens, `-log(1 - p_student(token))`, and the sampled tokens'
+log-probs it is computed from.
 
 "Neural Text Generation with Unlikelihood Training" (Welleck et al., arXiv 1908.04319) lowers the probability of the
 tokens of a model's own degenerate continuations (its sequence-level loss, there on repeated n-grams). RGSD uses it on
@@ -26,7 +27,7 @@ def unlikelihood_from_logps(logps: Tensor, min_complement: float = UNLIKELIHOOD_
     return -torch.log((-torch.expm1(logps)).clamp(min=min_complement))
 
 
-def sampled_token_unlikelihood(
+def sampled_token_logps(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -36,12 +37,13 @@ def sampled_token_unlikelihood(
     logit_scale: float = 1.0,
     final_logit_softcapping: float | None = None,
     chunk_size: int | None = 128,
-) -> tuple[Tensor, Tensor]:
-    """Unlikelihood of each sampled token from the student's hidden states and LM head, and the token log-probs.
+) -> Tensor:
+    """Log-prob of each sampled token under the student's hidden states and LM head, with gradients.
 
     The log-prob is taken from the logits the student samples from (scaled, soft-capped, divided by `temperature`,
     as GRPO's log-probs), through TRL's chunked log-prob kernel: no `[N, V]` logits are held, and ZeRO-3 partitioned
-    head weights are gathered. Gradients reach `hidden`, `weight` and `bias`.
+    head weights are gathered. Gradients reach `hidden`, `weight` and `bias`. Used by the unlikelihood term below and
+    by the negative log-likelihood of teacher-sampled answers (`RGSDConfig.teacher_rollouts`).
 
     Args:
         hidden: `[N, H]` student hidden states that predict the tokens.
@@ -50,15 +52,23 @@ def sampled_token_unlikelihood(
         chunk_size: Token budget of one logits tile (`None`: one tile of the whole vocabulary).
 
     Returns:
-        `(unlikelihood [N], log-probs [N] detached)`.
+        `[N]` log-probs.
     """
     if hidden.shape[0] == 0:
-        zero = hidden.sum(-1).float() * 0.0  # `[0]`, attached to the graph
-        return zero, zero.detach()
+        return hidden.sum(-1).float() * 0.0  # `[0]`, attached to the graph
     with _gather_zero3(weight, bias):
         logps, _ = _target_logps(
             hidden, weight, bias, target_ids, temperature, logit_scale, final_logit_softcapping, chunk_size, grad=True
         )
+    return logps
+
+
+def sampled_token_unlikelihood(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target_ids: Tensor, **logits_kwargs
+) -> tuple[Tensor, Tensor]:
+    """Unlikelihood of each sampled token and its log-prob, `(unlikelihood [N], log-probs [N] detached)`;
+    `logits_kwargs` (temperature, logit scale, soft-capping, chunk size) as [`sampled_token_logps`] takes them."""
+    logps = sampled_token_logps(hidden, weight, bias, target_ids, **logits_kwargs)
     return unlikelihood_from_logps(logps), logps.detach()
 
 

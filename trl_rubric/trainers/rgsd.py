@@ -26,7 +26,6 @@ from trl.trainer.utils import get_config_model_id, pad, use_adapter
 
 from .. import losses, multi_teacher
 from ..data import named_datasets
-from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
 from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
@@ -54,10 +53,18 @@ from .rgsd_config import (  # noqa: F401  (re-exported: these names were importa
     teacher_penalties_on,
 )
 from .rgsd_focus import build_teacher_focus, load_focus_state, save_focus_state
+from .rgsd_rollouts import (
+    add_teacher_nll,
+    check_teacher_rollouts,
+    generate_mixed,
+    log_split_degeneration,
+    teacher_nll_mask,
+    teacher_rollout_rows,
+)
 from .rgsd_teacher import build_teacher
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
-from .teacher_shaping import teacher_shaping_kwargs
+from .teacher_shaping import penalize_teacher, teacher_shaping_kwargs
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -237,6 +244,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         )
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
             self._check_teacher_prompt_lengths(train_dataset)
+        check_teacher_rollouts(self, tools, rollout_func)
+        self._rgsd_rollout_plan = None  # (rows the teacher answers, their teacher prompt ids) while generating
 
     def train(self, *args, **kwargs):
         """TRL's `train`, after `teacher_penalties="auto"` has chosen the teacher's view (once per trainer)."""
@@ -298,14 +307,29 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             return None, None, None  # GRPO's old log-probs, which pure RGSD never reads
         return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self._rgsd_rollout_plan is None:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        # teacher_rollouts: the planned rows are answered by the teacher, from its prompt (rgsd_rollouts.py)
+        return generate_mixed(
+            self, super()._generate_single_turn, prompt_ids, num_generations, *self._rgsd_rollout_plan
+        )
+
     def _generate_and_score_completions(self, inputs):
+        device = self.accelerator.device
+        mode = "train" if self.model.training else "eval"
+        rows = None  # which rows the teacher answers (teacher_rollouts; training only)
+        if mode == "train" and self.args.teacher_rollouts > 0:
+            rows = teacher_rollout_rows(len(inputs), self.args.teacher_rollouts)
+            self._rgsd_rollout_plan = (rows, self._tokenize_prompts(self._teacher_prompts(inputs))[0])
         self._rgsd_skip_grpo_logps = not self._rgsd_hybrid
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rgsd_skip_grpo_logps = False
-        device = self.accelerator.device
-        mode = "train" if self.model.training else "eval"
+            self._rgsd_rollout_plan = None
 
         completions = None
         if self.teacher_context.needs_completion:
@@ -353,13 +377,24 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
         rubrics = [x.get("rubric") for x in inputs]
         total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
-        flags = log_degeneration(self._metrics[mode], "rgsd", completions, rubrics, reduce=total)
+        flags = log_split_degeneration(self._metrics[mode], completions, rubrics, rows, reduce=total)
+        flagged = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
+        from_teacher = torch.tensor(rows if rows is not None else [False] * len(flags), device=device)
         degenerate = torch.zeros_like(dropped)
         if self.args.degenerate_rollouts != "keep":  # out of the distillation loss, like a failed teacher context
-            degenerate = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
+            degenerate = flagged & ~from_teacher  # the student's own answers; the teacher's follow the filter
             self._metrics[mode]["rgsd/degenerate_dropped"].append(
                 self.accelerator.gather(degenerate.sum()).sum().item()
             )
+        filtered = torch.zeros_like(dropped)  # teacher-sampled answers the checks flag (teacher_rollout_filter)
+        if rows is not None:
+            if self.args.teacher_rollout_filter:
+                filtered = flagged & from_teacher
+            counts = self.accelerator.gather(torch.stack([from_teacher.sum(), filtered.sum()])[None]).sum(0)
+            self._metrics[mode]["rgsd/teacher_rollout_frac"].append(counts[0].item() / max(total([len(flags)])[0], 1))
+            self._metrics[mode]["rgsd/teacher_rollout_dropped"].append(counts[1].item())
+            if self.args.teacher_rollout_loss == "nll":
+                output["rgsd_teacher_nll_rows"] = from_teacher
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -379,7 +414,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 self._tokenizer, output["completion_ids"], output["completion_mask"], loss_mask, degenerate, rubrics
             )
             output["rgsd_unlikelihood_mask"] = unlikely
-        loss_mask = loss_mask * (~(dropped | degenerate))[:, None]
+        loss_mask = loss_mask * (~(dropped | degenerate | filtered))[:, None]
         self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
         # Normaliser for token-sum losses, over the whole generation batch and all processes (like GRPO's); an
@@ -393,20 +428,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return output
 
     def _thinking_keep_mask(self, prompt_ids, prompt_mask, completion_ids):
-        """Loss mask without thinking blocks; rows whose prompt already opened a block start inside it."""
-        start, end = self._thinking_ids
-        # Chat templates that end the generation prompt with the start delimiter (e.g. "<think>\n") leave the
-        # completion inside the block: a row is open when its prompt's last start comes after its last end.
-        real_prompts = prompt_ids.masked_fill(prompt_mask == 0, -1)
-        opened = losses.thinking_mask(real_prompts, start, end, open_at_start=False)
-        end_ids = torch.tensor(end, device=prompt_ids.device)
-        ends_closed = (prompt_ids[:, -len(end) :] == end_ids).all(dim=1)  # a block closed by the prompt's last tokens
-        open_rows = (~opened[:, -1]) & (prompt_mask[:, -1] == 1) & ~ends_closed
-        closed_keep = losses.thinking_mask(completion_ids, start, end, open_at_start=False)
-        if not open_rows.any():
-            return closed_keep
-        open_keep = losses.thinking_mask(completion_ids, start, end, open_at_start=True)
-        return torch.where(open_rows[:, None], open_keep, closed_keep)
+        """Loss mask without thinking blocks (`losses.completion_thinking_mask`)."""
+        return losses.completion_thinking_mask(prompt_ids, prompt_mask, completion_ids, *self._thinking_ids)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rgsd_has_rewards:
@@ -499,32 +522,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return hidden, weight, bias
 
     def _penalize_teacher(self, inputs, t_hidden, t_weight):
-        """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`,
-        `teacher_ban_empty_items`, `teacher_ban_doubled_markers`): the teacher's hidden states and head with the
-        penalty columns appended, or (`teacher_ngram_mode="mask"`) the loss mask without the completion tokens that
-        are themselves banned. The student's sampling is untouched."""
-        if getattr(self, "_content_tokens", None) is None:  # vocabulary tables, built once
-            texts = teacher_bias.token_texts(self._tokenizer)
-            self._content_tokens = teacher_bias.content_token_ids(self._tokenizer, texts)
-            ends, starts = self.args.teacher_ban_empty_items, self.args.teacher_ban_doubled_markers
-            self._empty_items = (
-                (texts, teacher_bias.line_ender_ids(texts) if ends else [],
-                 teacher_bias.marker_start_ids(texts) if starts else [])
-                if ends or starts else None
-            )  # fmt: skip
-        bans = teacher_bias.batch_bans(
-            inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
-            inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],
-            no_repeat_ngram_size=self.args.teacher_no_repeat_ngram_size,
-            copy_ngram_size=self.args.teacher_copy_ngram_size, content_tokens=self._content_tokens,
-            empty_items=self._empty_items,
-        )  # fmt: skip
-        if self.args.teacher_ngram_mode == "mask":
-            mask = inputs["rgsd_loss_mask"]
-            hit = teacher_bias.banned_target_mask(bans, inputs["completion_ids"]).to(mask.device)
-            return t_hidden, t_weight, {**inputs, "rgsd_loss_mask": mask * (~hit).to(mask.dtype)}
-        t_hidden, t_weight = teacher_bias.penalized_teacher(t_hidden, t_weight, bans, self.args.teacher_ngram_penalty)
-        return t_hidden, t_weight, inputs
+        """Teacher-side penalties on the teacher's view (`teacher_shaping.penalize_teacher`)."""
+        return penalize_teacher(self, inputs, t_hidden, t_weight)
 
     def _rgsd_loss(self, unwrapped, inputs, teacher):
         """Distillation (and, in hybrid mode, GRPO) loss; runs inside the policy wrapper's forward."""
@@ -545,6 +544,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         head = unwrapped.get_output_embeddings()
 
         mask = inputs["rgsd_loss_mask"].bool()
+        nll_mask = teacher_nll_mask(inputs, mask)  # teacher-sampled answers' tokens: NLL, not the divergence
+        mask = mask & ~nll_mask
         k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
         gated = self.args.teacher_combine == "sgsd_gate"  # the gate applies to one teacher as well
         # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` and the SGSD gate
@@ -629,6 +630,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             temperature=self.temperature, logit_scale=self._student_logits[0],
             final_logit_softcapping=self._student_logits[1], chunk_size=chunk_size,
         )  # fmt: skip
+        per_token, loss_mask, nll_stats = add_teacher_nll(
+            per_token, loss_mask, s_hidden, head, inputs["completion_ids"], nll_mask, temperature=self.temperature,
+            logit_scale=self._student_logits[0], final_logit_softcapping=self._student_logits[1], chunk_size=chunk_size,
+        )  # fmt: skip
         loss = losses.reduce_token_loss(
             per_token,
             loss_mask.to(per_token.dtype),
@@ -671,6 +676,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 f.sum() if clip_measured else out.divergence.new_zeros(()),  # tokens whose clipping was measured
                 *unlikelihood_stats.to(out.divergence.dtype),
                 *anchor_stats.to(out.divergence.dtype),
+                *nll_stats.to(out.divergence.dtype),
             ]
         )
         return loss, stats
@@ -731,6 +737,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if self.args.anchor_weight > 0 and totals[13] > 0:  # the mean unweighted anchor divergence, its tokens
             metrics["rgsd/anchor_divergence"].append((totals[12] / totals[13]).item())
             metrics["rgsd/anchor_tokens"].append(totals[13].item())
+        if totals[15] > 0:  # teacher_rollout_loss="nll": the mean NLL of the teacher-sampled answers' tokens
+            metrics["rgsd/teacher_rollout_nll"].append((totals[14] / totals[15]).item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())

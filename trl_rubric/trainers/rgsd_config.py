@@ -234,6 +234,14 @@ class RGSDConfig(GRPOConfig):
         degenerate_unlikelihood_weight (`float`, *optional*, defaults to `1.0`):
             With `degenerate_rollouts="unlikelihood"`, the weight of `-log(1 - p_student(token))` on the flagged
             spans' tokens, each counted as one loss token beside the distilled ones.
+        teacher_rollouts (`float`, *optional*, defaults to `0.0`):
+            Share of each generation batch whose answers the teacher samples (shown its context) instead of the
+            student; the student then learns those answers under its own prompt. 0 = the paper's on-policy RGSD.
+        teacher_rollout_loss (`str`, *optional*, defaults to `"nll"`):
+            The loss on a teacher-sampled answer: `"nll"` (the student's negative log-likelihood of its tokens) or
+            `"divergence"` (the distillation divergence, as on the student's own answers).
+        teacher_rollout_filter (`bool`, *optional*, defaults to `True`):
+            Leave teacher-sampled answers that the degeneration checks flag out of the loss.
         anchor_weight (`float`, *optional*, defaults to `0.0`):
             Weight of the divergence between the student and the initial policy (both shown the student's prompt),
             added on the anchored tokens; 0 = off. Needs `teacher_model_kind="base"` and no separate teacher model.
@@ -441,6 +449,38 @@ class RGSDConfig(GRPOConfig):
             "token's -log(1 - p) like one token's divergence. Raise it when degenerate answers persist."
         },
     )
+    teacher_rollouts: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share (0 to 1) of each generation batch whose answers are sampled by the teacher, shown its "
+            "context (the rubric), instead of by the student; the student learns them under its own prompt "
+            "(context distillation, 'Learning by Distilling Context', arXiv 2209.15189; mixing the student's and the "
+            "teacher's samples as GKD does, 'On-Policy Distillation of Language Models', arXiv 2306.13649). Rows are "
+            "chosen evenly spaced within each batch, so a run resumes exactly. 0 (default) is the paper's on-policy "
+            "RGSD. Logged: rgsd/teacher_rollout_frac, rgsd/teacher_rollout_degenerate (the teacher's answers, before "
+            "the filter), rgsd/teacher_rollout_nll. Needs transformers generation (no vLLM, no continuous batching), "
+            "no tools or rollout_func, one teacher context per rollout that does not read the rollout, and pure "
+            "RGSD (distillation_weight=1.0)."
+        },
+    )
+    teacher_rollout_loss: Literal["nll", "divergence"] = field(
+        default="nll",
+        metadata={
+            "help": "The loss on a teacher-sampled answer. 'nll' (default): the student's negative log-likelihood "
+            "of the answer's tokens at the sampling temperature, so with teacher_rollout_filter the student learns "
+            "the teacher's answers that passed the checks (a sequence-level target). 'divergence': the distillation "
+            "divergence, as on the student's own answers (the teacher's whole next-token distribution at each "
+            "position of its own answer)."
+        },
+    )
+    teacher_rollout_filter: bool = field(
+        default=True,
+        metadata={
+            "help": "Leave the teacher-sampled answers that the degeneration checks flag (a repeated line, pasted "
+            "criterion text, talk about the requirements) out of the loss, counted as "
+            "rgsd/teacher_rollout_dropped. The student's own answers follow degenerate_rollouts."
+        },
+    )
     anchor_weight: float = field(
         default=0.0,
         metadata={
@@ -598,6 +638,21 @@ class RGSDConfig(GRPOConfig):
         weight = self.degenerate_unlikelihood_weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             raise ValueError(f"degenerate_unlikelihood_weight is {weight!r}; expected a finite number >= 0")
+        share = self.teacher_rollouts
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ValueError(f"teacher_rollouts is {share!r}; expected a share of each batch between 0 and 1")
+        choice("teacher_rollout_loss", ("nll", "divergence"))
+        if share > 0 and self.distillation_weight < 1.0:
+            raise ValueError(
+                f"teacher_rollouts is {share}, but distillation_weight is {self.distillation_weight} (hybrid): GRPO's "
+                "term needs the policy's own samples. Set teacher_rollouts=0, or distillation_weight=1.0."
+            )
+        if share > 0 and (self.use_vllm or self.use_transformers_continuous_batching):
+            raise ValueError(
+                f"teacher_rollouts is {share}: teacher-sampled answers are generated with transformers' generate "
+                "(the teacher's weights and prompt), which vLLM and continuous batching do not run. Set "
+                "use_vllm=False and use_transformers_continuous_batching=False, or teacher_rollouts=0."
+            )
         anchor = self.anchor_weight
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")

@@ -1,7 +1,8 @@
-"""`RGSDConfig`'s teacher temperature and top-k: their checks, and the keyword arguments they add to the loss.
+"""`RGSDConfig`'s teacher shaping: temperature and top-k (their checks, and the keyword arguments they add to the
+loss), and the teacher-side n-gram and list-item penalties applied to a batch.
 
-The math lives in `trl_rubric.losses` (`token_divergence(teacher_temperature=, teacher_top_k=, teacher_top_k_floor=)`);
-this module only keeps the config's fields and the trainer's call in step.
+The math lives in `trl_rubric.losses` (`token_divergence(teacher_temperature=, teacher_top_k=, teacher_top_k_floor=)`,
+`losses.teacher_bias`); this module only keeps the config's fields and the trainer's calls in step.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..losses import DEFAULT_TEACHER_TOP_K_FLOOR
+from ..losses import DEFAULT_TEACHER_TOP_K_FLOOR, teacher_bias
 
 
 def check_teacher_shaping(config: Any) -> None:
@@ -38,6 +39,36 @@ def teacher_shaping_kwargs(config: Any) -> dict[str, Any]:
     return kwargs
 
 
+def penalize_teacher(trainer: Any, inputs: dict, t_hidden, t_weight):
+    """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`, `teacher_ban_empty_items`,
+    `teacher_ban_doubled_markers`) on an RGSD batch: `(t_hidden, t_weight, inputs)` with the penalty columns appended
+    to the teacher's hidden states and head, or (`teacher_ngram_mode="mask"`) the same teacher and `inputs` whose loss
+    mask leaves out the completion tokens that are themselves banned. The student's sampling is untouched. The
+    vocabulary tables are built once and kept on the trainer."""
+    args = trainer.args
+    if getattr(trainer, "_content_tokens", None) is None:
+        texts = teacher_bias.token_texts(trainer._tokenizer)
+        trainer._content_tokens = teacher_bias.content_token_ids(trainer._tokenizer, texts)
+        ends, starts = args.teacher_ban_empty_items, args.teacher_ban_doubled_markers
+        trainer._empty_items = (
+            (texts, teacher_bias.line_ender_ids(texts) if ends else [],
+             teacher_bias.marker_start_ids(texts) if starts else [])
+            if ends or starts else None
+        )  # fmt: skip
+    bans = teacher_bias.batch_bans(
+        inputs["completion_ids"], inputs["completion_mask"], inputs["teacher_prompt_ids"],
+        inputs["teacher_prompt_mask"], inputs["prompt_ids"], inputs["prompt_mask"],
+        no_repeat_ngram_size=args.teacher_no_repeat_ngram_size, copy_ngram_size=args.teacher_copy_ngram_size,
+        content_tokens=trainer._content_tokens, empty_items=trainer._empty_items,
+    )  # fmt: skip
+    if args.teacher_ngram_mode == "mask":
+        mask = inputs["rgsd_loss_mask"]
+        hit = teacher_bias.banned_target_mask(bans, inputs["completion_ids"]).to(mask.device)
+        return t_hidden, t_weight, {**inputs, "rgsd_loss_mask": mask * (~hit).to(mask.dtype)}
+    t_hidden, t_weight = teacher_bias.penalized_teacher(t_hidden, t_weight, bans, args.teacher_ngram_penalty)
+    return t_hidden, t_weight, inputs
+
+
 def teacher_facts(config: Any) -> dict[str, str | None]:
     """Model-card facts for a teacher that differs from the plain rubric teacher: its context when not `"rubric"`
     (for `"criteria"`, how many teachers and how grouped) and its shaping; None (no row) at the defaults."""
@@ -57,4 +88,10 @@ def teacher_facts(config: Any) -> dict[str, str | None]:
     return {"teacher_context": context, "teacher_shaping": ", ".join(shaping) or None}
 
 
-__all__ = ["DEFAULT_TEACHER_TOP_K_FLOOR", "check_teacher_shaping", "teacher_facts", "teacher_shaping_kwargs"]
+__all__ = [
+    "DEFAULT_TEACHER_TOP_K_FLOOR",
+    "check_teacher_shaping",
+    "penalize_teacher",
+    "teacher_facts",
+    "teacher_shaping_kwargs",
+]
