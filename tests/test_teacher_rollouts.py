@@ -222,3 +222,48 @@ def test_training_with_teacher_rollouts_runs_and_logs_them(tiny_model_path, tmp_
     assert len(logs) == 2 and all(e["rgsd/teacher_rollout_frac"] == 0.5 for e in logs)
     assert all(e["rgsd/teacher_rollout_nll"] > 0 for e in logs)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["frozen-copy", "lora"])
+def test_all_teacher_rows_under_nll_skip_the_teacher_scoring_pass_and_equal_the_reference(
+    tiny_model_path, tmp_path, monkeypatch, lora
+):
+    trainer, rows = _trainer(tiny_model_path, tmp_path, lora=lora, teacher_rollouts=1.0, teacher_rollout_filter=False)
+    batch = trainer._generate_and_score_completions(rows)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the teacher's scoring pass ran, though no token reads it")
+
+    monkeypatch.setattr(trainer, "_self_teacher_hidden", unread)
+    monkeypatch.setattr(trainer, "_separate_teacher_hidden", unread)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer._compute_loss(trainer.model, batch)
+    got_grads = torch.autograd.grad(loss, params)
+    T = batch["completion_ids"].size(1)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    model = trainer.accelerator.unwrap_model(trainer.model) if lora else trainer.model
+    logp = completion_log_softmax(_Tempered(model, trainer.temperature), ids, mask, T)
+    nll = -logp.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+    kept = batch["rgsd_loss_mask"].bool()
+    assert kept.equal(batch["completion_mask"].bool())
+    assert_matches_reference(trainer, batch, loss, got_grads, params, torch.where(kept, nll, 0.0), kept, "dapo")
+    assert "rgsd/divergence" not in trainer._metrics["train"]  # nothing was distilled, so nothing is reported
+
+
+def test_model_card_states_the_teacher_sampled_share(tiny_model_path, tmp_path):
+    from trl_rubric.model_card import build_model_card, training_facts
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    data = Dataset.from_list(make_rubric_rows(4))
+    plain = RGSDTrainer(tiny_model_path, args=rgsd_test_config(tmp_path / "a"), train_dataset=data)
+    assert training_facts(plain)["teacher_rollouts"] is None
+    assert "the teacher answered itself" not in str(build_model_card(plain))
+    trainer = RGSDTrainer(
+        tiny_model_path, args=rgsd_test_config(tmp_path / "b", teacher_rollouts=0.5), train_dataset=data
+    )
+    assert training_facts(trainer)["teacher_rollouts"] == (
+        "50% of answers sampled by the teacher, learned by NLL, flagged ones filtered"
+    )
+    card = str(build_model_card(trainer))
+    assert "50% of answers sampled by the teacher" in card and "the teacher answered itself" in card

@@ -195,6 +195,12 @@ def build_model_card(trainer, model_name: str | None = None, dataset_name: str |
             "scored that answer token by token. No judge was called during training.",
             "",
         ]
+        if facts.get("teacher_rollouts"):
+            body[-2] = body[-2].replace(
+                "sampled one answer;",
+                "sampled one answer, except for a share of prompts the teacher answered itself (learned by the "
+                "student under its own prompt);",
+            )
     if eval_block:
         body += ["## Evaluation", "", "| metric | value |", "|---|---|", eval_block, ""]
     body += ["## Citations", "", "```bibtex", RGSD_CITATION, "```", "", "```bibtex", TRL_CITATION, "```", ""]

@@ -58,10 +58,12 @@ from .rgsd_rollouts import (
     check_teacher_rollouts,
     generate_mixed,
     log_split_degeneration,
+    mark_teacher_rows,
     teacher_nll_mask,
+    teacher_pass_unread,
     teacher_rollout_rows,
 )
-from .rgsd_teacher import build_teacher
+from .rgsd_teacher import build_teacher, check_teacher_prompt_lengths
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
 from .teacher_shaping import penalize_teacher, teacher_shaping_kwargs
@@ -243,7 +245,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             else None
         )
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
-            self._check_teacher_prompt_lengths(train_dataset)
+            check_teacher_prompt_lengths(self, train_dataset)
         check_teacher_rollouts(self, tools, rollout_func)
         self._rgsd_rollout_plan = None  # (rows the teacher answers, their teacher prompt ids) while generating
 
@@ -276,29 +278,6 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _teacher_prompts(self, inputs: list[dict[str, Any]], completions: list[str] | None = None) -> list:
         """All teacher prompts of `inputs`, row-major (`num_contexts` per row)."""
         return [c.prompt for contexts in self._teacher_contexts(inputs, completions) for c in contexts]
-
-    def _check_teacher_prompt_lengths(self, dataset: Dataset) -> None:
-        provider = self.teacher_context
-        limit, k = self.args.max_teacher_prompt_length, provider.num_contexts
-        if provider.needs_completion:
-            return  # contexts depend on the rollout: checked on every batch after sampling
-        # A provider whose contexts cost a judge call (reason-first) gives a judge-free lower bound here; its full
-        # prompts are checked on each batch, once written. A length check never pays for LLM calls.
-        floor = getattr(provider, "contexts_for_length_check", None)
-        for start in range(0, len(dataset), 256):
-            rows = dataset.select(range(start, min(start + 256, len(dataset))))
-            if floor is not None:
-                prompts = [c.prompt for row in rows for c in floor(row)]
-            else:
-                prompts = self._teacher_prompts(list(rows))
-            ids, _, _ = self._tokenize_prompts(prompts)
-            for offset, row_ids in enumerate(ids):
-                if len(row_ids) > limit:
-                    raise ValueError(
-                        f"train_dataset row {start + offset // k}: the teacher prompt (prompt + rubric) is "
-                        f"{len(row_ids)} tokens, over max_teacher_prompt_length={limit}. Teacher prompts are never "
-                        "truncated: shorten the rubric, raise the limit, or drop the row."
-                    )
 
     # ------------------------------------------------------------------ generation
 
@@ -386,15 +365,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             self._metrics[mode]["rgsd/degenerate_dropped"].append(
                 self.accelerator.gather(degenerate.sum()).sum().item()
             )
-        filtered = torch.zeros_like(dropped)  # teacher-sampled answers the checks flag (teacher_rollout_filter)
-        if rows is not None:
-            if self.args.teacher_rollout_filter:
-                filtered = flagged & from_teacher
-            counts = self.accelerator.gather(torch.stack([from_teacher.sum(), filtered.sum()])[None]).sum(0)
-            self._metrics[mode]["rgsd/teacher_rollout_frac"].append(counts[0].item() / max(total([len(flags)])[0], 1))
-            self._metrics[mode]["rgsd/teacher_rollout_dropped"].append(counts[1].item())
-            if self.args.teacher_rollout_loss == "nll":
-                output["rgsd_teacher_nll_rows"] = from_teacher
+        # teacher_rollouts: the teacher's flagged answers (out of the loss), its share logged, its rows marked for NLL
+        filtered = mark_teacher_rows(self, output, flagged, from_teacher, self._metrics[mode], total)
 
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -528,20 +500,25 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
     def _rgsd_loss(self, unwrapped, inputs, teacher):
         """Distillation (and, in hybrid mode, GRPO) loss; runs inside the policy wrapper's forward."""
         mode = "train" if self.model.training else "eval"
-        if teacher is None:
+        unread = teacher_pass_unread(self.args, inputs)  # every row the teacher's own answer under NLL
+        if unread:
+            pass  # no teacher scoring pass: the divergence reads no token (the student's states stand in below)
+        elif teacher is None:
             t_hidden, t_weight, t_bias = self._self_teacher_hidden(unwrapped, inputs)
         else:
             # Only the hidden states come in through the policy wrapper's forward; the head is looked up again here,
             # because DeepSpeed copies tensor arguments and the copy of a ZeRO-3 partition can no longer be gathered
             t_hidden = teacher
             t_weight, t_bias = self._separate_teacher_head()
-        if teacher_penalties_on(self.args):
+        if teacher_penalties_on(self.args) and not unread:
             t_hidden, t_weight, inputs = self._penalize_teacher(inputs, t_hidden, t_weight)
 
         input_ids, attention_mask, T = self._student_inputs(inputs)
         router_logits = [] if self.aux_loss_enabled else None
         s_hidden = self._last_hidden_state(unwrapped, input_ids, attention_mask, T, router_logits)
         head = unwrapped.get_output_embeddings()
+        if unread:
+            t_hidden, t_weight, t_bias = s_hidden.detach(), head.weight, head.bias
 
         mask = inputs["rgsd_loss_mask"].bool()
         nll_mask = teacher_nll_mask(inputs, mask)  # teacher-sampled answers' tokens: NLL, not the divergence
@@ -713,7 +690,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        teacher = self._separate_teacher_hidden(inputs)[0] if self.teacher_model is not None else None
+        separate = self.teacher_model is not None and not teacher_pass_unread(self.args, inputs)
+        teacher = self._separate_teacher_hidden(inputs)[0] if separate else None
         if teacher is not None and self.args.anchor_weight > 0:
             inputs = {**inputs, "rgsd_anchor_hidden": self._separate_teacher_hidden(inputs, own_prompt=True)[0]}
         unwrapped = self.accelerator.unwrap_model(model)
@@ -723,12 +701,15 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         totals = self.accelerator.reduce(stats.detach().float(), reduction="sum")
         n = totals[4].clamp(min=1.0)
         metrics = self._metrics[mode]
-        metrics["rgsd/divergence"].append((totals[0] / n).item())
+        if (
+            totals[4] > 0
+        ):  # no distilled token (every answer the teacher's under NLL, or all dropped): nothing measured
+            metrics["rgsd/divergence"].append((totals[0] / n).item())
+            metrics["entropy"].append((totals[3] / n).item())
         if totals[9] > 0:  # per_entry measures it on logged steps only
             metrics["rgsd/clipped_frac"].append((totals[1] / totals[9]).item())
         if totals[7] > 0:
             metrics["rgsd/teacher_logratio"].append((totals[2] / totals[7]).item())
-        metrics["entropy"].append((totals[3] / n).item())
         metrics["rgsd/nonfinite_tokens"].append(totals[5].item())
         if self.args.degenerate_rollouts == "unlikelihood":
             metrics["rgsd/unlikelihood_tokens"].append(totals[11].item())

@@ -135,6 +135,25 @@ def log_split_degeneration(
     return flags  # type: ignore[return-value]
 
 
+def mark_teacher_rows(
+    trainer: Any, output: dict, flagged: Tensor, from_teacher: Tensor, metrics: Any, total: Callable
+) -> Tensor:
+    """For a batch with teacher-sampled rows (`from_teacher`, `[B]` bool; all False without `teacher_rollouts`): the
+    rows to leave out of the loss (flagged teacher answers, with `teacher_rollout_filter`), after logging
+    `rgsd/teacher_rollout_frac` and `rgsd/teacher_rollout_dropped` and, for `teacher_rollout_loss="nll"`, marking the
+    teacher's rows in `output["rgsd_teacher_nll_rows"]`. `total` sums a list of counts over processes."""
+    args = trainer.args
+    if not args.teacher_rollouts or not trainer.model.training:
+        return torch.zeros_like(flagged)
+    filtered = flagged & from_teacher if args.teacher_rollout_filter else torch.zeros_like(flagged)
+    counts = total([len(from_teacher), from_teacher.sum().item(), filtered.sum().item()])
+    metrics["rgsd/teacher_rollout_frac"].append(counts[1] / max(counts[0], 1))
+    metrics["rgsd/teacher_rollout_dropped"].append(counts[2])
+    if args.teacher_rollout_loss == "nll":
+        output["rgsd_teacher_nll_rows"] = from_teacher
+    return filtered
+
+
 def add_teacher_nll(
     per_token: Tensor,
     loss_mask: Tensor,
@@ -164,6 +183,13 @@ def add_teacher_nll(
     return per_token, loss_mask, torch.stack([term.detach().sum(), finite.sum().to(term.dtype)])
 
 
+def teacher_pass_unread(args: Any, inputs: dict) -> bool:
+    """Whether nothing reads the teacher's scoring pass on this batch: every row is the teacher's own answer under the
+    NLL (`teacher_rollouts=1.0`, `teacher_rollout_loss="nll"`, a training batch). Decided by the config, so every
+    process agrees (a sharded model's forward must run on all of them or none)."""
+    return args.teacher_rollouts == 1.0 and args.teacher_rollout_loss == "nll" and "rgsd_teacher_nll_rows" in inputs
+
+
 def teacher_nll_mask(inputs: dict, mask: Tensor) -> Tensor:
     """The loss tokens that take the NLL instead of the divergence: those of the rows marked
     `rgsd_teacher_nll_rows` (teacher-sampled, `teacher_rollout_loss="nll"`); none in a batch without the key."""
@@ -179,7 +205,9 @@ __all__ = [
     "check_teacher_rollouts",
     "generate_mixed",
     "log_split_degeneration",
+    "mark_teacher_rows",
     "teacher_nll_mask",
+    "teacher_pass_unread",
     "teacher_rollout_rows",
     "teacher_weights",
 ]

@@ -176,6 +176,32 @@ def copy_zero3_model(model, init_kwargs: dict):
     return teacher
 
 
+def check_teacher_prompt_lengths(trainer, dataset) -> None:
+    """Raise a `ValueError` naming the row when a teacher prompt (prompt + rubric) of `dataset` is over
+    `max_teacher_prompt_length` (teacher prompts are never truncated), before training starts."""
+    provider = trainer.teacher_context
+    limit, k = trainer.args.max_teacher_prompt_length, provider.num_contexts
+    if provider.needs_completion:
+        return  # contexts depend on the rollout: checked on every batch after sampling
+    # A provider whose contexts cost a judge call (reason-first) gives a judge-free lower bound here; its full
+    # prompts are checked on each batch, once written. A length check never pays for LLM calls.
+    floor = getattr(provider, "contexts_for_length_check", None)
+    for start in range(0, len(dataset), 256):
+        rows = dataset.select(range(start, min(start + 256, len(dataset))))
+        if floor is not None:
+            prompts = [c.prompt for row in rows for c in floor(row)]
+        else:
+            prompts = trainer._teacher_prompts(list(rows))
+        ids, _, _ = trainer._tokenize_prompts(prompts)
+        for offset, row_ids in enumerate(ids):
+            if len(row_ids) > limit:
+                raise ValueError(
+                    f"train_dataset row {start + offset // k}: the teacher prompt (prompt + rubric) is "
+                    f"{len(row_ids)} tokens, over max_teacher_prompt_length={limit}. Teacher prompts are never "
+                    "truncated: shorten the rubric, raise the limit, or drop the row."
+                )
+
+
 def head_rows(model) -> int:
     # A ZeRO-3 partition has shape [0]; DeepSpeed keeps the real one in `ds_shape`
     weight = model.get_output_embeddings().weight

@@ -71,7 +71,8 @@ def penalize_teacher(trainer: Any, inputs: dict, t_hidden, t_weight):
 
 def teacher_facts(config: Any) -> dict[str, str | None]:
     """Model-card facts for a teacher that differs from the plain rubric teacher: its context when not `"rubric"`
-    (for `"criteria"`, how many teachers and how grouped) and its shaping; None (no row) at the defaults."""
+    (for `"criteria"`, how many teachers and how grouped), its shaping, and the share of answers it sampled
+    (`teacher_rollouts`); None (no row) at the defaults."""
     context = None
     if config.teacher_context == "criteria":
         context = (
@@ -85,7 +86,14 @@ def teacher_facts(config: Any) -> dict[str, str | None]:
         shaping.append(f"temperature {config.teacher_temperature:g}")
     if config.teacher_top_k is not None:
         shaping.append(f"top-{config.teacher_top_k} renormalised (floor {config.teacher_top_k_floor:g})")
-    return {"teacher_context": context, "teacher_shaping": ", ".join(shaping) or None}
+    rollouts = None
+    if getattr(config, "teacher_rollouts", 0):
+        rollouts = (
+            f"{config.teacher_rollouts:.0%} of answers sampled by the teacher, learned by "
+            f"{'NLL' if config.teacher_rollout_loss == 'nll' else 'the divergence'}"
+            f"{', flagged ones filtered' if config.teacher_rollout_filter else ''}"
+        )
+    return {"teacher_context": context, "teacher_shaping": ", ".join(shaping) or None, "teacher_rollouts": rollouts}
 
 
 __all__ = [
