@@ -18,6 +18,7 @@ def _load(name):
 
 sweep = _load("rgsd_sweep")
 signal = _load("teacher_signal")
+ceiling = _load("teacher_clean_ceiling")
 
 
 def test_setting_parses_name_and_typed_config_overrides():
@@ -223,3 +224,45 @@ def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names
     assert args.parsed == [("a", {"template": "notes_first"})]
     with pytest.raises(SystemExit):
         sweep.parse_args(["--settings", "a:template=nonsense"])
+
+
+def test_sweep_passes_teacher_rollout_settings_typed_to_the_config():
+    from trl_rubric import RGSDConfig
+
+    overrides = sweep.config_overrides(
+        {"teacher_rollouts": "1", "teacher_rollout_loss": "divergence", "teacher_rollout_filter": "false"}
+    )
+    assert overrides == {
+        "teacher_rollouts": 1.0,
+        "teacher_rollout_loss": "divergence",
+        "teacher_rollout_filter": False,
+    }
+    assert type(overrides["teacher_rollouts"]) is float
+    config = RGSDConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none", **overrides)
+    assert config.teacher_rollouts == 1.0 and not config.teacher_rollout_filter
+
+
+def _graded(score, degenerate, met):
+    return {"score": score, "degenerate": degenerate, "criteria": [{"title": "list", "verdict": met}]}
+
+
+def test_clean_ceiling_is_the_clean_answers_share_of_the_gap():
+    rows = [_graded(0.6, True, True), _graded(0.6, True, True), _graded(0.3, False, False), _graded(0.5, False, True)]
+    s = ceiling.ceiling_summary(rows, base=0.1, gap=0.5, resamples=2000)
+    assert s["flagged_share"] == 0.5
+    assert s["mean_all"] == pytest.approx(0.5) and s["mean_clean"] == pytest.approx(0.4)
+    assert s["mean_flagged"] == pytest.approx(0.6)
+    assert s["share_all"] == pytest.approx(0.8) and s["share_clean"] == pytest.approx(0.6)
+    lo, hi = s["share_clean_ci"]
+    assert lo <= 0.6 <= hi and lo >= (0.3 - 0.1) / 0.5 - 1e-9 and hi <= (0.5 - 0.1) / 0.5 + 1e-9
+    assert s["criteria"]["list"] == {"clean": 0.5, "flagged": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("rows", "gap", "match"),
+    [([], 0.5, "graded answers"), ([_graded(0.2, False, True)], 0.0, "positive gap"),
+     ([_graded(0.2, True, True)], 0.5, "every teacher answer is flagged")],
+)  # fmt: skip
+def test_clean_ceiling_refuses_what_it_cannot_measure(rows, gap, match):
+    with pytest.raises(ValueError, match=match):
+        ceiling.ceiling_summary(rows, base=0.1, gap=gap)
