@@ -457,10 +457,11 @@ class RGSDConfig(GRPOConfig):
             "(context distillation, 'Learning by Distilling Context', arXiv 2209.15189; mixing the student's and the "
             "teacher's samples as GKD does, 'On-Policy Distillation of Language Models', arXiv 2306.13649). Rows are "
             "chosen evenly spaced within each batch, so a run resumes exactly. 0 (default) is the paper's on-policy "
-            "RGSD. Logged: rgsd/teacher_rollout_frac, rgsd/teacher_rollout_degenerate (the teacher's answers, before "
-            "the filter), rgsd/teacher_rollout_nll. Needs transformers generation (no vLLM, no continuous batching), "
-            "no tools or rollout_func, one teacher context per rollout that does not read the rollout, and pure "
-            "RGSD (distillation_weight=1.0)."
+            "RGSD. Logged: rgsd/teacher_rollout_frac, rgsd/teacher_rollout/degenerate (and /repeats_line, "
+            "/copies_rubric, /meta_talk: the teacher's answers, before the filter), rgsd/teacher_rollout_nll. Needs "
+            "transformers generation (no vLLM, no continuous batching), no tools or rollout_func, one teacher context "
+            "per rollout that does not read the rollout, pure RGSD (distillation_weight=1.0), and not DeepSpeed "
+            "ZeRO-3. On SmolLM2-135M it traded gain for fewer degenerate answers (docs/benchmarks.md); off by default."
         },
     )
     teacher_rollout_loss: Literal["nll", "divergence"] = field(

@@ -33,7 +33,7 @@ TEACHER_ROLLOUT_PREFIX = "rgsd/teacher_rollout"
 
 
 def teacher_rollout_rows(n: int, share: float) -> list[bool]:
-    """Which of a batch's `n` rows the teacher answers: `round`-free and evenly spaced, row `i` when
+    """Which of a batch's `n` rows the teacher answers, evenly spaced without rounding: row `i` when
     `floor((i + 1) * share) > floor(i * share)`, so `floor(n * share)` rows (all of them at 1.0, none at 0)."""
     eps = 1e-9  # 0.1 * 10 must count as 1
     return [math.floor((i + 1) * share + eps) > math.floor(i * share + eps) for i in range(n)]
