@@ -65,6 +65,9 @@ def main(out_dir: str) -> None:
         )
     with open(os.path.join(out_dir, f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(results, f)
+    # Both ranks past their last collective before either tears the group down: a rank that destroys it while the
+    # other still runs gloo work makes that one abort at exit ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
