@@ -8,11 +8,26 @@ import torch
 from trl_rubric import losses
 
 
-def completion_log_softmax(model, ids, mask, T):
-    """`[B, T, V]` log-probs predicting the last `T` tokens, positions taken from the mask (as the trainer does)."""
+def completion_log_softmax(model, ids, mask, T, temperature=1.0):
+    """`[B, T, V]` log-probs predicting the last `T` tokens, positions taken from the mask (as the trainer does), from
+    the logits divided by `temperature` (what the trainer's losses read)."""
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
+    return torch.log_softmax(logits[:, -T - 1 : -1].float() / temperature, -1)
+
+
+def student_log_softmax(model, batch, temperature=1.0):
+    """`completion_log_softmax` on a batch's student view: its prompts followed by the completions."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    return completion_log_softmax(model, ids, mask, batch["completion_ids"].size(1), temperature)
+
+
+def trainer_loss_and_grads(trainer, batch):
+    """The trainer's loss on `batch`, its trainable parameters and their gradients (for `assert_matches_reference`)."""
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer._compute_loss(trainer.model, batch)
+    return loss, torch.autograd.grad(loss, params), params
 
 
 def assert_matches_reference(trainer, batch, loss, grads, params, per_token, loss_mask, loss_type):

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _rgsd_reference import assert_matches_reference, completion_log_softmax
+from _rgsd_reference import (
+    assert_matches_reference,
+    completion_log_softmax,
+    student_log_softmax,
+    trainer_loss_and_grads,
+)
 from datasets import Dataset
 
 from trl_rubric.testing import make_rubric_rows, rgsd_test_config
@@ -155,27 +160,19 @@ def test_nll_on_teacher_rows_matches_a_plain_reference_in_value_and_gradient(
 ):
     trainer, rows = _trainer(tiny_model_path, tmp_path, lora=lora, loss_type=loss_type, distillation_chunk_size=chunk)
     batch = trainer._generate_and_score_completions(rows)
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    loss = trainer._compute_loss(trainer.model, batch)
-    got_grads = torch.autograd.grad(loss, params)
+    loss, got_grads, params = trainer_loss_and_grads(trainer, batch)
 
     # Reference: full softmaxes from plain forwards; beta 0.5 JSD on the student's rows, -log p_student (at the
     # sampling temperature) on the teacher's.
-    T = batch["completion_ids"].size(1)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    model = policy if lora else trainer.model
-    s_logit_scaled = completion_log_softmax(_Tempered(model, trainer.temperature), ids, mask, T)
+    s_logit_scaled = student_log_softmax(policy if lora else trainer.model, batch, trainer.temperature)
     with torch.no_grad():
         if lora:
             with policy.disable_adapter():
-                t_logp = completion_log_softmax(
-                    _Tempered(policy, trainer.temperature), *trainer._teacher_inputs(batch)
-                )
+                t_logp = completion_log_softmax(policy, *trainer._teacher_inputs(batch), trainer.temperature)
         else:
             teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
-            t_logp = completion_log_softmax(_Tempered(teacher, trainer.temperature), *trainer._teacher_inputs(batch))
+            t_logp = completion_log_softmax(teacher, *trainer._teacher_inputs(batch), trainer.temperature)
     p_s, p_t = s_logit_scaled.exp(), t_logp.exp()
     m = 0.5 * p_s + 0.5 * p_t
     jsd = (0.5 * torch.xlogy(p_t, p_t / m) + 0.5 * p_s * (s_logit_scaled - m.log())).sum(-1)
@@ -187,19 +184,6 @@ def test_nll_on_teacher_rows_matches_a_plain_reference_in_value_and_gradient(
     assert_matches_reference(trainer, batch, loss, got_grads, params, per_token, kept, loss_type)
     metrics = trainer._metrics["train"]
     assert metrics["rgsd/teacher_rollout_nll"] == [pytest.approx(nll[kept & teacher_rows].mean().item(), rel=1e-4)]
-
-
-class _Tempered(torch.nn.Module):
-    """A causal LM whose logits are divided by the sampling temperature (what the trainer's losses read)."""
-
-    def __init__(self, model, temperature):
-        super().__init__()
-        self.model, self.temperature = model, temperature
-
-    def forward(self, **kwargs):
-        out = self.model(**kwargs)
-        out.logits = out.logits / self.temperature
-        return out
 
 
 def test_divergence_loss_keeps_teacher_rows_in_the_distillation(tiny_model_path, tmp_path):
@@ -236,14 +220,9 @@ def test_all_teacher_rows_under_nll_skip_the_teacher_scoring_pass_and_equal_the_
 
     monkeypatch.setattr(trainer, "_self_teacher_hidden", unread)
     monkeypatch.setattr(trainer, "_separate_teacher_hidden", unread)
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    loss = trainer._compute_loss(trainer.model, batch)
-    got_grads = torch.autograd.grad(loss, params)
-    T = batch["completion_ids"].size(1)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    loss, got_grads, params = trainer_loss_and_grads(trainer, batch)
     model = trainer.accelerator.unwrap_model(trainer.model) if lora else trainer.model
-    logp = completion_log_softmax(_Tempered(model, trainer.temperature), ids, mask, T)
+    logp = student_log_softmax(model, batch, trainer.temperature)
     nll = -logp.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
     kept = batch["rgsd_loss_mask"].bool()
     assert kept.equal(batch["completion_mask"].bool())

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _rgsd_reference import assert_matches_reference, completion_log_softmax
+from _rgsd_reference import (
+    assert_matches_reference,
+    completion_log_softmax,
+    student_log_softmax,
+    trainer_loss_and_grads,
+)
 
 from trl_rubric.losses.unlikelihood import (
     char_spans_to_token_mask,
@@ -134,15 +139,10 @@ def test_unlikelihood_loss_matches_a_plain_reference_in_value_and_gradient(
         distillation_chunk_size=chunk, degenerate_unlikelihood_weight=weight,
     )  # fmt: skip
     batch = trainer._generate_and_score_completions(rows)
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    loss = trainer._compute_loss(trainer.model, batch)
-    got_grads = torch.autograd.grad(loss, params)
+    loss, got_grads, params = trainer_loss_and_grads(trainer, batch)
 
     # Reference: full softmaxes from plain forwards; beta 0.5 JSD on the kept rows, -log(1 - p) on the span tokens.
-    T = batch["completion_ids"].size(1)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    s_logp = completion_log_softmax(trainer.model, ids, mask, T)
+    s_logp = student_log_softmax(trainer.model, batch)
     with torch.no_grad():
         t_logp = completion_log_softmax(
             trainer.model, *trainer._teacher_inputs(batch)
@@ -162,15 +162,8 @@ def test_unlikelihood_loss_matches_a_plain_reference_in_value_and_gradient(
 
 
 def _flagged_logp(trainer, batch):
-    T = batch["completion_ids"].size(1)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     with torch.no_grad():
-        logp = (
-            completion_log_softmax(trainer.model, ids, mask, T)
-            .gather(-1, batch["completion_ids"][..., None])
-            .squeeze(-1)
-        )
+        logp = student_log_softmax(trainer.model, batch).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
     return logp[batch["unlikely"]].mean().item()
 
 
