@@ -13,6 +13,8 @@ the same optimizer steps on the same prompts per step, drawn by the same seed. A
   prefix of an answer cut at its lines (`process_step_splitter="lines"`, at most 8 steps), and each line's tokens get
   the score it added. The answers of both worlds are mostly lists, one step a line.
 - `hybrid`: `RGSDTrainer` plus the rule judge as reward, G = 4, `distillation_weight=0.5`.
+- `grpo8_clean`, `hybrid_clean`: `grpo8` and `hybrid` whose reward pays nothing for an answer the degeneration checks
+  flag (`degenerate_reward=0.0`: a repeated line, pasted criterion text, talk about the requirements).
 - `grpo_llm`: `RubricGRPOTrainer` with G = 4 whose judge is a real LLM: llama.cpp's OpenAI-compatible server
   (`python -m llama_cpp.server`), started and stopped by this script, serving the same SmolLM2 GGUF, reached through
   `OpenAIJudge` with a JSON `response_format`. Its failures are counted, and its verdicts on the base model's
@@ -53,7 +55,8 @@ from toy_world import TrainingMeter, first_reaching, fmt  # noqa: E402
 
 from trl_rubric.testing import OFFLINE_ENV  # noqa: E402
 
-ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "grpo_pow3r", "grpo_process", "hybrid", "grpo_llm")
+ARMS = ("base", "rgsd", "grpo4", "grpo8", "grpo_reweight", "grpo_pow3r", "grpo_process", "hybrid", "grpo_llm",
+        "grpo8_clean", "hybrid_clean")  # fmt: skip
 LABELS = {
     "base": "base (no training)",
     "rgsd": "RGSD (1 rollout, no judge)",
@@ -64,8 +67,11 @@ LABELS = {
     "grpo_process": "RubricGRPO, rule judge, process rewards per line (G=4)",
     "hybrid": "hybrid RGSD + rule judge (G=4, w=0.5)",
     "grpo_llm": "RubricGRPO, llama.cpp SmolLM2 judge (G=4)",
+    "grpo8_clean": "RubricGRPO, rule judge, degenerate answers paid 0 (G=8)",
+    "hybrid_clean": "hybrid RGSD + rule judge, degenerate answers paid 0 (G=4, w=0.5)",
 }
-GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "grpo_pow3r": 4, "grpo_process": 4, "hybrid": 4, "grpo_llm": 4}
+GROUP = {"grpo4": 4, "grpo8": 8, "grpo_reweight": 4, "grpo_pow3r": 4, "grpo_process": 4, "hybrid": 4, "grpo_llm": 4,
+         "grpo8_clean": 8, "hybrid_clean": 4}  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -168,11 +174,12 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
         config = RGSDConfig(per_device_train_batch_size=P, num_generations=1, **rgsd, **common)
         return RGSDTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora)
     G = GROUP[arm]
-    if arm == "hybrid":
+    degenerate_reward = 0.0 if arm.endswith("_clean") else None
+    if arm.startswith("hybrid"):
         config = RGSDConfig(
             per_device_train_batch_size=P * G, num_generations=G, distillation_weight=0.5, **rgsd, **common
         )
-        reward = RubricReward(judge, num_generations=G)
+        reward = RubricReward(judge, num_generations=G, degenerate_reward=degenerate_reward)
         return RGSDTrainer(path, reward_funcs=[reward], args=config, train_dataset=train,
                            processing_class=tokenizer, peft_config=lora)  # fmt: skip
     config = RubricGRPOConfig(
@@ -180,6 +187,7 @@ def build_trainer(arm, path, tokenizer, train, args, output_dir, judge):
         num_generations=G,
         **common,
         criterion_reweighting={"grpo_reweight": "ours", "grpo_pow3r": "pow3r"}.get(arm, "none"),
+        degenerate_reward=degenerate_reward,
         **(dict(process_rewards=True, process_step_splitter="lines") if arm == "grpo_process" else {}),
     )
     return RubricGRPOTrainer(path, args=config, train_dataset=train, processing_class=tokenizer, judge=judge,
@@ -311,7 +319,8 @@ def main(argv=None) -> dict[str, Any]:
         for split, dataset, offset in (("train", train, 1), ("heldout", heldout, 2)):
             result = evaluate(model, dataset, world.judge(), tokenizer=tokenizer, seed=args.seed + offset, **gen)
             m = result.metrics
-            out[split] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "strict": m.strict_completion,
+            out[split] = {"score": m.weighted_score, "score_ci": m.weighted_score_ci, "clean_score": m.clean_score,
+                          "strict": m.strict_completion,
                           "length": m.mean_length, "degenerate": m.degeneration["degenerate"],
                           "degeneration": m.degeneration,
                           "by_criterion": {t: r["met_rate"] for t, r in m.by_criterion.items()},

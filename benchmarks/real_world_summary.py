@@ -7,6 +7,10 @@ judge calls and degenerate answers, and each arm's difference from a reference a
 prompt within each seed and pooled over seeds, with a 95% bootstrap interval. The plot puts every arm's learning
 curve (train prompts) against training CPU seconds, one panel per world.
 
+`--clean` reads every final score as the clean score (`trl_rubric.evaluation.metrics.EvalMetrics.clean_score`): an
+answer the degeneration checks flagged earns nothing (`min(score, 0)`), as a user would pay for a list that repeats
+itself. The gap column is then left out (the references hold raw scores only).
+
     .venv/bin/python benchmarks/real_world_summary.py /work/runs/budget_* --output docs/images/real_world_budget
 """
 
@@ -71,6 +75,24 @@ def paired_ci(diffs: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[fl
 
 def pp(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
+
+
+def clean_scores(runs: list[dict[str, Any]]) -> None:
+    """Rewrite every arm's final scores in place as clean scores: a flagged answer's score becomes `min(score, 0)`,
+    and the split's `score` the clipped mean of those (the learning curves keep their raw scores)."""
+    for r in runs:
+        for arm in r["arms"].values():
+            arm.pop("gap_closed_train", None)
+            for split in ("train", "heldout"):
+                if split not in arm:
+                    continue
+                s = arm[split]
+                s["scores"] = [
+                    None if x is None else min(x, 0.0) if flag else x
+                    for x, flag in zip(s["scores"], s["degenerate_flags"], strict=True)
+                ]
+                known = [x for x in s["scores"] if x is not None]
+                s["score"] = min(1.0, max(0.0, mean(known))) if known else None
 
 
 def summarise(world: str, runs: list[dict[str, Any]], reference: str) -> list[str]:
@@ -164,8 +186,13 @@ def main(argv=None) -> str:
     p.add_argument("--tag_lr", action="store_true",
                    help="Name every arm with its run's learning rate (grpo8@lr0.0005), to compare one arm at two "
                    "rates; --reference then takes such a name.")  # fmt: skip
+    p.add_argument("--clean", action="store_true",
+                   help="Score answers the degeneration checks flagged as earning nothing (min(score, 0)).")  # fmt: skip
     args = p.parse_args(argv)
     runs = load(args.dirs, tag_lr=args.tag_lr)
+    if args.clean:
+        for world_runs in runs.values():
+            clean_scores(world_runs)
     lines: list[str] = []
     for world in sorted(runs):
         lines += summarise(world, runs[world], args.reference) + [""]

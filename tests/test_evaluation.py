@@ -23,6 +23,7 @@ from trl_rubric.evaluation import (
     write_gap_outputs,
     write_token_view_html,
 )
+from trl_rubric.evaluation.report import metrics_markdown
 from trl_rubric.judges import Grade, RuleJudge
 from trl_rubric.rubric import Rubric
 from trl_rubric.teacher import build_teacher_prompt
@@ -103,6 +104,24 @@ def test_metrics_match_hand_computed_values():
     assert m.by_category["pitfall"]["polarity"] == "penalty" and m.by_category["pitfall"]["met_rate"] == 1.0
     low, high = m.weighted_score_ci
     assert 0.0 <= low <= m.weighted_score <= high <= 1.0 and high > low
+
+
+def test_clean_score_pays_nothing_for_degenerate_answers_but_keeps_their_penalties():
+    rubric = [crit("a", 2), crit("b", 1), crit("bad", -2)]
+    grades = [Grade.from_verdicts(Rubric.from_any(rubric), v) for v in
+              ([True, True, False], [True, True, False], [False, False, True], [True, False, False])]  # fmt: skip
+    answers = [
+        "Drink water and rest.",
+        "1. Drink water and rest.\n2. Drink water and rest.",  # repeats a line: flagged, scored 1.0 by the rubric
+        "This answer meets the criteria.",  # meta-talk: flagged, and it met the penalty (-2/3)
+        "Rest.",
+    ]
+    m = summarize(grades, [rubric] * 4, [5] * 4, n_bootstrap=0, responses=answers)
+    assert m.weighted_score_unclipped == pytest.approx((1 + 1 - 2 / 3 + 2 / 3) / 4)
+    assert m.degeneration["degenerate"] == pytest.approx(0.5)
+    assert m.clean_score == pytest.approx((1 + 0 - 2 / 3 + 2 / 3) / 4)
+    assert summarize(grades, [rubric] * 4, [5] * 4, n_bootstrap=0).clean_score is None, "needs the answers"
+    assert "| clean score (degenerate answers earn nothing) | 0.25 |" in "\n".join(metrics_markdown(m))
 
 
 def test_unknown_verdicts_are_excluded_not_scored_as_zero():

@@ -161,3 +161,62 @@ def test_reweighting_config_rejects_bad_values():
     with pytest.raises(ValueError, match="lo=2"):
         ReweightingConfig(lo=2)
     assert math.isclose(Rubric.from_any(RUBRIC).max_score, 4.0)
+
+
+# --- degenerate answers paid a fixed reward (degenerate_reward) -------------------------------------------------------
+
+LOOP = "1. fever and dose\n2. fever and dose\n3. fever and dose"  # a repeated line: flagged, though every rule passes
+
+
+class CountingJudge(RuleJudge):
+    """A rule judge that records which completions it was asked to grade."""
+
+    def __init__(self, rules):
+        super().__init__(rules)
+        self.seen = []
+
+    async def grade_many(self, prompts, completions, rubrics):
+        self.seen.extend(completions)
+        return await super().grade_many(prompts, completions, rubrics)
+
+
+def test_degenerate_answers_get_the_set_reward_without_a_judge_call():
+    completions = ["fever and dose", LOOP, "dose", "Here is my answer that meets the criteria: fever and dose."]
+    plain = call(RubricReward(RuleJudge(RULES)), ["q"] * 4, completions, rubric=[RUBRIC] * 4)
+    assert plain == pytest.approx([1.0, 1.0, 0.25, 1.0]), "a rule judge pays the loop and the meta-talk in full"
+    judge, metrics = CountingJudge(RULES), {}
+    reward = RubricReward(judge, degenerate_reward=0.0)
+    rewards = call(reward, ["q"] * 4, completions, rubric=[RUBRIC] * 4, log_metric=metrics.__setitem__)
+    assert rewards == pytest.approx([1.0, 0.0, 0.25, 0.0])
+    assert judge.seen == ["fever and dose", "dose"], "flagged answers are not sent to the judge"
+    assert metrics["judge/degenerate_frac"] == pytest.approx(0.5)
+    assert metrics["judge/calls"] == 2
+    assert len(reward.last_grades) == 4 and reward.last_grades[1].verdicts == [None, None, None]
+    negative = call(RubricReward(RuleJudge(RULES), degenerate_reward=-0.5), ["q"], [LOOP], rubric=[RUBRIC])
+    assert negative == [-0.5]
+
+
+def test_degenerate_reward_off_by_default_and_bad_values_refused():
+    metrics = {}
+    call(RubricReward(RuleJudge(RULES)), ["q"], [LOOP], rubric=[RUBRIC], log_metric=metrics.__setitem__)
+    assert "judge/degenerate_frac" not in metrics
+    for bad, match in (("high", "expected a number"), (float("nan"), "finite"), (float("inf"), "finite")):
+        with pytest.raises(ValueError, match=f"degenerate_reward is .*{match}"):
+            RubricReward(RuleJudge(RULES), degenerate_reward=bad)
+
+
+def test_degenerate_reward_reaches_the_trainers_configs_and_the_rgsd_command():
+    from trl_rubric import RGSDConfig, RubricGRPOConfig
+
+    common = dict(output_dir="/tmp/x", use_cpu=True, bf16=False, report_to="none")
+    assert RubricGRPOConfig(judge_backend="rule", degenerate_reward="0", **common).degenerate_reward == 0.0
+    assert RGSDConfig(degenerate_reward=0, **common).degenerate_reward == 0.0
+    with pytest.raises(ValueError, match="degenerate_reward is 'x'"):
+        RubricGRPOConfig(judge_backend="rule", degenerate_reward="x", **common)
+    with pytest.raises(ValueError, match="degenerate_reward is nan"):
+        RGSDConfig(degenerate_reward=float("nan"), **common)
+    from trl_rubric.scripts.rgsd import RGSDJudgeArguments, build_judge_for
+
+    hybrid = RGSDConfig(degenerate_reward=0.0, distillation_weight=0.5, num_generations=2, **common)
+    (reward,), _ = build_judge_for(RGSDJudgeArguments(judge_backend="rule", judge_probe=False), hybrid)
+    assert reward.degenerate_reward == 0.0

@@ -170,8 +170,13 @@ def test_real_world_process_arm_is_grpo4_with_line_process_rewards(tiny_model_pa
     train = Dataset.from_list(make_rubric_rows(4))
     built = {
         arm: real_world.build_trainer(arm, tiny_model_path, None, train, args, str(tmp_path / arm), RuleJudge())
-        for arm in ("grpo4", "grpo_process")
+        for arm in ("grpo4", "grpo_process", "grpo8_clean", "hybrid_clean")
     }
+    assert built["grpo4"].rubric_reward.degenerate_reward is None
+    assert built["grpo8_clean"].rubric_reward.degenerate_reward == 0.0
+    assert built["grpo8_clean"].args.num_generations == 8
+    hybrid = built["hybrid_clean"]
+    assert hybrid.args.distillation_weight == 0.5 and hybrid.reward_funcs[0].degenerate_reward == 0.0
     assert built["grpo4"].process_rewards is None
     process = built["grpo_process"]
     assert process.process_rewards is not None and process.args.process_step_splitter == "lines"
@@ -183,7 +188,13 @@ def _budget_run(path, lr, arms, seed=0):
 
     os.makedirs(path)
     arm = lambda scores: {  # noqa: E731
-        split: {"score": sum(scores) / len(scores), "scores": scores, "degenerate": 0.0, "length": 10.0}
+        split: {
+            "score": sum(scores) / len(scores),
+            "scores": scores,
+            "degenerate": 0.0,
+            "length": 10.0,
+            "degenerate_flags": [i == 0 for i in range(len(scores))],
+        }
         for split in ("train", "heldout")
     }
     result = {
@@ -210,6 +221,17 @@ def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
     assert "+10.0" in rgsd_row  # 0.5 - mean(0.3, 0.4, 0.5), paired per prompt
     low_row = next(line for line in text.splitlines() if "lr 0.002" in line and "G=8" in line)
     assert "-20.0" in low_row
+
+
+def test_budget_summary_clean_scores_pay_nothing_for_flagged_answers(tmp_path):
+    summary = _load("real_world_summary")
+    _budget_run(tmp_path / "a", 2e-3, {"rgsd": [0.5, 0.5, 0.5], "grpo8": [0.9, 0.2, 0.3]})
+    raw = summary.main([str(tmp_path / "a")])
+    clean = summary.main([str(tmp_path / "a"), "--clean"])
+    row = lambda text: next(line for line in text.splitlines() if line.startswith("| RGSD"))  # noqa: E731
+    assert "+3.3" in row(raw)  # 0.5 - mean(0.9, 0.2, 0.3), paired per prompt
+    # The first answer of every arm is flagged: 0.5 and 0.9 become 0, so RGSD - GRPO = mean(0, 0.3, 0.2).
+    assert "+16.7" in row(clean) and "| 0.333 |" in row(clean)
 
 
 def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names_are_refused():

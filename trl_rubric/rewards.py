@@ -9,6 +9,11 @@ reads the rubric column, grades every completion with its judge (concurrently, o
 verdicts still separate the rollouts ([`trl_rubric.reweighting`]: our variant `"ours"` and our reading of POW3R,
 `"pow3r"`). In implicit judge mode there are no verdicts, so the rating is returned unchanged.
 
+**Degenerate answers** (optional, `degenerate_reward`): an answer the degeneration checks flag (a repeated line,
+criterion text pasted in, talk about the requirements; [`trl_rubric.evaluation.degeneration`]) gets that reward
+without being sent to the judge. A rule judge pays for the numbered items of a list that repeats itself, and an LLM
+judge can be talked into it; a user would pay nothing. Logged as `judge/degenerate_frac`.
+
 **Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
 contrasting counts, strict completion; [`trl_rubric.criterion_diagnostics`]) and keeps them in `last_diagnostics`.
 """
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
+from .evaluation.degeneration import degeneration_flags
 from .judges.base import Grade, RubricJudge, prompt_to_text
 from .judges.groupwise import grade_in_groups, supports_group_grading
 from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; names kept importable from here)
@@ -73,6 +79,19 @@ def _explanation_cell(grade: Grade, limit: int = 160) -> str:
 DEFAULT_MIN_GRADED_FRACTION = 0.75
 
 
+def check_degenerate_reward(value: float | None) -> float | None:
+    """`degenerate_reward` as a float, or `None`; a clear error for anything else."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"degenerate_reward is {value!r}; expected a number or None") from None
+    if not math.isfinite(value):
+        raise ValueError(f"degenerate_reward is {value}; expected a finite number or None")
+    return value
+
+
 def unknown_where_judge_failed(rewards, judge_columns: Sequence[int]):
     """Rewards `[N, F]` with a whole row set to NaN wherever a judge column is NaN.
 
@@ -112,6 +131,10 @@ class RubricReward:
         rubric_dropout: Probability of leaving each criterion out, per prompt and step (`trl_rubric.rubric_dropout`);
             0 (default) turns it off. Dropped criteria are not sent to the judge and do not count in the reward.
         dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
+        degenerate_reward: Reward of an answer that [`degeneration_flags`] flags against its rubric, given without
+            calling the judge (`None`, the default, grades it like any other). `0.0` makes a looping list or a pasted
+            criterion earn nothing. Ignored for answers in a group graded together (`group_grading`): those are all
+            sent, and the flagged ones scored `degenerate_reward` afterwards.
     """
 
     def __init__(
@@ -127,6 +150,7 @@ class RubricReward:
         group_grading: bool = False,
         rubric_dropout: float = 0.0,
         dropout_seed: int = 0,
+        degenerate_reward: float | None = None,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
@@ -143,6 +167,7 @@ class RubricReward:
         if not 0.0 <= min_graded_fraction <= 1.0:
             raise ValueError(f"min_graded_fraction is {min_graded_fraction}; expected a value in [0, 1]")
         self.min_graded_fraction = min_graded_fraction
+        self.degenerate_reward = check_degenerate_reward(degenerate_reward)
         self.judge = judge
         self.weighted = weighted
         self.reweighting = reweighting_from(reweighting)
@@ -224,10 +249,13 @@ class RubricReward:
             if kwargs.get("log_metric") is not None and full:
                 kwargs["log_metric"]("judge/dropout_kept_frac", sum(map(len, rubrics)) / sum(full))
         before = self.judge.stats.snapshot()
+        flagged = [False] * len(completions)
+        if self.degenerate_reward is not None:
+            flagged = [degeneration_flags(c, r).degenerate for c, r in zip(completions, rubrics, strict=True)]
         if self.group_grading:
             grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
         else:
-            grades = await self.judge.grade_many(prompts, completions, rubrics)
+            grades = await self._grade_unflagged(prompts, completions, rubrics, flagged)
         keys = self._group_keys(prompts, rubrics)
         if self.reweighting is not None:
             rewards = self._reweighted_scores(keys, rubrics, grades)
@@ -244,6 +272,8 @@ class RubricReward:
             for f, rw in zip(graded, rewards, strict=True)
         ]
         rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
+        if any(flagged):
+            rewards = [self.degenerate_reward if f else rw for f, rw in zip(flagged, rewards, strict=True)]
         if self.rubric_source is not None:
             self.rubric_source.observe(prompts, completions, rubrics, grades)
         self.last_grades = grades
@@ -259,8 +289,21 @@ class RubricReward:
             if known:
                 log_metric("judge/graded_frac", sum(known) / len(known))
             log_metric("judge/under_graded", float(sum(under)))
+            if self.degenerate_reward is not None:
+                log_metric("judge/degenerate_frac", sum(flagged) / max(1, len(flagged)))
             log_criterion_diagnostics(log_metric, self.last_diagnostics)
         return rewards
+
+    async def _grade_unflagged(self, prompts, completions, rubrics, flagged) -> list[Grade]:
+        """The judge's grades of the answers not flagged; a flagged one gets an empty grade (no verdicts, no call)."""
+        keep = [i for i, f in enumerate(flagged) if not f]
+        if len(keep) == len(flagged):
+            return await self.judge.grade_many(prompts, completions, rubrics)
+        graded = await self.judge.grade_many(*([seq[i] for i in keep] for seq in (prompts, completions, rubrics)))
+        grades = [Grade(verdicts=[None] * len(r), score=None) for r in rubrics]
+        for i, grade in zip(keep, graded, strict=True):
+            grades[i] = grade
+        return grades
 
     def _log(self, kwargs, rubrics, grades, rewards, stats) -> None:
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")

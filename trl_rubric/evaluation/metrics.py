@@ -10,7 +10,7 @@ from typing import Any
 from ..criterion_diagnostics import strict_outcome  # the one definition, re-exported here
 from ..judges.base import Grade
 from ..rubric import Rubric
-from .degeneration import degeneration_rates
+from .degeneration import degeneration_flags, degeneration_rates
 from .stats import _clip01, _mean, _median, bootstrap_ci
 
 #: Criteria with no category are reported under this name.
@@ -44,6 +44,10 @@ class EvalMetrics:
         degeneration: Shares of answers that repeat a line, copy rubric text, talk about the requirements, and any of
             them (`repeats_line`, `copies_rubric`, `meta_talk`, `degenerate`, `n`; see
             `trl_rubric.evaluation.degeneration`); `None` when the answers were not given.
+        clean_score: `weighted_score` with every answer the degeneration checks flag scored as earning nothing
+            (`min(score, 0)`: a penalty it met still counts), clipped to [0, 1]. A rule judge pays for each item of a
+            list that repeats itself, and for criterion text pasted into the answer; a user would not. The gap
+            between the two scores is how much of a score such answers carry. `None` when the answers were not given.
         judge_agreement: Judge panels only ([`PanelJudge`]): the mean, over (response, criterion) cells with at least
             two member verdicts, of the share of member pairs that agree ([`Grade.agreement`]); `None` otherwise.
     """
@@ -66,6 +70,7 @@ class EvalMetrics:
     by_criterion: dict[str, dict[str, Any]] = field(default_factory=dict)
     degeneration: dict[str, Any] | None = None
     judge_agreement: float | None = None
+    clean_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -142,6 +147,10 @@ def summarize(
         raise ValueError(f"summarize got {len(grades)} grades and {len(responses)} responses")
     n = len(grades)
     weighted, unweighted = [], []
+    flagged = [False] * n
+    if responses is not None:
+        flagged = [degeneration_flags(a or "", r).degenerate for a, r in zip(responses, rubrics, strict=True)]
+    clean: list[float] = []
     strict_known, strict_met = 0, 0
     failures = unknown_verdicts = total_verdicts = 0
     categories: dict[str, dict[str, Any]] = {}
@@ -156,7 +165,7 @@ def summarize(
             g["met"] += int(bool(verdict))
             g["weight"] += criterion.weight
 
-    for grade, rubric in zip(grades, rubrics, strict=True):
+    for index, (grade, rubric) in enumerate(zip(grades, rubrics, strict=True)):
         rubric = Rubric.from_any(rubric)
         if not _verdicts_fit(grade, rubric):
             # A judge that returns only a score still counts for the score; per-criterion stats need verdicts.
@@ -164,6 +173,7 @@ def summarize(
                 failures += 1
             else:
                 weighted.append(grade.score)
+                clean.append(min(grade.score, 0.0) if flagged[index] else grade.score)
                 if grade.unweighted_score is not None:
                     unweighted.append(grade.unweighted_score)
             continue
@@ -174,6 +184,7 @@ def summarize(
             failures += 1
         else:
             weighted.append(score)
+            clean.append(min(score, 0.0) if flagged[index] else score)
             u = rubric.score(scored, weighted=False)
             if u is not None:
                 unweighted.append(u)
@@ -211,4 +222,5 @@ def summarize(
         by_criterion=_group_rates(titles),
         degeneration=degeneration_rates(list(responses), list(rubrics)) if responses is not None else None,
         judge_agreement=_mean([a for g in grades for a in (g.agreement or []) if a is not None]),
+        clean_score=_clip01(_mean(clean)) if responses is not None and clean else None,
     )

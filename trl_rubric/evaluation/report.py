@@ -75,6 +75,8 @@ def metrics_markdown(metrics: EvalMetrics, level: int = 2) -> list[str]:
         f"| examples (scored) | {metrics.n_examples} ({metrics.n_scored}) |",
         "",
     ]
+    if metrics.clean_score is not None:
+        lines.insert(4, f"| clean score (degenerate answers earn nothing) | {_fmt(metrics.clean_score)} |")
     if metrics.judge_agreement is not None:  # a judge panel: mean pairwise agreement per criterion
         lines.insert(-2, f"| judge panel agreement | {_fmt(metrics.judge_agreement, pct=True)} |")
     return [
@@ -175,6 +177,8 @@ def write_gap_outputs(
         f"| gap CI (paired bootstrap) | {f'{_fmt(ci[0])} – {_fmt(ci[1])}' if ci else 'n/a'} |",
         f"| strict completion without / with rubric | {_fmt(result.without_rubric.metrics.strict_completion, pct=True)}"
         f" / {_fmt(result.with_rubric.metrics.strict_completion, pct=True)} |",
+        f"| clean score without / with rubric (degenerate answers earn nothing) | "
+        f"{_fmt(result.without_rubric.metrics.clean_score)} / {_fmt(result.with_rubric.metrics.clean_score)} |",
         f"| length ratio (with / without) | {_fmt(result.length_ratio)} |",
         f"| prompts (scored in both views) | {result.n_examples} ({result.n_paired}) |",
         "",

@@ -127,6 +127,7 @@ def build_judge_for(judge_args: RGSDJudgeArguments, training_args):
         pitfall_polarity=training_args.pitfall_polarity,
         num_generations=training_args.num_generations,
         dropout_seed=training_args.seed,
+        degenerate_reward=training_args.degenerate_reward,
     )
     return [reward], None
 

@@ -14,6 +14,7 @@ from trl import GRPOConfig
 from .. import losses
 from ..criterion_views import CRITERION_GROUPINGS, CRITERION_VIEW_WEIGHTS
 from ..multi_teacher import TEACHER_COMBINES
+from ..rewards import check_degenerate_reward
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PENALTIES,
@@ -253,6 +254,12 @@ class RGSDConfig(GRPOConfig):
             and the GRPO-only work is skipped: the old log-prob forward, vLLM's importance-sampling correction, and
             the reference model of GRPO's `beta` (which pure RGSD refuses; the divergence's beta is
             `distillation_beta`).
+        degenerate_reward (`float` or `None`, *optional*, defaults to `None`):
+            Hybrid mode, with the rubric reward the `trl-rubric rgsd` command builds from the judge fields: the reward
+            of a rollout the degeneration checks flag (a repeated line, pasted criterion text, talk about the
+            requirements), given without calling the judge. `None` grades it like any other; `0.0` pays nothing for
+            a looping list a rule judge would pay for. Pass `RubricReward(judge, degenerate_reward=0.0)` yourself
+            when you build the reward function.
     """
 
     num_generations: int | None = field(
@@ -381,6 +388,10 @@ class RGSDConfig(GRPOConfig):
     distillation_weight: float = field(
         default=1.0,
         metadata={"help": "Hybrid mode: loss = (1-w) * GRPO + w * distillation. 1.0 = pure RGSD."},
+    )
+    degenerate_reward: float | None = field(
+        default=None,
+        metadata={"help": "Hybrid reward of a rollout flagged degenerate, without calling the judge (None = graded)."},
     )
     teacher_no_repeat_ngram_size: int | None = field(
         default=None,
@@ -570,6 +581,7 @@ class RGSDConfig(GRPOConfig):
         )
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
+        self.degenerate_reward = check_degenerate_reward(self.degenerate_reward)
         choice("teacher_combine", TEACHER_COMBINES)
         choice("criterion_grouping", CRITERION_GROUPINGS)
         choice("criterion_view_weights", CRITERION_VIEW_WEIGHTS)

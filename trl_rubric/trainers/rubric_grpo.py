@@ -29,7 +29,12 @@ from ..evaluation.degeneration import log_degeneration
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
-from ..rewards import DEFAULT_MIN_GRADED_FRACTION, RubricReward, unknown_where_judge_failed
+from ..rewards import (
+    DEFAULT_MIN_GRADED_FRACTION,
+    RubricReward,
+    check_degenerate_reward,
+    unknown_where_judge_failed,
+)
 from ..reweighting import ReweightingConfig, reweighting_from
 from ..rubric import PITFALL_POLARITIES
 from ..rubric_dropout import check_dropout_probability
@@ -77,6 +82,11 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
             score to count; below it the reward is unknown (the completion is left out) and counted in
             `judge/under_graded`. Scoring over the few graded criteria, or with a penalty left unknown, inflates the
             score. `judge/graded_frac` logs the mean share.
+        degenerate_reward (`float` or `None`, *optional*, defaults to `None`):
+            Reward of a completion the degeneration checks flag against its rubric (a repeated line, pasted criterion
+            text, talk about the requirements; `trl_rubric.evaluation.degeneration`), given without calling the judge.
+            `None` grades it like any other. A rule judge pays for every numbered item of a list that repeats itself;
+            `0.0` pays nothing for it. `judge/degenerate_frac` logs the share flagged.
 
         > Parameters that control criterion reweighting
 
@@ -168,6 +178,12 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         default=DEFAULT_MIN_GRADED_FRACTION,
         metadata={"help": "Smallest share of a rubric's points with a known verdict; below it the reward is unknown."},
     )
+    degenerate_reward: float | None = field(
+        default=None,
+        metadata={
+            "help": "Reward of a completion flagged degenerate, given without calling the judge (None = graded)."
+        },
+    )
     criterion_reweighting: str = field(
         default="none",
         metadata={
@@ -245,6 +261,7 @@ class RubricGRPOConfig(JudgeArguments, GRPOConfig):
         self.criterion_reweighting = method.method if method is not None else "none"
         self.reweighting_config()  # validates the reweighting fields, naming the bad one
         check_dropout_probability(self.rubric_dropout)
+        self.degenerate_reward = check_degenerate_reward(self.degenerate_reward)
         ProcessRewards(self.process_step_splitter, self.process_max_steps)  # validates the process_* fields
         adaptive_callback_from(self)  # validates the adaptive_* fields (builds the client, sends nothing)
         super().__post_init__()  # JudgeArguments, then GRPOConfig
@@ -382,6 +399,7 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
             group_grading=_setting(args, "judge_group_grading"),
             rubric_dropout=_setting(args, "rubric_dropout"),
             dropout_seed=args.seed,
+            degenerate_reward=_setting(args, "degenerate_reward"),
         )
         user_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
