@@ -288,3 +288,32 @@ def test_clean_ceiling_is_the_clean_answers_share_of_the_gap():
 def test_clean_ceiling_refuses_what_it_cannot_measure(rows, gap, match):
     with pytest.raises(ValueError, match=match):
         ceiling.ceiling_summary(rows, base=0.1, gap=gap)
+
+
+def test_clean_rescore_pays_flagged_answers_nothing_and_pairs_against_base_and_teachers():
+    rescore = _load("clean_rescore")
+    assert rescore.clean([0.6, -0.2, 0.4, -0.5], [True, True, False, False]).tolist() == [0.0, -0.2, 0.4, -0.5]
+    loop = "1. Drink water and rest today.\n2. Drink water and rest today.\n3. Drink water and rest today."
+    results = {
+        "settings": {"world": "health", "seed": 0, "eval_prompts": 2, "heldout_prompts": 2, "eval_samples": 1},
+        "responses": {"base_train": ["Rest.", "Drink water."], "teacher_train": [loop, "Rest and drink water."],
+                      "base_heldout": ["Rest.", "Sleep."]},
+        "runs": {"s": {"gap_closed_train": 0.5,
+                       "train": {"scores": [0.6, 0.3], "responses": [loop, "Rest well."]},
+                       "heldout": {"scores": [0.2, 0.1], "responses": ["Rest.", "Sleep well."]}}},
+    }  # fmt: skip
+    out = rescore.rescore(
+        results, teacher_rows=[{"score": 0.5, "degenerate": False}, {"score": 0.9, "degenerate": True}]
+    )
+    row = out["runs"]["s"]
+    assert row["train"]["clean"] == pytest.approx(0.15) and row["train"]["degenerate"] == 0.5
+    assert row["heldout"]["clean"] == pytest.approx(0.15) and row["heldout"]["degenerate"] == 0.0
+    assert row["train"]["minus_base"][0] == pytest.approx(0.15 - out["base_clean"]["train"])
+    # The teacher's looping answer earns nothing either, whatever the rule judge gave it.
+    world, sets = rescore._eval_sets(results["settings"])
+    raw_teacher = rescore._grade(world, sets["train"], results["responses"]["teacher_train"])
+    assert out["teacher_clean"] == pytest.approx(min(raw_teacher[0], 0) / 2 + raw_teacher[1] / 2)
+    assert row["minus_teacher_view"][0] == pytest.approx(0.15 - 0.25)
+    assert "| health 0 | s | 50% | 0.150" in rescore.markdown([out])
+    with pytest.raises(ValueError, match="--teacher has 1 answers; the sweep scored 2"):
+        rescore.rescore(results, teacher_rows=[{"score": 0.5, "degenerate": False}])
