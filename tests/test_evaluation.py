@@ -426,6 +426,13 @@ def test_gap_outputs_with_token_views(tiny, tmp_path):
     assert_png(files["token_view_png"])
     assert_png(files["length_histogram"])
     assert len((tmp_path / "responses.jsonl").read_text().splitlines()) == 3
+    clean = (result.without_rubric.metrics.clean_score, result.with_rubric.metrics.clean_score)
+    assert None not in clean
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        f"| clean score without / with rubric (degenerate answers earn nothing) | {clean[0]:.4g} / {clean[1]:.4g} |"
+        in report
+    )
 
 
 RESULT_KEYS = {

@@ -103,6 +103,10 @@ def test_a_higher_gap_bought_with_degenerate_answers_is_passed_over():
         rows["leaky"]["degenerate"] == 1.0 and rows["leaky"]["meta_talk"] == 1.0 and rows["clean"]["degenerate"] == 0.0
     )
     assert result.recommended == "clean" and "leaky has the highest gap" in result.reason
+    # With degenerate answers earning nothing, the leaky view's edge is gone; the clean view keeps all of its gap.
+    assert rows["leaky"]["clean_gap"] == pytest.approx(0.0)
+    assert rows["clean"]["clean_gap"] == pytest.approx(rows["clean"]["gap"]) and rows["clean"]["gap"] > 0
+    assert "| clean gap |" in result.report()
     loose = compare_teacher_views(None, rule_rows(), RuleJudge(), views, max_degeneration_margin=1.0, **kwargs)
     assert loose.recommended == "leaky"
 

@@ -126,14 +126,16 @@ class ViewComparison:
         lines = [
             f"Teacher views on the same {self.n_examples} prompts (student score {_fmt(self.score_without_rubric)}):",
             "",
-            "| view | gap | 95% CI | vs recommended (paired) | degenerate | copies rubric | meta-talk | length ratio |",
-            "|---|---|---|---|---|---|---|---|",
+            "| view | gap | 95% CI | vs recommended (paired) | clean gap | degenerate | copies rubric | meta-talk "
+            "| length ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in self.views:
             d = v["vs_recommended"]
             vs = "-" if v["name"] == self.recommended else f"{_fmt(d['diff'], True)} {_fmt_ci(d['ci'])}"
             lines.append(
-                f"| {v['name']} | {_fmt(v['gap'], True)} | {_fmt_ci(v['gap_ci'])} | {vs} | {_fmt(v['degenerate'])} | "
+                f"| {v['name']} | {_fmt(v['gap'], True)} | {_fmt_ci(v['gap_ci'])} | {vs} | "
+                f"{_fmt(v.get('clean_gap'), True)} | {_fmt(v['degenerate'])} | "
                 f"{_fmt(v['copies_rubric'])} | {_fmt(v['meta_talk'])} | {_fmt(v['length_ratio'])} |"
             )
         lines += ["", f"Recommended: **{self.recommended}**. {self.reason}"]
@@ -257,6 +259,7 @@ def compare_teacher_views(
     for view in views:
         g = gaps[view.name]
         rates = g.with_rubric.metrics.degeneration or {}
+        clean = (g.without_rubric.metrics.clean_score, g.with_rubric.metrics.clean_score)
         rows.append(
             {
                 "name": view.name,
@@ -265,6 +268,9 @@ def compare_teacher_views(
                 "gap_ci": list(g.gap_ci) if g.gap_ci is not None else None,
                 "score_with_rubric": g.score_with_rubric,
                 "length_ratio": g.length_ratio,
+                # The gap with degenerate answers earning nothing (EvalMetrics.clean_score): the part of the
+                # teacher's edge a user would pay for.
+                "clean_gap": None if None in clean else clean[1] - clean[0],
                 **{k: rates.get(k) for k in ("degenerate", "repeats_line", "copies_rubric", "meta_talk")},
             }
         )
