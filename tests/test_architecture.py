@@ -52,7 +52,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "trl_rubric.reweighting",
         ),
     ),
-    ("rubric", ("trl_rubric.rubric", "trl_rubric.data", "trl_rubric.interchange", "trl_rubric.rubric_dropout")),
+    (
+        "rubric",
+        (
+            "trl_rubric.rubric",
+            "trl_rubric.data",
+            "trl_rubric.interchange",
+            "trl_rubric.rubric_dropout",
+            "trl_rubric.judge_share",
+        ),
+    ),
 ]
 
 #: Packages whose modules must never import the CLI.

@@ -14,6 +14,10 @@ criterion text pasted in, talk about the requirements; [`trl_rubric.evaluation.d
 without being sent to the judge. A rule judge pays for the numbered items of a list that repeats itself, and an LLM
 judge can be talked into it; a user would pay nothing. Logged as `judge/degenerate_frac`.
 
+**A share of the prompts** (optional, `judge_share`): only that share of each call's prompts is sent to the judge
+([`trl_rubric.judge_share`]); the others' rollouts get no reward (`None`). For hybrid RGSD with a costly judge, whose
+distillation term still trains on every rollout.
+
 **Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
 contrasting counts, strict completion; [`trl_rubric.criterion_diagnostics`]) and keeps them in `last_diagnostics`.
 """
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,6 +38,7 @@ import torch
 
 from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
 from .evaluation.degeneration import degeneration_flags
+from .judge_share import check_judge_share, judged_prompts
 from .judges.base import Grade, RubricJudge, prompt_to_text
 from .judges.groupwise import grade_in_groups, supports_group_grading
 from .reweighting import (  # noqa: F401  (the math lives in reweighting.py; names kept importable from here)
@@ -109,6 +116,23 @@ def unknown_where_judge_failed(rewards, judge_columns: Sequence[int]):
     return rewards
 
 
+class _UnjudgedRowsFilter(logging.Filter):
+    """Drops TRL's "All reward functions returned None" warning while a reward's last call left prompts out on
+    purpose (`judge_share`): those rows have no reward by design, and the warning prints each one's whole row."""
+
+    def __init__(self):
+        super().__init__()
+        self.rewards = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "All reward functions returned None" not in str(record.msg):  # accelerate may prefix "[RANK 0] "
+            return True
+        return not any(reward.last_unjudged for reward in self.rewards)
+
+
+_UNJUDGED_FILTER = _UnjudgedRowsFilter()
+
+
 class RubricReward:
     """Score completions against their rubrics with a judge; usable as a TRL `reward_funcs` entry.
 
@@ -135,6 +159,9 @@ class RubricReward:
             calling the judge (`None`, the default, grades it like any other). `0.0` makes a looping list or a pasted
             criterion earn nothing. Ignored for answers in a group graded together (`group_grading`): those are all
             sent, and the flagged ones scored `degenerate_reward` afterwards.
+        judge_share: Share of prompts, per call, whose rollouts are sent to the judge (1.0, the default, sends all);
+            the rest get `None`. Which prompts is a function of `(dropout_seed, step, prompt)`
+            ([`judged_prompts`]), so every rollout of a prompt is judged alike and a resumed run judges the same ones.
     """
 
     def __init__(
@@ -151,9 +178,13 @@ class RubricReward:
         rubric_dropout: float = 0.0,
         dropout_seed: int = 0,
         degenerate_reward: float | None = None,
+        judge_share: float = 1.0,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
+        self.judge_share = check_judge_share(judge_share)
+        if self.judge_share < 1.0 and group_grading:
+            raise ValueError("judge_share < 1 and group grading together are not supported; turn one off")
         if group_grading and not supports_group_grading(judge):
             raise ValueError(
                 f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
@@ -168,6 +199,11 @@ class RubricReward:
             raise ValueError(f"min_graded_fraction is {min_graded_fraction}; expected a value in [0, 1]")
         self.min_graded_fraction = min_graded_fraction
         self.degenerate_reward = check_degenerate_reward(degenerate_reward)
+        #: Completions the last call left unjudged on purpose (`judge_share`).
+        self.last_unjudged = 0
+        if self.judge_share < 1.0:
+            _UNJUDGED_FILTER.rewards.add(self)
+            logging.getLogger("trl.trainer.grpo_trainer").addFilter(_UNJUDGED_FILTER)
         self.judge = judge
         self.weighted = weighted
         self.reweighting = reweighting_from(reweighting)
@@ -252,10 +288,15 @@ class RubricReward:
         flagged = [False] * len(completions)
         if self.degenerate_reward is not None:
             flagged = [degeneration_flags(c, r).degenerate for c, r in zip(completions, rubrics, strict=True)]
+        judged = judged_prompts(
+            [prompt_to_text(p) for p in prompts], rubrics, self.judge_share, self.dropout_seed,
+            dropout_step(kwargs.get("trainer_state")),
+        )  # fmt: skip
         if self.group_grading:
             grades = await grade_in_groups(self.judge, prompts, completions, rubrics, self.num_generations)
         else:
-            grades = await self._grade_unflagged(prompts, completions, rubrics, flagged)
+            skip = [f or not j for f, j in zip(flagged, judged, strict=True)]
+            grades = await self._grade_unflagged(prompts, completions, rubrics, skip)
         keys = self._group_keys(prompts, rubrics)
         if self.reweighting is not None:
             rewards = self._reweighted_scores(keys, rubrics, grades)
@@ -274,6 +315,9 @@ class RubricReward:
         rewards = [None if u else rw for u, rw in zip(under, rewards, strict=True)]
         if any(flagged):
             rewards = [self.degenerate_reward if f else rw for f, rw in zip(flagged, rewards, strict=True)]
+        self.last_unjudged = len(judged) - sum(judged)
+        if not all(judged):  # a prompt left out this step has no reward, flagged or not
+            rewards = [rw if j else None for j, rw in zip(judged, rewards, strict=True)]
         if self.rubric_source is not None:
             self.rubric_source.observe(prompts, completions, rubrics, grades)
         self.last_grades = grades
@@ -291,13 +335,15 @@ class RubricReward:
             log_metric("judge/under_graded", float(sum(under)))
             if self.degenerate_reward is not None:
                 log_metric("judge/degenerate_frac", sum(flagged) / max(1, len(flagged)))
+            if self.judge_share < 1.0:
+                log_metric("judge/judged_frac", sum(judged) / max(1, len(judged)))
             log_criterion_diagnostics(log_metric, self.last_diagnostics)
         return rewards
 
-    async def _grade_unflagged(self, prompts, completions, rubrics, flagged) -> list[Grade]:
-        """The judge's grades of the answers not flagged; a flagged one gets an empty grade (no verdicts, no call)."""
-        keep = [i for i, f in enumerate(flagged) if not f]
-        if len(keep) == len(flagged):
+    async def _grade_unflagged(self, prompts, completions, rubrics, skip) -> list[Grade]:
+        """The judge's grades of the answers not skipped; a skipped one gets an empty grade (no verdicts, no call)."""
+        keep = [i for i, f in enumerate(skip) if not f]
+        if len(keep) == len(skip):
             return await self.judge.grade_many(prompts, completions, rubrics)
         graded = await self.judge.grade_many(*([seq[i] for i in keep] for seq in (prompts, completions, rubrics)))
         grades = [Grade(verdicts=[None] * len(r), score=None) for r in rubrics]

@@ -128,6 +128,7 @@ def build_judge_for(judge_args: RGSDJudgeArguments, training_args):
         num_generations=training_args.num_generations,
         dropout_seed=training_args.seed,
         degenerate_reward=training_args.degenerate_reward,
+        judge_share=training_args.judge_share,
     )
     return [reward], None
 

@@ -13,6 +13,7 @@ from trl import GRPOConfig
 
 from .. import losses
 from ..criterion_views import CRITERION_GROUPINGS, CRITERION_VIEW_WEIGHTS
+from ..judge_share import check_judge_share
 from ..multi_teacher import TEACHER_COMBINES
 from ..rewards import check_degenerate_reward
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
@@ -260,6 +261,11 @@ class RGSDConfig(GRPOConfig):
             requirements), given without calling the judge. `None` grades it like any other; `0.0` pays nothing for
             a looping list a rule judge would pay for. Pass `RubricReward(judge, degenerate_reward=0.0)` yourself
             when you build the reward function.
+        judge_share (`float`, *optional*, defaults to `1.0`):
+            Hybrid mode, with the reward the `trl-rubric rgsd` command builds: the share of each step's prompts whose
+            rollouts the judge grades (`trl_rubric.judge_share`: drawn per prompt from the seed and step, so resume
+            is exact). The rest get no reward and train on the distillation term alone; use it when the judge is what
+            costs. `judge/judged_frac` logs the share judged.
     """
 
     num_generations: int | None = field(
@@ -392,6 +398,10 @@ class RGSDConfig(GRPOConfig):
     degenerate_reward: float | None = field(
         default=None,
         metadata={"help": "Hybrid reward of a rollout flagged degenerate, without calling the judge (None = graded)."},
+    )
+    judge_share: float = field(
+        default=1.0,
+        metadata={"help": "Hybrid: share of each step's prompts sent to the judge; the rest only distil. In (0, 1]."},
     )
     teacher_no_repeat_ngram_size: int | None = field(
         default=None,
@@ -582,6 +592,7 @@ class RGSDConfig(GRPOConfig):
         choice("token_clip_mode", TOKEN_CLIP_MODES)
         choice("pitfall_polarity", PITFALL_POLARITIES)
         self.degenerate_reward = check_degenerate_reward(self.degenerate_reward)
+        self.judge_share = check_judge_share(self.judge_share)
         choice("teacher_combine", TEACHER_COMBINES)
         choice("criterion_grouping", CRITERION_GROUPINGS)
         choice("criterion_view_weights", CRITERION_VIEW_WEIGHTS)
