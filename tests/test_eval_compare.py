@@ -48,6 +48,27 @@ def test_comparison_pairs_by_prompt_averaging_answers_with_a_bootstrap_over_prom
     assert json.loads(json.dumps(result.to_dict()))["difference_ci"] == pytest.approx(list(result.difference_ci))
 
 
+def test_comparison_also_pairs_clean_scores_when_rows_carry_degeneration_flags(tmp_path):
+    def rows(answers):  # (score, degenerate) per answer
+        return [{"prompt": p, "score": s, "failed": False, "response": "x", "degeneration": {"degenerate": d}}
+                for p, pairs in answers.items() for s, d in pairs]  # fmt: skip
+
+    a = {"p1": [(0.2, False), (0.4, False)], "p2": [(0.5, False)], "p3": [(0.1, False)]}
+    b = {"p1": [(0.9, True), (0.6, False)], "p2": [(-0.2, True)], "p3": [(0.3, False)]}  # B loops on two answers
+    result = compare_eval_runs(_write_run(tmp_path / "a", rows(a)), _write_run(tmp_path / "b", rows(b)),
+                               n_bootstrap=400, seed=1)  # fmt: skip
+    assert result.difference == pytest.approx(np.mean([0.75, -0.2, 0.3]) - np.mean([0.3, 0.5, 0.1]))
+    clean_b = [0.3, -0.2, 0.3]  # a flagged answer earns min(score, 0): 0.9 -> 0, -0.2 stays
+    assert result.clean_b == pytest.approx(np.clip(np.mean(clean_b), 0, 1))
+    assert result.clean_difference == pytest.approx(np.mean(clean_b) - np.mean([0.3, 0.5, 0.1]))
+    assert result.clean_difference_ci == pytest.approx(_reference_paired_ci(clean_b, [0.3, 0.5, 0.1], 400, 0.95, 1))
+    assert "clean score (degenerate answers earn nothing): B - A = " in result.summary()
+    plain = compare_eval_runs(
+        _write_run(tmp_path / "c", _rows({"p1": [0.1]})), _write_run(tmp_path / "d", _rows({"p1": [0.2]}))
+    )
+    assert plain.clean_difference is None and "clean score" not in plain.summary(), "rows without flags: no clean row"
+
+
 def test_comparison_refuses_runs_on_different_prompts_and_flags_different_settings(tmp_path):
     run_a = _write_run(tmp_path / "a", _rows({"p1": [1.0], "p2": [0.0]}))
     run_b = _write_run(tmp_path / "b", _rows({"p1": [1.0], "p3": [0.0]}))

@@ -5,7 +5,9 @@ their separate intervals suggest, because most of the spread is how hard each pr
 pairs the runs prompt by prompt: each prompt's score is the mean over its answers (`n_samples_per_prompt` of them),
 the difference is `clip(mean B) - clip(mean A)` over the prompts scored in both runs, and the interval is a paired
 percentile bootstrap over prompts ([`bootstrap_ci`] with `paired=`), so answers of one prompt are never treated as
-independent evidence.
+independent evidence. The same comparison is made of the clean scores (`EvalMetrics.clean_score`: an answer the
+degeneration checks flagged earns nothing), when both runs' rows carry their flags: a checkpoint that gained by looping
+lists a rule judge pays for shows it there.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from .stats import _clip01, _mean, bootstrap_ci
 SHARED_SETTINGS = ("dataset_name", "split", "n_samples", "seed", "max_new_tokens", "temperature", "top_p", "judge")
 
 
+def _clean(row: dict[str, Any]) -> float | None:
+    """A row's clean score: `min(score, 0)` when flagged degenerate; `None` when ungraded or written without flags."""
+    if row.get("failed") or row["score"] is None or "degeneration" not in row:
+        return None
+    return min(row["score"], 0.0) if row["degeneration"].get("degenerate") else row["score"]
+
+
 def _read_run(run_dir: str | os.PathLike) -> tuple[dict[str, list[float | None]], dict[str, Any]]:
-    """`({prompt text: [score of each answer]}, settings)` of one eval output folder."""
+    """`({prompt text: [score of each answer]}, settings)` of one eval output folder; `settings["_clean"]` holds
+    `{prompt text: [clean score of each answer]}`."""
     folder = Path(run_dir)
     responses = folder / "responses.jsonl"
     if not responses.is_file():
@@ -33,6 +43,7 @@ def _read_run(run_dir: str | os.PathLike) -> tuple[dict[str, list[float | None]]
             f"{str(folder)!r} has no responses.jsonl; pass the output_dir of a `trl-rubric eval` run"
         )
     scores: dict[str, list[float | None]] = defaultdict(list)
+    clean: dict[str, list[float | None]] = defaultdict(list)
     with responses.open(encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
@@ -40,6 +51,7 @@ def _read_run(run_dir: str | os.PathLike) -> tuple[dict[str, list[float | None]]
             try:
                 row = json.loads(line)
                 scores[row["prompt"]].append(None if row.get("failed") else row["score"])
+                clean[row["prompt"]].append(_clean(row))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise EvaluationError(
                     f"{str(responses)!r} line {line_number} is not an eval response row ({type(e).__name__}: {e})"
@@ -50,7 +62,7 @@ def _read_run(run_dir: str | os.PathLike) -> tuple[dict[str, list[float | None]]
     results = folder / "results.json"
     if results.is_file():
         settings = json.loads(results.read_text(encoding="utf-8")).get("config", {}) or {}
-    return dict(scores), settings
+    return dict(scores), {**settings, "_clean": dict(clean)}
 
 
 @dataclass
@@ -68,6 +80,8 @@ class EvalComparison:
         answers_per_prompt: `(A, B)`: answers per prompt in each run (the most seen).
         b_better, a_better, ties: Prompts where B's mean score is higher, lower, equal.
         settings_differ: `{setting: (A's value, B's value)}` of shared settings that differ (empty when none).
+        clean_a, clean_b, clean_difference, clean_difference_ci: The same for the clean scores (flagged answers earn
+            nothing), over the prompts with a clean score in both runs; `None` when a run's rows carry no flags.
     """
 
     run_a: str
@@ -84,10 +98,15 @@ class EvalComparison:
     a_better: int
     ties: int
     settings_differ: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    clean_a: float | None = None
+    clean_b: float | None = None
+    clean_difference: float | None = None
+    clean_difference_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["difference_ci"] = list(self.difference_ci) if self.difference_ci is not None else None
+        out["clean_difference_ci"] = list(self.clean_difference_ci) if self.clean_difference_ci is not None else None
         out["answers_per_prompt"] = list(self.answers_per_prompt)
         out["settings_differ"] = {k: list(v) for k, v in self.settings_differ.items()}
         return out
@@ -98,11 +117,19 @@ class EvalComparison:
             return f"no prompt was scored in both runs ({self.n_unpaired} unpaired)"
         ci = self.difference_ci
         ci_text = f" ({round(100 * self.confidence_level)}% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
-        return (
+        text = (
             f"B - A = {self.difference:+.3f}{ci_text} | A {self.score_a:.3f}, B {self.score_b:.3f} | "
             f"{self.n_prompts} paired prompts, {self.answers_per_prompt[0]}/{self.answers_per_prompt[1]} answers each\n"
             f"B better on {self.b_better} prompts, A on {self.a_better}, tied on {self.ties}"
         )
+        if self.clean_difference is not None:
+            ci = self.clean_difference_ci
+            ci_text = f" ({round(100 * self.confidence_level)}% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
+            text += (
+                f"\nclean score (degenerate answers earn nothing): B - A = {self.clean_difference:+.3f}{ci_text} | "
+                f"A {self.clean_a:.3f}, B {self.clean_b:.3f}"
+            )
+        return text
 
 
 def compare_eval_runs(
@@ -134,18 +161,14 @@ def compare_eval_runs(
             f"the runs were not made on the same prompts: {len(only_a)} only in A, {len(only_b)} only in B "
             f"(e.g. {example[:80]!r}); evaluate both with the same dataset, split, n_samples and seed"
         )
-    paired_a, paired_b, unpaired = [], [], 0
-    for prompt in scores_a:  # A's order, which is the eval's prompt order
-        a = _mean([s for s in scores_a[prompt] if s is not None])
-        b = _mean([s for s in scores_b[prompt] if s is not None])
-        if a is None or b is None:
-            unpaired += 1
-            continue
-        paired_a.append(a)
-        paired_b.append(b)
+    paired_a, paired_b = _paired_means(scores_a, scores_b)  # A's order, which is the eval's prompt order
+    unpaired = len(scores_a) - len(paired_a)
     mean_a, mean_b = _mean(paired_a), _mean(paired_b)
     score_a = None if mean_a is None else _clip01(mean_a)
     score_b = None if mean_b is None else _clip01(mean_b)
+    clean_pairs = _paired_means(settings_a.pop("_clean"), settings_b.pop("_clean"))
+    clean_a = None if not clean_pairs[0] else _clip01(_mean(clean_pairs[0]))
+    clean_b = None if not clean_pairs[1] else _clip01(_mean(clean_pairs[1]))
     differ = {
         key: (settings_a.get(key), settings_b.get(key))
         for key in SHARED_SETTINGS
@@ -168,4 +191,30 @@ def compare_eval_runs(
         a_better=sum(b < a for a, b in zip(paired_a, paired_b, strict=True)),
         ties=sum(b == a for a, b in zip(paired_a, paired_b, strict=True)),
         settings_differ=differ,
+        clean_a=clean_a,
+        clean_b=clean_b,
+        clean_difference=None if clean_a is None or clean_b is None else clean_b - clean_a,
+        clean_difference_ci=None
+        if clean_a is None
+        else bootstrap_ci(
+            clean_pairs[1],
+            paired=clean_pairs[0],
+            n_resamples=n_bootstrap,
+            confidence_level=confidence_level,
+            seed=seed,
+        ),
     )
+
+
+def _paired_means(
+    a: dict[str, list[float | None]], b: dict[str, list[float | None]]
+) -> tuple[list[float], list[float]]:
+    """Per prompt (A's order), the mean of each run's known values, for prompts known in both."""
+    out_a, out_b = [], []
+    for prompt in a:
+        x = _mean([s for s in a[prompt] if s is not None])
+        y = _mean([s for s in b.get(prompt, []) if s is not None])
+        if x is not None and y is not None:
+            out_a.append(x)
+            out_b.append(y)
+    return out_a, out_b
