@@ -223,6 +223,25 @@ def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
     assert "-20.0" in low_row
 
 
+def test_budget_summary_merges_runs_of_one_seed_unless_their_base_references_differ(tmp_path, capsys):
+    import json
+
+    summary = _load("real_world_summary")
+    _budget_run(tmp_path / "a", 2e-3, {"grpo8": [0.1, 0.2, 0.3]})
+    _budget_run(tmp_path / "b", 2e-3, {"rgsd": [0.5, 0.5, 0.5]})
+    _budget_run(tmp_path / "c", 2e-3, {"hybrid": [0.5, 0.5, 0.5]})
+    for name, key, value in (("b", "teacher_train", 0.35), ("c", "base_train", 0.2)):
+        path = tmp_path / name / "results.json"
+        result = json.loads(path.read_text())
+        result["references"][key] = value
+        path.write_text(json.dumps(result))
+    runs = summary.load([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert set(runs["health"][0]["arms"]) == {"grpo8", "rgsd"}
+    assert "teacher references differ (['teacher_train'])" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="references differ"):
+        summary.load([str(tmp_path / "a"), str(tmp_path / "c")])
+
+
 def test_budget_summary_clean_scores_pay_nothing_for_flagged_answers(tmp_path):
     summary = _load("real_world_summary")
     _budget_run(tmp_path / "a", 2e-3, {"rgsd": [0.5, 0.5, 0.5], "grpo8": [0.9, 0.2, 0.3]})
