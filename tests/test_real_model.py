@@ -312,6 +312,15 @@ def test_demo_eval_sets_are_reproducible_so_saved_students_pair_up_answer_by_ans
     assert per_answer_scores(Scored()) == [0.5, None, 1.0]
 
 
+def test_demo_report_rows_carry_the_clean_scores():
+    from trl_rubric.real.demo import clean_score_rows
+
+    rows = clean_score_rows({"teacher_clean": 0.24, "base_clean": 0.129, "rgsd_clean": 0.3,
+                             "heldout_base_clean": 0.1, "heldout_rgsd_clean": 0.25})  # fmt: skip
+    assert rows == ["| clean score, train (teacher view: 0.240) | 0.129 | 0.300 | |",
+                    "| clean score, held-out | 0.100 | 0.250 | |"]  # fmt: skip
+
+
 def test_demo_report_names_the_criteria_that_moved_and_shows_answers_before_and_after():
     from trl_rubric.evaluation.generation import Generations
     from trl_rubric.evaluation.grading import _grade_examples

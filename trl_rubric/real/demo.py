@@ -161,6 +161,15 @@ def report_details(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def clean_score_rows(results: dict[str, Any]) -> list[str]:
+    """Report rows of the clean scores (degenerate answers earn nothing; `EvalMetrics.clean_score`)."""
+    return [
+        f"| clean score, train (teacher view: {results['teacher_clean']:.3f}) | {results['base_clean']:.3f} | "
+        f"{results['rgsd_clean']:.3f} | |",
+        f"| clean score, held-out | {results['heldout_base_clean']:.3f} | {results['heldout_rgsd_clean']:.3f} | |",
+    ]
+
+
 def paired_delta(after, before, seed: int) -> dict[str, Any]:
     """Mean score before and after, and the paired bootstrap interval of the difference (same prompts, same seed)."""
     from ..evaluation import bootstrap_ci
@@ -304,6 +313,12 @@ def run_real_demo(args) -> dict[str, Any]:
         rgsd_degenerate=rgsd_train.metrics.degeneration["degenerate"],
         heldout_base_degenerate=base_heldout.metrics.degeneration["degenerate"],
         heldout_rgsd_degenerate=rgsd_heldout.metrics.degeneration["degenerate"],
+        # The same scores with degenerate answers earning nothing (EvalMetrics.clean_score).
+        base_clean=gap.without_rubric.metrics.clean_score,
+        teacher_clean=gap.with_rubric.metrics.clean_score,
+        rgsd_clean=rgsd_train.metrics.clean_score,
+        heldout_base_clean=base_heldout.metrics.clean_score,
+        heldout_rgsd_clean=rgsd_heldout.metrics.clean_score,
         # Which criteria moved (pass rate by criterion title), and a few held-out answers before and after.
         criteria={
             "train": {
@@ -346,6 +361,7 @@ def run_real_demo(args) -> dict[str, Any]:
         f"{results['base_degenerate']:.0%} | {results['rgsd_degenerate']:.0%} | |",
         f"| degenerate answers, held-out | {results['heldout_base_degenerate']:.0%} | "
         f"{results['heldout_rgsd_degenerate']:.0%} | |",
+        *clean_score_rows(results),
         f"| judge calls during training | - | {train_judge_calls} | |",
     ]
     lines += report_details(results)
