@@ -102,3 +102,31 @@ def test_hybrid_rgsd_with_half_the_prompts_judged_trains_and_logs_the_share(tmp_
     assert 0 < len(judge.seen) < 2 * 2 * len(shares) * 2  # fewer rollouts graded than generated
     assert "All reward functions returned None" not in caplog.text
     assert all("loss" in e for e in trainer.state.log_history if "judge/judged_frac" in e)
+
+
+def test_config_settings_reach_the_users_rubric_rewards_and_a_conflict_is_an_error(tmp_path, tiny_model_path):
+    from trl_rubric.rewards import apply_reward_settings
+
+    plain, other = RubricReward(RuleJudge(RULES)), RubricReward(RuleJudge(RULES), judge_share=0.5)
+    apply_reward_settings([plain, len], degenerate_reward=0.0, judge_share=0.25)  # non-RubricReward funcs: untouched
+    assert plain.degenerate_reward == 0.0 and plain.judge_share == 0.25
+    apply_reward_settings([other])  # config defaults change nothing
+    assert other.judge_share == 0.5 and other.degenerate_reward is None
+    with pytest.raises(ValueError, match="the config sets judge_share=0.25 but the RubricReward 'rubric_judge'.*0.5"):
+        apply_reward_settings([other], judge_share=0.25)
+    with pytest.raises(ValueError, match="judge_share < 1 and group grading"):
+        grouped = RubricReward.__new__(RubricReward)
+        grouped.group_grading, grouped.judge_share, grouped.degenerate_reward = True, 1.0, None
+        apply_reward_settings([grouped], judge_share=0.5)
+    # Through the trainer: a RubricReward built with defaults takes the config's values.
+    rows = make_rubric_rows(4, conversational=True)
+    reward = RubricReward(RuleJudge(), num_generations=2)
+    RGSDTrainer(
+        tiny_model_path,
+        reward_funcs=[reward],
+        args=rgsd_test_config(
+            tmp_path / "out", num_generations=2, distillation_weight=0.5, judge_share=0.5, degenerate_reward=0.0
+        ),  # fmt: skip
+        train_dataset=Dataset.from_list(rows),
+    )
+    assert reward.judge_share == 0.5 and reward.degenerate_reward == 0.0

@@ -116,6 +116,32 @@ def unknown_where_judge_failed(rewards, judge_columns: Sequence[int]):
     return rewards
 
 
+def apply_reward_settings(reward_funcs, degenerate_reward: float | None = None, judge_share: float = 1.0) -> None:
+    """A trainer config's `degenerate_reward` / `judge_share` onto the [`RubricReward`]s among `reward_funcs`.
+
+    A setting left at its default in the config changes nothing. One set in the config goes to every `RubricReward`
+    that still has the default; a `RubricReward` built with another value is an error, naming both, since silently
+    keeping either would train on a reward the user did not ask for.
+    """
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    wanted = {"degenerate_reward": (check_degenerate_reward(degenerate_reward), None),
+              "judge_share": (check_judge_share(judge_share), 1.0)}  # fmt: skip
+    for reward in (f for f in funcs if isinstance(f, RubricReward)):
+        for name, (value, default) in wanted.items():
+            own = getattr(reward, name)
+            if value == default or own == value:
+                continue
+            if own != default:
+                raise ValueError(
+                    f"the config sets {name}={value} but the RubricReward {reward.__name__!r} among reward_funcs was "
+                    f"built with {name}={own}; set it in one place"
+                )
+            if name == "judge_share":
+                reward.set_judge_share(value)
+            else:
+                reward.degenerate_reward = value
+
+
 class _UnjudgedRowsFilter(logging.Filter):
     """Drops TRL's "All reward functions returned None" warning while a reward's last call left prompts out on
     purpose (`judge_share`): those rows have no reward by design, and the warning prints each one's whole row."""
@@ -182,15 +208,15 @@ class RubricReward:
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
-        self.judge_share = check_judge_share(judge_share)
-        if self.judge_share < 1.0 and group_grading:
-            raise ValueError("judge_share < 1 and group grading together are not supported; turn one off")
+        self.group_grading = bool(group_grading)
+        #: Completions the last call left unjudged on purpose (`judge_share`).
+        self.last_unjudged = 0
+        self.set_judge_share(judge_share)
         if group_grading and not supports_group_grading(judge):
             raise ValueError(
                 f"group grading needs a judge that grades a prompt's rollouts in one call (an LLM judge in batched "
                 f"mode, or a panel with one); judge {judge.name!r} cannot. Turn judge_group_grading off"
             )
-        self.group_grading = bool(group_grading)
         self.rubric_dropout = check_dropout_probability(rubric_dropout)
         self.dropout_seed = int(dropout_seed)
         if pitfall_polarity not in PITFALL_POLARITIES:
@@ -199,11 +225,6 @@ class RubricReward:
             raise ValueError(f"min_graded_fraction is {min_graded_fraction}; expected a value in [0, 1]")
         self.min_graded_fraction = min_graded_fraction
         self.degenerate_reward = check_degenerate_reward(degenerate_reward)
-        #: Completions the last call left unjudged on purpose (`judge_share`).
-        self.last_unjudged = 0
-        if self.judge_share < 1.0:
-            _UNJUDGED_FILTER.rewards.add(self)
-            logging.getLogger("trl.trainer.grpo_trainer").addFilter(_UNJUDGED_FILTER)
         self.judge = judge
         self.weighted = weighted
         self.reweighting = reweighting_from(reweighting)
@@ -220,6 +241,17 @@ class RubricReward:
         #: Set by `trl_rubric.adaptive.AdaptiveRubricCallback`: maps each row's rubric to its current revision
         #: (`current(prompts, rubrics)`) and is told of every graded batch (`observe(...)`).
         self.rubric_source = None
+
+    def set_judge_share(self, share: float) -> None:
+        """Set `judge_share` (checked); below 1, TRL's warning about rows without any reward is dropped for the rows
+        this reward leaves out on purpose."""
+        share = check_judge_share(share)
+        if share < 1.0 and self.group_grading:
+            raise ValueError("judge_share < 1 and group grading together are not supported; turn one off")
+        self.judge_share = share
+        if share < 1.0:
+            _UNJUDGED_FILTER.rewards.add(self)
+            logging.getLogger("trl.trainer.grpo_trainer").addFilter(_UNJUDGED_FILTER)
 
     def __repr__(self) -> str:
         return f"RubricReward(judge={self.judge!r}, weighted={self.weighted}, reweighting={self.reweighting})"

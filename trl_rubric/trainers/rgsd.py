@@ -29,7 +29,7 @@ from ..data import named_datasets
 from ..judges.base import RubricJudge
 from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
-from ..rewards import RubricReward, unknown_where_judge_failed
+from ..rewards import RubricReward, apply_reward_settings, unknown_where_judge_failed
 from ..teacher_context import TeacherContextProvider, build_teacher_context
 from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
@@ -149,6 +149,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
         self._rgsd_has_rewards = reward_funcs is not None
+        if self._rgsd_has_rewards:  # the config's degenerate_reward / judge_share reach the user's RubricRewards
+            apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share)
         self._rgsd_hybrid = self._rgsd_has_rewards and args.distillation_weight < 1.0
         if args.distillation_weight < 1.0 and not self._rgsd_has_rewards:
             raise ValueError(
