@@ -63,6 +63,7 @@ def test_reward_sends_only_the_judged_prompts_and_gives_the_rest_no_reward():
     assert rewards == [1.0 if j else None for j in judged]
     assert judge.seen == [p for p, j in zip(prompts, judged, strict=True) if j]
     assert metrics["judge/judged_frac"] == pytest.approx(sum(judged) / 32)
+    assert metrics["judge/unknown_frac"] == 0.0, "prompts left out on purpose are not judge failures"
     assert reward.last_unjudged == 32 - sum(judged)
     with pytest.raises(ValueError, match="judge_share < 1 and group grading"):
         RubricReward(RuleJudge(RULES), judge_share=0.5, group_grading=True)

@@ -183,8 +183,8 @@ class RubricReward:
         dropout_seed: Seed of the dropped sets (with `trainer_state.global_step` and the prompt).
         degenerate_reward: Reward of an answer that [`degeneration_flags`] flags against its rubric, given without
             calling the judge (`None`, the default, grades it like any other). `0.0` makes a looping list or a pasted
-            criterion earn nothing. Ignored for answers in a group graded together (`group_grading`): those are all
-            sent, and the flagged ones scored `degenerate_reward` afterwards.
+            criterion earn nothing. With `group_grading` the flagged answers are still sent (a prompt's group is graded
+            in one call) and scored `degenerate_reward` afterwards.
         judge_share: Share of prompts, per call, whose rollouts are sent to the judge (1.0, the default, sends all);
             the rest get `None`. Which prompts is a function of `(dropout_seed, step, prompt)`
             ([`judged_prompts`]), so every rollout of a prompt is judged alike and a resumed run judges the same ones.
@@ -355,7 +355,9 @@ class RubricReward:
         self.last_grades = grades
         errors = [g.error for g in grades if g.error]
         self.last_error = errors[0] if errors else None
-        self._log(kwargs, rubrics, grades, rewards, self.judge.stats.since(before))
+        # Rows left out on purpose (judge_share) are neither scored nor unknown: the judge was not asked.
+        self._log(kwargs, rubrics, grades, [rw for rw, j in zip(rewards, judged, strict=True) if j],
+                  self.judge.stats.since(before))  # fmt: skip
         group_ids = [g for g, (a, b) in enumerate(_group_bounds(keys, self.num_generations)) for _ in range(a, b)]
         verdicts = [g.scored_verdicts if g.rating is None and g.verdicts is not None else None for g in grades]
         self.last_diagnostics = criterion_diagnostics(rubrics, verdicts, group_ids)
@@ -384,6 +386,7 @@ class RubricReward:
         return grades
 
     def _log(self, kwargs, rubrics, grades, rewards, stats) -> None:
+        """Judge metrics and completion-table columns; `rewards` are those of the judged rows only."""
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
         if log_metric is not None:
             known = [r for r in rewards if r is not None]

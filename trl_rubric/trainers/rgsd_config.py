@@ -256,17 +256,15 @@ class RGSDConfig(GRPOConfig):
             the reference model of GRPO's `beta` (which pure RGSD refuses; the divergence's beta is
             `distillation_beta`).
         degenerate_reward (`float` or `None`, *optional*, defaults to `None`):
-            Hybrid mode, with the rubric reward the `trl-rubric rgsd` command builds from the judge fields: the reward
-            of a rollout the degeneration checks flag (a repeated line, pasted criterion text, talk about the
-            requirements), given without calling the judge. `None` grades it like any other; `0.0` pays nothing for
-            a looping list a rule judge would pay for. `RGSDTrainer` also sets it on the `RubricReward`s you pass
-            in `reward_funcs` (one built with another value is an error).
+            Hybrid mode: the reward of a rollout the degeneration checks flag (a repeated line, pasted criterion text,
+            talk about the requirements), given without calling the judge. `None` grades it like any other; `0.0`
+            pays nothing for a looping list a rule judge would pay for. Like `judge_share`, it is set on every
+            `RubricReward` in `reward_funcs` built with the default (one built with another value is an error) and on
+            the reward `trl-rubric rgsd` builds from the judge fields.
         judge_share (`float`, *optional*, defaults to `1.0`):
-            Hybrid mode, on the reward the `trl-rubric rgsd` command builds and on the `RubricReward`s passed in
-            `reward_funcs` (as `degenerate_reward`): the share of each step's prompts whose
-            rollouts the judge grades (`trl_rubric.judge_share`: drawn per prompt from the seed and step, so resume
-            is exact). The rest get no reward and train on the distillation term alone; use it when the judge is what
-            costs. `judge/judged_frac` logs the share judged.
+            Hybrid mode: the share of each step's prompts whose rollouts the judge grades (`trl_rubric.judge_share`:
+            drawn per prompt from the seed and step, so resume is exact). The rest get no reward and train on the
+            distillation term alone; use it when the judge is what costs. `judge/judged_frac` logs the share judged.
     """
 
     num_generations: int | None = field(
