@@ -5,6 +5,7 @@ import gc
 import logging
 
 import pytest
+from _judges import CountingJudge
 from datasets import Dataset
 
 from trl_rubric import Rubric
@@ -39,16 +40,6 @@ def test_judged_prompts_are_per_prompt_seeded_and_close_to_the_share():
             check_judge_share(bad)
 
 
-class CountingJudge(RuleJudge):
-    def __init__(self, rules=None):
-        super().__init__(rules)
-        self.seen = []
-
-    async def grade_many(self, prompts, completions, rubrics):
-        self.seen.extend(prompts)
-        return await super().grade_many(prompts, completions, rubrics)
-
-
 def test_reward_sends_only_the_judged_prompts_and_gives_the_rest_no_reward():
     prompts = [f"question {i}" for i in range(16) for _ in range(2)]  # 16 prompts x 2 rollouts
     completions = ["fever"] * 32
@@ -61,7 +52,7 @@ def test_reward_sends_only_the_judged_prompts_and_gives_the_rest_no_reward():
     judged = judged_prompts(prompts, [RUBRIC] * 32, 0.5, seed=7, step=2)
     assert 0 < sum(judged) < 32
     assert rewards == [1.0 if j else None for j in judged]
-    assert judge.seen == [p for p, j in zip(prompts, judged, strict=True) if j]
+    assert judge.seen_prompts == [p for p, j in zip(prompts, judged, strict=True) if j]
     assert metrics["judge/judged_frac"] == pytest.approx(sum(judged) / 32)
     assert metrics["judge/unknown_frac"] == 0.0, "prompts left out on purpose are not judge failures"
     assert reward.last_unjudged == 32 - sum(judged)
@@ -100,7 +91,7 @@ def test_hybrid_rgsd_with_half_the_prompts_judged_trains_and_logs_the_share(tmp_
     trainer.train()
     shares = [e["judge/judged_frac"] for e in trainer.state.log_history if "judge/judged_frac" in e]
     assert shares and all(0.0 <= s <= 1.0 for s in shares)
-    assert 0 < len(judge.seen) < 2 * 2 * len(shares) * 2  # fewer rollouts graded than generated
+    assert 0 < len(judge.seen_prompts) < 2 * 2 * len(shares) * 2  # fewer rollouts graded than generated
     assert "All reward functions returned None" not in caplog.text
     assert all("loss" in e for e in trainer.state.log_history if "judge/judged_frac" in e)
 

@@ -4,6 +4,7 @@ import asyncio
 import math
 
 import pytest
+from _judges import CountingJudge
 from trl.trainer.utils import get_callable_name, is_async_callable
 
 from trl_rubric import Rubric, RubricError
@@ -168,18 +169,6 @@ def test_reweighting_config_rejects_bad_values():
 LOOP = "1. fever and dose\n2. fever and dose\n3. fever and dose"  # a repeated line: flagged, though every rule passes
 
 
-class CountingJudge(RuleJudge):
-    """A rule judge that records which completions it was asked to grade."""
-
-    def __init__(self, rules):
-        super().__init__(rules)
-        self.seen = []
-
-    async def grade_many(self, prompts, completions, rubrics):
-        self.seen.extend(completions)
-        return await super().grade_many(prompts, completions, rubrics)
-
-
 def test_degenerate_answers_get_the_set_reward_without_a_judge_call():
     completions = ["fever and dose", LOOP, "dose", "Here is my answer that meets the criteria: fever and dose."]
     plain = call(RubricReward(RuleJudge(RULES)), ["q"] * 4, completions, rubric=[RUBRIC] * 4)
@@ -188,7 +177,7 @@ def test_degenerate_answers_get_the_set_reward_without_a_judge_call():
     reward = RubricReward(judge, degenerate_reward=0.0)
     rewards = call(reward, ["q"] * 4, completions, rubric=[RUBRIC] * 4, log_metric=metrics.__setitem__)
     assert rewards == pytest.approx([1.0, 0.0, 0.25, 0.0])
-    assert judge.seen == ["fever and dose", "dose"], "flagged answers are not sent to the judge"
+    assert judge.seen_completions == ["fever and dose", "dose"], "flagged answers are not sent to the judge"
     assert metrics["judge/degenerate_frac"] == pytest.approx(0.5)
     assert metrics["judge/calls"] == 2
     assert len(reward.last_grades) == 4 and reward.last_grades[1].verdicts == [None, None, None]

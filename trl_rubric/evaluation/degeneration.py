@@ -296,10 +296,17 @@ def degeneration_rates(answers: Sequence[Any], rubrics: Sequence[Any] | None = N
     answers. `kwargs` go to [`degeneration_flags`]."""
     if rubrics is not None and len(rubrics) != len(answers):
         raise ValueError(f"degeneration_rates got {len(answers)} answers and {len(rubrics)} rubrics")
-    flags = [
-        degeneration_flags(a or "", rubrics[i] if rubrics is not None else None, **kwargs).to_dict()
-        for i, a in enumerate(answers)
-    ]
+    return flag_rates(
+        [
+            degeneration_flags(a or "", rubrics[i] if rubrics is not None else None, **kwargs)
+            for i, a in enumerate(answers)
+        ]
+    )
+
+
+def flag_rates(flags: Sequence[Degeneration]) -> dict[str, Any]:
+    """[`degeneration_rates`] of answers already checked: the share of `flags` with each flag set, plus `n`."""
+    flags = [f.to_dict() for f in flags]
     n = len(flags)
     out: dict[str, Any] = {name: (sum(f[name] for f in flags) / n if n else None) for name in DEGENERATION_FLAGS}
     out["n"] = n

@@ -10,7 +10,7 @@ from typing import Any
 from ..criterion_diagnostics import strict_outcome  # the one definition, re-exported here
 from ..judges.base import Grade
 from ..rubric import Rubric
-from .degeneration import degeneration_flags, degeneration_rates
+from .degeneration import degeneration_flags, flag_rates
 from .stats import _clip01, _mean, _median, bootstrap_ci
 
 #: Criteria with no category are reported under this name.
@@ -147,9 +147,10 @@ def summarize(
         raise ValueError(f"summarize got {len(grades)} grades and {len(responses)} responses")
     n = len(grades)
     weighted, unweighted = [], []
-    flagged = [False] * n
+    checked = None  # each answer's degeneration flags, when the answers were given
     if responses is not None:
-        flagged = [degeneration_flags(a or "", r).degenerate for a, r in zip(responses, rubrics, strict=True)]
+        checked = [degeneration_flags(a or "", r) for a, r in zip(responses, rubrics, strict=True)]
+    flagged = [f.degenerate for f in checked] if checked is not None else [False] * n
     clean: list[float] = []
     strict_known, strict_met = 0, 0
     failures = unknown_verdicts = total_verdicts = 0
@@ -220,7 +221,7 @@ def summarize(
         by_tag=_group_rates(tags),
         confidence_level=confidence_level,
         by_criterion=_group_rates(titles),
-        degeneration=degeneration_rates(list(responses), list(rubrics)) if responses is not None else None,
+        degeneration=flag_rates(checked) if checked is not None else None,
         judge_agreement=_mean([a for g in grades for a in (g.agreement or []) if a is not None]),
         clean_score=_clip01(_mean(clean)) if responses is not None and clean else None,
     )
