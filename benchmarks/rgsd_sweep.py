@@ -120,6 +120,14 @@ def parse_args(argv=None):
         help="Real-model rubric world (trl_rubric.real.worlds): health and science, or everyday instructions.",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--self_references",
+        type=int,
+        default=0,
+        help="K > 0: before training, give every train prompt the best clean answer of K the model writes with the "
+        "world's teacher view (trl_rubric.authoring.build_self_references, graded by the world's rule judge); settings "
+        "with teacher_context=reference or rubric+reference train on those rows.",
+    )
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
     p.add_argument("--output_dir", default="rgsd_sweep_results")
     args = p.parse_args(argv)
@@ -130,6 +138,8 @@ def parse_args(argv=None):
         args.parsed = [parse_setting(s) for s in args.settings]
         for _, pairs in args.parsed:
             config_overrides(pairs)
+            if pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference") and not args.self_references:
+                raise ValueError(f"teacher_context={pairs['teacher_context']} needs --self_references K")
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
                 raise ValueError(
@@ -212,6 +222,18 @@ def main(argv=None) -> dict[str, Any]:
         "runs": {},
     }
     print(f"base {results['base']}, teacher {gap.score_with_rubric:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
+    train_refs = None
+    if args.self_references:
+        from trl_rubric.authoring import build_self_references
+
+        t = time.perf_counter()
+        refs = build_self_references(base, train_all, world.judge(), tokenizer=tokenizer, n_candidates=args.self_references,
+                                     seed=args.seed + 3, **REAL_TEACHER_VIEW, **gen)  # fmt: skip
+        train_refs = refs.dataset
+        results["self_references"] = {"stats": refs.stats, "dropped": refs.dropped, "records": refs.records,
+                                      "references": list(refs.dataset["reference"]),
+                                      "seconds": time.perf_counter() - t}  # fmt: skip
+        print(f"self-references: {refs.stats}", flush=True)
     _write(results, args.output_dir)
     teacher_scores: dict[str, float] = {}
     for name, pairs in args.parsed:
@@ -240,7 +262,10 @@ def main(argv=None) -> dict[str, Any]:
         lora = None if full else lora_config(r)
         torch.manual_seed(args.seed)
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
-        trainer = RGSDTrainer(path, args=config, train_dataset=train_all, processing_class=tokenizer, peft_config=lora,
+        reference_context = config.teacher_context in ("reference", "rubric+reference")
+        if reference_context and train_refs is None:
+            raise SystemExit(f"{name}: teacher_context={config.teacher_context} needs --self_references K")
+        trainer = RGSDTrainer(path, args=config, train_dataset=train_refs if reference_context else train_all, processing_class=tokenizer, peft_config=lora,
                               reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
         trainer.train()
@@ -262,7 +287,7 @@ def main(argv=None) -> dict[str, Any]:
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
         view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
-        if view != dict(REAL_TEACHER_VIEW):
+        if view != dict(REAL_TEACHER_VIEW) and config.teacher_context == "rubric":
             # The student learns from this view's teacher: also report the gap that teacher leaves.
             key = json.dumps(view, sort_keys=True)
             if key not in teacher_scores:
