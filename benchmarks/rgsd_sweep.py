@@ -50,6 +50,9 @@ CANDIDATE_TEMPLATES = {
         "{prompt}\n\nWrite your answer so that it meets every requirement below (do not mention the requirements):\n"
         "{rubric}"
     ),
+    # For teacher_context=reference: a worked example and the question again, with no instruction about the example
+    # (an instruction not to mention it is itself something a small model talks about).
+    "ref_example": "Question: {prompt}\nAnswer: {reference}\n\nQuestion: {prompt}",
 }
 
 
@@ -128,6 +131,12 @@ def parse_args(argv=None):
         "world's teacher view (trl_rubric.authoring.build_self_references, graded by the world's rule judge); settings "
         "with teacher_context=reference or rubric+reference train on those rows.",
     )
+    p.add_argument(
+        "--reuse_references",
+        default=None,
+        help="A sweep's results.json made with --self_references on the same world and seed: train on its references "
+        "instead of writing new ones.",
+    )
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
     p.add_argument("--output_dir", default="rgsd_sweep_results")
     args = p.parse_args(argv)
@@ -138,7 +147,8 @@ def parse_args(argv=None):
         args.parsed = [parse_setting(s) for s in args.settings]
         for _, pairs in args.parsed:
             config_overrides(pairs)
-            if pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference") and not args.self_references:
+            reference_context = pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference")
+            if reference_context and not (args.self_references or args.reuse_references):
                 raise ValueError(f"teacher_context={pairs['teacher_context']} needs --self_references K")
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
@@ -223,7 +233,14 @@ def main(argv=None) -> dict[str, Any]:
     }
     print(f"base {results['base']}, teacher {gap.score_with_rubric:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
     train_refs = None
-    if args.self_references:
+    if args.reuse_references:
+        saved = json.load(open(args.reuse_references))
+        if saved["settings"]["world"] != args.world or saved["settings"]["seed"] != args.seed:
+            raise SystemExit(f"{args.reuse_references}: references of another world or seed")
+        kept = [r["index"] for r in saved["self_references"]["records"] if r["chosen"] is not None]
+        train_refs = train_all.select(kept).add_column("reference", saved["self_references"]["references"])
+        results["self_references"] = {**saved["self_references"], "reused_from": args.reuse_references}
+    elif args.self_references:
         from trl_rubric.authoring import build_self_references
 
         t = time.perf_counter()
@@ -264,7 +281,7 @@ def main(argv=None) -> dict[str, Any]:
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
         reference_context = config.teacher_context in ("reference", "rubric+reference")
         if reference_context and train_refs is None:
-            raise SystemExit(f"{name}: teacher_context={config.teacher_context} needs --self_references K")
+            raise SystemExit(f"{name}: teacher_context={config.teacher_context} needs --self_references K or --reuse_references")
         trainer = RGSDTrainer(path, args=config, train_dataset=train_refs if reference_context else train_all, processing_class=tokenizer, peft_config=lora,
                               reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()

@@ -12,7 +12,7 @@ class CountingJudge(RuleJudge):
         super().__init__(rules)
         self.seen_prompts, self.seen_completions = [], []
 
-    async def grade_many(self, prompts, completions, rubrics):
+    async def grade_many(self, prompts, completions, rubrics, **kwargs):
         self.seen_prompts.extend(prompts)
         self.seen_completions.extend(completions)
-        return await super().grade_many(prompts, completions, rubrics)
+        return await super().grade_many(prompts, completions, rubrics, **kwargs)

@@ -20,6 +20,7 @@ COMMANDS = {
     "env": "Print library versions for bug reports.",
     "judge-check": "Check a judge's verdicts against labelled verdicts or a second judge (kappa, bias).",
     "rubrics": "Author rubrics from prompts (and reference answers) with an LLM, then filter them.",
+    "references": "Reference answers the model writes itself: the best clean answer of a few, shown the rubric.",
 }
 
 

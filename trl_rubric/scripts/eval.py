@@ -40,9 +40,14 @@ def make_parser():
     return build_parser(COMMAND, EvalArguments)
 
 
+#: Commands that read the training split (`eval` reads the held-out one when there is one).
+TRAIN_SPLIT_COMMANDS = ("gap", "references")
+
+
 def split_to_read(args: EvalArguments, command: str) -> str:
-    """The split a command reads: `gap` measures the training prompts, `eval` the held-out ones when there are any."""
-    if command == "gap" or not args.dataset_test_split:
+    """The split a command reads: `gap` measures the training prompts and `references` writes references for them;
+    `eval` reads the held-out ones when there are any."""
+    if command in TRAIN_SPLIT_COMMANDS or not args.dataset_test_split:
         return args.dataset_train_split
     return args.dataset_test_split
 
@@ -101,7 +106,7 @@ def parse_command_args(command: str, make_parser: Callable, argv: list[str]):
         value = getattr(script_args, old)
         if value is None:
             continue
-        new = new or ("dataset_train_split" if command == "gap" else "dataset_test_split")
+        new = new or ("dataset_train_split" if command in TRAIN_SPLIT_COMMANDS else "dataset_test_split")
         logger.warning("trl-rubric %s: option %r is deprecated; use %r", command, old, new)
         setattr(script_args, new, value)
         setattr(script_args, old, None)
