@@ -8,6 +8,9 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 - `template=direct|default|<name>`: the world's teacher template (`REAL_TEACHER_PROMPT_TEMPLATE`, default here),
   `RGSDConfig`'s own, or one of [`CANDIDATE_TEMPLATES`] (teacher templates compared with `gap --compare_templates`;
   `requirements` is the world's template before 2026-12-05, for rerunning earlier rows of docs/benchmarks.md);
+- `trainer=sft`: instead of RGSD, TRL's `SFTTrainer` on the self-written references (`--self_references` or
+  `--reuse_references`): rejection-sampling fine-tuning on the best clean answer per prompt, the baseline a reference
+  teacher is measured against (same steps, prompts per step, learning rate, LoRA and seed; RGSD fields are ignored);
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -34,7 +37,7 @@ from typing import Any
 
 from trl_rubric.testing import OFFLINE_ENV
 
-OWN_KEYS = ("finetune", "lora_r", "template", "judge")
+OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer")
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
 #: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
@@ -148,6 +151,7 @@ def parse_args(argv=None):
         for _, pairs in args.parsed:
             config_overrides(pairs)
             reference_context = pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference")
+            reference_context = reference_context or pairs.get("trainer") == "sft"
             if reference_context and not (args.self_references or args.reuse_references):
                 raise ValueError(f"teacher_context={pairs['teacher_context']} needs --self_references K")
             template = pairs.get("template", "direct")
@@ -280,10 +284,14 @@ def main(argv=None) -> dict[str, Any]:
         torch.manual_seed(args.seed)
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
         reference_context = config.teacher_context in ("reference", "rubric+reference")
-        if reference_context and train_refs is None:
-            raise SystemExit(f"{name}: teacher_context={config.teacher_context} needs --self_references K or --reuse_references")
-        trainer = RGSDTrainer(path, args=config, train_dataset=train_refs if reference_context else train_all, processing_class=tokenizer, peft_config=lora,
-                              reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
+        if (reference_context or pairs.get("trainer") == "sft") and train_refs is None:
+            raise SystemExit(f"{name}: {pairs} needs --self_references K or --reuse_references")
+        if pairs.get("trainer") == "sft":
+            trainer = sft_trainer(path, kwargs, train_refs, tokenizer, lora)
+        else:
+            trainer = RGSDTrainer(path, args=config, train_dataset=train_refs if reference_context else train_all,
+                                  processing_class=tokenizer, peft_config=lora,
+                                  reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t
@@ -326,6 +334,21 @@ def main(argv=None) -> dict[str, Any]:
         _write(results, args.output_dir)
         del trainer, model
     return results
+
+
+def sft_trainer(path, kwargs: dict[str, Any], references, tokenizer, lora):
+    """TRL's SFTTrainer on `(prompt, reference)` rows, with the run's shared training settings."""
+    from trl import SFTConfig, SFTTrainer
+
+    shared = ("output_dir", "use_cpu", "bf16", "seed", "max_steps", "learning_rate", "lr_scheduler_type",
+              "per_device_train_batch_size", "logging_steps", "save_strategy", "report_to", "disable_tqdm",
+              "gradient_checkpointing")  # fmt: skip
+    config = SFTConfig(**{k: kwargs[k] for k in shared}, completion_only_loss=True)
+    rows = references.map(
+        lambda r: {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["reference"]}]},
+        remove_columns=[c for c in references.column_names if c != "prompt"],
+    )
+    return SFTTrainer(path, args=config, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
 
 
 def _write(results: dict[str, Any], output_dir: str) -> None:

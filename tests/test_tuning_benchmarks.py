@@ -256,15 +256,27 @@ def test_budget_summary_clean_scores_pay_nothing_for_flagged_answers(tmp_path):
 def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names_are_refused():
     from trl_rubric import RGSDConfig
 
+    from trl_rubric.teacher_context import build_teacher_context
+
     for name, template in sweep.CANDIDATE_TEMPLATES.items():
-        assert "{prompt}" in template and "{rubric}" in template, name
+        # a rubric template, or (for teacher_context=reference) a reference one
+        context = "reference" if "{reference}" in template else "rubric"
+        assert "{prompt}" in template and ("{rubric}" in template) == (context == "rubric"), name
         # the word the meta-talk checks look for; only the world's earlier template, kept for reruns, has it
         assert ("requirement" in template.lower()) == (name == "requirements"), name
-        RGSDConfig(output_dir="/tmp/x", teacher_prompt_template=template, use_cpu=True, report_to="none")
+        config = RGSDConfig(output_dir="/tmp/x", teacher_prompt_template=template, teacher_context=context,
+                            use_cpu=True, report_to="none")  # fmt: skip
+        row = {"prompt": "Q?", "rubric": [{"text": "Says yes.", "weight": 1.0}], "reference": "Yes."}
+        (view,) = build_teacher_context(config).contexts(row)
+        assert "Q?" in view.prompt and ("Yes." in view.prompt) == (context == "reference"), name
     args = sweep.parse_args(["--settings", "a:template=notes_first"])
     assert args.parsed == [("a", {"template": "notes_first"})]
     with pytest.raises(SystemExit):
         sweep.parse_args(["--settings", "a:template=nonsense"])
+    with pytest.raises(SystemExit):  # a reference teacher with no references to show it
+        sweep.parse_args(["--settings", "a:template=ref_example,teacher_context=reference"])
+    args = sweep.parse_args(["--self_references", "4", "--settings", "a:template=ref_example,teacher_context=reference"])
+    assert args.self_references == 4
 
 
 def test_sweep_passes_teacher_rollout_settings_typed_to_the_config():
