@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from trl_rubric.teacher_context import EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE
 from trl_rubric.testing import OFFLINE_ENV
 
 OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer")
@@ -55,7 +56,7 @@ CANDIDATE_TEMPLATES = {
     ),
     # For teacher_context=reference: a worked example and the question again, with no instruction about the example
     # (an instruction not to mention it is itself something a small model talks about).
-    "ref_example": "Question: {prompt}\nAnswer: {reference}\n\nQuestion: {prompt}",
+    "ref_example": EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE,
 }
 
 

@@ -188,3 +188,20 @@ def test_references_cli_refuses_bad_options_in_one_line(extra, message, tiny_mod
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o" / "references.jsonl").exists()
+
+
+def test_the_example_reference_template_shows_the_answer_as_an_example_with_no_instruction():
+    from trl_rubric import RGSDConfig
+    from trl_rubric.teacher_context import EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE, build_teacher_context
+
+    config = RGSDConfig(output_dir="/tmp/x", use_cpu=True, report_to="none", teacher_context="reference",
+                        teacher_prompt_template=EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE)  # fmt: skip
+    row = {"prompt": [{"role": "user", "content": "How do I treat a cold?"}], "rubric": [crit("x", 1.0, "t")],
+           "reference": "Rest and drink fluids."}  # fmt: skip
+    (view,) = build_teacher_context(config).contexts(row)
+    text = view.prompt[-1]["content"]
+    assert text.count("How do I treat a cold?") == 2 and text.endswith("Question: How do I treat a cold?")
+    assert text.index("Rest and drink fluids.") < text.rindex("How do I treat a cold?")
+    # nothing for a small model to talk about: no instruction, no word for what it was shown
+    for word in ("mention", "reference", "requirement", "rubric", "criteria"):
+        assert word not in text.lower()

@@ -50,6 +50,12 @@ REFERENCE_TEACHER_PROMPT_TEMPLATE = (
     "but do not mention, quote or refer to it."
 )
 
+#: Teacher context with a reference answer shown as a worked example, then the question again, and no instruction about
+#: the example. A small model told not to mention a hidden text talks about it ("Here's a reference for the
+#: answer..."); shown an example instead, it does not (docs/concepts.md#self-written-references measures both on
+#: SmolLM2-135M). Pass it as `teacher_prompt_template` with `teacher_context="reference"`.
+EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE = "Question: {prompt}\nAnswer: {reference}\n\nQuestion: {prompt}"
+
 #: Teacher context with a reference answer and the rubric in one pass (RCSD, arXiv 2606.19327), in our own words.
 RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE = (
     "{prompt}\n\n"
@@ -542,6 +548,7 @@ def build_teacher_context(config: Any) -> TeacherContextProvider:
 
 __all__ = [
     "CriterionViewsContext",
+    "EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "RUBRIC_REFERENCE_TEACHER_PROMPT_TEMPLATE",
     "SKILL_TEACHER_PROMPT_TEMPLATE",
