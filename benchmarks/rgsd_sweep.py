@@ -11,6 +11,8 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 - `trainer=sft`: instead of RGSD, TRL's `SFTTrainer` on the self-written references (`--self_references` or
   `--reuse_references`): rejection-sampling fine-tuning on the best clean answer per prompt, the baseline a reference
   teacher is measured against (same steps, prompts per step, learning rate, LoRA and seed; RGSD fields are ignored);
+- `max_list_items=<int>`: train only on the references whose list (if any) has at most this many items (lines
+  opening with `1.`, `-`, `*`, ...): does a student taught short lists loop less?
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from typing import Any
@@ -38,7 +41,10 @@ from typing import Any
 from trl_rubric.teacher_context import EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE
 from trl_rubric.testing import OFFLINE_ENV
 
-OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer")
+#: A list item: a line opening with a number and `.` or `)`, or a bullet.
+LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s", re.M)
+
+OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items")
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
 #: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
@@ -287,10 +293,15 @@ def main(argv=None) -> dict[str, Any]:
         reference_context = config.teacher_context in ("reference", "rubric+reference")
         if (reference_context or pairs.get("trainer") == "sft") and train_refs is None:
             raise SystemExit(f"{name}: {pairs} needs --self_references K or --reuse_references")
+        refs = train_refs
+        if "max_list_items" in pairs:
+            limit = int(pairs["max_list_items"])
+            refs = refs.filter(lambda r: len(LIST_ITEM.findall(r["reference"])) <= limit)
+            print(f"{name}: {len(refs)} of {len(train_refs)} references have at most {limit} list items", flush=True)
         if pairs.get("trainer") == "sft":
-            trainer = sft_trainer(path, kwargs, train_refs, tokenizer, lora)
+            trainer = sft_trainer(path, kwargs, refs, tokenizer, lora)
         else:
-            trainer = RGSDTrainer(path, args=config, train_dataset=train_refs if reference_context else train_all,
+            trainer = RGSDTrainer(path, args=config, train_dataset=refs if reference_context else train_all,
                                   processing_class=tokenizer, peft_config=lora,
                                   reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
