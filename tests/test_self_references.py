@@ -205,3 +205,13 @@ def test_the_example_reference_template_shows_the_answer_as_an_example_with_no_i
     # nothing for a small model to talk about: no instruction, no word for what it was shown
     for word in ("mention", "reference", "requirement", "rubric", "criteria"):
         assert word not in text.lower()
+
+
+def test_references_reads_the_training_split_even_when_a_test_split_is_set():
+    from trl_rubric.scripts import references
+    from trl_rubric.scripts.eval import parse_command_args, split_to_read
+
+    args, _ = parse_command_args("references", references.make_parser, [
+        "--dataset_name", "data", "--dataset_train_split", "train", "--dataset_test_split", "test"])  # fmt: skip
+    assert split_to_read(args, "references") == "train"
+    assert split_to_read(args, "eval") == "test"
