@@ -115,6 +115,12 @@ def judge_reward(pairs: dict[str, str], world, config) -> list | None:
     return [RubricReward(world.judge(), rubric_column=config.rubric_column, num_generations=config.num_generations)]
 
 
+def needs_references(pairs: dict[str, str]) -> bool:
+    """Whether a setting trains on the self-written references: a reference teacher, SFT, or a filter of them."""
+    reference_teacher = pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference")
+    return reference_teacher or pairs.get("trainer") == "sft" or "max_list_items" in pairs
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", nargs="+", default=["default:"], help="name:key=value,... (see the module doc).")
@@ -139,7 +145,7 @@ def parse_args(argv=None):
         default=0,
         help="K > 0: before training, give every train prompt the best clean answer of K the model writes with the "
         "world's teacher view (trl_rubric.authoring.build_self_references, graded by the world's rule judge); settings "
-        "with teacher_context=reference or rubric+reference train on those rows.",
+        "with teacher_context=reference or rubric+reference, or trainer=sft, train on those rows.",
     )
     p.add_argument(
         "--reuse_references",
@@ -157,10 +163,8 @@ def parse_args(argv=None):
         args.parsed = [parse_setting(s) for s in args.settings]
         for _, pairs in args.parsed:
             config_overrides(pairs)
-            reference_context = pairs.get("teacher_context", "rubric") in ("reference", "rubric+reference")
-            reference_context = reference_context or pairs.get("trainer") == "sft"
-            if reference_context and not (args.self_references or args.reuse_references):
-                raise ValueError(f"teacher_context={pairs['teacher_context']} needs --self_references K")
+            if needs_references(pairs) and not (args.self_references or args.reuse_references):
+                raise ValueError(f"{pairs} trains on references: add --self_references K or --reuse_references")
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
                 raise ValueError(
@@ -291,8 +295,6 @@ def main(argv=None) -> dict[str, Any]:
         torch.manual_seed(args.seed)
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
         reference_context = config.teacher_context in ("reference", "rubric+reference")
-        if (reference_context or pairs.get("trainer") == "sft") and train_refs is None:
-            raise SystemExit(f"{name}: {pairs} needs --self_references K or --reuse_references")
         refs = train_refs
         if "max_list_items" in pairs:
             limit = int(pairs["max_list_items"])

@@ -348,3 +348,39 @@ def test_clean_rescore_pays_flagged_answers_nothing_and_pairs_against_base_and_t
     assert "| health 0 | s | 50% | 0.150" in rescore.markdown([out])
     with pytest.raises(ValueError, match="--teacher has 1 answers; the sweep scored 2"):
         rescore.rescore(results, teacher_rows=[{"score": 0.5, "degenerate": False}])
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["a:trainer=sft", "a:teacher_context=reference,template=ref_example", "a:max_list_items=3"],
+)
+def test_sweep_settings_that_train_on_references_need_them(setting):
+    with pytest.raises(SystemExit):  # an argparse error naming the setting, not a KeyError
+        sweep.parse_args(["--settings", setting])
+    assert sweep.parse_args(["--reuse_references", "r.json", "--settings", setting]).reuse_references == "r.json"
+    assert not sweep.needs_references({"learning_rate": "2e-3"})
+
+
+def test_sweep_sft_baseline_trains_on_prompt_and_reference_only(tiny_model_path, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    refs = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"question {i}"}], "rubric": [{"text": "x", "weight": 1.0}],
+          "topic": "t", "reference": f"1. answer {i}\n2. more"} for i in range(4)]  # fmt: skip
+    )
+    kwargs = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, seed=0, max_steps=1, learning_rate=5e-4,
+                  lr_scheduler_type="constant", per_device_train_batch_size=2, logging_steps=1, save_strategy="no",
+                  report_to="none", disable_tqdm=True, gradient_checkpointing=False, max_completion_length=8)  # fmt: skip
+    trainer = sweep.sft_trainer(tiny_model_path, kwargs, refs, tokenizer, None)
+    assert trainer.args.completion_only_loss is True and trainer.args.max_steps == 1
+    row = trainer.train_dataset[0]
+    # the loss covers the reference only: the prompt's tokens are masked out
+    learned = [t for t in row["labels"] if t != -100]
+    assert 0 < len(learned) < len(row["input_ids"])
+    completion = tokenizer.decode(learned)
+    assert "answer 0" in completion and "question 0" not in completion
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert sweep.LIST_ITEM.findall(refs[0]["reference"]) and len(sweep.LIST_ITEM.findall("plain prose")) == 0
