@@ -165,6 +165,13 @@ class FakeCompletionsServer:
                     time.sleep(server.delay)
                 with server._lock:
                     answer = server.complete(body)
-                self._send(200, answer)
+                try:
+                    self._send(200, answer)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up on this request (a timeout under load) and will retry it: the answer was
+                    # never delivered, so it gives its `hold_after` slot back for the retry.
+                    if not hold:
+                        with server._lock:
+                            server._served -= 1
 
         return Handler
