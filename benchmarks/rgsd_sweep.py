@@ -298,7 +298,7 @@ def main(argv=None) -> dict[str, Any]:
         refs = train_refs
         if "max_list_items" in pairs:
             limit = int(pairs["max_list_items"])
-            refs = refs.filter(lambda r: len(LIST_ITEM.findall(r["reference"])) <= limit)
+            refs = refs.filter(lambda r, limit=limit: len(LIST_ITEM.findall(r["reference"])) <= limit)
             print(f"{name}: {len(refs)} of {len(train_refs)} references have at most {limit} list items", flush=True)
         if pairs.get("trainer") == "sft":
             trainer = sft_trainer(path, kwargs, refs, tokenizer, lora)

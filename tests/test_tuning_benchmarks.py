@@ -255,7 +255,6 @@ def test_budget_summary_clean_scores_pay_nothing_for_flagged_answers(tmp_path):
 
 def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names_are_refused():
     from trl_rubric import RGSDConfig
-
     from trl_rubric.teacher_context import build_teacher_context
 
     for name, template in sweep.CANDIDATE_TEMPLATES.items():
@@ -275,7 +274,9 @@ def test_sweep_candidate_templates_are_valid_teacher_templates_and_unknown_names
         sweep.parse_args(["--settings", "a:template=nonsense"])
     with pytest.raises(SystemExit):  # a reference teacher with no references to show it
         sweep.parse_args(["--settings", "a:template=ref_example,teacher_context=reference"])
-    args = sweep.parse_args(["--self_references", "4", "--settings", "a:template=ref_example,teacher_context=reference"])
+    args = sweep.parse_args(
+        ["--self_references", "4", "--settings", "a:template=ref_example,teacher_context=reference"]
+    )
     assert args.self_references == 4
 
 
@@ -367,8 +368,15 @@ def test_sweep_sft_baseline_trains_on_prompt_and_reference_only(tiny_model_path,
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     refs = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": f"question {i}"}], "rubric": [{"text": "x", "weight": 1.0}],
-          "topic": "t", "reference": f"1. answer {i}\n2. more"} for i in range(4)]  # fmt: skip
+        [
+            {
+                "prompt": [{"role": "user", "content": f"question {i}"}],
+                "rubric": [{"text": "x", "weight": 1.0}],
+                "topic": "t",
+                "reference": f"1. answer {i}\n2. more",
+            }
+            for i in range(4)
+        ]  # fmt: skip
     )
     kwargs = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, seed=0, max_steps=1, learning_rate=5e-4,
                   lr_scheduler_type="constant", per_device_train_batch_size=2, logging_steps=1, save_strategy="no",

@@ -173,6 +173,17 @@ def check_common_args(args: EvalArguments) -> None:
         raise UsageError(f"--confidence_level is {args.confidence_level}; expected a number in (0, 1)")
 
 
+def check_teacher_view_args(args) -> None:
+    """`gap` and `references`: the teacher's view (template placeholders, penalties) is usable before a model loads."""
+    from ..teacher import TEACHER_PENALTIES
+
+    for placeholder in ("{prompt}", "{rubric}"):
+        if placeholder not in args.teacher_prompt_template:
+            raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
+    if args.teacher_penalties not in TEACHER_PENALTIES:
+        raise UsageError(f"--teacher_penalties is {args.teacher_penalties!r}; expected one of {TEACHER_PENALTIES}")
+
+
 def _empty_local_file(path: str) -> bool:
     if not os.path.isfile(path) or os.path.getsize(path) > 1_000_000:
         return False

@@ -25,6 +25,7 @@ from .eval import (
     build_judge_from_args,
     build_parser,
     check_common_args,
+    check_teacher_view_args,
     load_dataset_from_args,
     load_generator_from_args,
     run_command,
@@ -55,11 +56,7 @@ def run_gap(args: GapArguments, judge_args) -> int:
     check_common_args(args)
     if args.n_token_views < 0:
         raise UsageError(f"--n_token_views is {args.n_token_views}; expected 0 or more")
-    for placeholder in ("{prompt}", "{rubric}"):
-        if placeholder not in args.teacher_prompt_template:
-            raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
-    if args.teacher_penalties not in TEACHER_PENALTIES:
-        raise UsageError(f"--teacher_penalties is {args.teacher_penalties!r}; expected one of {TEACHER_PENALTIES}")
+    check_teacher_view_args(args)
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
     model, tokenizer, generate_fn = load_generator_from_args(args)

@@ -24,13 +24,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ..teacher import TEACHER_PENALTIES
 from ._eval_args import GapArguments
 from .eval import (
     UsageError,
     build_judge_from_args,
     build_parser,
     check_common_args,
+    check_teacher_view_args,
     load_dataset_from_args,
     load_generator_from_args,
     run_command,
@@ -91,11 +91,7 @@ def run_references(args: ReferencesArguments, judge_args) -> int:
         raise UsageError(f"--n_candidates {args.n_candidates} with temperature 0 writes the same answer each time")
     if args.min_score is not None and not 0 <= args.min_score <= 1:
         raise UsageError(f"--min_score is {args.min_score}; expected a score between 0 and 1")
-    for placeholder in ("{prompt}", "{rubric}"):
-        if placeholder not in args.teacher_prompt_template:
-            raise UsageError(f"--teacher_prompt_template must contain {placeholder}")
-    if args.teacher_penalties not in TEACHER_PENALTIES:
-        raise UsageError(f"--teacher_penalties is {args.teacher_penalties!r}; expected one of {TEACHER_PENALTIES}")
+    check_teacher_view_args(args)
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     if args.reference_column in dataset.column_names:
         raise UsageError(
