@@ -22,6 +22,11 @@ difference is paired (bootstrap over prompts). Reported per setting: train and h
 with its 95% interval, the fraction of the train conditioning gap closed, answer length, each criterion's pass rate,
 and the training log (loss, clipped fraction, length per step). `results.json` is rewritten after every setting.
 
+`--decode name:key=value,...` also scores the base model and every student with extra `model.generate` arguments
+(`--decode ngram4:no_repeat_ngram_size=4`), paired to the base decoded the same way: does a decoding-time constraint
+remove the students' repeated lines, and at what cost in score? Reported under `decoded` (base) and each run's
+`decoded`; the gap closed is against the plain conditioning gap, the yardstick of every other row.
+
     .venv/bin/python benchmarks/rgsd_sweep.py --smoke --output_dir /tmp/sweep_smoke
     .venv/bin/python benchmarks/rgsd_sweep.py --steps 24 --output_dir runs/sweep \\
         --settings "default:" "noclip_lr2e-3:token_clip=none,learning_rate=2e-3"
@@ -78,6 +83,22 @@ def parse_setting(text: str) -> tuple[str, dict[str, str]]:
             raise ValueError(f"setting {text!r}: {item!r} is not key=value")
         pairs[key.strip()] = value.strip()
     return name, pairs
+
+
+def parse_decode(text: str) -> tuple[str, dict[str, Any]]:
+    """`name:key=value,...` -> (name, generate kwargs), numbers typed (`4` -> int, `1.2` -> float)."""
+    from trl_rubric.evaluation.generation import check_generation_kwargs
+
+    name, pairs = parse_setting(text)
+    if not pairs:
+        raise ValueError(f"--decode {text!r}: expected name:key=value,... with at least one argument")
+    typed: dict[str, Any] = {}
+    for key, value in pairs.items():
+        try:
+            typed[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            typed[key] = value.lower() == "true" if value.lower() in ("true", "false") else value
+    return name, check_generation_kwargs(typed)
 
 
 def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
@@ -153,6 +174,13 @@ def parse_args(argv=None):
         help="A sweep's results.json made with --self_references on the same world and seed: train on its references "
         "instead of writing new ones.",
     )
+    p.add_argument(
+        "--decode",
+        nargs="*",
+        default=[],
+        help="name:key=value,... extra model.generate arguments (no_repeat_ngram_size=4, repetition_penalty=1.2): "
+        "the base and every student are also scored decoded this way, paired.",
+    )
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
     p.add_argument("--output_dir", default="rgsd_sweep_results")
     args = p.parse_args(argv)
@@ -160,6 +188,7 @@ def parse_args(argv=None):
         args.steps, args.prompts_per_step, args.max_completion_length = 1, 2, 12
         args.eval_prompts, args.heldout_prompts, args.eval_samples = 2, 2, 1
     try:
+        args.decodings = dict(parse_decode(d) for d in args.decode)
         args.parsed = [parse_setting(s) for s in args.settings]
         for _, pairs in args.parsed:
             config_overrides(pairs)
@@ -246,6 +275,19 @@ def main(argv=None) -> dict[str, Any]:
         "reference_seconds": time.perf_counter() - began,
         "runs": {},
     }
+    base_decoded: dict[str, dict[str, Any]] = {}
+    for dname, dkwargs in args.decodings.items():
+        base_decoded[dname] = {s: evaluate(base, ds, world.judge(), tokenizer=tokenizer, seed=seed, generation_kwargs=dkwargs, **gen)
+                               for s, (ds, seed) in sets.items()}  # fmt: skip
+        results.setdefault("decoded", {})[dname] = {
+            "generation_kwargs": dkwargs,
+            **{s: {"score": r.metrics.weighted_score, "degeneration": r.metrics.degeneration,
+                   "length": r.metrics.mean_length, "criteria": criterion_rates(r.examples),
+                   "responses": [ex["response"] for ex in r.examples]}
+               for s, r in base_decoded[dname].items()},
+        }  # fmt: skip
+        print(f"base decoded {dname}: " + ", ".join(f"{s} {r.metrics.weighted_score:.3f} degenerate "
+              f"{r.metrics.degeneration['degenerate']:.2f}" for s, r in base_decoded[dname].items()), flush=True)  # fmt: skip
     print(f"base {results['base']}, teacher {gap.score_with_rubric:.3f}, gap {gap.gap:+.3f} {gap.gap_ci}", flush=True)
     train_refs = None
     if args.reuse_references:
@@ -325,6 +367,21 @@ def main(argv=None) -> dict[str, Any]:
             row[split]["degeneration"] = res.metrics.degeneration
             row["criteria"][split] = criterion_rates(res.examples)
         row["gap_closed_train"] = row["train"]["delta"] / gap.gap if gap.gap else None
+        for dname, dkwargs in args.decodings.items():
+            decoded = row.setdefault("decoded", {}).setdefault(dname, {})
+            for split, (ds, seed) in sets.items():
+                res = evaluate(
+                    model, ds, world.judge(), tokenizer=tokenizer, seed=seed, generation_kwargs=dkwargs, **gen
+                )
+                decoded[split] = {**paired_delta(res, base_decoded[dname][split], args.seed),
+                                  "length": res.metrics.mean_length, "scores": [ex["score"] for ex in res.examples],
+                                  "responses": [ex["response"] for ex in res.examples],
+                                  "degeneration": res.metrics.degeneration, "criteria": criterion_rates(res.examples)}  # fmt: skip
+            decoded["gap_closed_train"] = decoded["train"]["delta"] / gap.gap if gap.gap else None
+            print(f"{name} decoded {dname}: train {decoded['train']['delta']:+.3f} {decoded['train']['delta_ci']} (gap "
+                  f"closed {decoded['gap_closed_train']:.2f}), held-out {decoded['heldout']['delta']:+.3f} "
+                  f"{decoded['heldout']['delta_ci']}; degenerate {decoded['train']['degeneration']['degenerate']:.2f} / "
+                  f"{decoded['heldout']['degeneration']['degenerate']:.2f}", flush=True)  # fmt: skip
         view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
         if view != dict(REAL_TEACHER_VIEW) and config.teacher_context == "rubric":
             # The student learns from this view's teacher: also report the gap that teacher leaves.

@@ -23,7 +23,9 @@ from .errors import EvaluationError
 from .stats import _clip01, _mean, bootstrap_ci
 
 #: Settings two runs must share for their prompts (and answers' sampling) to be comparable.
-SHARED_SETTINGS = ("dataset_name", "split", "n_samples", "seed", "max_new_tokens", "temperature", "top_p", "judge")
+SHARED_SETTINGS = (
+    "dataset_name", "split", "n_samples", "seed", "max_new_tokens", "temperature", "top_p", "generation_kwargs", "judge"
+)  # fmt: skip
 
 
 def _clean(row: dict[str, Any]) -> float | None:
@@ -169,6 +171,8 @@ def compare_eval_runs(
     clean_pairs = _paired_means(settings_a.pop("_clean"), settings_b.pop("_clean"))
     clean_a = None if not clean_pairs[0] else _clip01(_mean(clean_pairs[0]))
     clean_b = None if not clean_pairs[1] else _clip01(_mean(clean_pairs[1]))
+    for settings in (settings_a, settings_b):  # runs written before the option decoded without extra arguments
+        settings["generation_kwargs"] = settings.get("generation_kwargs") or {}
     differ = {
         key: (settings_a.get(key), settings_b.get(key))
         for key in SHARED_SETTINGS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,28 @@ def _cut_at_eos(ids: Sequence[int], eos: set[int], pad_id: int | None) -> tuple[
     return out, True
 
 
+#: `model.generate` arguments that [`generate_responses`] sets from its own parameters (or must own: the inputs, the
+#: padding and end-of-sequence ids, sampling on or off).
+RESERVED_GENERATION_KWARGS = frozenset(
+    {"input_ids", "attention_mask", "max_new_tokens", "max_length", "pad_token_id", "eos_token_id", "do_sample",
+     "temperature", "top_p", "num_return_sequences", "generation_config", "streamer"}
+)  # fmt: skip
+
+
+def check_generation_kwargs(generation_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The extra `model.generate` arguments as a dict, or an [`EvaluationError`] naming one that is set elsewhere."""
+    extra = dict(generation_kwargs or {})
+    for key in extra:
+        if not isinstance(key, str) or not key:
+            raise EvaluationError(f"generation_kwargs has the key {key!r}; expected argument names of model.generate")
+        if key in RESERVED_GENERATION_KWARGS:
+            raise EvaluationError(
+                f"generation_kwargs sets {key!r}, which evaluation sets itself; use its own option (max_new_tokens, "
+                "temperature, top_p, n_samples_per_prompt) instead"
+            )
+    return extra
+
+
 def generate_responses(
     model,
     tokenizer,
@@ -97,6 +119,7 @@ def generate_responses(
     seed: int = 0,
     progress: bool = True,
     desc: str = "generating",
+    generation_kwargs: Mapping[str, Any] | None = None,
 ) -> Generations:
     """Sample one completion per prompt with transformers batched generation (left padding, chat template).
 
@@ -114,6 +137,9 @@ def generate_responses(
         seed: Seed for sampling, so that a run is reproducible on the same hardware.
         progress: Show a tqdm progress bar.
         desc: Label of the progress bar.
+        generation_kwargs: Further `model.generate` arguments, e.g. `{"no_repeat_ngram_size": 4}` or
+            `{"repetition_penalty": 1.2}` (decoding-time constraints against repeated lines, to be applied to every
+            model being compared). The settings above are set by their own arguments and cannot be given here.
 
     Returns:
         [`Generations`] with texts, token ids and truncation flags.
@@ -128,6 +154,7 @@ def generate_responses(
         raise EvaluationError(f"batch_size is {batch_size}; expected at least 1")
     if temperature < 0:
         raise EvaluationError(f"temperature is {temperature}; expected 0 (greedy) or more")
+    extra = check_generation_kwargs(generation_kwargs)
     prompt_ids = [_prompt_ids(tokenizer, p) for p in prompts]
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
@@ -141,6 +168,7 @@ def generate_responses(
     else:
         # Explicit None silences transformers' warnings about sampling knobs left in the model's generation_config.
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    gen_kwargs.update(extra)
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
     texts: list[str] = [""] * len(prompts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,7 @@ from ..judges.base import RubricJudge, prompt_to_text
 from ..rubric import Rubric
 from .degeneration import degeneration_flags
 from .errors import EvaluationError
-from .generation import GenerateFn, Generations, _as_generations, generate_responses
+from .generation import GenerateFn, Generations, _as_generations, check_generation_kwargs, generate_responses
 from .loading import _resolve_model
 from .metrics import EvalMetrics, _verdicts_fit, strict_outcome, summarize
 
@@ -156,6 +157,7 @@ def evaluate(
     progress: bool = True,
     generate_fn: GenerateFn | None = None,
     n_samples_per_prompt: int = 1,
+    generation_kwargs: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Generate answers to each prompt, grade each against its rubric, and summarise.
 
@@ -178,6 +180,9 @@ def evaluate(
             other, in one generation call); every answer is graded and counted. Examples then carry `prompt_index`
             and `sample`. More answers per prompt average out sampling noise in a comparison of two checkpoints
             ([`compare_eval_runs`] pairs them by prompt).
+        generation_kwargs: Further `model.generate` arguments for transformers generation, e.g.
+            `{"no_repeat_ngram_size": 4}` (see [`generate_responses`]); recorded in the result's config. Not used
+            with `generate_fn`, which owns its own decoding.
 
     Returns:
         [`EvalResult`].
@@ -188,13 +193,17 @@ def evaluate(
     k = n_samples_per_prompt
     prompts = [p for p in dataset["prompt"] for _ in range(k)]
     rubrics = [r for r in dataset["rubric"] for _ in range(k)]
+    extra = check_generation_kwargs(generation_kwargs)
+    if extra and generate_fn is not None:
+        raise EvaluationError("generation_kwargs applies to transformers generation; a generate_fn decodes on its own")
     if generate_fn is None:
         model, tokenizer = _resolve_model(model, tokenizer)
 
         def generate_fn(ps):
             return generate_responses(
-                model, tokenizer, ps, max_new_tokens, batch_size, temperature, top_p, seed, progress
-            )
+                model, tokenizer, ps, max_new_tokens, batch_size, temperature, top_p, seed, progress,
+                generation_kwargs=extra,
+            )  # fmt: skip
 
     generations = _as_generations(generate_fn(prompts), tokenizer)
     config = {
@@ -203,6 +212,7 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "top_p": top_p,
+        "generation_kwargs": extra,
         "seed": seed,
         "judge": getattr(judge, "name", type(judge).__name__),
     }
