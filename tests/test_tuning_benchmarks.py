@@ -392,3 +392,14 @@ def test_sweep_sft_baseline_trains_on_prompt_and_reference_only(tiny_model_path,
     trainer.train()
     assert trainer.state.global_step == 1
     assert sweep.LIST_ITEM.findall(refs[0]["reference"]) and len(sweep.LIST_ITEM.findall("plain prose")) == 0
+
+
+def test_sweep_decodings_parse_typed_and_refuse_what_evaluation_sets_itself():
+    args = sweep.parse_args(["--decode", "ngram3:no_repeat_ngram_size=3", "rep:repetition_penalty=1.2,top_k=20"])
+    assert args.decodings == {"ngram3": {"no_repeat_ngram_size": 3}, "rep": {"repetition_penalty": 1.2, "top_k": 20}}
+    assert isinstance(args.decodings["ngram3"]["no_repeat_ngram_size"], int)
+    for bad, message in (("x:temperature=0.5", "'temperature'"), ("empty:", "at least one argument")):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--decode", bad])
+        with pytest.raises(ValueError, match=message):
+            sweep.parse_decode(bad)

@@ -216,6 +216,8 @@ class VLLMGenerator:
         max_new_tokens, temperature, top_p, seed: As in [`generate_responses`].
         gpu_memory_utilization: Fraction of GPU memory vLLM may take.
         dtype: vLLM dtype (`"auto"`, `"bfloat16"`, ...).
+        sampling_kwargs: Further `vllm.SamplingParams` fields, e.g. `{"repetition_penalty": 1.2}`; one vLLM does not
+            know is an [`EvaluationError`] naming it, raised before the model loads.
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class VLLMGenerator:
         seed: int = 0,
         gpu_memory_utilization: float = 0.9,
         dtype: str = "auto",
+        sampling_kwargs: Mapping[str, Any] | None = None,
     ):
         try:
             import vllm
@@ -236,6 +239,20 @@ class VLLMGenerator:
             raise EvaluationError(
                 "use_vllm=True needs vLLM, which is not installed; run `pip install 'trl-rubric[vllm]'` "
                 "or drop --use_vllm to generate with transformers"
+            ) from None
+        extra = check_generation_kwargs(sampling_kwargs)
+        try:
+            self.sampling = vllm.SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                seed=seed,
+                **extra,
+            )
+        except TypeError as e:
+            raise EvaluationError(
+                f"vLLM's SamplingParams does not take {sorted(extra)}: {e}; drop --use_vllm to decode with "
+                "transformers' model.generate"
             ) from None
         self._vllm = vllm
         self.tokenizer = tokenizer
@@ -253,9 +270,6 @@ class VLLMGenerator:
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             **lora_kwargs,
-        )
-        self.sampling = vllm.SamplingParams(
-            max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, seed=seed
         )
 
     def __call__(self, prompts: list[Any]) -> Generations:

@@ -110,6 +110,16 @@ class EvalArguments:
     )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch (transformers)."})
+    # A JSON string on the command line; a YAML recipe may give a mapping, which stays a dict.
+    generation_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "eval: further generation arguments as a JSON object (a mapping in a YAML recipe), e.g. "
+            "'{\"no_repeat_ngram_size\": 4}' or '{\"repetition_penalty\": 1.2}': passed to model.generate, or to "
+            "vLLM's SamplingParams with --use_vllm (which has repetition_penalty but no no_repeat_ngram_size). "
+            "Recorded in results.json; --compare flags two runs decoded differently."
+        },
+    )
     use_vllm: bool = field(
         default=False, metadata={"help": "Generate with vLLM (must be installed: pip install 'trl-rubric[vllm]')."}
     )
@@ -213,6 +223,26 @@ class GapArguments(EvalArguments):
         default=1.3,
         metadata={"help": "Warn that the gap may be mere length when answers with the rubric are this much longer."},
     )
+
+
+def parse_generation_kwargs(value: str | dict | None) -> dict:
+    """`--generation_kwargs` as a dict: a JSON object on the command line, a mapping in a recipe, or nothing."""
+    from ..evaluation.generation import check_generation_kwargs
+
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--generation_kwargs is not JSON ({e.msg}): {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"--generation_kwargs is {value!r}; expected a JSON object such as '{{\"no_repeat_ngram_size\": 4}}'"
+        )
+    return check_generation_kwargs(value)
 
 
 def grading_kwargs(args: EvalArguments, judge_args) -> dict:

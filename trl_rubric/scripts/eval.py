@@ -21,7 +21,7 @@ from typing import Any
 
 from ..evaluation import EvaluationError
 from ._common import TOY_SCHEME, UsageError, _toy_dataset, one_line, torch_threads, trl_parser
-from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments, grading_kwargs
+from ._eval_args import DEPRECATED_ALIASES, EvalArguments, GapArguments, grading_kwargs, parse_generation_kwargs
 
 COMMAND = "eval"
 
@@ -244,8 +244,9 @@ def _adapter_base(args: EvalArguments) -> tuple[str, str | None]:
     return base, path
 
 
-def load_generator_from_args(args: EvalArguments):
-    """`(model, tokenizer, generate_fn)`: a transformers model, or with --use_vllm no model and a vLLM generator."""
+def load_generator_from_args(args: EvalArguments, generation_kwargs: dict | None = None):
+    """`(model, tokenizer, generate_fn)`: a transformers model, or with --use_vllm no model and a vLLM generator
+    (which takes `generation_kwargs` into its sampling parameters)."""
     from ..evaluation import VLLMGenerator, load_model_and_tokenizer
 
     if not args.use_vllm:
@@ -270,6 +271,7 @@ def load_generator_from_args(args: EvalArguments):
         seed=args.seed,
         gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         dtype=args.dtype,
+        sampling_kwargs=generation_kwargs,
     )
     return None, tokenizer, generator
 
@@ -297,6 +299,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
 
     if args.compare:
         return run_compare(args)
+    extra = parse_generation_kwargs(args.generation_kwargs)
     check_common_args(args)
     if args.n_samples_per_prompt < 1:
         raise UsageError(f"--n_samples_per_prompt is {args.n_samples_per_prompt}; expected at least 1")
@@ -308,7 +311,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     # Cheap checks first: a bad dataset or judge should not wait for a model to load.
     dataset = select_examples(load_dataset_from_args(args, COMMAND), args.n_samples, args.seed)
     judge = build_judge_from_args(judge_args)
-    model, tokenizer, generate_fn = load_generator_from_args(args)
+    model, tokenizer, generate_fn = load_generator_from_args(args, extra)
     result = evaluate(
         model,
         dataset,
@@ -317,8 +320,10 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         **grading_kwargs(args, judge_args),
         generate_fn=generate_fn,
         n_samples_per_prompt=args.n_samples_per_prompt,
+        generation_kwargs=None if generate_fn is not None else extra,  # the vLLM generator took them
     )
     result.config.update(
+        generation_kwargs=extra,
         model_name_or_path=args.model_name_or_path,
         dataset_name=args.dataset_name,
         split=split_to_read(args, COMMAND),
