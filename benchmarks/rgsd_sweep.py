@@ -23,7 +23,8 @@ with its 95% interval, the fraction of the train conditioning gap closed, answer
 and the training log (loss, clipped fraction, length per step). `results.json` is rewritten after every setting.
 
 `--decode name:key=value,...` also scores the base model and every student with extra `model.generate` arguments
-(`--decode ngram4:no_repeat_ngram_size=4`), paired to the base decoded the same way: does a decoding-time constraint
+(`--decode ngram4:no_repeat_ngram_size=4`; `degeneration_guard=3` decodes with
+`trl_rubric.evaluation.DegenerationGuard`), paired to the base decoded the same way: does a decoding-time constraint
 remove the students' repeated lines, and at what cost in score? Reported under `decoded` (base) and each run's
 `decoded`; the gap closed is against the plain conditioning gap, the yardstick of every other row.
 
@@ -98,7 +99,16 @@ def parse_decode(text: str) -> tuple[str, dict[str, Any]]:
             typed[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
             typed[key] = value.lower() == "true" if value.lower() in ("true", "false") else value
-    return name, check_generation_kwargs(typed)
+    guard = typed.pop("degeneration_guard", None)
+    if guard is not None and (not isinstance(guard, int) or guard < 0):
+        raise ValueError(f"--decode {text!r}: degeneration_guard is an n-gram size (0 or more)")
+    return name, {**check_generation_kwargs(typed), **({} if guard is None else {"degeneration_guard": guard})}
+
+
+def decode_args(decoding: dict[str, Any]) -> dict[str, Any]:
+    """`evaluate` keyword arguments for one `--decode` entry."""
+    rest = dict(decoding)
+    return {"degeneration_guard": rest.pop("degeneration_guard", None), "generation_kwargs": rest}
 
 
 def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
@@ -180,6 +190,12 @@ def parse_args(argv=None):
         default=[],
         help="name:key=value,... extra model.generate arguments (no_repeat_ngram_size=4, repetition_penalty=1.2): "
         "the base and every student are also scored decoded this way, paired.",
+    )
+    p.add_argument(
+        "--save_students",
+        action="store_true",
+        help="Save each trained student (its LoRA adapter, or the full model) to output_dir/<setting>/student, so "
+        "it can be scored again later (trl-rubric eval --model_name_or_path ...) without retraining.",
     )
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that every setting runs.")
     p.add_argument("--output_dir", default="rgsd_sweep_results")
@@ -277,7 +293,7 @@ def main(argv=None) -> dict[str, Any]:
     }
     base_decoded: dict[str, dict[str, Any]] = {}
     for dname, dkwargs in args.decodings.items():
-        base_decoded[dname] = {s: evaluate(base, ds, world.judge(), tokenizer=tokenizer, seed=seed, generation_kwargs=dkwargs, **gen)
+        base_decoded[dname] = {s: evaluate(base, ds, world.judge(), tokenizer=tokenizer, seed=seed, **decode_args(dkwargs), **gen)
                                for s, (ds, seed) in sets.items()}  # fmt: skip
         results.setdefault("decoded", {})[dname] = {
             "generation_kwargs": dkwargs,
@@ -351,6 +367,8 @@ def main(argv=None) -> dict[str, Any]:
         t = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t
+        if args.save_students:
+            trainer.save_model(os.path.join(args.output_dir, name, "student"))
         model = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
@@ -370,9 +388,7 @@ def main(argv=None) -> dict[str, Any]:
         for dname, dkwargs in args.decodings.items():
             decoded = row.setdefault("decoded", {}).setdefault(dname, {})
             for split, (ds, seed) in sets.items():
-                res = evaluate(
-                    model, ds, world.judge(), tokenizer=tokenizer, seed=seed, generation_kwargs=dkwargs, **gen
-                )
+                res = evaluate(model, ds, world.judge(), tokenizer=tokenizer, seed=seed, **decode_args(dkwargs), **gen)
                 decoded[split] = {**paired_delta(res, base_decoded[dname][split], args.seed),
                                   "length": res.metrics.mean_length, "scores": [ex["score"] for ex in res.examples],
                                   "responses": [ex["response"] for ex in res.examples],

@@ -24,7 +24,8 @@ from .stats import _clip01, _mean, bootstrap_ci
 
 #: Settings two runs must share for their prompts (and answers' sampling) to be comparable.
 SHARED_SETTINGS = (
-    "dataset_name", "split", "n_samples", "seed", "max_new_tokens", "temperature", "top_p", "generation_kwargs", "judge"
+    "dataset_name", "split", "n_samples", "seed", "max_new_tokens", "temperature", "top_p", "generation_kwargs",
+    "degeneration_guard", "judge",
 )  # fmt: skip
 
 
@@ -173,6 +174,7 @@ def compare_eval_runs(
     clean_b = None if not clean_pairs[1] else _clip01(_mean(clean_pairs[1]))
     for settings in (settings_a, settings_b):  # runs written before the option decoded without extra arguments
         settings["generation_kwargs"] = settings.get("generation_kwargs") or {}
+        settings.setdefault("degeneration_guard", None)
     differ = {
         key: (settings_a.get(key), settings_b.get(key))
         for key in SHARED_SETTINGS

@@ -90,7 +90,7 @@ def _cut_at_eos(ids: Sequence[int], eos: set[int], pad_id: int | None) -> tuple[
 #: padding and end-of-sequence ids, sampling on or off).
 RESERVED_GENERATION_KWARGS = frozenset(
     {"input_ids", "attention_mask", "max_new_tokens", "max_length", "pad_token_id", "eos_token_id", "do_sample",
-     "temperature", "top_p", "num_return_sequences", "generation_config", "streamer"}
+     "temperature", "top_p", "num_return_sequences", "generation_config", "streamer", "logits_processor"}
 )  # fmt: skip
 
 
@@ -120,6 +120,7 @@ def generate_responses(
     progress: bool = True,
     desc: str = "generating",
     generation_kwargs: Mapping[str, Any] | None = None,
+    degeneration_guard: int | None = None,
 ) -> Generations:
     """Sample one completion per prompt with transformers batched generation (left padding, chat template).
 
@@ -140,6 +141,9 @@ def generate_responses(
         generation_kwargs: Further `model.generate` arguments, e.g. `{"no_repeat_ngram_size": 4}` or
             `{"repetition_penalty": 1.2}` (decoding-time constraints against repeated lines, to be applied to every
             model being compared). The settings above are set by their own arguments and cannot be given here.
+        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (`0`: only its empty and doubled
+            list-marker bans; `None`: no guard): no repeated word n-gram within the answer, no bare or doubled list
+            markers.
 
     Returns:
         [`Generations`] with texts, token ids and truncation flags.
@@ -169,6 +173,14 @@ def generate_responses(
         # Explicit None silences transformers' warnings about sampling knobs left in the model's generation_config.
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     gen_kwargs.update(extra)
+    guard = None
+    if degeneration_guard is not None:
+        from transformers import LogitsProcessorList
+
+        from .guard import DegenerationGuard
+
+        guard = DegenerationGuard(tokenizer, no_repeat_ngram_size=degeneration_guard)
+        gen_kwargs["logits_processor"] = LogitsProcessorList([guard])
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
     texts: list[str] = [""] * len(prompts)
@@ -190,6 +202,8 @@ def generate_responses(
                     ids = prompt_ids[i]
                     input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     attention_mask[row, width - len(ids) :] = 1
+                if guard is not None:
+                    guard.reset()
                 out = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_kwargs
                 )

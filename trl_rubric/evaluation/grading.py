@@ -158,6 +158,7 @@ def evaluate(
     generate_fn: GenerateFn | None = None,
     n_samples_per_prompt: int = 1,
     generation_kwargs: Mapping[str, Any] | None = None,
+    degeneration_guard: int | None = None,
 ) -> EvalResult:
     """Generate answers to each prompt, grade each against its rubric, and summarise.
 
@@ -183,6 +184,8 @@ def evaluate(
         generation_kwargs: Further `model.generate` arguments for transformers generation, e.g.
             `{"no_repeat_ngram_size": 4}` (see [`generate_responses`]); recorded in the result's config. Not used
             with `generate_fn`, which owns its own decoding.
+        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (see [`generate_responses`]);
+            recorded in the config. Not used with `generate_fn`.
 
     Returns:
         [`EvalResult`].
@@ -194,15 +197,17 @@ def evaluate(
     prompts = [p for p in dataset["prompt"] for _ in range(k)]
     rubrics = [r for r in dataset["rubric"] for _ in range(k)]
     extra = check_generation_kwargs(generation_kwargs)
-    if extra and generate_fn is not None:
-        raise EvaluationError("generation_kwargs applies to transformers generation; a generate_fn decodes on its own")
+    if (extra or degeneration_guard is not None) and generate_fn is not None:
+        raise EvaluationError(
+            "generation_kwargs and degeneration_guard apply to transformers generation; a generate_fn decodes on its own"
+        )
     if generate_fn is None:
         model, tokenizer = _resolve_model(model, tokenizer)
 
         def generate_fn(ps):
             return generate_responses(
                 model, tokenizer, ps, max_new_tokens, batch_size, temperature, top_p, seed, progress,
-                generation_kwargs=extra,
+                generation_kwargs=extra, degeneration_guard=degeneration_guard,
             )  # fmt: skip
 
     generations = _as_generations(generate_fn(prompts), tokenizer)
@@ -213,6 +218,7 @@ def evaluate(
         "temperature": temperature,
         "top_p": top_p,
         "generation_kwargs": extra,
+        "degeneration_guard": degeneration_guard,
         "seed": seed,
         "judge": getattr(judge, "name", type(judge).__name__),
     }

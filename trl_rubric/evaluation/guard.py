@@ -1,0 +1,108 @@
+"""A decoding-time guard against list loops: [`DegenerationGuard`], a transformers `LogitsProcessor`.
+
+A small model trained to write the numbered lists its rubric pays for loops inside them: items repeated under new
+numbers, "1. 1. Plan ...", lines of bare markers (`docs/benchmarks.md`: on SmolLM2-135M every student that learned
+lists repeated a line in 16-46% of them, whatever the training signal). The guard forbids, at each decoding step,
+the next tokens that would
+
+- complete an n-gram of the answer already written earlier in the answer, counting only n-grams with at least two
+  tokens that hold a letter (numbering, punctuation and line breaks repeat in every sound list) and never searching
+  the prompt, so the answer can quote the question; this is transformers' `no_repeat_ngram_size` restricted to the
+  answer's words;
+- end a line that holds only list markers, or add a second marker after a spaced one ("2." alone on its line,
+  "1. 1. Plan").
+
+The bans are the ones RGSD's teacher-side penalties use (`trl_rubric.losses.teacher_bias`), applied here to the
+model's own sampling. It is an inference setting, not a training one: apply it to every model being compared (base
+and trained), as `trl-rubric eval --degeneration_guard 3` does. Cost: O(answer length) Python per row and step, and
+one decode of the vocabulary when built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import LogitsProcessor
+
+from ..losses import teacher_bias
+from .errors import EvaluationError
+
+
+def _tables(tokenizer) -> tuple[list[str], frozenset[int], list[int], list[int]]:
+    """`(token texts, content ids, line enders, marker starts)` of a tokenizer."""
+    texts = teacher_bias.token_texts(tokenizer)
+    content = teacher_bias.content_token_ids(tokenizer, texts)
+    return texts, content, teacher_bias.line_ender_ids(texts), teacher_bias.marker_start_ids(texts)
+
+
+def next_token_bans(
+    completion: list[int],
+    no_repeat_ngram_size: int,
+    content_tokens: frozenset[int] | None,
+    empty_items: tuple[list[str], list[int], list[int]] | None,
+) -> list[int]:
+    """The token ids banned as the next token of `completion` (the answer so far, without its prompt)."""
+    t = len(completion)
+    # A placeholder token at position t: the ban functions report position t's bans from completion[:t] only.
+    bans = teacher_bias.row_bans(
+        [*completion, -1], no_repeat_ngram_size=no_repeat_ngram_size or None, content_tokens=content_tokens,
+        empty_items=empty_items,
+    )  # fmt: skip
+    return [tok for pos, tok in bans if pos == t]
+
+
+class DegenerationGuard(LogitsProcessor):
+    """A `LogitsProcessor` that forbids repeated n-grams of the answer and empty or doubled list markers.
+
+    Args:
+        tokenizer: The model's tokenizer (token texts decide what a marker, a line end and a word are).
+        no_repeat_ngram_size: Forbid completing an n-gram of this many tokens already in the answer (counted only
+            with at least two word tokens); `0` turns this part off.
+        ban_empty_items: Forbid ending a line of bare list markers.
+        ban_doubled_markers: Forbid a second marker after a spaced one ("1. 1.").
+
+    The answer starts where the first call's sequences end (the prompt, left-padded, as `model.generate` passes it).
+    Pass it as `model.generate(..., logits_processor=LogitsProcessorList([guard]))`, and call [`reset`] before the
+    next `generate` call (building the guard decodes the vocabulary once; a reset costs nothing).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        no_repeat_ngram_size: int = 3,
+        ban_empty_items: bool = True,
+        ban_doubled_markers: bool = True,
+    ):
+        if no_repeat_ngram_size < 0:
+            raise EvaluationError(f"no_repeat_ngram_size is {no_repeat_ngram_size}; expected 0 (off) or more")
+        if not (no_repeat_ngram_size or ban_empty_items or ban_doubled_markers):
+            raise EvaluationError("DegenerationGuard with every ban off does nothing; turn one on")
+        texts, content, enders, starts = _tables(tokenizer)
+        self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.content_tokens = content
+        self.empty_items = (
+            (texts, enders if ban_empty_items else [], starts if ban_doubled_markers else [])
+            if ban_empty_items or ban_doubled_markers
+            else None
+        )
+        self._start: int | None = None
+        #: Tokens banned so far (over every call), for logs and tests.
+        self.bans_applied = 0
+
+    def reset(self) -> None:
+        """Forget where the answer starts: the next call begins a new generation."""
+        self._start = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self._start is None:
+            self._start = input_ids.shape[1]
+        for row in range(input_ids.shape[0]):
+            banned = next_token_bans(
+                input_ids[row, self._start :].tolist(), self.no_repeat_ngram_size, self.content_tokens,
+                self.empty_items,
+            )  # fmt: skip
+            banned = [tok for tok in banned if tok < scores.shape[1]]
+            if banned:
+                scores[row, banned] = float("-inf")
+                self.bans_applied += len(banned)
+        return scores
