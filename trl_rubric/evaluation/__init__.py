@@ -18,7 +18,7 @@ positive weights, leaving unknown verdicts out; dataset means are clipped to [0,
 The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters), `grading`
 ([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `stats`
 (bootstrap), `gap` ([`conditioning_gap`]), `views` ([`compare_teacher_views`]: which teacher view to train with),
-`verdict` (its plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report`
+`verdict` (its plain-language reading), `guard` ([`DegenerationGuard`], decoding without list loops), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report`
 (output files).
 Everything is importable from `trl_rubric.evaluation` as before.
 """
@@ -44,6 +44,7 @@ from .generation import (
     generate_responses,
 )
 from .grading import EvalResult, evaluate, select_examples
+from .guard import DegenerationGuard
 from .loading import check_model_path, load_model_and_tokenizer
 from .metrics import UNCATEGORIZED, EvalMetrics, strict_outcome, summarize
 from .plots import plot_length_histogram, plot_score_by_category, plot_token_views
@@ -60,6 +61,7 @@ __all__ = [
     "DEGENERATION_FLAGS",
     "META_TALK_PATTERNS",
     "Degeneration",
+    "DegenerationGuard",
     "UNCATEGORIZED",
     "EvalMetrics",
     "EvalResult",

@@ -120,6 +120,14 @@ class EvalArguments:
             "Recorded in results.json; --compare flags two runs decoded differently."
         },
     )
+    degeneration_guard: int | None = field(
+        default=None,
+        metadata={
+            "help": "eval: decode with trl_rubric.evaluation.DegenerationGuard: no word n-gram of this many tokens "
+            "twice in one answer (the prompt is not searched), no bare or doubled list markers; 0 keeps only the "
+            "marker bans. An inference setting: score the base model the same way. Transformers generation only."
+        },
+    )
     use_vllm: bool = field(
         default=False, metadata={"help": "Generate with vLLM (must be installed: pip install 'trl-rubric[vllm]')."}
     )

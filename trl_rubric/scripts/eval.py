@@ -300,6 +300,13 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     if args.compare:
         return run_compare(args)
     extra = parse_generation_kwargs(args.generation_kwargs)
+    if args.degeneration_guard is not None:
+        if args.degeneration_guard < 0:
+            raise UsageError(
+                f"--degeneration_guard is {args.degeneration_guard}; expected 0 (marker bans only) or more"
+            )
+        if args.use_vllm:
+            raise UsageError("--degeneration_guard is a transformers logits processor; drop --use_vllm to use it")
     check_common_args(args)
     if args.n_samples_per_prompt < 1:
         raise UsageError(f"--n_samples_per_prompt is {args.n_samples_per_prompt}; expected at least 1")
@@ -321,6 +328,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
         generate_fn=generate_fn,
         n_samples_per_prompt=args.n_samples_per_prompt,
         generation_kwargs=None if generate_fn is not None else extra,  # the vLLM generator took them
+        degeneration_guard=args.degeneration_guard,
     )
     result.config.update(
         generation_kwargs=extra,

@@ -1,0 +1,176 @@
+"""The decoding-time guard (`trl_rubric.evaluation.DegenerationGuard`): its next-token bans against a plain rule, the
+processor on logits, and decoding with it through `generate_responses`, `evaluate` and `trl-rubric eval`."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+
+from trl_rubric.evaluation import (
+    DegenerationGuard,
+    EvaluationError,
+    evaluate,
+    generate_responses,
+    load_model_and_tokenizer,
+)
+from trl_rubric.evaluation.generation import _prompt_ids
+from trl_rubric.evaluation.guard import next_token_bans
+from trl_rubric.judges import RuleJudge
+
+# A small vocabulary with real texts: markers, breaks and words.
+TEXTS = ["1", "2", ".", " ", "\n", ".\n", "Drink", " water", " daily", " rest", "-", " -", "\n\n", " 3"]
+CONTENT = frozenset(i for i, t in enumerate(TEXTS) if any(c.isalpha() for c in t))
+
+
+class TextTokenizer:
+    """The two things the guard reads from a tokenizer: its size and each token's text."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def __len__(self):
+        return len(self.texts)
+
+    def decode(self, ids, **_):
+        return "".join(self.texts[i] for i in ids)
+
+
+def plain_next_bans(completion, n):
+    """The rule read literally, for the next token only: a token is banned if, appended, it completes an n-gram (two
+    or more word tokens) that occurs earlier in the answer, or if the answer's last line is list markers only and
+    the token ends that line or starts a second, spaced marker."""
+    banned = set()
+    for tok in range(len(TEXTS)):
+        ids = [*completion, tok]
+        gram = ids[-n:]
+        earlier = [ids[i : i + n] for i in range(len(ids) - n)]
+        if n and len(ids) > n and gram in earlier and sum(t in CONTENT for t in gram) >= min(2, n):
+            banned.add(tok)
+        line = "".join(TEXTS[i] for i in completion).split("\n")[-1]
+        if re.fullmatch(r"\s*(?:(?:[-*•+]|\d{1,3}[.)])\s*)+", line):
+            text = TEXTS[tok]
+            if "\n" in text and not any(c.isalnum() for c in text.split("\n")[0]):
+                banned.add(tok)
+            if text.strip() and (text.strip().isdigit() or text.strip() in "-•+"):
+                if line.endswith(" ") or text.startswith(" "):
+                    banned.add(tok)
+    return banned
+
+
+@pytest.mark.parametrize("n", [0, 2, 3, 4])
+def test_next_token_bans_equal_the_plain_rule(n):
+    guard = DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=n)
+    rng = random.Random(n)
+    for _ in range(300):
+        completion = [rng.randrange(len(TEXTS)) for _ in range(rng.randrange(0, 16))]
+        got = next_token_bans(completion, n, guard.content_tokens, guard.empty_items)
+        assert set(got) == plain_next_bans(completion, n), completion
+
+
+def test_processor_bans_repeats_of_the_answer_but_not_of_the_prompt_and_resets():
+    guard = DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=3)
+    drink, water, daily, one, dot, space = 6, 7, 8, 0, 2, 3
+    # The prompt says "Drink water daily"; the answer so far is "Drink water": quoting the prompt stays free.
+    prompt = [drink, water, daily, 4]
+    scores = guard(torch.tensor([prompt]), torch.zeros(1, len(TEXTS)))
+    assert torch.isfinite(scores).all()  # first call: the answer is empty
+    scores = guard(torch.tensor([[*prompt, drink, water]]), torch.zeros(1, len(TEXTS)))
+    assert torch.isfinite(scores).all()
+    # The answer itself held "Drink water daily" already: "daily" after "Drink water" is banned, nothing else.
+    ids = [*prompt, drink, water, daily, 4, drink, water]
+    scores = guard(torch.tensor([ids]), torch.zeros(1, len(TEXTS)))
+    assert torch.isinf(scores[0]).nonzero().flatten().tolist() == [daily]
+    # A new generation after reset(): "1. " with the marker bans, on two rows of a batch.
+    guard.reset()
+    batch = torch.tensor([[*prompt, 4, 4], [*prompt, drink, water]])
+    guard(batch, torch.zeros(2, len(TEXTS)))
+    scores = guard(torch.cat([batch, torch.tensor([[one, dot, space], [daily, 4, drink]])], 1), torch.zeros(2, 14))
+    banned = [set(torch.isinf(row).nonzero().flatten().tolist()) for row in scores]
+    assert {one, 1, TEXTS.index(" 3"), TEXTS.index(" -"), 4, 5, 12} <= banned[0]  # no "1. 1", no "1. \n"
+    assert banned[1] == set()
+
+
+def test_guard_options_are_checked():
+    with pytest.raises(EvaluationError, match="expected 0"):
+        DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=-1)
+    with pytest.raises(EvaluationError, match="does nothing"):
+        DegenerationGuard(TextTokenizer(TEXTS), 0, ban_empty_items=False, ban_doubled_markers=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    torch.set_num_threads(1)
+    return load_model_and_tokenizer(tiny_model_path, device="cpu")
+
+
+PROMPTS = ["hi", "explain the fever dose risk for the patient in detail", "why does the gene matter"]
+
+
+def test_decoding_with_the_guard_never_repeats_a_word_ngram_of_the_answer(tiny):
+    import copy
+
+    model, tokenizer = tiny
+    guard = DegenerationGuard(tokenizer, no_repeat_ngram_size=2)
+    content = guard.content_tokens
+    # A model that loops on words: a bias on the head makes four word tokens far likelier than the rest.
+    model = copy.deepcopy(model)
+    bias = torch.zeros(model.lm_head.out_features)
+    words = [
+        i for i in sorted(content) if i not in tokenizer.all_special_ids and tokenizer.decode([i]).strip().isalpha()
+    ]
+    bias[words[:4]] = 20.0
+    model.lm_head.bias = torch.nn.Parameter(bias)
+
+    def repeats(ids):
+        grams = [tuple(ids[i : i + 2]) for i in range(len(ids) - 1) if sum(t in content for t in ids[i : i + 2]) >= 2]
+        return len(grams) - len(set(grams))
+
+    plain = generate_responses(model, tokenizer, PROMPTS, 40, 2, temperature=0, progress=False)
+    guarded = generate_responses(model, tokenizer, PROMPTS, 40, 2, temperature=0, progress=False,
+                                 degeneration_guard=2)  # fmt: skip
+    assert sum(repeats(ids) for ids in plain.token_ids) > 0  # the tiny model loops: something to remove
+    assert all(repeats(ids) == 0 for ids in guarded.token_ids)
+    # Batched decoding with a reset per batch equals decoding each prompt alone with a fresh guard.
+    for prompt, ids in zip(PROMPTS, guarded.token_ids, strict=True):
+        from transformers import LogitsProcessorList
+
+        x = torch.tensor([_prompt_ids(tokenizer, prompt)])
+        out = model.generate(x, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id or 0,
+                             logits_processor=LogitsProcessorList([DegenerationGuard(tokenizer, 2)]))  # fmt: skip
+        alone = out[0, x.shape[1] :].tolist()
+        eos = tokenizer.eos_token_id
+        assert ids == (alone[: alone.index(eos)] if eos in alone else alone)
+
+
+def test_evaluate_and_the_cli_decode_with_the_guard_and_record_it(tiny, tiny_model_path, tmp_path, capsys):
+    from trl_rubric.cli import main
+
+    model, tokenizer = tiny
+    rubric = [{"text": "mentions fever", "weight": 1.0, "category": "essential", "tags": ["rule:contains:fever"]}]
+    rows = [{"prompt": p, "rubric": rubric} for p in PROMPTS]
+    result = evaluate(model, rows, RuleJudge(), tokenizer=tokenizer, max_new_tokens=30, temperature=0, progress=False,
+                      degeneration_guard=2)  # fmt: skip
+    assert result.config["degeneration_guard"] == 2
+    expected = generate_responses(model, tokenizer, PROMPTS, 30, 8, temperature=0, progress=False,
+                                  degeneration_guard=2).texts  # fmt: skip
+    assert [ex["response"] for ex in result.examples] == expected
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    code = main(["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", str(data), "--judge_backend",
+                 "rule", "--max_completion_length", "30", "--temperature", "0", "--bootstrap_samples", "0",
+                 "--plots", "false", "--progress", "false", "--degeneration_guard", "2", "--output_dir", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["config"]["degeneration_guard"] == 2
+    lines = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in lines] == expected
+    for bad, message in ((["--degeneration_guard", "-1"], "expected 0"), (["--use_vllm", "true", "--degeneration_guard",
+                                                                           "3"], "--use_vllm")):  # fmt: skip
+        code = main(["eval", "--model_name_or_path", tiny_model_path, "--dataset_name", str(data),
+                     "--judge_backend", "rule", "--output_dir", str(tmp_path / "bad"), *bad])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and message in err and "degeneration_guard" in err
