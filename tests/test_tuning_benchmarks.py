@@ -403,3 +403,17 @@ def test_sweep_decodings_parse_typed_and_refuse_what_evaluation_sets_itself():
             sweep.parse_args(["--decode", bad])
         with pytest.raises(ValueError, match=message):
             sweep.parse_decode(bad)
+
+
+def test_decode_rescore_reads_decodings_and_refuses_a_folder_without_a_demo(tmp_path, capsys):
+    rescore = _load("decode_rescore")
+    with pytest.raises(SystemExit):
+        rescore.parse_args(["--demo_dir", str(tmp_path)])
+    assert "results.json" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "student").mkdir()
+    args = rescore.parse_args(["--demo_dir", str(tmp_path), "--decode", "plain:", "g3:degeneration_guard=3"])
+    assert args.decodings == {"plain": {}, "g3": {"degeneration_guard": 3}}
+    assert sweep.decode_args(args.decodings["g3"]) == {"degeneration_guard": 3, "generation_kwargs": {}}
+    with pytest.raises(SystemExit):
+        rescore.parse_args(["--demo_dir", str(tmp_path), "--decode", "g:degeneration_guard=-2"])
