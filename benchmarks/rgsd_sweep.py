@@ -188,8 +188,9 @@ def parse_args(argv=None):
         "--decode",
         nargs="*",
         default=[],
-        help="name:key=value,... extra model.generate arguments (no_repeat_ngram_size=4, repetition_penalty=1.2): "
-        "the base and every student are also scored decoded this way, paired.",
+        help="name:key=value,... extra model.generate arguments (no_repeat_ngram_size=4, repetition_penalty=1.2), "
+        "or degeneration_guard=N (trl_rubric.evaluation.DegenerationGuard): the base and every student are also "
+        "scored decoded this way, paired.",
     )
     p.add_argument(
         "--save_students",
@@ -296,7 +297,7 @@ def main(argv=None) -> dict[str, Any]:
         base_decoded[dname] = {s: evaluate(base, ds, world.judge(), tokenizer=tokenizer, seed=seed, **decode_args(dkwargs), **gen)
                                for s, (ds, seed) in sets.items()}  # fmt: skip
         results.setdefault("decoded", {})[dname] = {
-            "generation_kwargs": dkwargs,
+            "decoding": dkwargs,
             **{s: {"score": r.metrics.weighted_score, "degeneration": r.metrics.degeneration,
                    "length": r.metrics.mean_length, "criteria": criterion_rates(r.examples),
                    "responses": [ex["response"] for ex in r.examples]}
