@@ -59,10 +59,8 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_rubric.evaluation import evaluate
+    from trl_rubric.evaluation import evaluate, load_model_and_tokenizer
     from trl_rubric.real.demo import (
         MAX_NEW_TOKENS,
         TEMPERATURE,
@@ -79,13 +77,9 @@ def main(argv=None) -> dict[str, Any]:
     budget = RealDemoBudget(**settings["budget"])
     _, judge, _, train, heldout = demo_eval_sets(demo["world"], settings["seed"], budget)
     sets = {"train": (train, settings["seed"] + 1), "heldout": (heldout, settings["seed"] + 2)}
-    path = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForCausalLM.from_pretrained(path).eval()
-    student = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(path), os.path.join(args.demo_dir, "student")
-    )
-    student = student.merge_and_unload().eval()
+    base, tokenizer = load_model_and_tokenizer(smollm2_path(), dtype="float32", device="cpu")
+    # The LoRA adapter the demo saved, merged into its base (the path adapter_config.json names).
+    student, _ = load_model_and_tokenizer(os.path.join(args.demo_dir, "student"), dtype="float32", device="cpu")
     decode_args = _sweep().decode_args
     gap = demo["teacher_score"] - demo["base_score"]
     out: dict[str, Any] = {"demo_dir": args.demo_dir, "world": demo["world"], "seed": settings["seed"],

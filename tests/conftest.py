@@ -21,6 +21,14 @@ def tiny_model_path(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    """`(model, tokenizer)` of the tiny model, loaded on CPU once per test module."""
+    from trl_rubric.evaluation import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(tiny_model_path, device="cpu")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_toy_cache(tmp_path_factory):
     """One toy-model cache per test run, shared by the xdist workers (preparation is locked and atomic)."""

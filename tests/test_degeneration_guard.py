@@ -15,7 +15,6 @@ from trl_rubric.evaluation import (
     EvaluationError,
     evaluate,
     generate_responses,
-    load_model_and_tokenizer,
 )
 from trl_rubric.evaluation.generation import _prompt_ids
 from trl_rubric.evaluation.guard import next_token_bans
@@ -99,12 +98,6 @@ def test_guard_options_are_checked():
         DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=-1)
     with pytest.raises(EvaluationError, match="does nothing"):
         DegenerationGuard(TextTokenizer(TEXTS), 0, ban_empty_items=False, ban_doubled_markers=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    torch.set_num_threads(1)
-    return load_model_and_tokenizer(tiny_model_path, device="cpu")
 
 
 PROMPTS = ["hi", "explain the fever dose risk for the patient in detail", "why does the gene matter"]

@@ -51,22 +51,6 @@ def rule_rows():
     ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On a small shared CPU, torch's default of one thread per core makes these tiny models 10-50x slower.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    return load_model_and_tokenizer(tiny_model_path, device="cpu")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics on hand-made grades
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,21 +22,6 @@ from trl_rubric.judges import RuleJudge
 PROMPTS = ["hi", "explain the fever dose risk for the patient in detail", "why does the gene matter"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    return load_model_and_tokenizer(tiny_model_path, device="cpu")
-
-
 def repeated_ngrams(ids: list[int], n: int) -> int:
     grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
     return len(grams) - len(set(grams))
