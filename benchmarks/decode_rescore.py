@@ -1,4 +1,5 @@
-"""Score a saved SmolLM2 demo student and its base model again under decoding constraints, paired.
+"""Score a saved SmolLM2 student (a demo's, or a sweep run's) and its base model again under decoding constraints,
+paired.
 
 `trl-rubric demo --model smollm2` saves its student (`<output_dir>/student`, a LoRA adapter) and scores it with plain
 sampling. This script rebuilds the demo's scored train and held-out sets (same world, seed and budget:
@@ -10,6 +11,9 @@ shares, each criterion's pass rate, and the answers themselves.
 
     .venv/bin/python benchmarks/decode_rescore.py --demo_dir runs/demo_health --decode plain: \\
         guard3:degeneration_guard=3 ngram3:no_repeat_ngram_size=3 --output runs/demo_health/decoded.json
+
+`--sweep_dir DIR --run NAME` does the same for a student that `benchmarks/rgsd_sweep.py --save_students` saved
+(`DIR/NAME/student`), on that sweep's own train and held-out sets, sampling settings and seeds.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ def _sweep():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo_dir", required=True, help="A demo output folder: results.json and student/.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--demo_dir", help="A demo output folder: results.json and student/.")
+    where.add_argument("--sweep_dir", help="A rgsd_sweep.py output folder (results.json; students saved).")
+    p.add_argument("--run", default=None, help="With --sweep_dir: the setting whose student to score.")
     p.add_argument("--decode", nargs="+", default=["plain:", "guard3:degeneration_guard=3"],
                    help="name:key=value,... per decoding; `name:` alone is plain sampling.")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
@@ -47,6 +54,15 @@ def parse_args(argv=None):
             args.decodings[name] = sweep.parse_decode(text)[1] if pairs else {}
     except ValueError as e:
         p.error(str(e))
+    if args.sweep_dir is not None:
+        if args.run is None:
+            p.error("--sweep_dir needs --run (a setting name of that sweep)")
+        for need in ("results.json", os.path.join(args.run, "student")):
+            if not os.path.exists(os.path.join(args.sweep_dir, need)):
+                p.error(f"{args.sweep_dir} has no {need}: pass a finished rgsd_sweep.py --save_students output folder")
+        return args
+    if args.run is not None:
+        p.error("--run goes with --sweep_dir")
     for need in ("results.json", "student"):
         if not os.path.exists(os.path.join(args.demo_dir, need)):
             p.error(
@@ -55,44 +71,67 @@ def parse_args(argv=None):
     return args
 
 
+def demo_setup(demo_dir: str) -> dict[str, Any]:
+    """The scored sets, judge, gap, student folder and sampling settings of a finished SmolLM2 demo."""
+    from trl_rubric.real.demo import MAX_NEW_TOKENS, TEMPERATURE, RealDemoBudget, demo_eval_sets
+
+    demo = json.load(open(os.path.join(demo_dir, "results.json")))
+    settings = demo["settings"]
+    _, judge, _, train, heldout = demo_eval_sets(demo["world"], settings["seed"], RealDemoBudget(**settings["budget"]))
+    return {
+        "world": demo["world"], "seed": settings["seed"], "judge": judge,
+        "sets": {"train": (train, settings["seed"] + 1), "heldout": (heldout, settings["seed"] + 2)},
+        "gap": demo["teacher_score"] - demo["base_score"], "student": os.path.join(demo_dir, "student"),
+        "generation": {"max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE},
+    }  # fmt: skip
+
+
+def sweep_setup(sweep_dir: str, run: str) -> dict[str, Any]:
+    """The same for one saved student of a `rgsd_sweep.py` run: its world, sets, seeds and sampling settings."""
+    from trl_rubric.real.worlds import make_named_world
+
+    sweep = json.load(open(os.path.join(sweep_dir, "results.json")))
+    settings = sweep["settings"]
+    seed = settings["seed"]
+    world = make_named_world(settings["world"], seed=seed)
+    sets = _sweep().scored_sets(world, seed, settings["eval_prompts"], settings["heldout_prompts"],
+                                settings["eval_samples"])  # fmt: skip
+    return {
+        "world": settings["world"], "seed": seed, "judge": world.judge(), "sets": sets,
+        "gap": sweep["gap_train"], "student": os.path.join(sweep_dir, run, "student"),
+        "generation": {"max_new_tokens": settings["max_completion_length"], "temperature": settings["temperature"]},
+    }  # fmt: skip
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
     import torch
 
     from trl_rubric.evaluation import evaluate, load_model_and_tokenizer
-    from trl_rubric.real.demo import (
-        MAX_NEW_TOKENS,
-        TEMPERATURE,
-        RealDemoBudget,
-        criterion_rates,
-        demo_eval_sets,
-        paired_delta,
-    )
+    from trl_rubric.real.demo import criterion_rates, paired_delta
     from trl_rubric.real.model import smollm2_path
 
     torch.set_num_threads(args.threads)
-    demo = json.load(open(os.path.join(args.demo_dir, "results.json")))
-    settings = demo["settings"]
-    budget = RealDemoBudget(**settings["budget"])
-    _, judge, _, train, heldout = demo_eval_sets(demo["world"], settings["seed"], budget)
-    sets = {"train": (train, settings["seed"] + 1), "heldout": (heldout, settings["seed"] + 2)}
+    setup = demo_setup(args.demo_dir) if args.demo_dir else sweep_setup(args.sweep_dir, args.run)
+    judge, sets, gap, seed = setup["judge"], setup["sets"], setup["gap"], setup["seed"]
     base, tokenizer = load_model_and_tokenizer(smollm2_path(), dtype="float32", device="cpu")
-    # The LoRA adapter the demo saved, merged into its base (the path adapter_config.json names).
-    student, _ = load_model_and_tokenizer(os.path.join(args.demo_dir, "student"), dtype="float32", device="cpu")
+    # The LoRA adapter that was saved, merged into its base (the path adapter_config.json names).
+    student, _ = load_model_and_tokenizer(setup["student"], dtype="float32", device="cpu")
     decode_args = _sweep().decode_args
-    gap = demo["teacher_score"] - demo["base_score"]
-    out: dict[str, Any] = {"demo_dir": args.demo_dir, "world": demo["world"], "seed": settings["seed"],
-                           "gap": gap, "decodings": {}}  # fmt: skip
+    out: dict[str, Any] = {"demo_dir": args.demo_dir, "sweep_dir": args.sweep_dir, "run": args.run,
+                           "world": setup["world"], "seed": seed, "gap": gap, "decodings": {}}  # fmt: skip
+    default_output = (os.path.join(args.demo_dir, "decoded.json") if args.demo_dir
+                      else os.path.join(args.sweep_dir, args.run, "decoded.json"))  # fmt: skip
     for name, decoding in args.decodings.items():
         row: dict[str, Any] = {"decoding": decoding}
-        for split, (ds, seed) in sets.items():
+        for split, (ds, split_seed) in sets.items():
             res = {}
             for who, model in (("base", base), ("student", student)):
-                res[who] = evaluate(model, ds, judge, tokenizer=tokenizer, max_new_tokens=MAX_NEW_TOKENS, batch_size=16,
-                                    temperature=TEMPERATURE, seed=seed, progress=False, **decode_args(decoding))  # fmt: skip
+                res[who] = evaluate(model, ds, judge, tokenizer=tokenizer, batch_size=16, seed=split_seed, progress=False,
+                                    **setup["generation"], **decode_args(decoding))  # fmt: skip
             row[split] = {
-                **paired_delta(res["student"], res["base"], settings["seed"]),
+                **paired_delta(res["student"], res["base"], seed),
                 **{f"{who}_{key}": value for who, r in res.items() for key, value in (
                     ("degeneration", r.metrics.degeneration), ("criteria", criterion_rates(r)),
                     ("length", r.metrics.mean_length), ("responses", [ex["response"] for ex in r.examples]),
@@ -106,7 +145,7 @@ def main(argv=None) -> dict[str, Any]:
               f"{t['base_degeneration']['degenerate']:.3f} / {h['base_degeneration']['degenerate']:.3f}, student "
               f"{t['student_degeneration']['degenerate']:.3f} / {h['student_degeneration']['degenerate']:.3f}",
               flush=True)  # fmt: skip
-        with open(args.output or os.path.join(args.demo_dir, "decoded.json"), "w") as f:
+        with open(args.output or default_output, "w") as f:
             json.dump(out, f, indent=2, default=str)
     return out
 

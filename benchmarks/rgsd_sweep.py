@@ -102,7 +102,16 @@ def parse_decode(text: str) -> tuple[str, dict[str, Any]]:
     guard = typed.pop("degeneration_guard", None)
     if guard is not None and (not isinstance(guard, int) or guard < 0):
         raise ValueError(f"--decode {text!r}: degeneration_guard is an n-gram size (0 or more)")
+    options = {key: typed.pop(key) for key in GUARD_OPTIONS if key in typed}
+    if options and guard is None:
+        raise ValueError(f"--decode {text!r}: {sorted(options)} are guard options; add degeneration_guard=N")
+    if options:
+        guard = {"no_repeat_ngram_size": guard, **options}
     return name, {**check_generation_kwargs(typed), **({} if guard is None else {"degeneration_guard": guard})}
+
+
+#: `--decode` keys that configure the degeneration guard rather than `model.generate`.
+GUARD_OPTIONS = ("ban_empty_items", "ban_doubled_markers", "ban_repeated_lines", "ignore_case")
 
 
 def decode_args(decoding: dict[str, Any]) -> dict[str, Any]:
@@ -232,16 +241,28 @@ def criterion_rates(examples) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
+def scored_sets(world, seed: int, eval_prompts: int, heldout_prompts: int, eval_samples: int) -> dict[str, tuple]:
+    """`{"train" | "heldout": (dataset, sampling seed)}`: a seeded choice of prompts, each `eval_samples` times."""
+    from datasets import concatenate_datasets
+
+    from trl_rubric.evaluation import select_examples
+
+    def repeated(ds, n):
+        return concatenate_datasets([select_examples(ds, n, seed)] * eval_samples)
+
+    return {"train": (repeated(world.train_dataset(), eval_prompts), seed + 1),
+            "heldout": (repeated(world.heldout_dataset(), heldout_prompts), seed + 2)}  # fmt: skip
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
     import torch
     import transformers
-    from datasets import concatenate_datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_rubric import RGSDConfig, RGSDTrainer
-    from trl_rubric.evaluation import conditioning_gap, evaluate, select_examples
+    from trl_rubric.evaluation import conditioning_gap, evaluate
     from trl_rubric.real import lora_config, smollm2_path
     from trl_rubric.real.demo import paired_delta
     from trl_rubric.real.world import REAL_TEACHER_VIEW
@@ -251,12 +272,7 @@ def main(argv=None) -> dict[str, Any]:
     transformers.logging.set_verbosity_error()
     world = make_named_world(args.world, seed=args.seed)
     train_all = world.train_dataset()
-
-    def repeated(ds, n):
-        return concatenate_datasets([select_examples(ds, n, args.seed)] * args.eval_samples)
-
-    sets = {"train": (repeated(train_all, args.eval_prompts), args.seed + 1),
-            "heldout": (repeated(world.heldout_dataset(), args.heldout_prompts), args.seed + 2)}  # fmt: skip
+    sets = scored_sets(world, args.seed, args.eval_prompts, args.heldout_prompts, args.eval_samples)
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     gen = dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)

@@ -167,3 +167,85 @@ def test_evaluate_and_the_cli_decode_with_the_guard_and_record_it(tiny, tiny_mod
                      "--judge_backend", "rule", "--output_dir", str(tmp_path / "bad"), *bad])  # fmt: skip
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and message in err and "degeneration_guard" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "banned"),
+    [
+        ("1. Never.\n2. Never.", True),  # a one-word item again under a new number
+        ("1. Never.\n2. Ever.", False),
+        ("1. Never.\n2. **never**", True),  # emphasis and case stripped, as the repeat check strips them
+        ("1. (I)", True),  # markers and no word: an empty item the token-level marker bans do not know
+        ("Rest well. Drink water.\ndrink water", True),  # repeats an earlier sentence
+        ("1. Drink water.\n2. Drink", False),  # the line is not finished repeating
+        ("2022-03-02 09:20\n2022-03-02 09:20", True),
+        ("Tips:\n", False),  # an empty line after a heading: paragraph breaks stay free
+        ("", False),
+    ],
+)
+def test_line_end_banned_follows_the_repeat_check(text, banned):
+    from trl_rubric.evaluation.degeneration import repeats_line
+    from trl_rubric.evaluation.guard import line_end_banned
+
+    assert line_end_banned(text) is banned
+    if banned and "(I)" not in text:
+        # Ending the line there writes an answer the repeat check flags (short units need three, so compare whole).
+        assert repeats_line(text + "\n", min_words=1, short_repeats=2)
+
+
+# Words, markers, breaks, and an end-of-answer token (id 11).
+LINE_TEXTS = ["1", "2", ".", " ", "\n", ".\n", "Never", " never", " Oh", ",", " oh", "<eos>"]
+
+
+class EosTokenizer(TextTokenizer):
+    eos_token_id = 11
+
+
+def test_repeated_line_bans_cover_every_line_end_and_the_answer_end():
+    guard = DegenerationGuard(EosTokenizer(LINE_TEXTS), no_repeat_ngram_size=0, ban_empty_items=False,
+                              ban_doubled_markers=False, ban_repeated_lines=True)  # fmt: skip
+    one, two, dot, space, nl, dot_nl, never = 0, 1, 2, 3, 4, 5, 6
+    answer = [one, dot, space, never, dot, nl, two, dot, space, never]  # "1. Never.\n2. Never"
+    assert guard.bans(answer) == {nl, dot_nl, 11}
+    assert guard.bans([*answer, dot]) == {nl, dot_nl, 11}
+    assert guard.bans(answer[:6]) == set()  # the first "Never" ends freely
+    assert guard.settings()["ban_repeated_lines"] is True
+
+
+def test_ignore_case_bans_equal_the_plain_rule_on_lowercased_words():
+    """Under ignore_case a token is banned iff, appended, the last n tokens' texts (lower case, spaces stripped)
+    equal an earlier n-gram of the answer's, two or more of them words."""
+    n = 3
+    guard = DegenerationGuard(EosTokenizer(LINE_TEXTS), no_repeat_ngram_size=n, ban_empty_items=False,
+                              ban_doubled_markers=False, ignore_case=True)  # fmt: skip
+    key = [t.strip().lower() or f"<space {i}>" for i, t in enumerate(LINE_TEXTS)]
+    words = {i for i, t in enumerate(LINE_TEXTS) if any(c.isalpha() for c in t)}
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(400):
+        answer = [rng.choice([2, 3, 6, 7, 8, 9, 10]) for _ in range(rng.randrange(0, 12))]
+        expected = set()
+        for tok in range(len(LINE_TEXTS)):
+            ids = [*answer, tok]
+            gram = [key[i] for i in ids[-n:]]
+            earlier = [[key[i] for i in ids[j : j + n]] for j in range(len(ids) - n)]
+            if len(ids) > n and gram in earlier and sum(i in words for i in ids[-n:]) >= 2:
+                expected.add(tok)
+        assert guard.bans(answer) == expected, answer
+        hits += bool(expected - DegenerationGuard(EosTokenizer(LINE_TEXTS), n).bans(answer))
+    assert hits > 20  # often a ban the case-sensitive guard misses ("Oh, oh" then ", Oh")
+
+
+def test_build_guard_takes_a_size_or_its_options_and_refuses_unknown_ones():
+    from trl_rubric.evaluation.generation import build_guard
+
+    tok = EosTokenizer(LINE_TEXTS)
+    guard = build_guard(tok, {"no_repeat_ngram_size": 4, "ban_repeated_lines": True}, eos_token_ids=[11])
+    assert guard.settings() == {"no_repeat_ngram_size": 4, "ban_empty_items": True, "ban_doubled_markers": True,
+                                "ban_repeated_lines": True, "ignore_case": False}  # fmt: skip
+    assert 11 in guard.line_enders
+    assert build_guard(tok, 2).settings()["no_repeat_ngram_size"] == 2
+    with pytest.raises(EvaluationError, match="unknown option"):
+        build_guard(tok, {"no_repeat_ngram_size": 3, "ban_loops": True})
+    with pytest.raises(EvaluationError, match="expected an n-gram size"):
+        build_guard(tok, True)

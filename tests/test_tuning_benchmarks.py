@@ -1,6 +1,7 @@
 """The helpers of the RGSD tuning benchmarks (`benchmarks/rgsd_sweep.py`, `benchmarks/teacher_signal.py`)."""
 
 import importlib.util
+import json
 import os
 from itertools import combinations
 
@@ -417,3 +418,36 @@ def test_decode_rescore_reads_decodings_and_refuses_a_folder_without_a_demo(tmp_
     assert sweep.decode_args(args.decodings["g3"]) == {"degeneration_guard": 3, "generation_kwargs": {}}
     with pytest.raises(SystemExit):
         rescore.parse_args(["--demo_dir", str(tmp_path), "--decode", "g:degeneration_guard=-2"])
+
+
+def test_sweep_decodings_fold_guard_options_into_the_guard():
+    name, decoding = sweep.parse_decode("g3l:degeneration_guard=3,ban_repeated_lines=true,ignore_case=true")
+    assert name == "g3l"
+    assert decoding == {"degeneration_guard": {"no_repeat_ngram_size": 3, "ban_repeated_lines": True,
+                                               "ignore_case": True}}  # fmt: skip
+    assert sweep.decode_args(decoding)["degeneration_guard"]["ban_repeated_lines"] is True
+    with pytest.raises(ValueError, match="guard options; add degeneration_guard"):
+        sweep.parse_decode("x:ban_repeated_lines=true")
+
+
+def test_decode_rescore_scores_a_sweep_student_on_the_sweeps_own_sets(tmp_path, capsys):
+    from trl_rubric.real.worlds import make_named_world
+
+    rescore = _load("decode_rescore")
+    with pytest.raises(SystemExit):
+        rescore.parse_args(["--sweep_dir", str(tmp_path)])
+    assert "--run" in capsys.readouterr().err
+    settings = {"world": "health", "seed": 1, "eval_prompts": 3, "heldout_prompts": 2, "eval_samples": 2,
+                "max_completion_length": 64, "temperature": 0.7}  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"settings": settings, "gap_train": 0.2}))
+    with pytest.raises(SystemExit):
+        rescore.parse_args(["--sweep_dir", str(tmp_path), "--run", "a"])
+    assert "student" in capsys.readouterr().err
+    (tmp_path / "a" / "student").mkdir(parents=True)
+    assert rescore.parse_args(["--sweep_dir", str(tmp_path), "--run", "a"]).run == "a"
+    setup = rescore.sweep_setup(str(tmp_path), "a")
+    expected = sweep.scored_sets(make_named_world("health", seed=1), 1, 3, 2, 2)
+    for split, (ds, seed) in expected.items():
+        got, got_seed = setup["sets"][split]
+        assert got["prompt"] == ds["prompt"] and got_seed == seed and len(got) == 2 * {"train": 3, "heldout": 2}[split]
+    assert setup["generation"] == {"max_new_tokens": 64, "temperature": 0.7} and setup["gap"] == 0.2

@@ -145,6 +145,21 @@ def _units(answer: str) -> tuple[list[tuple[str, ...]], int]:
     return units, empty
 
 
+def stripped_words(line: str) -> tuple[tuple[str, ...], int]:
+    """One line compared as the checks compare units: its words (lower case, list markers and emphasis stripped),
+    and how many leading list markers it had."""
+    rest, n_markers = _strip_markers(line)
+    return tuple(_words(rest)), n_markers
+
+
+def line_units(text: str) -> list[tuple[str, ...]]:
+    """Every unit of `text` the repeat check compares: each line whole (markers stripped), and its inline numbered
+    items and sentences, as word tuples."""
+    units, _ = _units(text)
+    lines = [stripped_words(line)[0] for line in text.splitlines()]
+    return [*units, *(words for words in lines if words)]
+
+
 def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:
     """Whether a phrase repeats three times in a row ("of the growth of the growth of the growth"), or one word five
     times: a stretch where `words[i] == words[i + p]` holds for at least `max(2 p, 4)` consecutive `i`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -108,6 +109,25 @@ def check_generation_kwargs(generation_kwargs: Mapping[str, Any] | None) -> dict
     return extra
 
 
+def build_guard(tokenizer, spec: int | Mapping[str, Any], eos_token_ids: list[int] | None = None):
+    """A [`DegenerationGuard`] from an n-gram size or a mapping of its keyword arguments (unknown keys refused)."""
+    from .guard import DegenerationGuard
+
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        allowed = set(inspect.signature(DegenerationGuard).parameters) - {"tokenizer", "eos_token_ids"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise EvaluationError(
+                f"degeneration_guard: unknown option(s) {unknown}; expected some of {sorted(allowed)}"
+            )
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        options = {"no_repeat_ngram_size": spec}
+    else:
+        raise EvaluationError(f"degeneration_guard is {spec!r}; expected an n-gram size or a mapping of guard options")
+    return DegenerationGuard(tokenizer, eos_token_ids=eos_token_ids, **options)
+
+
 def generate_responses(
     model,
     tokenizer,
@@ -120,7 +140,7 @@ def generate_responses(
     progress: bool = True,
     desc: str = "generating",
     generation_kwargs: Mapping[str, Any] | None = None,
-    degeneration_guard: int | None = None,
+    degeneration_guard: int | Mapping[str, Any] | None = None,
 ) -> Generations:
     """Sample one completion per prompt with transformers batched generation (left padding, chat template).
 
@@ -143,7 +163,8 @@ def generate_responses(
             model being compared). The settings above are set by their own arguments and cannot be given here.
         degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (`0`: only its empty and doubled
             list-marker bans; `None`: no guard): no repeated word n-gram within the answer, no bare or doubled list
-            markers.
+            markers. A mapping gives the guard's keyword arguments instead (`{"no_repeat_ngram_size": 3,
+            "ban_repeated_lines": True, "ignore_case": True}`).
 
     Returns:
         [`Generations`] with texts, token ids and truncation flags.
@@ -177,9 +198,7 @@ def generate_responses(
     if degeneration_guard is not None:
         from transformers import LogitsProcessorList
 
-        from .guard import DegenerationGuard
-
-        guard = DegenerationGuard(tokenizer, no_repeat_ngram_size=degeneration_guard)
+        guard = build_guard(tokenizer, degeneration_guard, eos_token_ids=sorted(eos))
         gen_kwargs["logits_processor"] = LogitsProcessorList([guard])
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))

@@ -158,7 +158,7 @@ def evaluate(
     generate_fn: GenerateFn | None = None,
     n_samples_per_prompt: int = 1,
     generation_kwargs: Mapping[str, Any] | None = None,
-    degeneration_guard: int | None = None,
+    degeneration_guard: int | Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Generate answers to each prompt, grade each against its rubric, and summarise.
 
@@ -184,8 +184,8 @@ def evaluate(
         generation_kwargs: Further `model.generate` arguments for transformers generation, e.g.
             `{"no_repeat_ngram_size": 4}` (see [`generate_responses`]); recorded in the result's config. Not used
             with `generate_fn`, which owns its own decoding.
-        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (see [`generate_responses`]);
-            recorded in the config. Not used with `generate_fn`.
+        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size, or with a mapping of its
+            options (see [`generate_responses`]); recorded in the config. Not used with `generate_fn`.
 
     Returns:
         [`EvalResult`].
@@ -218,7 +218,9 @@ def evaluate(
         "temperature": temperature,
         "top_p": top_p,
         "generation_kwargs": extra,
-        "degeneration_guard": degeneration_guard,
+        "degeneration_guard": dict(degeneration_guard)
+        if isinstance(degeneration_guard, Mapping)
+        else degeneration_guard,
         "seed": seed,
         "judge": getattr(judge, "name", type(judge).__name__),
     }

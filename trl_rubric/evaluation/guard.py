@@ -10,7 +10,13 @@ the next tokens that would
   the prompt, so the answer can quote the question; this is transformers' `no_repeat_ngram_size` restricted to the
   answer's words;
 - end a line that holds only list markers, or add a second marker after a spaced one ("2." alone on its line,
-  "1. 1. Plan").
+  "1. 1. Plan");
+- with `ban_repeated_lines`, end a line (or the answer) that repeats an earlier line, list item or sentence, or that
+  holds list markers and no word ("1. Never." / "2. Never.", "3. (IV)"), compared the way the degeneration checks
+  compare them (`trl_rubric.evaluation.degeneration`: markers, emphasis, punctuation and case stripped), so short
+  items the n-gram bans cannot reach are covered;
+- with `ignore_case`, treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one
+  token in the n-gram bans.
 
 The bans are the ones RGSD's teacher-side penalties use (`trl_rubric.losses.teacher_bias`), applied here to the
 model's own sampling. It is an inference setting, not a training one: apply it to every model being compared (base
@@ -25,6 +31,7 @@ from typing import Any
 from transformers import LogitsProcessor
 
 from ..losses import teacher_bias
+from .degeneration import line_units, stripped_words
 from .errors import EvaluationError
 
 
@@ -51,6 +58,28 @@ def next_token_bans(
     return [tok for pos, tok in bans if pos == t]
 
 
+def line_end_banned(text: str) -> bool:
+    """Whether the answer so far (`text`) must not end its current line here: that line, compared as the
+    degeneration checks compare units (list markers, emphasis, punctuation and case stripped), repeats an earlier
+    line, inline item or sentence of the answer, or holds list markers and no word."""
+    earlier, _, line = text.rpartition("\n")
+    words, markers = stripped_words(line)
+    if not words:
+        return markers > 0
+    return words in set(line_units(earlier))
+
+
+def _case_classes(texts: list[str]) -> list[int]:
+    """Each token's class id: the smallest id with the same text once case and surrounding spaces are dropped
+    (tokens that are all spaces keep their own id)."""
+    first: dict[str, int] = {}
+    classes = []
+    for i, text in enumerate(texts):
+        key = text.strip().lower()
+        classes.append(first.setdefault(key, i) if key else i)
+    return classes
+
+
 class DegenerationGuard(LogitsProcessor):
     """A `LogitsProcessor` that forbids repeated n-grams of the answer and empty or doubled list markers.
 
@@ -60,6 +89,11 @@ class DegenerationGuard(LogitsProcessor):
             with at least two word tokens); `0` turns this part off.
         ban_empty_items: Forbid ending a line of bare list markers.
         ban_doubled_markers: Forbid a second marker after a spaced one ("1. 1.").
+        ban_repeated_lines: Forbid ending a line, or the answer, where the line repeats an earlier line, item or
+            sentence, or holds markers and no word ([`line_end_banned`]).
+        ignore_case: Compare n-grams on tokens with case and surrounding spaces dropped.
+        eos_token_ids: The ids that end the answer, banned with the line ends under `ban_repeated_lines` (default:
+            the tokenizer's `eos_token_id`).
 
     The answer starts where the first call's sequences end (the prompt, left-padded, as `model.generate` passes it).
     Pass it as `model.generate(..., logits_processor=LogitsProcessorList([guard]))`, and call [`reset`] before the
@@ -72,13 +106,29 @@ class DegenerationGuard(LogitsProcessor):
         no_repeat_ngram_size: int = 3,
         ban_empty_items: bool = True,
         ban_doubled_markers: bool = True,
+        ban_repeated_lines: bool = False,
+        ignore_case: bool = False,
+        eos_token_ids: list[int] | None = None,
     ):
         if no_repeat_ngram_size < 0:
             raise EvaluationError(f"no_repeat_ngram_size is {no_repeat_ngram_size}; expected 0 (off) or more")
-        if not (no_repeat_ngram_size or ban_empty_items or ban_doubled_markers):
+        if not (no_repeat_ngram_size or ban_empty_items or ban_doubled_markers or ban_repeated_lines):
             raise EvaluationError("DegenerationGuard with every ban off does nothing; turn one on")
         texts, content, enders, starts = _tables(tokenizer)
         self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.ban_repeated_lines = ban_repeated_lines
+        self.ignore_case = ignore_case
+        self.texts = texts
+        if eos_token_ids is None:
+            eos = getattr(tokenizer, "eos_token_id", None)
+            eos_token_ids = [] if eos is None else [eos]
+        self.line_enders = sorted({*teacher_bias.line_ender_ids(texts), *eos_token_ids})
+        self.classes = _case_classes(texts) if ignore_case else None
+        self.members: dict[int, list[int]] = {}
+        if self.classes is not None:
+            for i, c in enumerate(self.classes):
+                self.members.setdefault(c, []).append(i)
+        # A class's representative has the same letters as its members, so `content` holds for classes too.
         self.content_tokens = content
         self.empty_items = (
             (texts, enders if ban_empty_items else [], starts if ban_doubled_markers else [])
@@ -89,6 +139,32 @@ class DegenerationGuard(LogitsProcessor):
         #: Tokens banned so far (over every call), for logs and tests.
         self.bans_applied = 0
 
+    def settings(self) -> dict[str, Any]:
+        """The guard's options, as recorded in `results.json`."""
+        return {
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "ban_empty_items": bool(self.empty_items and self.empty_items[1]),
+            "ban_doubled_markers": bool(self.empty_items and self.empty_items[2]),
+            "ban_repeated_lines": self.ban_repeated_lines,
+            "ignore_case": self.ignore_case,
+        }
+
+    def bans(self, completion: list[int]) -> set[int]:
+        """The token ids banned as the next token of `completion` (the answer so far, without its prompt)."""
+        if self.classes is None:
+            banned = set(next_token_bans(completion, self.no_repeat_ngram_size, self.content_tokens, self.empty_items))
+        else:
+            banned = set(next_token_bans(completion, 0, None, self.empty_items)) if self.empty_items else set()
+            if self.no_repeat_ngram_size:
+                classes = [self.classes[tok] for tok in completion]
+                for c in next_token_bans(classes, self.no_repeat_ngram_size, self.content_tokens, None):
+                    banned.update(self.members.get(c, (c,)))
+        if self.ban_repeated_lines and line_end_banned(
+            "".join(self.texts[tok] for tok in completion if tok < len(self.texts))
+        ):
+            banned.update(self.line_enders)
+        return banned
+
     def reset(self) -> None:
         """Forget where the answer starts: the next call begins a new generation."""
         self._start = None
@@ -97,11 +173,7 @@ class DegenerationGuard(LogitsProcessor):
         if self._start is None:
             self._start = input_ids.shape[1]
         for row in range(input_ids.shape[0]):
-            banned = next_token_bans(
-                input_ids[row, self._start :].tolist(), self.no_repeat_ngram_size, self.content_tokens,
-                self.empty_items,
-            )  # fmt: skip
-            banned = [tok for tok in banned if tok < scores.shape[1]]
+            banned = [tok for tok in self.bans(input_ids[row, self._start :].tolist()) if tok < scores.shape[1]]
             if banned:
                 scores[row, banned] = float("-inf")
                 self.bans_applied += len(banned)

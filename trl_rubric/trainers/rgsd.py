@@ -66,6 +66,7 @@ from .rgsd_rollouts import (
 from .rgsd_teacher import build_teacher, check_teacher_prompt_lengths
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
+from .rollout_guard import build_rollout_guard, guarded_generate
 from .teacher_shaping import penalize_teacher, teacher_shaping_kwargs
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
@@ -249,6 +250,11 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
             check_teacher_prompt_lengths(self, train_dataset)
         check_teacher_rollouts(self, tools, rollout_func)
+        self._rollout_guard = (
+            None
+            if args.rollout_degeneration_guard is None
+            else build_rollout_guard(self._tokenizer, args.rollout_degeneration_guard, list(self.eos_token_ids))
+        )
         self._rgsd_rollout_plan = None  # (rows the teacher answers, their teacher prompt ids) while generating
 
     def train(self, *args, **kwargs):
@@ -289,6 +295,17 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self._rollout_guard is None:
+            return self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        guard = self._rollout_guard
+        before = guard.bans_applied
+        with guarded_generate(self.accelerator.unwrap_model(self.model_wrapped), guard):
+            out = self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["rgsd/rollout_guard_bans"].append((guard.bans_applied - before) / max(len(prompt_ids), 1))
+        return out
+
+    def _generate_unguarded(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images):
         if self._rgsd_rollout_plan is None:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images

@@ -236,6 +236,10 @@ class RGSDConfig(GRPOConfig):
         degenerate_unlikelihood_weight (`float`, *optional*, defaults to `1.0`):
             With `degenerate_rollouts="unlikelihood"`, the weight of `-log(1 - p_student(token))` on the flagged
             spans' tokens, each counted as one loss token beside the distilled ones.
+        rollout_degeneration_guard (`int` or `None`, *optional*, defaults to `None`):
+            Sample the student's rollouts through `trl_rubric.evaluation.DegenerationGuard` with this n-gram size (no
+            repeated word n-gram, no empty or doubled list markers, no line ending on a repeat), so the loss never
+            reads a looped answer. `None` = off. Needs transformers generation (no vLLM, no continuous batching).
         teacher_rollouts (`float`, *optional*, defaults to `0.0`):
             Share of each generation batch whose answers the teacher samples (shown its context) instead of the
             student; the student then learns those answers under its own prompt. 0 = the paper's on-policy RGSD.
@@ -484,6 +488,18 @@ class RGSDConfig(GRPOConfig):
             "ZeRO-3. On SmolLM2-135M it traded gain for fewer degenerate answers (docs/benchmarks.md); off by default."
         },
     )
+    rollout_degeneration_guard: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sample the rollouts through trl_rubric.evaluation.DegenerationGuard with this n-gram size: no "
+            "word n-gram of this many tokens twice within the answer (case ignored), no line of bare list markers, "
+            "no second marker after a spaced one, and no line or answer that ends on a repeat of an earlier line. "
+            "The loss then never reads a looped answer, so the student does not practise the loops it would "
+            "otherwise write (trainers/rollout_guard.py; the teacher sampling teacher_rollouts is guarded too). "
+            "None (default) = plain sampling. Transformers generation only (no use_vllm, no continuous batching). "
+            "Logged: rgsd/rollout_guard_bans (banned tokens per rollout). docs/benchmarks.md measures 3 on SmolLM2."
+        },
+    )
     teacher_rollout_loss: Literal["nll", "divergence"] = field(
         default="nll",
         metadata={
@@ -676,6 +692,18 @@ class RGSDConfig(GRPOConfig):
                 "(the teacher's weights and prompt), which vLLM and continuous batching do not run. Set "
                 "use_vllm=False and use_transformers_continuous_batching=False, or teacher_rollouts=0."
             )
+        guard = self.rollout_degeneration_guard
+        if guard is not None:
+            if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
+                raise ValueError(
+                    f"rollout_degeneration_guard is {guard!r}; expected None (off) or an n-gram size >= 0"
+                )
+            if self.use_vllm or self.use_transformers_continuous_batching:
+                raise ValueError(
+                    f"rollout_degeneration_guard is {guard}: the guard is a transformers logits processor, which vLLM "
+                    "and continuous batching do not run. Set use_vllm=False and "
+                    "use_transformers_continuous_batching=False, or rollout_degeneration_guard=None."
+                )
         anchor = self.anchor_weight
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")

@@ -1,0 +1,124 @@
+"""RGSDConfig.rollout_degeneration_guard: rollouts sampled through the degeneration guard equal `model.generate`
+called with a fresh guard, the model's own `generate` comes back afterwards, the config refuses what cannot run it, and
+training logs the bans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LogitsProcessorList
+
+from trl_rubric.evaluation import DegenerationGuard
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric.trainers.rollout_guard import ROLLOUT_GUARD_OPTIONS, guarded_generate
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"rollout_degeneration_guard": -1}, "rollout_degeneration_guard is -1"),
+        ({"rollout_degeneration_guard": True}, "rollout_degeneration_guard is True"),
+        ({"rollout_degeneration_guard": 3, "use_vllm": True}, "vLLM and continuous batching"),
+    ],
+)
+def test_config_refuses_what_the_guard_cannot_run(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        rgsd_test_config(tmp_path, **overrides)
+
+
+def _trainer(tiny_model_path, tmp_path, guard, length=24, rows=4):
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    args = rgsd_test_config(
+        tmp_path / "out", rollout_degeneration_guard=guard, max_completion_length=length,
+        generation_kwargs={"do_sample": False},
+    )  # fmt: skip
+    data = make_rubric_rows(rows)
+    return RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(data)), data
+
+
+def _greedy(model, prompt_ids, n, eos, processors=None):
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             logits_processor=processors)  # fmt: skip
+    completion = out[0, len(prompt_ids) :].tolist()
+    ends = [i for i, tok in enumerate(completion) if tok in eos]
+    return completion[: ends[0] + 1] if ends else completion
+
+
+def test_rollouts_equal_generate_with_a_fresh_guard_and_differ_from_plain_ones(tiny_model_path, tmp_path):
+    trainer, rows = _trainer(tiny_model_path, tmp_path, guard=2)
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(rows)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    assert "generate" not in vars(policy)  # the wrapper is gone after the rollout
+    tokenizer = trainer.processing_class
+    prompt_ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    eos = set(trainer.eos_token_ids)
+    changed = 0
+    for i in range(len(rows)):
+        got = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
+        fresh = DegenerationGuard(
+            tokenizer, no_repeat_ngram_size=2, eos_token_ids=sorted(eos), **ROLLOUT_GUARD_OPTIONS
+        )
+        assert got == _greedy(policy, prompt_ids[i], 24, eos, LogitsProcessorList([fresh]))
+        changed += got != _greedy(policy, prompt_ids[i], 24, eos)
+        # What the guard forbids never happens in a guarded rollout: each next token was allowed where it was sampled.
+        assert all(got[t] not in fresh.bans(got[:t]) for t in range(len(got)))
+    assert changed >= 1  # the tiny model's plain greedy answers repeat, so the guard had something to forbid
+    bans = trainer._metrics["train"]["rgsd/rollout_guard_bans"]
+    assert len(bans) == 1 and bans[0] > 0
+
+
+def test_without_the_guard_rollouts_are_plain_generate(tiny_model_path, tmp_path):
+    trainer, rows = _trainer(tiny_model_path, tmp_path, guard=None, rows=2)
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(rows)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    prompt_ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    for i in range(len(rows)):
+        got = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
+        assert got == _greedy(policy, prompt_ids[i], 24, set(trainer.eos_token_ids))
+    assert "rgsd/rollout_guard_bans" not in trainer._metrics["train"]
+
+
+class _Model:
+    def generate(self, *args, **kwargs):
+        return kwargs.get("logits_processor")
+
+
+def test_guarded_generate_appends_resets_and_restores_even_after_an_error():
+    class Guard:
+        resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+    model, guard, other = _Model(), Guard(), object()
+    with guarded_generate(model, guard):
+        assert list(model.generate()) == [guard]
+        assert list(model.generate(logits_processor=[other])) == [other, guard]
+    assert guard.resets == 2
+    assert "generate" not in vars(model) and model.generate() is None
+    with pytest.raises(RuntimeError), guarded_generate(model, guard):
+        raise RuntimeError("generation failed")
+    assert "generate" not in vars(model)
+    # A generate already shadowed on the instance (another wrapper) is put back as it was.
+    model.generate = marker = lambda *a, **k: "theirs"
+    with guarded_generate(model, guard):
+        assert model.generate() == "theirs"
+    assert model.generate is marker
+
+
+def test_training_with_the_guard_runs_and_logs_its_bans(tiny_model_path, tmp_path):
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    args = rgsd_test_config(tmp_path / "out", rollout_degeneration_guard=2, max_completion_length=16)
+    trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(make_rubric_rows(8)))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "rgsd/rollout_guard_bans" in e]
+    assert logs and all(e["rgsd/rollout_guard_bans"] >= 0 for e in logs)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
