@@ -99,6 +99,14 @@ LABELLED = [
     ("Many people use the word loosely; a cold is not the flu.", False, False, False),  # no quoted word announced
     ("1. Boil water.\n2. Add the pasta.\n3. Stir after 2. Then drain it.", False, False, False),
     ("---\nRest well.\n---", False, False, False),
+    # Everyday advice that reads like meta-talk to a looser pattern (SmolLM2 answers, flagged before the fix).
+    ("1. Use a recipe online, and follow the instructions.\n2. Stir well.", False, False, False),
+    ("6. Always stay calm and follow instructions.\n7. Keep your balance.", False, False, False),
+    ("3. This is a natural physical response to the yawn, which is common.", False, False, False),
+    # ... and what still counts.
+    ("This answer follows all the instructions above.", False, False, True),
+    ("Here it is, and it follows every rule you gave.", False, False, True),
+    ("This is a short, clear answer to your question.", False, False, True),
 ]
 
 

@@ -29,7 +29,8 @@ logs and the benchmarks share.
 - **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): "criteria", "rubric", "the / every / three
   requirements", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
   word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
-  well-structured answer"), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement"
+  well-structured answer"; "This is a natural physical response" is not one), "meets / follows all the instructions"
+  (the everyday advice "follow the instructions on the label" is not), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement"
   alone is not enough: SmolLM2's base answers say "a fundamental requirement for any living organism", and an
   everyday answer may say "nutritional requirements".
 - **degenerate**: any of the three.
@@ -65,15 +66,21 @@ META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
         r"\b(the|all|every|each|any|these|those|your|specified|listed|given|stated|above|following|"
         r"other|two|three|four|five|six|\d+) requirements?\b",
     ),  # fmt: skip
+    # "meets the instructions", "follows all the rules"; not the everyday advice "follow the instructions on the
+    # label" or "follow these guidelines" (a bare "follow" needs "all / every / each").
     (
         "meets / follows the instructions",
-        r"\b(meets?|meeting|satisf(y|ies|ying)|follows?|fulfil+s?) (all |every |each )?"
-        r"(of )?(the |your |these |those )?(instructions?|guidelines?|constraints?|rules?)\b",
+        r"\b(meets?|meeting|satisf(y|ies|ying)|fulfil+s?) (all |every |each )?"
+        r"(of )?(the |your |these |those )?(instructions?|guidelines?|constraints?|rules?)\b"
+        r"|\b(follows?|following) (all|every|each) (of )?(the |your |these |those )?"
+        r"(instructions?|guidelines?|constraints?|rules?)\b",
     ),  # fmt: skip
     ("here is your answer", r"(^|\n)\W*here('s| is| are) (is )?(your|the|my|an?) (\w+ )?(answers?|responses?)\b"),
     ("the answer is:", r"(^|\n)\W*(so, )?the (answer|response) (to (this|your|the) question )?(is|would be)\s*:"),
     ("your answer should", r"\b(your|the|my|this) (answer|response) (should|must|needs? to|has to|will)\b"),
-    ("this answer", r"\b(this|my) (answer|response)\b|\bthis is an? ([\w-]+,? ){0,4}(answer|response)\b"),
+    # "This answer is correct", "this is a well-structured answer"; not "This is a natural physical response" (a
+    # response of the body, which health answers describe).
+    ("this answer", r"\b(this|my) (answer|response)\b|\bthis is an? ([\w-]+,? ){0,4}answer\b"),
     ("the answer below", r"\b(the|this) (answer|response) (below|above)\b"),
     ("as requested", r"\b(requested|as required|as instructed)\b"),
     ("word count", r"\b(word (limit|count)|(under|fewer than|less than|within|at most) \d+ words)\b"),
