@@ -118,7 +118,10 @@ def main(argv=None) -> dict[str, Any]:
     base, tokenizer = load_model_and_tokenizer(smollm2_path(), dtype="float32", device="cpu")
     # The LoRA adapter that was saved, merged into its base (the path adapter_config.json names).
     student, _ = load_model_and_tokenizer(setup["student"], dtype="float32", device="cpu")
-    decode_args = _sweep().decode_args
+    sweep = _sweep()
+    decode_args = sweep.decode_args
+    # Criterion pass rates as the source run computed them (a sweep groups every "Mentions ..." as "key term").
+    rates = criterion_rates if args.demo_dir else (lambda r: sweep.criterion_rates(r.examples))
     out: dict[str, Any] = {"demo_dir": args.demo_dir, "sweep_dir": args.sweep_dir, "run": args.run,
                            "world": setup["world"], "seed": seed, "gap": gap, "decodings": {}}  # fmt: skip
     default_output = (os.path.join(args.demo_dir, "decoded.json") if args.demo_dir
@@ -133,7 +136,7 @@ def main(argv=None) -> dict[str, Any]:
             row[split] = {
                 **paired_delta(res["student"], res["base"], seed),
                 **{f"{who}_{key}": value for who, r in res.items() for key, value in (
-                    ("degeneration", r.metrics.degeneration), ("criteria", criterion_rates(r)),
+                    ("degeneration", r.metrics.degeneration), ("criteria", rates(r)),
                     ("length", r.metrics.mean_length), ("responses", [ex["response"] for ex in r.examples]),
                     ("scores", [ex["score"] for ex in r.examples]))},
             }  # fmt: skip

@@ -249,3 +249,18 @@ def test_build_guard_takes_a_size_or_its_options_and_refuses_unknown_ones():
         build_guard(tok, {"no_repeat_ngram_size": 3, "ban_loops": True})
     with pytest.raises(EvaluationError, match="expected an n-gram size"):
         build_guard(tok, True)
+
+
+def test_mass_removed_is_the_probability_of_the_banned_tokens_and_finished_rows_are_left_alone():
+    guard = DegenerationGuard(EosTokenizer(LINE_TEXTS), no_repeat_ngram_size=0, ban_empty_items=False,
+                              ban_doubled_markers=False, ban_repeated_lines=True, eos_token_ids=[11])  # fmt: skip
+    one, two, dot, space, nl, dot_nl, never = 0, 1, 2, 3, 4, 5, 6
+    prompt = [space, space]
+    guard(torch.tensor([prompt, prompt]), torch.zeros(2, len(LINE_TEXTS)))
+    looped = [*prompt, one, dot, space, never, dot, nl, two, dot, space, never, dot]
+    finished = [*prompt, never, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11]
+    scores = torch.randn(2, len(LINE_TEXTS), generator=torch.Generator().manual_seed(0))
+    expected = float(scores[0].softmax(-1)[[nl, dot_nl, 11]].sum())
+    out = guard(torch.tensor([looped, finished]), scores.clone())
+    assert guard.mass_removed == pytest.approx(expected)
+    assert torch.isinf(out[0, [nl, dot_nl, 11]]).all() and torch.isfinite(out[1]).all()

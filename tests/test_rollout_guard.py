@@ -68,7 +68,7 @@ def test_rollouts_equal_generate_with_a_fresh_guard_and_differ_from_plain_ones(t
         # What the guard forbids never happens in a guarded rollout: each next token was allowed where it was sampled.
         assert all(got[t] not in fresh.bans(got[:t]) for t in range(len(got)))
     assert changed >= 1  # the tiny model's plain greedy answers repeat, so the guard had something to forbid
-    bans = trainer._metrics["train"]["rgsd/rollout_guard_bans"]
+    bans = trainer._metrics["train"]["rgsd/rollout_guard_mass"]
     assert len(bans) == 1 and bans[0] > 0
 
 
@@ -81,7 +81,7 @@ def test_without_the_guard_rollouts_are_plain_generate(tiny_model_path, tmp_path
     for i in range(len(rows)):
         got = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
         assert got == _greedy(policy, prompt_ids[i], 24, set(trainer.eos_token_ids))
-    assert "rgsd/rollout_guard_bans" not in trainer._metrics["train"]
+    assert "rgsd/rollout_guard_mass" not in trainer._metrics["train"]
 
 
 class _Model:
@@ -119,6 +119,6 @@ def test_training_with_the_guard_runs_and_logs_its_bans(tiny_model_path, tmp_pat
     trainer = RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(make_rubric_rows(8)))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "rgsd/rollout_guard_bans" in e]
-    assert logs and all(e["rgsd/rollout_guard_bans"] >= 0 for e in logs)
+    logs = [e for e in trainer.state.log_history if "rgsd/rollout_guard_mass" in e]
+    assert logs and all(e["rgsd/rollout_guard_mass"] >= 0 for e in logs)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())

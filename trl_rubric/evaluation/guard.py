@@ -136,8 +136,13 @@ class DegenerationGuard(LogitsProcessor):
             else None
         )
         self._start: int | None = None
+        self.eos_token_ids = frozenset(eos_token_ids)
         #: Tokens banned so far (over every call), for logs and tests.
         self.bans_applied = 0
+        #: Probability the bans took away, summed over every row and step so far: in expectation, how many banned
+        #: tokens the model would have sampled without the guard (its own probabilities: transformers applies
+        #: custom processors before temperature, top-k and top-p).
+        self.mass_removed = 0.0
 
     def settings(self) -> dict[str, Any]:
         """The guard's options, as recorded in `results.json`."""
@@ -173,8 +178,12 @@ class DegenerationGuard(LogitsProcessor):
         if self._start is None:
             self._start = input_ids.shape[1]
         for row in range(input_ids.shape[0]):
-            banned = [tok for tok in self.bans(input_ids[row, self._start :].tolist()) if tok < scores.shape[1]]
+            completion = input_ids[row, self._start :].tolist()
+            if self.eos_token_ids.intersection(completion):
+                continue  # a finished row: generate pads it from here on
+            banned = [tok for tok in self.bans(completion) if tok < scores.shape[1]]
             if banned:
+                self.mass_removed += float(scores[row].float().softmax(-1)[banned].sum())
                 scores[row, banned] = float("-inf")
                 self.bans_applied += len(banned)
         return scores

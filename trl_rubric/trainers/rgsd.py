@@ -298,11 +298,12 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if self._rollout_guard is None:
             return self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         guard = self._rollout_guard
-        before = guard.bans_applied
+        before = guard.mass_removed
         with guarded_generate(self.accelerator.unwrap_model(self.model_wrapped), guard):
             out = self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["rgsd/rollout_guard_bans"].append((guard.bans_applied - before) / max(len(prompt_ids), 1))
+        removed = (guard.mass_removed - before) / max(len(prompt_ids), 1)
+        self._metrics[mode]["rgsd/rollout_guard_mass"].append(removed)
         return out
 
     def _generate_unguarded(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images):

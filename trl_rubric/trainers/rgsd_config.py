@@ -240,6 +240,9 @@ class RGSDConfig(GRPOConfig):
             Sample the student's rollouts through `trl_rubric.evaluation.DegenerationGuard` with this n-gram size (no
             repeated word n-gram, no empty or doubled list markers, no line ending on a repeat), so the loss never
             reads a looped answer. `None` = off. Needs transformers generation (no vLLM, no continuous batching).
+        teacher_guard (`bool`, *optional*, defaults to `False`):
+            Penalise, in the teacher's logits at every completion position, the tokens `rollout_degeneration_guard`
+            bans there, so the student learns not to prefer them.
         teacher_rollouts (`float`, *optional*, defaults to `0.0`):
             Share of each generation batch whose answers the teacher samples (shown its context) instead of the
             student; the student then learns those answers under its own prompt. 0 = the paper's on-policy RGSD.
@@ -497,7 +500,17 @@ class RGSDConfig(GRPOConfig):
             "The loss then never reads a looped answer, so the student does not practise the loops it would "
             "otherwise write (trainers/rollout_guard.py; the teacher sampling teacher_rollouts is guarded too). "
             "None (default) = plain sampling. Transformers generation only (no use_vllm, no continuous batching). "
-            "Logged: rgsd/rollout_guard_bans (banned tokens per rollout). docs/benchmarks.md measures 3 on SmolLM2."
+            "Logged: rgsd/rollout_guard_mass (probability the bans removed, summed over a rollout's tokens). docs/benchmarks.md measures 3 on SmolLM2."
+        },
+    )
+    teacher_guard: bool = field(
+        default=False,
+        metadata={
+            "help": "Apply the rollout guard's bans to the teacher too: at every completion position, every token "
+            "rollout_degeneration_guard forbids there gets teacher_ngram_penalty off the teacher's logit (or, with "
+            "teacher_ngram_mode='mask', its position leaves the loss), so the student learns a distribution that does "
+            "not prefer what the guard forbids, and can sample without the guard after training. Needs "
+            "rollout_degeneration_guard. Off by default."
         },
     )
     teacher_rollout_loss: Literal["nll", "divergence"] = field(
@@ -704,6 +717,11 @@ class RGSDConfig(GRPOConfig):
                     "and continuous batching do not run. Set use_vllm=False and "
                     "use_transformers_continuous_batching=False, or rollout_degeneration_guard=None."
                 )
+        if self.teacher_guard and guard is None:
+            raise ValueError(
+                "teacher_guard applies the rollout guard's bans to the teacher, but rollout_degeneration_guard is "
+                "None. Set rollout_degeneration_guard (e.g. 3), or teacher_guard=False."
+            )
         anchor = self.anchor_weight
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")
@@ -722,7 +740,7 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(
                 f"teacher n-gram penalties support one teacher context per rollout; teacher_context="
                 f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size, teacher_copy_ngram_size, "
-                "teacher_ban_empty_items and teacher_ban_doubled_markers."
+                "teacher_ban_empty_items, teacher_ban_doubled_markers and teacher_guard."
             )
         if self.num_loss_tokens_to_skip < 0:
             raise ValueError(f"num_loss_tokens_to_skip is {self.num_loss_tokens_to_skip}; expected >= 0")
@@ -736,12 +754,13 @@ class RGSDConfig(GRPOConfig):
 
 
 def teacher_penalties_on(config) -> bool:
-    """Whether any teacher-side penalty (repeat, copy, empty item, doubled marker) is set."""
+    """Whether any teacher-side penalty (repeat, copy, empty item, doubled marker, the rollout guard's) is set."""
     return bool(
         config.teacher_no_repeat_ngram_size
         or config.teacher_copy_ngram_size
         or config.teacher_ban_empty_items
         or config.teacher_ban_doubled_markers
+        or getattr(config, "teacher_guard", False)
     )
 
 

@@ -41,7 +41,7 @@ def teacher_shaping_kwargs(config: Any) -> dict[str, Any]:
 
 def penalize_teacher(trainer: Any, inputs: dict, t_hidden, t_weight):
     """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`, `teacher_ban_empty_items`,
-    `teacher_ban_doubled_markers`) on an RGSD batch: `(t_hidden, t_weight, inputs)` with the penalty columns appended
+    `teacher_ban_doubled_markers`, `teacher_guard`) on an RGSD batch: `(t_hidden, t_weight, inputs)` with the penalty columns appended
     to the teacher's hidden states and head, or (`teacher_ngram_mode="mask"`) the same teacher and `inputs` whose loss
     mask leaves out the completion tokens that are themselves banned. The student's sampling is untouched. The
     vocabulary tables are built once and kept on the trainer."""
@@ -61,12 +61,23 @@ def penalize_teacher(trainer: Any, inputs: dict, t_hidden, t_weight):
         no_repeat_ngram_size=args.teacher_no_repeat_ngram_size, copy_ngram_size=args.teacher_copy_ngram_size,
         content_tokens=trainer._content_tokens, empty_items=trainer._empty_items,
     )  # fmt: skip
+    if args.teacher_guard:  # the rollout guard's bans at every position of each (real) completion
+        bans = [
+            sorted({*row, *guard_bans(trainer._rollout_guard, ids[mask.bool()].tolist())})
+            for row, ids, mask in zip(bans, inputs["completion_ids"], inputs["completion_mask"], strict=True)
+        ]
     if args.teacher_ngram_mode == "mask":
         mask = inputs["rgsd_loss_mask"]
         hit = teacher_bias.banned_target_mask(bans, inputs["completion_ids"]).to(mask.device)
         return t_hidden, t_weight, {**inputs, "rgsd_loss_mask": mask * (~hit).to(mask.dtype)}
     t_hidden, t_weight = teacher_bias.penalized_teacher(t_hidden, t_weight, bans, args.teacher_ngram_penalty)
     return t_hidden, t_weight, inputs
+
+
+def guard_bans(guard: Any, completion: list[int]) -> list[teacher_bias.Ban]:
+    """`(position, token)` for every token `guard` (a `DegenerationGuard`) forbids at each position of `completion`,
+    given the tokens before it: what the rollout guard would have banned had it sampled this completion."""
+    return [(t, tok) for t in range(len(completion)) for tok in guard.bans(completion[:t])]
 
 
 def teacher_facts(config: Any) -> dict[str, str | None]:
@@ -99,6 +110,7 @@ def teacher_facts(config: Any) -> dict[str, str | None]:
 __all__ = [
     "DEFAULT_TEACHER_TOP_K_FLOOR",
     "check_teacher_shaping",
+    "guard_bans",
     "penalize_teacher",
     "teacher_facts",
     "teacher_shaping_kwargs",
