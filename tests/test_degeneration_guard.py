@@ -97,7 +97,8 @@ def test_guard_options_are_checked():
     with pytest.raises(EvaluationError, match="expected 0"):
         DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=-1)
     with pytest.raises(EvaluationError, match="does nothing"):
-        DegenerationGuard(TextTokenizer(TEXTS), 0, ban_empty_items=False, ban_doubled_markers=False)
+        DegenerationGuard(TextTokenizer(TEXTS), 0, ban_empty_items=False, ban_doubled_markers=False,
+                          ban_repeated_lines=False)  # fmt: skip
 
 
 PROMPTS = ["hi", "explain the fever dose risk for the patient in detail", "why does the gene matter"]
@@ -147,7 +148,10 @@ def test_evaluate_and_the_cli_decode_with_the_guard_and_record_it(tiny, tiny_mod
     rows = [{"prompt": p, "rubric": rubric} for p in PROMPTS]
     result = evaluate(model, rows, RuleJudge(), tokenizer=tokenizer, max_new_tokens=30, temperature=0, progress=False,
                       degeneration_guard=2)  # fmt: skip
-    assert result.config["degeneration_guard"] == 2
+    # Recorded with every option spelled out: a later change of the defaults cannot pass for the same decoding.
+    assert result.config["degeneration_guard"] == {"no_repeat_ngram_size": 2, "ban_empty_items": True,
+                                                   "ban_doubled_markers": True, "ban_repeated_lines": True,
+                                                   "ignore_case": True}  # fmt: skip
     expected = generate_responses(model, tokenizer, PROMPTS, 30, 8, temperature=0, progress=False,
                                   degeneration_guard=2).texts  # fmt: skip
     assert [ex["response"] for ex in result.examples] == expected
@@ -158,7 +162,10 @@ def test_evaluate_and_the_cli_decode_with_the_guard_and_record_it(tiny, tiny_mod
                  "rule", "--max_completion_length", "30", "--temperature", "0", "--bootstrap_samples", "0",
                  "--plots", "false", "--progress", "false", "--degeneration_guard", "2", "--output_dir", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert json.loads((out / "results.json").read_text())["config"]["degeneration_guard"] == 2
+    assert (
+        json.loads((out / "results.json").read_text())["config"]["degeneration_guard"]
+        == result.config["degeneration_guard"]
+    )
     lines = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert [r["response"] for r in lines] == expected
     for bad, message in ((["--degeneration_guard", "-1"], "expected 0"), (["--use_vllm", "true", "--degeneration_guard",
@@ -217,7 +224,7 @@ def test_ignore_case_bans_equal_the_plain_rule_on_lowercased_words():
     equal an earlier n-gram of the answer's, two or more of them words."""
     n = 3
     guard = DegenerationGuard(EosTokenizer(LINE_TEXTS), no_repeat_ngram_size=n, ban_empty_items=False,
-                              ban_doubled_markers=False, ignore_case=True)  # fmt: skip
+                              ban_doubled_markers=False, ban_repeated_lines=False)  # fmt: skip
     key = [t.strip().lower() or f"<space {i}>" for i, t in enumerate(LINE_TEXTS)]
     words = {i for i, t in enumerate(LINE_TEXTS) if any(c.isalpha() for c in t)}
     rng = random.Random(0)
@@ -232,7 +239,7 @@ def test_ignore_case_bans_equal_the_plain_rule_on_lowercased_words():
             if len(ids) > n and gram in earlier and sum(i in words for i in ids[-n:]) >= 2:
                 expected.add(tok)
         assert guard.bans(answer) == expected, answer
-        hits += bool(expected - DegenerationGuard(EosTokenizer(LINE_TEXTS), n).bans(answer))
+        hits += bool(expected - DegenerationGuard(EosTokenizer(LINE_TEXTS), n, ignore_case=False).bans(answer))
     assert hits > 20  # often a ban the case-sensitive guard misses ("Oh, oh" then ", Oh")
 
 
@@ -242,9 +249,11 @@ def test_build_guard_takes_a_size_or_its_options_and_refuses_unknown_ones():
     tok = EosTokenizer(LINE_TEXTS)
     guard = build_guard(tok, {"no_repeat_ngram_size": 4, "ban_repeated_lines": True}, eos_token_ids=[11])
     assert guard.settings() == {"no_repeat_ngram_size": 4, "ban_empty_items": True, "ban_doubled_markers": True,
-                                "ban_repeated_lines": True, "ignore_case": False}  # fmt: skip
+                                "ban_repeated_lines": True, "ignore_case": True}  # fmt: skip
     assert 11 in guard.line_enders
-    assert build_guard(tok, 2).settings()["no_repeat_ngram_size"] == 2
+    assert build_guard(tok, 2).settings() == {"no_repeat_ngram_size": 2, "ban_empty_items": True,
+                                              "ban_doubled_markers": True, "ban_repeated_lines": True,
+                                              "ignore_case": True}  # fmt: skip
     with pytest.raises(EvaluationError, match="unknown option"):
         build_guard(tok, {"no_repeat_ngram_size": 3, "ban_loops": True})
     with pytest.raises(EvaluationError, match="expected an n-gram size"):

@@ -11,7 +11,7 @@ from transformers import LogitsProcessorList
 
 from trl_rubric.evaluation import DegenerationGuard
 from trl_rubric.testing import make_rubric_rows, rgsd_test_config
-from trl_rubric.trainers.rollout_guard import ROLLOUT_GUARD_OPTIONS, guarded_generate
+from trl_rubric.trainers.rollout_guard import guarded_generate
 
 
 @pytest.mark.parametrize(
@@ -60,9 +60,7 @@ def test_rollouts_equal_generate_with_a_fresh_guard_and_differ_from_plain_ones(t
     changed = 0
     for i in range(len(rows)):
         got = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
-        fresh = DegenerationGuard(
-            tokenizer, no_repeat_ngram_size=2, eos_token_ids=sorted(eos), **ROLLOUT_GUARD_OPTIONS
-        )
+        fresh = DegenerationGuard(tokenizer, no_repeat_ngram_size=2, eos_token_ids=sorted(eos))
         assert got == _greedy(policy, prompt_ids[i], 24, eos, LogitsProcessorList([fresh]))
         changed += got != _greedy(policy, prompt_ids[i], 24, eos)
         # What the guard forbids never happens in a guarded rollout: each next token was allowed where it was sampled.

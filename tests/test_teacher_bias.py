@@ -362,7 +362,6 @@ def test_config_refuses_bad_teacher_penalties_by_name(overrides, message):
 
 def test_trainer_teacher_guard_penalises_exactly_what_the_rollout_guard_bans(tiny_model_path, tmp_path):
     from trl_rubric.evaluation import DegenerationGuard
-    from trl_rubric.trainers.rollout_guard import ROLLOUT_GUARD_OPTIONS
 
     trainer, batch, _ = _trainer_with_repeated_completions(
         tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, rollout_degeneration_guard=2, teacher_guard=True
@@ -377,7 +376,7 @@ def test_trainer_teacher_guard_penalises_exactly_what_the_rollout_guard_bans(tin
     hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
     got, plain = hidden @ weight.t(), t_hidden @ t_weight.t()
     # The reference: a fresh guard asked, position by position, what it forbids after the tokens before it.
-    guard = DegenerationGuard(tok, 2, eos_token_ids=list(trainer.eos_token_ids), **ROLLOUT_GUARD_OPTIONS)
+    guard = DegenerationGuard(tok, 2, eos_token_ids=list(trainer.eos_token_ids))
     want = plain.clone()
     for t in range(len(ids)):
         for banned in guard.bans(ids[:t]):

@@ -109,23 +109,30 @@ def check_generation_kwargs(generation_kwargs: Mapping[str, Any] | None) -> dict
     return extra
 
 
+def guard_options(spec: int | Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the [`DegenerationGuard`] that `spec` (an n-gram size, or a mapping of some of its keyword
+    arguments) builds, defaults filled in: what `results.json` records. Unknown keys are refused."""
+    from .guard import DegenerationGuard
+
+    params = inspect.signature(DegenerationGuard).parameters
+    defaults = {name: p.default for name, p in params.items() if name not in ("tokenizer", "eos_token_ids")}
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(defaults))
+        if unknown:
+            raise EvaluationError(
+                f"degeneration_guard: unknown option(s) {unknown}; expected some of {sorted(defaults)}"
+            )
+        return {**defaults, **spec}
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return {**defaults, "no_repeat_ngram_size": spec}
+    raise EvaluationError(f"degeneration_guard is {spec!r}; expected an n-gram size or a mapping of guard options")
+
+
 def build_guard(tokenizer, spec: int | Mapping[str, Any], eos_token_ids: list[int] | None = None):
     """A [`DegenerationGuard`] from an n-gram size or a mapping of its keyword arguments (unknown keys refused)."""
     from .guard import DegenerationGuard
 
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        allowed = set(inspect.signature(DegenerationGuard).parameters) - {"tokenizer", "eos_token_ids"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise EvaluationError(
-                f"degeneration_guard: unknown option(s) {unknown}; expected some of {sorted(allowed)}"
-            )
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        options = {"no_repeat_ngram_size": spec}
-    else:
-        raise EvaluationError(f"degeneration_guard is {spec!r}; expected an n-gram size or a mapping of guard options")
-    return DegenerationGuard(tokenizer, eos_token_ids=eos_token_ids, **options)
+    return DegenerationGuard(tokenizer, eos_token_ids=eos_token_ids, **guard_options(spec))
 
 
 def generate_responses(
@@ -161,10 +168,10 @@ def generate_responses(
         generation_kwargs: Further `model.generate` arguments, e.g. `{"no_repeat_ngram_size": 4}` or
             `{"repetition_penalty": 1.2}` (decoding-time constraints against repeated lines, to be applied to every
             model being compared). The settings above are set by their own arguments and cannot be given here.
-        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (`0`: only its empty and doubled
-            list-marker bans; `None`: no guard): no repeated word n-gram within the answer, no bare or doubled list
-            markers. A mapping gives the guard's keyword arguments instead (`{"no_repeat_ngram_size": 3,
-            "ban_repeated_lines": True, "ignore_case": True}`).
+        degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size (`0`: no n-gram ban; `None`: no
+            guard): no repeated word n-gram within the answer, no bare or doubled list markers, no line ending on a
+            repeat of an earlier one. A mapping gives the guard's keyword arguments instead (`{"no_repeat_ngram_size":
+            3, "ban_repeated_lines": False}`).
 
     Returns:
         [`Generations`] with texts, token ids and truncation flags.

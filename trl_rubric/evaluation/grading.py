@@ -10,7 +10,14 @@ from ..judges.base import RubricJudge, prompt_to_text
 from ..rubric import Rubric
 from .degeneration import degeneration_flags
 from .errors import EvaluationError
-from .generation import GenerateFn, Generations, _as_generations, check_generation_kwargs, generate_responses
+from .generation import (
+    GenerateFn,
+    Generations,
+    _as_generations,
+    check_generation_kwargs,
+    generate_responses,
+    guard_options,
+)
 from .loading import _resolve_model
 from .metrics import EvalMetrics, _verdicts_fit, strict_outcome, summarize
 
@@ -185,7 +192,8 @@ def evaluate(
             `{"no_repeat_ngram_size": 4}` (see [`generate_responses`]); recorded in the result's config. Not used
             with `generate_fn`, which owns its own decoding.
         degeneration_guard: Decode with a [`DegenerationGuard`] of this n-gram size, or with a mapping of its
-            options (see [`generate_responses`]); recorded in the config. Not used with `generate_fn`.
+            options (see [`generate_responses`]); recorded in the config with every option spelled out. Not used with
+            `generate_fn`.
 
     Returns:
         [`EvalResult`].
@@ -218,9 +226,7 @@ def evaluate(
         "temperature": temperature,
         "top_p": top_p,
         "generation_kwargs": extra,
-        "degeneration_guard": dict(degeneration_guard)
-        if isinstance(degeneration_guard, Mapping)
-        else degeneration_guard,
+        "degeneration_guard": None if degeneration_guard is None else guard_options(degeneration_guard),
         "seed": seed,
         "judge": getattr(judge, "name", type(judge).__name__),
     }

@@ -11,11 +11,11 @@ the next tokens that would
   answer's words;
 - end a line that holds only list markers, or add a second marker after a spaced one ("2." alone on its line,
   "1. 1. Plan");
-- with `ban_repeated_lines`, end a line (or the answer) that repeats an earlier line, list item or sentence, or that
+- end a line (or the answer) that repeats an earlier line, list item or sentence, or that
   holds list markers and no word ("1. Never." / "2. Never.", "3. (IV)"), compared the way the degeneration checks
   compare them (`trl_rubric.evaluation.degeneration`: markers, emphasis, punctuation and case stripped), so short
   items the n-gram bans cannot reach are covered;
-- with `ignore_case`, treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one
+- and, in the n-gram bans, treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one
   token in the n-gram bans.
 
 The bans are the ones RGSD's teacher-side penalties use (`trl_rubric.losses.teacher_bias`), applied here to the
@@ -106,8 +106,8 @@ class DegenerationGuard(LogitsProcessor):
         no_repeat_ngram_size: int = 3,
         ban_empty_items: bool = True,
         ban_doubled_markers: bool = True,
-        ban_repeated_lines: bool = False,
-        ignore_case: bool = False,
+        ban_repeated_lines: bool = True,
+        ignore_case: bool = True,
         eos_token_ids: list[int] | None = None,
     ):
         if no_repeat_ngram_size < 0:

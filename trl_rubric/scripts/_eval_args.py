@@ -124,8 +124,9 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "eval: decode with trl_rubric.evaluation.DegenerationGuard: no word n-gram of this many tokens "
-            "twice in one answer (the prompt is not searched), no bare or doubled list markers; 0 keeps only the "
-            "marker bans. An inference setting: score the base model the same way. Transformers generation only."
+            "twice in one answer (case ignored; the prompt is not searched), no bare or doubled list markers, no line "
+            "or answer ending on a repeat of an earlier line; 0 drops the n-gram ban. An inference setting: score the "
+            "base model the same way. Transformers generation only. Recorded with all its options in results.json."
         },
     )
     use_vllm: bool = field(

@@ -303,7 +303,7 @@ def run_eval(args: EvalArguments, judge_args) -> int:
     if args.degeneration_guard is not None:
         if args.degeneration_guard < 0:
             raise UsageError(
-                f"--degeneration_guard is {args.degeneration_guard}; expected 0 (marker bans only) or more"
+                f"--degeneration_guard is {args.degeneration_guard}; expected 0 (no n-gram ban, the line and marker bans only) or more"
             )
         if args.use_vllm:
             raise UsageError("--degeneration_guard is a transformers logits processor; drop --use_vllm to use it")

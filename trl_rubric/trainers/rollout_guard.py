@@ -22,16 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-#: The guard options rollouts are sampled with (besides the n-gram size): `trl-rubric eval --degeneration_guard`'s.
-ROLLOUT_GUARD_OPTIONS: dict[str, bool] = {"ban_repeated_lines": True, "ignore_case": True}
-
 
 def build_rollout_guard(tokenizer, ngram_size: int, eos_token_ids: list[int]):
-    """The guard rollouts are sampled with (`trl_rubric.evaluation.DegenerationGuard`)."""
+    """The guard rollouts are sampled with: `trl_rubric.evaluation.DegenerationGuard` at its defaults (every ban
+    on, the one `trl-rubric eval --degeneration_guard` decodes with) and this n-gram size."""
     from ..evaluation.guard import DegenerationGuard
 
-    return DegenerationGuard(tokenizer, no_repeat_ngram_size=ngram_size, eos_token_ids=eos_token_ids,
-                             **ROLLOUT_GUARD_OPTIONS)  # fmt: skip
+    return DegenerationGuard(tokenizer, no_repeat_ngram_size=ngram_size, eos_token_ids=eos_token_ids)
 
 
 @contextmanager
