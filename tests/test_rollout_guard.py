@@ -120,3 +120,18 @@ def test_training_with_the_guard_runs_and_logs_its_bans(tiny_model_path, tmp_pat
     logs = [e for e in trainer.state.log_history if "rgsd/rollout_guard_mass" in e]
     assert logs and all(e["rgsd/rollout_guard_mass"] >= 0 for e in logs)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_model_card_states_the_rollout_guard_and_the_teacher_guard(tiny_model_path, tmp_path):
+    from trl_rubric.model_card import build_model_card, training_facts
+    from trl_rubric.trainers.rgsd import RGSDTrainer
+
+    data = Dataset.from_list(make_rubric_rows(4))
+    plain = RGSDTrainer(tiny_model_path, args=rgsd_test_config(tmp_path / "a"), train_dataset=data)
+    assert training_facts(plain)["rollouts_sampled_under"] is None
+    args = rgsd_test_config(tmp_path / "b", rollout_degeneration_guard=3, teacher_guard=True)
+    facts = training_facts(RGSDTrainer(tiny_model_path, args=args, train_dataset=data))
+    assert facts["rollouts_sampled_under"] == "DegenerationGuard, n-gram 3, every ban on"
+    assert facts["teacher_shaping"] == "the rollout guard's bans (logit -10)"
+    card = str(build_model_card(RGSDTrainer(tiny_model_path, args=args, train_dataset=data)))
+    assert "| rollouts sampled under | DegenerationGuard, n-gram 3, every ban on |" in card

@@ -82,8 +82,8 @@ def guard_bans(guard: Any, completion: list[int]) -> list[teacher_bias.Ban]:
 
 def teacher_facts(config: Any) -> dict[str, str | None]:
     """Model-card facts for a teacher that differs from the plain rubric teacher: its context when not `"rubric"`
-    (for `"criteria"`, how many teachers and how grouped), its shaping, and the share of answers it sampled
-    (`teacher_rollouts`); None (no row) at the defaults."""
+    (for `"criteria"`, how many teachers and how grouped), its shaping, the share of answers it sampled
+    (`teacher_rollouts`), and the guard rollouts were sampled under; None (no row) at the defaults."""
     context = None
     if config.teacher_context == "criteria":
         context = (
@@ -97,6 +97,10 @@ def teacher_facts(config: Any) -> dict[str, str | None]:
         shaping.append(f"temperature {config.teacher_temperature:g}")
     if config.teacher_top_k is not None:
         shaping.append(f"top-{config.teacher_top_k} renormalised (floor {config.teacher_top_k_floor:g})")
+    if getattr(config, "teacher_guard", False):
+        shaping.append(f"the rollout guard's bans (logit -{config.teacher_ngram_penalty:g})")
+    guard = getattr(config, "rollout_degeneration_guard", None)
+    rollout_guard = None if guard is None else f"DegenerationGuard, n-gram {guard}, every ban on"
     rollouts = None
     if getattr(config, "teacher_rollouts", 0):
         rollouts = (
@@ -104,7 +108,12 @@ def teacher_facts(config: Any) -> dict[str, str | None]:
             f"{'NLL' if config.teacher_rollout_loss == 'nll' else 'the divergence'}"
             f"{', flagged ones filtered' if config.teacher_rollout_filter else ''}"
         )
-    return {"teacher_context": context, "teacher_shaping": ", ".join(shaping) or None, "teacher_rollouts": rollouts}
+    return {
+        "teacher_context": context,
+        "teacher_shaping": ", ".join(shaping) or None,
+        "teacher_rollouts": rollouts,
+        "rollouts_sampled_under": rollout_guard,
+    }
 
 
 __all__ = [
