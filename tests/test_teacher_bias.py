@@ -394,3 +394,5 @@ def test_config_refuses_teacher_guard_without_a_rollout_guard(tmp_path):
 
     with pytest.raises(ValueError, match="rollout_degeneration_guard is None"):
         rgsd_test_config(tmp_path, teacher_guard=True)
+    with pytest.raises(ValueError, match="would mask nothing"):
+        rgsd_test_config(tmp_path, teacher_guard=True, rollout_degeneration_guard=3, teacher_ngram_mode="mask")

@@ -66,7 +66,7 @@ from .rgsd_rollouts import (
 from .rgsd_teacher import build_teacher, check_teacher_prompt_lengths
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
-from .rollout_guard import build_rollout_guard, guarded_generate
+from .rollout_guard import build_rollout_guard, generate_with_guard
 from .teacher_shaping import penalize_teacher, teacher_shaping_kwargs
 from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
 
@@ -295,16 +295,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        call = (prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         if self._rollout_guard is None:
-            return self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-        guard = self._rollout_guard
-        before = guard.mass_removed
-        with guarded_generate(self.accelerator.unwrap_model(self.model_wrapped), guard):
-            out = self._generate_unguarded(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-        mode = "train" if self.model.training else "eval"
-        removed = (guard.mass_removed - before) / max(len(prompt_ids), 1)
-        self._metrics[mode]["rgsd/rollout_guard_mass"].append(removed)
-        return out
+            return self._generate_unguarded(*call)
+        return generate_with_guard(self, self._generate_unguarded, *call)  # rollout_degeneration_guard
 
     def _generate_unguarded(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images):
         if self._rgsd_rollout_plan is None:

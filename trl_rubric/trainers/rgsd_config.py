@@ -507,10 +507,10 @@ class RGSDConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Apply the rollout guard's bans to the teacher too: at every completion position, every token "
-            "rollout_degeneration_guard forbids there gets teacher_ngram_penalty off the teacher's logit (or, with "
-            "teacher_ngram_mode='mask', its position leaves the loss), so the student learns a distribution that does "
-            "not prefer what the guard forbids, and can sample without the guard after training. Needs "
-            "rollout_degeneration_guard. Off by default."
+            "rollout_degeneration_guard forbids there gets teacher_ngram_penalty off the teacher's logit "
+            "(teacher_ngram_mode='logit' only), so the student learns a distribution that does "
+            "not prefer what the guard forbids. Needs rollout_degeneration_guard. Off by default; on SmolLM2 it "
+            "lowered, not removed, the loops of plain sampling (docs/benchmarks.md): decode with the guard too."
         },
     )
     teacher_rollout_loss: Literal["nll", "divergence"] = field(
@@ -721,6 +721,11 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(
                 "teacher_guard applies the rollout guard's bans to the teacher, but rollout_degeneration_guard is "
                 "None. Set rollout_degeneration_guard (e.g. 3), or teacher_guard=False."
+            )
+        if self.teacher_guard and self.teacher_ngram_mode == "mask":
+            raise ValueError(
+                "teacher_guard with teacher_ngram_mode='mask' would mask nothing: the rollouts are sampled under the "
+                "same guard, so no sampled token is one it bans. Use teacher_ngram_mode='logit'."
             )
         anchor = self.anchor_weight
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):

@@ -53,3 +53,15 @@ def guarded_generate(model: Any, guard: Any) -> Iterator[None]:
             model.generate = original
         else:
             del model.generate
+
+
+def generate_with_guard(trainer: Any, generate: Any, prompt_ids: list, *rest: Any) -> Any:
+    """`generate(prompt_ids, *rest)`, the trainer's rollout call, with its rollout guard on the unwrapped model; logs
+    `rgsd/rollout_guard_mass`, the probability the bans removed per rollout."""
+    guard = trainer._rollout_guard
+    before = guard.mass_removed
+    with guarded_generate(trainer.accelerator.unwrap_model(trainer.model_wrapped), guard):
+        out = generate(prompt_ids, *rest)
+    mode = "train" if trainer.model.training else "eval"
+    trainer._metrics[mode]["rgsd/rollout_guard_mass"].append((guard.mass_removed - before) / max(len(prompt_ids), 1))
+    return out
