@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -27,15 +28,26 @@ def torchrun_env(**extra: str) -> dict[str, str]:
 
 #: What a worker prints when a gloo thread is torn down while still running (SIGABRT at process exit). It still
 #: happens now and then after a worker's `barrier()` and `destroy_process_group()` (once in about ten CI runs), so such
-#: a run is launched once more; the callers check the workers' outputs, so a real failure still fails.
+#: a run is launched once more; the callers check the workers' outputs, so a real failure still fails. A caller whose
+#: workers leave state outside their rank files (a fake server's request count, an appended log) passes
+#: `before_retry` to reset it, or the second launch would count on top of the first.
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def torchrun(script: Path, *args: str, nproc: int = 2, env_extra: dict | None = None, timeout: int = 300):
+def torchrun(
+    script: Path,
+    *args: str,
+    nproc: int = 2,
+    env_extra: dict | None = None,
+    timeout: int = 300,
+    before_retry: Callable[[], None] | None = None,
+):
     """Run `script` on `nproc` processes and check that every one of them exited cleanly (one relaunch after a
-    gloo teardown abort, see `TEARDOWN_ABORT`)."""
+    gloo teardown abort, see `TEARDOWN_ABORT`; `before_retry` runs before it)."""
     cmd = torchrun_command(script, *args, nproc=nproc)
     for attempt in range(2):
+        if attempt and before_retry is not None:
+            before_retry()
         proc = subprocess.run(
             cmd, env=torchrun_env(**(env_extra or {})), capture_output=True, text=True, timeout=timeout
         )

@@ -5,6 +5,7 @@ One launch runs `tests/adaptive_worker.py` in two processes against a FakeAuthor
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from _torchrun import torchrun
@@ -21,7 +22,13 @@ def test_every_process_grades_with_the_revisions_the_main_process_applied(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     with FakeAuthorServer() as server:
-        torchrun(WORKER, model, out, server.url, env_extra={"OPENAI_API_KEY": "test-key"})
+
+        def fresh():  # a relaunch (tests/_torchrun.py) starts from an empty memory and request count
+            server.reset_counters()
+            shutil.rmtree(out)
+            out.mkdir()
+
+        torchrun(WORKER, model, out, server.url, env_extra={"OPENAI_API_KEY": "test-key"}, before_retry=fresh)
         requests = server.requests
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["versions"] and r0["versions"] == r1["versions"]  # the same rubrics on every process

@@ -5,6 +5,7 @@ lives in this test process); each rank writes what it saw to a JSON file, compar
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,13 @@ def ranks(tmp_path_factory):
     out = root / "out"
     out.mkdir()
     with FakeJudgeServer() as server:
-        torchrun(WORKER, model, out, server.url, nproc=NPROC)
+
+        def fresh():  # a relaunch (tests/_torchrun.py) counts its own judge requests into a clean folder
+            server.reset_counters()
+            shutil.rmtree(out)
+            out.mkdir()
+
+        torchrun(WORKER, model, out, server.url, nproc=NPROC, before_retry=fresh)
         requests = server.requests
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(NPROC)]
     return {"results": results, "requests": requests}

@@ -135,3 +135,19 @@ def test_model_card_states_the_rollout_guard_and_the_teacher_guard(tiny_model_pa
     assert facts["teacher_shaping"] == "the rollout guard's bans (logit -10)"
     card = str(build_model_card(RGSDTrainer(tiny_model_path, args=args, train_dataset=data)))
     assert "| rollouts sampled under | DegenerationGuard, n-gram 3, every ban on |" in card
+
+
+def test_the_rgsd_cli_reads_both_guard_fields_and_refuses_a_bad_one(tmp_path):
+    from trl_rubric.scripts import rgsd
+
+    parser = rgsd.make_parser()
+    common = ["--dataset_name", "rows.jsonl", "--output_dir", str(tmp_path), "--model_name_or_path", "m",
+              "--use_cpu", "true", "--bf16", "false"]  # fmt: skip
+    _, _, config, _ = parser.parse_args_and_config(
+        [*common, "--rollout_degeneration_guard", "3", "--teacher_guard", "true"]
+    )
+    assert config.rollout_degeneration_guard == 3 and config.teacher_guard is True
+    _, _, config, _ = parser.parse_args_and_config(common)
+    assert config.rollout_degeneration_guard is None and config.teacher_guard is False
+    with pytest.raises(ValueError, match="rollout_degeneration_guard is None"):
+        parser.parse_args_and_config([*common, "--teacher_guard", "true"])
