@@ -273,3 +273,11 @@ def test_mass_removed_is_the_probability_of_the_banned_tokens_and_finished_rows_
     out = guard(torch.tensor([looped, finished]), scores.clone())
     assert guard.mass_removed == pytest.approx(expected)
     assert torch.isinf(out[0, [nl, dot_nl, 11]]).all() and torch.isfinite(out[1]).all()
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_their_own_class():
+    # A model head padded wider than the tokenizer samples an id the tokenizer has no text for: no crash, no ban.
+    guard = DegenerationGuard(EosTokenizer(LINE_TEXTS), no_repeat_ngram_size=3)
+    far = len(LINE_TEXTS) + 5
+    assert guard.bans([8, far, 9, 10, far, 9]) == set()  # " Oh" ? "," " oh" ? ",": one word per trigram
+    assert guard.bans([8, 10, far, 8, 10]) == {far}  # "Oh oh ? Oh oh" -> "?" would repeat "oh oh ?"

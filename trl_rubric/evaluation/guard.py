@@ -11,16 +11,17 @@ the next tokens that would
   answer's words;
 - end a line that holds only list markers, or add a second marker after a spaced one ("2." alone on its line,
   "1. 1. Plan");
-- end a line (or the answer) that repeats an earlier line, list item or sentence, or that
-  holds list markers and no word ("1. Never." / "2. Never.", "3. (IV)"), compared the way the degeneration checks
-  compare them (`trl_rubric.evaluation.degeneration`: markers, emphasis, punctuation and case stripped), so short
-  items the n-gram bans cannot reach are covered;
-- and, in the n-gram bans, treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one
-  token in the n-gram bans.
+- end a line (or the answer) that repeats an earlier line, list item or sentence, or that holds list markers and no
+  word ("1. Never." / "2. Never.", "3. (IV)"), compared the way the degeneration checks compare them
+  (`trl_rubric.evaluation.degeneration`: markers, emphasis, punctuation and case stripped), so short items the
+  n-gram bans cannot reach are covered.
+
+The n-gram bans treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one token.
 
 The bans are the ones RGSD's teacher-side penalties use (`trl_rubric.losses.teacher_bias`), applied here to the
-model's own sampling. It is an inference setting, not a training one: apply it to every model being compared (base
-and trained), as `trl-rubric eval --degeneration_guard 3` does. Cost: O(answer length) Python per row and step, and
+model's own sampling. It is first an inference setting: apply it to every model being compared (base and trained),
+as `trl-rubric eval --degeneration_guard 3` does. RGSD can also sample its training rollouts through it
+(`RGSDConfig.rollout_degeneration_guard`, `trainers/rollout_guard.py`). Cost: O(answer length) Python per row and step, and
 one decode of the vocabulary when built.
 """
 
@@ -81,7 +82,8 @@ def _case_classes(texts: list[str]) -> list[int]:
 
 
 class DegenerationGuard(LogitsProcessor):
-    """A `LogitsProcessor` that forbids repeated n-grams of the answer and empty or doubled list markers.
+    """A `LogitsProcessor` that forbids repeated n-grams of the answer, empty or doubled list markers, and line ends
+    that would repeat an earlier line (see the module docstring).
 
     Args:
         tokenizer: The model's tokenizer (token texts decide what a marker, a line end and a word are).
@@ -161,7 +163,8 @@ class DegenerationGuard(LogitsProcessor):
         else:
             banned = set(next_token_bans(completion, 0, None, self.empty_items)) if self.empty_items else set()
             if self.no_repeat_ngram_size:
-                classes = [self.classes[tok] for tok in completion]
+                # Ids past the tokenizer's vocabulary (a model head padded wider) are their own class.
+                classes = [self.classes[tok] if tok < len(self.classes) else tok for tok in completion]
                 for c in next_token_bans(classes, self.no_repeat_ngram_size, self.content_tokens, None):
                     banned.update(self.members.get(c, (c,)))
         if self.ban_repeated_lines and line_end_banned(
