@@ -41,10 +41,11 @@ def teacher_shaping_kwargs(config: Any) -> dict[str, Any]:
 
 def penalize_teacher(trainer: Any, inputs: dict, t_hidden, t_weight):
     """Teacher-side penalties (`teacher_no_repeat_ngram_size`, `teacher_copy_ngram_size`, `teacher_ban_empty_items`,
-    `teacher_ban_doubled_markers`, `teacher_guard`) on an RGSD batch: `(t_hidden, t_weight, inputs)` with the penalty columns appended
-    to the teacher's hidden states and head, or (`teacher_ngram_mode="mask"`) the same teacher and `inputs` whose loss
-    mask leaves out the completion tokens that are themselves banned. The student's sampling is untouched. The
-    vocabulary tables are built once and kept on the trainer."""
+    `teacher_ban_doubled_markers`, `teacher_guard`) on an RGSD batch: `(t_hidden, t_weight, inputs)` with the penalty
+    columns appended to the teacher's hidden states and head, or (`teacher_ngram_mode="mask"`) the same teacher and
+    `inputs` whose loss mask leaves out the completion tokens that are themselves banned. The student's sampling is
+    untouched (the rollout guard, when set, acts there). The vocabulary tables are built once and kept on the
+    trainer."""
     args = trainer.args
     if getattr(trainer, "_content_tokens", None) is None:
         texts = teacher_bias.token_texts(trainer._tokenizer)
