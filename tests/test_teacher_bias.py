@@ -294,6 +294,11 @@ def _penalized_logits(tiny_model_path, tmp_path, text, **overrides):
     trainer, batch, _ = _trainer_with_repeated_completions(
         tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, **overrides
     )
+    return _scored(trainer, batch, text)
+
+
+def _scored(trainer, batch, text):
+    """`_penalized_logits` on a trainer already built."""
     tok = trainer._tokenizer
     ids = tok(text, add_special_tokens=False)["input_ids"]
     batch["completion_ids"] = torch.tensor([ids, ids])
@@ -366,24 +371,15 @@ def test_trainer_teacher_guard_penalises_exactly_what_the_rollout_guard_bans(tin
     trainer, batch, _ = _trainer_with_repeated_completions(
         tiny_model_path, tmp_path, teacher_ngram_penalty=5.0, rollout_degeneration_guard=2, teacher_guard=True
     )
-    tok = trainer._tokenizer
-    ids = tok("1. drink water.\n2. Drink Water.\n3. drink", add_special_tokens=False)["input_ids"]
-    batch["completion_ids"] = torch.tensor([ids, ids])
-    for key in ("completion_mask", "rgsd_loss_mask"):
-        batch[key] = torch.ones_like(batch["completion_ids"])
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    t_hidden, t_weight, _ = trainer._self_teacher_hidden(unwrapped, batch)
-    hidden, weight, _ = trainer._penalize_teacher(batch, t_hidden, t_weight)
-    got, plain = hidden @ weight.t(), t_hidden @ t_weight.t()
+    ids, got, plain, texts = _scored(trainer, batch, "1. drink water.\n2. Drink Water.\n3. drink")
     # The reference: a fresh guard asked, position by position, what it forbids after the tokens before it.
-    guard = DegenerationGuard(tok, 2, eos_token_ids=list(trainer.eos_token_ids))
+    guard = DegenerationGuard(trainer._tokenizer, 2, eos_token_ids=list(trainer.eos_token_ids))
     want = plain.clone()
     for t in range(len(ids)):
         for banned in guard.bans(ids[:t]):
             want[:, t, banned] -= 5.0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     # Among them: the line end after the repeated "2. Drink Water." (case ignored, as the guard ignores it).
-    texts = [tok.decode([i]) for i in range(len(tok))]
     end = _position_after(ids, texts, lambda prefix: prefix.endswith("Drink Water."))
     newline = texts.index("\n")
     torch.testing.assert_close(got[0, end, newline], plain[0, end, newline] - 5.0)

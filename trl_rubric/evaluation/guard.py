@@ -139,8 +139,6 @@ class DegenerationGuard(LogitsProcessor):
         )
         self._start: int | None = None
         self.eos_token_ids = frozenset(eos_token_ids)
-        #: Tokens banned so far (over every call), for logs and tests.
-        self.bans_applied = 0
         #: Probability the bans took away, summed over every row and step so far: in expectation, how many banned
         #: tokens the model would have sampled without the guard (its own probabilities: transformers applies
         #: custom processors before temperature, top-k and top-p).
@@ -188,5 +186,4 @@ class DegenerationGuard(LogitsProcessor):
             if banned:
                 self.mass_removed += float(scores[row].float().softmax(-1)[banned].sum())
                 scores[row, banned] = float("-inf")
-                self.bans_applied += len(banned)
         return scores
