@@ -29,7 +29,9 @@ logs and the benchmarks share.
 - **meta_talk**: any of [`META_TALK_PATTERNS`] matches (case-insensitive): "criteria", "rubric", "the / every / three
   requirements", "meets the requirements", "Here's your answer:", "your answer should ...", "the answer below ...",
   word-count talk ("in under 60 words"), "The answer is:" lines, an answer describing itself ("This is a
-  well-structured answer"; "This is a natural physical response" is not one), "meets / follows all the instructions"
+  well-structured answer"; "This is a natural physical response" is not one, nor "This response" after the answer
+  spoke of the body's "stress response"), "as requested" and "the requested format" ("the most commonly requested
+  sleep needs" is not), "meets / follows all the instructions"
   (the everyday advice "follow the instructions on the label" is not), a quoted word announced as used ("I'll use the word "baking" twice"). "Requirement"
   alone is not enough: SmolLM2's base answers say "a fundamental requirement for any living organism", and an
   everyday answer may say "nutritional requirements".
@@ -44,7 +46,7 @@ non-empty exactly when the flag is set.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 from typing import Any
@@ -78,11 +80,20 @@ META_TALK_PATTERNS: tuple[tuple[str, str], ...] = (
     ("here is your answer", r"(^|\n)\W*here('s| is| are) (is )?(your|the|my|an?) (\w+ )?(answers?|responses?)\b"),
     ("the answer is:", r"(^|\n)\W*(so, )?the (answer|response) (to (this|your|the) question )?(is|would be)\s*:"),
     ("your answer should", r"\b(your|the|my|this) (answer|response) (should|must|needs? to|has to|will)\b"),
-    # "This answer is correct", "this is a well-structured answer"; not "This is a natural physical response" (a
-    # response of the body, which health answers describe).
-    ("this answer", r"\b(this|my) (answer|response)\b|\bthis is an? ([\w-]+,? ){0,4}answer\b"),
+    # Before "this answer", so that "this response above" is matched whole (a bare "this response" may be
+    # skipped as anaphoric).
     ("the answer below", r"\b(the|this) (answer|response) (below|above)\b"),
-    ("as requested", r"\b(requested|as required|as instructed)\b"),
+    # "This answer is correct", "this is a well-structured answer"; not "This is a natural physical response" (a
+    # response of the body, which health answers describe), nor "this response" pointing back at a response the
+    # answer has already named ("... the body's stress response. This response includes ...": see `_anaphoric`).
+    ("this answer", r"\b(this|my) (answer|response)\b|\bthis is an? ([\w-]+,? ){0,4}answer\b"),
+    # "formatted as requested", "the requested format"; not "the most commonly requested sleep needs" or "your
+    # requested number of guests", where the request is the reader's, not the rubric's.
+    (
+        "as requested",
+        r"\b(as (requested|required|instructed)|(the|your) requested (format|words?|length|style|structure|"
+        r"information|details|items?|answer|response))\b",
+    ),  # fmt: skip
     ("word count", r"\b(word (limit|count)|(under|fewer than|less than|within|at most) \d+ words)\b"),
     ("do not mention", r"\b(do not|don't|without) mention(ing)?\b"),
     # A criterion's "Uses the word 'amazing'" said back as a plan: "I'll use the word "baking" twice."
@@ -278,12 +289,28 @@ def _compiled(patterns: Iterable[tuple[str, str] | str]) -> re.Pattern:
 
 
 _META_DEFAULT = _compiled(META_TALK_PATTERNS)
+_THIS_RESPONSE = re.compile(r"this response", re.IGNORECASE)
+_RESPON = re.compile(r"\brespon", re.IGNORECASE)
+
+
+def _anaphoric(answer: str, match: re.Match) -> bool:
+    """Whether a match is a bare "this response" that points back at a response the answer already spoke of
+    ("... recognize and respond to allergens. This response is called tolerance"): "respond", "response" or
+    "responses" earlier in the answer. Such an answer is describing the body, not itself."""
+    return (
+        _THIS_RESPONSE.fullmatch(match.group(0)) is not None and _RESPON.search(answer, 0, match.start()) is not None
+    )
+
+
+def _meta_matches(answer: str, patterns: Sequence[tuple[str, str] | str] | None) -> Iterator[re.Match]:
+    compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
+    return (m for m in compiled.finditer(answer) if not _anaphoric(answer, m))
 
 
 def meta_talk(answer: str, patterns: Sequence[tuple[str, str] | str] | None = None) -> bool:
-    """Whether the answer talks about its requirements: any of `patterns` (default [`META_TALK_PATTERNS`]) matches."""
-    compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
-    return compiled.search(answer) is not None
+    """Whether the answer talks about its requirements: any of `patterns` (default [`META_TALK_PATTERNS`]) matches,
+    except a bare "this response" that refers back to a response the answer already named (see `_anaphoric`)."""
+    return next(_meta_matches(answer, patterns), None) is not None
 
 
 def degeneration_flags(
@@ -505,10 +532,9 @@ def meta_talk_spans(answer: str, patterns: Sequence[tuple[str, str] | str] | Non
     """Character spans of the sentences in which a [`meta_talk`] pattern matches (the sentence, not only the match:
     "Your answer should contain a bullet point." is meta-talk as a whole). A sentence ends at `.`, `!` or `?` before
     white space, or at a line break. Empty exactly when `meta_talk` is false."""
-    compiled = _META_DEFAULT if patterns is None else _compiled(patterns)
     breaks = [m.end() for m in _SENTENCE_BREAK.finditer(answer)]
     spans: list[Span] = []
-    for m in compiled.finditer(answer):
+    for m in _meta_matches(answer, patterns):
         start, end = m.span()
         start += len(m.group(0)) - len(m.group(0).lstrip())  # a pattern anchored on the line break before it
         if end == start:
