@@ -451,3 +451,61 @@ def test_decode_rescore_scores_a_sweep_student_on_the_sweeps_own_sets(tmp_path, 
         got, got_seed = setup["sets"][split]
         assert got["prompt"] == ds["prompt"] and got_seed == seed and len(got) == 2 * {"train": 3, "heldout": 2}[split]
     assert setup["generation"] == {"max_new_tokens": 64, "temperature": 0.7} and setup["gap"] == 0.2
+
+
+deltas = _load("criterion_deltas")
+
+
+def test_criterion_deltas_pair_answers_per_title_and_match_a_plain_reference():
+    import random
+
+    rng = random.Random(3)
+    before = [{"key term": rng.random() < 0.4, "short": rng.random() < 0.2} for _ in range(60)]
+    after = [{"key term": rng.random() < 0.3, "short": rng.random() < 0.7} for _ in range(60)]
+    before[5]["key term"] = None  # an unknown verdict drops that pair, on that criterion only
+    after[7]["short"] = None
+    out = deltas.paired_changes(before, after)
+    for title in ("key term", "short"):
+        pairs = [
+            (b[title], a[title])
+            for b, a in zip(before, after, strict=True)
+            if b[title] is not None and a[title] is not None
+        ]
+        assert out[title]["n"] == len(pairs) == 59
+        assert out[title]["before"] == pytest.approx(sum(b for b, _ in pairs) / 59)
+        assert out[title]["after"] == pytest.approx(sum(a for _, a in pairs) / 59)
+        assert out[title]["delta"] == pytest.approx(out[title]["after"] - out[title]["before"])
+        low, high = out[title]["delta_ci"]
+        assert low <= out[title]["delta"] <= high
+    assert out["short"]["delta_ci"][0] > 0  # a +50-point change on 59 pairs excludes 0
+    assert set(deltas.paired_changes(before, after, criteria=["short"])) == {"short"}
+    with pytest.raises(ValueError, match="pair up"):
+        deltas.paired_changes(before, after[:-1])
+
+
+def test_criterion_deltas_read_verdicts_by_title_and_list_every_comparison():
+    from types import SimpleNamespace
+
+    rubric = [{"text": "Mentions rest.", "title": "key term"}, {"text": "Is short: under 60 words in all."}]
+    grades = [SimpleNamespace(verdicts=[True, False]), SimpleNamespace(verdicts=None)]
+    rows = deltas.verdicts_by_title(grades, [rubric, rubric])
+    assert rows[0] == {"key term": True, "Is short: under 60 words in all.": False}
+    assert rows[1] == {"key term": None, "Is short: under 60 words in all.": None}  # an ungraded answer
+    results = {
+        "responses": {"base_train": ["b"], "teacher_train": ["t"], "base_heldout": ["bh"]},
+        "runs": {"s": {"train": {"responses": ["s"]}, "heldout": {"responses": ["sh"]},
+                       "decoded": {"g": {"train": {"responses": ["sg"]}, "heldout": {"responses": ["shg"]}}}}},
+        "decoded": {"g": {"train": {"responses": ["bg"]}, "heldout": {"responses": ["bhg"]}}},
+    }  # fmt: skip
+    rescore = {"run": "s", "decodings": {"v2": {"train": {"base_responses": ["b2"], "student_responses": ["s2"]},
+                                                "heldout": {"base_responses": ["bh2"], "student_responses": ["sh2"]}}}}  # fmt: skip
+    got = [(label, split, base[0], other[0]) for label, split, base, other in deltas.comparisons(results, rescore)]
+    assert got == [
+        ("frozen teacher (base model shown the rubric)", "train", "b", "t"),
+        ("s, plain", "train", "b", "s"),
+        ("s, plain", "heldout", "bh", "sh"),
+        ("s, g", "train", "bg", "sg"),
+        ("s, g", "heldout", "bhg", "shg"),
+        ("s, v2 (rescore)", "train", "b2", "s2"),
+        ("s, v2 (rescore)", "heldout", "bh2", "sh2"),
+    ]
