@@ -151,3 +151,54 @@ def test_the_rgsd_cli_reads_both_guard_fields_and_refuses_a_bad_one(tmp_path):
     assert config.rollout_degeneration_guard is None and config.teacher_guard is False
     with pytest.raises(ValueError, match="rollout_degeneration_guard is None"):
         parser.parse_args_and_config([*common, "--teacher_guard", "true"])
+
+
+def test_the_smollm2_demo_guards_its_rollouts_by_default_and_not_with_vllm(tmp_path):
+    from types import SimpleNamespace
+
+    from trl_rubric.demo_report import demo_rgsd_config
+    from trl_rubric.real.demo import DEMO_ROLLOUT_GUARD, rollout_guard_fields
+
+    def args(**kw):
+        base = dict(rollout_guard=None, use_vllm=False, output_dir=str(tmp_path), seed=0, token_clip=None,
+                    distillation_beta=0.5)  # fmt: skip
+        return SimpleNamespace(**{**base, **kw})
+
+    assert rollout_guard_fields(args()) == {"rollout_degeneration_guard": DEMO_ROLLOUT_GUARD, "teacher_guard": True}
+    assert rollout_guard_fields(args(use_vllm=True)) == {}  # vLLM takes no per-row guard: off unless asked for
+    assert rollout_guard_fields(args(rollout_guard=0)) == {}
+    assert rollout_guard_fields(args(rollout_guard=4)) == {"rollout_degeneration_guard": 4, "teacher_guard": True}
+    config = demo_rgsd_config(args(), max_steps=1, **rollout_guard_fields(args()))
+    assert (config.rollout_degeneration_guard, config.teacher_guard) == (DEMO_ROLLOUT_GUARD, True)
+    with pytest.raises(ValueError, match="vLLM"):  # asked for with vLLM: the config says why not
+        demo_rgsd_config(
+            args(use_vllm=True), max_steps=1, **rollout_guard_fields(args(rollout_guard=3, use_vllm=True))
+        )
+
+
+def test_the_smollm2_recipe_trains_as_the_demo_does():
+    import os
+
+    import yaml
+
+    from trl_rubric.real.demo import DEMO_ROLLOUT_GUARD
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "recipes", "rgsd_smollm2.yaml")) as f:
+        settings = yaml.safe_load(f)
+    assert settings["rollout_degeneration_guard"] == DEMO_ROLLOUT_GUARD and settings["teacher_guard"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rollout_guard", "3"], "--rollout_guard needs --model smollm2"),
+        (["--model", "smollm2", "--rollout_guard", "-1"], "rollout_guard is -1"),
+    ],
+)
+def test_the_demo_refuses_a_rollout_guard_it_cannot_use(argv, message, capsys, monkeypatch):
+    from trl_rubric.real import model as real_model
+    from trl_rubric.scripts import demo
+
+    monkeypatch.setattr(real_model, "gguf_path", lambda: "unused")  # no wheel needed to reach the check
+    assert demo.main(argv) == 2
+    assert message in capsys.readouterr().err
