@@ -76,8 +76,9 @@ for stage in $STAGES; do
     learning)
       for seed in ${SEEDS:-0 1}; do
         for arm in transformers vllm; do
-          flag=()
-          [ "$arm" = vllm ] && flag=(--use_vllm)
+          # No rollout guard on either arm: vLLM takes no per-row guard, so both sample plainly and stay comparable.
+          flag=(--rollout_guard 0)
+          [ "$arm" = vllm ] && flag+=(--use_vllm)
           out="$WORK/demo-$arm-seed$seed"
           /usr/bin/time -f "%e s" -o "$out.time" "$VENV/bin/trl-rubric" demo --model smollm2 --quick --seed "$seed" \
             --output_dir "$out" "${flag[@]}" >"$out.log" 2>&1 || echo "FAIL demo $arm seed $seed (see $out.log)"
