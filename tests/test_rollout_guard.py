@@ -193,6 +193,7 @@ def test_the_smollm2_recipe_trains_as_the_demo_does():
     [
         (["--rollout_guard", "3"], "--rollout_guard needs --model smollm2"),
         (["--model", "smollm2", "--rollout_guard", "-1"], "rollout_guard is -1"),
+        (["--model", "smollm2", "--rollout_guard", "3", "--use_vllm"], "vLLM samples without a per-row guard"),
     ],
 )
 def test_the_demo_refuses_a_rollout_guard_it_cannot_use(argv, message, capsys, monkeypatch):

@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--rollout_guard needs --model smollm2; the toy demo samples without a guard")
         if args.rollout_guard is not None and args.rollout_guard < 0:
             raise UsageError(f"rollout_guard is {args.rollout_guard}; expected 0 (off) or an n-gram size of 1 or more")
+        if args.rollout_guard and args.use_vllm:
+            raise UsageError(
+                f"--rollout_guard {args.rollout_guard} with --use_vllm: vLLM samples without a per-row guard; "
+                "drop one of them (with --use_vllm alone the demo samples plainly)"
+            )
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError(f"max_steps is {args.max_steps}; expected at least 1")
         if args.num_threads < 0:
