@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,8 +116,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict[str, Any]]:
-    import os
-
     os.environ.update(OFFLINE_ENV)
     from trl_rubric.real.worlds import make_named_world
 
@@ -127,6 +126,8 @@ def main(argv=None) -> list[dict[str, Any]]:
     world = make_named_world(s["world"], seed=s["seed"])
     sets = _sweep().scored_sets(world, s["seed"], s["eval_prompts"], s["heldout_prompts"], s["eval_samples"])
     judge = world.judge()
+    # Keyed by the answer list's identity: `comparisons` hands the same base list to every student it is paired with,
+    # so each list is graded once.
     cache: dict[tuple[str, int], list] = {}
 
     def graded(split: str, answers: list) -> list[dict[str, bool | None]]:
