@@ -103,21 +103,11 @@ LABELLED = [
     ("1. Use a recipe online, and follow the instructions.\n2. Stir well.", False, False, False),
     ("6. Always stay calm and follow instructions.\n7. Keep your balance.", False, False, False),
     ("3. This is a natural physical response to the yawn, which is common.", False, False, False),
-    (
-        "1. The most commonly requested sleep needs are 8-10 hours.\n2. Most adults need 7-9 hours.",
-        False,
-        False,
-        False,
-    ),
+    ("1. The most commonly requested sleep needs are 8-10 hours.\n2. Most adults need 7-9.", False, False, False),
     ("Choose a venue that can hold your requested number of guests.", False, False, False),
     # "this response" pointing back at the body's response the answer already named.
     ("The immune system learns to respond to pollen. This response is called an allergy.", False, False, False),
-    (
-        "Exercise calms your body's stress response.\n4. In reality, this response includes movement.",
-        False,
-        False,
-        False,
-    ),
+    ("Exercise calms your body's stress response.\n4. This response includes movement.", False, False, False),
     # ... and what still counts.
     ("This answer follows all the instructions above.", False, False, True),
     ("Here it is, and it follows every rule you gave.", False, False, True),
