@@ -79,6 +79,27 @@ def test_recommends_the_view_with_the_higher_gap_and_reports_the_paired_differen
     assert json.loads(json.dumps(result.to_dict()))["recommended"] == "penalties=omit"
 
 
+def test_met_rate_per_criterion_for_the_student_and_every_view():
+    # The student echoes the question (meets nothing); each view's teacher echoes what it is shown, so the penalty
+    # criterion is met only where the view shows it, and each row's key word where its line is shown.
+    rows = rule_rows()
+    result = compare_teacher_views(
+        None, rows, RuleJudge(), candidate_views(TEMPLATE, penalties=("show", "omit")), n_samples=None,
+        generate_fn=Echo(), n_bootstrap=50,
+    )  # fmt: skip
+    assert result.student_criteria == {
+        "mentions fever": 0.0, "mentions heart": 0.0, "mentions cell": 0.0, "mentions pain": 0.0,
+        "mentions sleep": 0.0, "mentions water": 0.0, "mentions safety": 0.0, "mentions wrong": 0.0,
+    }  # fmt: skip
+    views = {v["name"]: v["criteria"] for v in result.views}
+    assert views["penalties=show"]["mentions wrong"] == 1.0 and views["penalties=omit"]["mentions wrong"] == 0.0
+    assert views["penalties=omit"]["mentions safety"] == 1.0 and views["penalties=omit"]["mentions pain"] == 1.0
+    report = result.report()
+    assert "| criterion | student | penalties=show | penalties=omit |" in report
+    assert "| mentions wrong | 0.000 | 1.000 | 0.000 |" in report
+    assert json.loads(json.dumps(result.to_dict()))["student_criteria"]["mentions safety"] == 0.0
+
+
 def words_writer(prompts):
     """Writes the word of every "mentions X" line it reads; after "Meet the requirements" it also talks about them."""
     out = []

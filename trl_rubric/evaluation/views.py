@@ -89,9 +89,13 @@ class ViewComparison:
 
     Attributes:
         views: One row per view: `name`, its settings, `gap`, `gap_ci`, `score_with_rubric`, `length_ratio`, its
-            teacher answers' degeneration rates (`degenerate`, `repeats_line`, `copies_rubric`, `meta_talk`), and
+            teacher answers' degeneration rates (`degenerate`, `repeats_line`, `copies_rubric`, `meta_talk`),
+            `criteria`: its teacher answers' met rate per criterion title (as `EvalMetrics.by_criterion`), and
             `vs_recommended`: the paired difference of its gap from the recommended view's with an interval.
         score_without_rubric: The shared student score (prompt only).
+        student_criteria: The student answers' met rate per criterion title: beside each view's `criteria`, which
+            criteria a view teaches (a content criterion the teacher meets no more often than the student is one a
+            distilled student cannot learn from it).
         recommended: Name of the recommended view; `None` when no view could be scored.
         reason: One sentence on why.
         max_degeneration_margin: The margin the rule used.
@@ -101,6 +105,7 @@ class ViewComparison:
 
     views: list[dict[str, Any]]
     score_without_rubric: float | None
+    student_criteria: dict[str, float | None]
     recommended: str | None
     reason: str
     max_degeneration_margin: float
@@ -114,6 +119,7 @@ class ViewComparison:
     def to_dict(self) -> dict[str, Any]:
         return {
             "score_without_rubric": self.score_without_rubric,
+            "student_criteria": self.student_criteria,
             "recommended": self.recommended,
             "reason": self.reason,
             "max_degeneration_margin": self.max_degeneration_margin,
@@ -139,7 +145,23 @@ class ViewComparison:
                 f"{_fmt(v['copies_rubric'])} | {_fmt(v['meta_talk'])} | {_fmt(v['length_ratio'])} |"
             )
         lines += ["", f"Recommended: **{self.recommended}**. {self.reason}"]
+        if self.student_criteria:
+            names = [v["name"] for v in self.views]
+            lines += [
+                "",
+                "Met rate per criterion (penalties: lower is better):",
+                "",
+                "| criterion | student | " + " | ".join(names) + " |",
+                "|---" * (len(names) + 2) + "|",
+            ]
+            for title, rate in self.student_criteria.items():
+                cells = [_fmt(v["criteria"].get(title)) for v in self.views]
+                lines.append(f"| {title} | {_fmt(rate)} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _met_rates(by_criterion: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    return {title: row["met_rate"] for title, row in by_criterion.items()}
 
 
 def _fmt(x: float | None, sign: bool = False) -> str:
@@ -272,6 +294,7 @@ def compare_teacher_views(
                 # teacher's edge a user would pay for.
                 "clean_gap": None if None in clean else clean[1] - clean[0],
                 **{k: rates.get(k) for k in ("degenerate", "repeats_line", "copies_rubric", "meta_talk")},
+                "criteria": _met_rates(g.with_rubric.metrics.by_criterion),
             }
         )
     recommended, reason = choose_view(rows, max_degeneration_margin)
@@ -292,10 +315,11 @@ def compare_teacher_views(
             ci = bootstrap_ci(mine, theirs, n_bootstrap, confidence_level, seed)
             diff = _clip01(_mean(mine)) - _clip01(_mean(theirs))
             row["vs_recommended"] = {"diff": diff, "ci": list(ci) if ci else None, "n": len(pairs)}
-    student = next(iter(gaps.values())).score_without_rubric if gaps else None
+    first = next(iter(gaps.values()), None)
     return ViewComparison(
         views=rows,
-        score_without_rubric=student,
+        score_without_rubric=first.score_without_rubric if first is not None else None,
+        student_criteria=_met_rates(first.without_rubric.metrics.by_criterion) if first is not None else {},
         recommended=recommended,
         reason=reason,
         max_degeneration_margin=max_degeneration_margin,
