@@ -18,6 +18,10 @@ judge can be talked into it; a user would pay nothing. Logged as `judge/degenera
 ([`trl_rubric.judge_share`]); the others' rollouts get no reward (`None`). For hybrid RGSD with a costly judge, whose
 distillation term still trains on every rollout.
 
+**Some criteria only** (optional, `criteria`): the judge grades, and the reward scores, only the criteria whose
+title, category or a tag is listed ([`Rubric.select`]). For hybrid RGSD: a cheap reward on what the teacher's token
+signal does not carry (a row's key term), while the distillation term teaches the rest.
+
 **Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
 contrasting counts, strict completion; [`trl_rubric.criterion_diagnostics`]) and keeps them in `last_diagnostics`.
 """
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from .criterion_diagnostics import CriterionDiagnostics, criterion_diagnostics, log_criterion_diagnostics
+from .data import RubricDatasetError
 from .evaluation.degeneration import degeneration_flags
 from .judge_share import check_judge_share, judged_prompts
 from .judges.base import Grade, RubricJudge, prompt_to_text
@@ -116,8 +121,14 @@ def unknown_where_judge_failed(rewards, judge_columns: Sequence[int]):
     return rewards
 
 
-def apply_reward_settings(reward_funcs, degenerate_reward: float | None = None, judge_share: float = 1.0) -> None:
-    """A trainer config's `degenerate_reward` / `judge_share` onto the [`RubricReward`]s among `reward_funcs`.
+def apply_reward_settings(
+    reward_funcs,
+    degenerate_reward: float | None = None,
+    judge_share: float = 1.0,
+    criteria: Sequence[str] | None = None,
+) -> None:
+    """A trainer config's `degenerate_reward` / `judge_share` / `reward_criteria` onto the [`RubricReward`]s among
+    `reward_funcs`.
 
     A setting left at its default in the config changes nothing. One set in the config goes to every `RubricReward`
     that still has the default; a `RubricReward` built with another value is an error, naming both, since silently
@@ -125,7 +136,8 @@ def apply_reward_settings(reward_funcs, degenerate_reward: float | None = None, 
     """
     funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     wanted = {"degenerate_reward": (check_degenerate_reward(degenerate_reward), None),
-              "judge_share": (check_judge_share(judge_share), 1.0)}  # fmt: skip
+              "judge_share": (check_judge_share(judge_share), 1.0),
+              "criteria": (check_criteria(criteria), None)}  # fmt: skip
     for reward in (f for f in funcs if isinstance(f, RubricReward)):
         for name, (value, default) in wanted.items():
             own = getattr(reward, name)
@@ -139,7 +151,37 @@ def apply_reward_settings(reward_funcs, degenerate_reward: float | None = None, 
             if name == "judge_share":
                 reward.set_judge_share(value)
             else:
-                reward.degenerate_reward = value
+                setattr(reward, name, value)
+
+
+def check_criteria(criteria: Sequence[str] | None) -> tuple[str, ...] | None:
+    """`criteria` as a tuple of names, or `None`; a `ValueError` for a bare string, an empty list or a blank name."""
+    if criteria is None:
+        return None
+    if isinstance(criteria, str):
+        raise ValueError(f"criteria is the string {criteria!r}; expected a list of titles, categories or tags")
+    names = tuple(criteria)
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError(f"criteria is {list(names)!r}; expected a non-empty list of titles, categories or tags")
+    return names
+
+
+def validate_reward_criteria(reward_funcs, dataset: Any, name: str, column: str = "rubric") -> None:
+    """Check, before training, that every row of `dataset` has a criterion each [`RubricReward`] with `criteria`
+    grades; a `RubricDatasetError` names the dataset, the row and the names otherwise."""
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    selective = [f for f in funcs if isinstance(f, RubricReward) and f.criteria is not None]
+    rows = getattr(dataset, "__len__", None) and getattr(dataset, "column_names", None)
+    if not selective or not rows or column not in rows:
+        return
+    for index, value in enumerate(dataset[column]):
+        for reward in selective:
+            try:
+                Rubric.from_any(value, pitfall_polarity=reward.pitfall_polarity).select(reward.criteria)
+            except RubricError as e:
+                raise RubricDatasetError(
+                    f"{name} row {index}: column {column!r}: reward {reward.__name__!r}: {e}"
+                ) from None
 
 
 class _UnjudgedRowsFilter(logging.Filter):
@@ -188,6 +230,9 @@ class RubricReward:
         judge_share: Share of prompts, per call, whose rollouts are sent to the judge (1.0, the default, sends all);
             the rest get `None`. Which prompts is a function of `(dropout_seed, step, prompt)`
             ([`judged_prompts`]), so every rollout of a prompt is judged alike and a resumed run judges the same ones.
+        criteria: Titles, categories or tags of the only criteria to grade and score (`None`, the default, grades the
+            whole rubric); see [`Rubric.select`]. A row with none of them is an error, before training with
+            [`validate_reward_criteria`].
     """
 
     def __init__(
@@ -205,6 +250,7 @@ class RubricReward:
         dropout_seed: int = 0,
         degenerate_reward: float | None = None,
         judge_share: float = 1.0,
+        criteria: Sequence[str] | None = None,
     ):
         if not isinstance(judge, RubricJudge):
             raise TypeError(f"RubricReward needs a RubricJudge; got {type(judge).__name__}")
@@ -225,6 +271,7 @@ class RubricReward:
             raise ValueError(f"min_graded_fraction is {min_graded_fraction}; expected a value in [0, 1]")
         self.min_graded_fraction = min_graded_fraction
         self.degenerate_reward = check_degenerate_reward(degenerate_reward)
+        self.criteria = check_criteria(criteria)
         self.judge = judge
         self.weighted = weighted
         self.reweighting = reweighting_from(reweighting)
@@ -276,6 +323,14 @@ class RubricReward:
                 raise RubricError(f"completion {i}: column {self.rubric_column!r}: {e}") from None
         return rubrics
 
+    def _select(self, rubric: Rubric, index: int) -> Rubric:
+        try:
+            return rubric.select(self.criteria)
+        except RubricError as e:
+            raise RubricError(
+                f"completion {index}: column {self.rubric_column!r}: criteria={list(self.criteria)}: {e}"
+            ) from None
+
     def _base_weights(self, rubric: Rubric) -> list[float]:
         return [c.weight if self.weighted else math.copysign(1.0, c.weight) for c in rubric]
 
@@ -309,6 +364,8 @@ class RubricReward:
         rubrics = self._rubrics(kwargs, len(completions))
         if self.rubric_source is not None:
             rubrics = self.rubric_source.current(prompts, rubrics)
+        if self.criteria is not None:
+            rubrics = [self._select(r, i) for i, r in enumerate(rubrics)]
         if self.rubric_dropout:  # the judge grades, and the reward counts, the kept criteria only
             step = dropout_step(kwargs.get("trainer_state"))
             texts = [prompt_to_text(p) for p in prompts]

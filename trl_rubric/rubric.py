@@ -327,6 +327,25 @@ class Rubric:
                 raise RubricError(f"{where} is {item!r}; expected a dict or a string")
         return cls(tuple(criteria))
 
+    def select(self, names: Sequence[str]) -> Rubric:
+        """The criteria whose title, category or one of whose tags is in `names`, in their order (guidelines kept).
+
+        Raises:
+            RubricError: when no criterion matches, or none of those that match has a positive weight (a rubric
+                of penalties alone cannot be scored).
+        """
+        wanted = {names} if isinstance(names, str) else set(names)
+        kept = tuple(c for c in self.criteria if wanted & {c.title, c.category, *c.tags})
+        if not kept:
+            titles = [c.title or c.text for c in self.criteria]
+            raise RubricError(f"no criterion has a title, category or tag in {sorted(wanted)}; its criteria: {titles}")
+        if not any(c.weight > 0 for c in kept):
+            raise RubricError(
+                f"the criteria matching {sorted(wanted)} are all penalties ({[c.title or c.text for c in kept]}); "
+                "a score needs one with a positive weight"
+            )
+        return Rubric(kept, self.guidelines)
+
     def to_list(self) -> list[dict[str, Any]]:
         """The normalised list of dicts, as stored in a dataset's `rubric` column."""
         return [c.to_dict() for c in self.criteria]

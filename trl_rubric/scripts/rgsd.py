@@ -129,6 +129,7 @@ def build_judge_for(judge_args: RGSDJudgeArguments, training_args):
         dropout_seed=training_args.seed,
         degenerate_reward=training_args.degenerate_reward,
         judge_share=training_args.judge_share,
+        criteria=training_args.reward_criteria,
     )
     return [reward], None
 

@@ -29,7 +29,7 @@ from ..data import named_datasets
 from ..judges.base import RubricJudge
 from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
-from ..rewards import RubricReward, apply_reward_settings, unknown_where_judge_failed
+from ..rewards import RubricReward, apply_reward_settings, unknown_where_judge_failed, validate_reward_criteria
 from ..teacher_context import TeacherContextProvider, build_teacher_context
 from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
@@ -151,7 +151,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             reward_funcs = None
         self._rgsd_has_rewards = reward_funcs is not None
         if self._rgsd_has_rewards:  # the config's degenerate_reward / judge_share reach the user's RubricRewards
-            apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share)
+            apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share, args.reward_criteria)
         self._rgsd_hybrid = self._rgsd_has_rewards and args.distillation_weight < 1.0
         if args.distillation_weight < 1.0 and not self._rgsd_has_rewards:
             raise ValueError(
@@ -187,6 +187,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             teacher_context.penalties = args.teacher_penalties  # a provider left to follow the config (reason-first)
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             teacher_context.validate(dataset, name)
+            validate_reward_criteria(reward_funcs, dataset, name, args.rubric_column)
         self._teacher_focus = build_teacher_focus(args, reward_funcs, teacher_context)  # "unlearned": rgsd_focus.py
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
         # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.

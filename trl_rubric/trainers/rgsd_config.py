@@ -15,7 +15,7 @@ from .. import losses
 from ..criterion_views import CRITERION_GROUPINGS, CRITERION_VIEW_WEIGHTS
 from ..judge_share import check_judge_share
 from ..multi_teacher import TEACHER_COMBINES
-from ..rewards import check_degenerate_reward
+from ..rewards import check_criteria, check_degenerate_reward
 from ..rubric import PITFALL_POLARITIES, RENDER_STYLES
 from ..teacher import (
     DEFAULT_TEACHER_PENALTIES,
@@ -272,6 +272,11 @@ class RGSDConfig(GRPOConfig):
             Hybrid mode: the share of each step's prompts whose rollouts the judge grades (`trl_rubric.judge_share`:
             drawn per prompt from the seed and step, so resume is exact). The rest get no reward and train on the
             distillation term alone; use it when the judge is what costs. `judge/judged_frac` logs the share judged.
+        reward_criteria (`list[str]` or `None`, *optional*, defaults to `None`):
+            Hybrid mode: the titles, categories or tags of the only criteria the judge grades and the reward scores
+            (`RubricReward(criteria=...)`), e.g. `["key term"]`: a cheap reward on the content the teacher's token
+            signal does not carry, while the distillation term teaches the rest. Every row must have one of them
+            (checked before training). Set like `judge_share`; needs `distillation_weight` below 1.
     """
 
     num_generations: int | None = field(
@@ -408,6 +413,10 @@ class RGSDConfig(GRPOConfig):
     judge_share: float = field(
         default=1.0,
         metadata={"help": "Hybrid: share of each step's prompts sent to the judge; the rest only distil. In (0, 1]."},
+    )
+    reward_criteria: list[str] | None = field(
+        default=None,
+        metadata={"help": "Hybrid: titles, categories or tags of the only criteria the reward grades (None = all)."},
     )
     teacher_no_repeat_ngram_size: int | None = field(
         default=None,
@@ -621,6 +630,14 @@ class RGSDConfig(GRPOConfig):
         choice("pitfall_polarity", PITFALL_POLARITIES)
         self.degenerate_reward = check_degenerate_reward(self.degenerate_reward)
         self.judge_share = check_judge_share(self.judge_share)
+        if self.reward_criteria is not None:
+            self.reward_criteria = list(check_criteria(self.reward_criteria))
+            if self.distillation_weight >= 1.0:
+                raise ValueError(
+                    f"reward_criteria={self.reward_criteria} selects what the hybrid reward grades, but "
+                    f"distillation_weight is {self.distillation_weight} (pure RGSD, no reward term): set "
+                    "distillation_weight below 1, or drop reward_criteria"
+                )
         choice("teacher_combine", TEACHER_COMBINES)
         choice("criterion_grouping", CRITERION_GROUPINGS)
         choice("criterion_view_weights", CRITERION_VIEW_WEIGHTS)
