@@ -102,6 +102,17 @@ def test_hybrid_rgsd_gets_the_judge_reward(rule_rows, tiny_model_path, tmp_path)
     assert [type(f.judge) for f in trainer.reward_funcs if isinstance(f, RubricReward)] == [RuleJudge]
 
 
+def test_reward_criteria_reach_the_cli_reward_and_a_row_without_them_is_one_line(
+    rule_rows, tiny_model_path, tmp_path, capfd
+):
+    hybrid = ("--distillation_weight", "0.5", "--num_generations", "2", "--judge_backend", "rule")
+    trainer = build(*argv(rule_rows, tiny_model_path, tmp_path, *hybrid, "--reward_criteria", "mentions beta"))
+    assert [f.criteria for f in trainer.reward_funcs if isinstance(f, RubricReward)] == [("mentions beta",)]
+    code = cli(argv(rule_rows, tiny_model_path, tmp_path / "b", *hybrid, "--reward_criteria", "warning sign"))
+    line = error_line(code, capfd.readouterr().err)
+    assert "train_dataset row 0: column 'rubric': reward 'rubric_judge': no criterion has a title" in line
+
+
 def test_auto_view_uses_the_judge_only_before_step_0(rule_rows, tiny_model_path, tmp_path):
     trainer = build(
         *argv(rule_rows, tiny_model_path, tmp_path, "--teacher_penalties", "auto", "--judge_backend", "rule")

@@ -43,6 +43,9 @@ def test_optional_whole_number_fields_reach_the_config_as_int():
     assert all(type(v) is int for v in overrides.values())
     config = RGSDConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none", **overrides)
     assert config.teacher_no_repeat_ngram_size == 5
+    # a list field: names joined by "|", spaces inside a name kept
+    overrides = sweep.config_overrides({"reward_criteria": "key term| numbered steps", "distillation_weight": "0.5"})
+    assert overrides == {"reward_criteria": ["key term", "numbered steps"], "distillation_weight": 0.5}
 
 
 @pytest.mark.parametrize("bad", [":learning_rate=1", "x:learning_rate"])

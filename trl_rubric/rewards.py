@@ -19,7 +19,7 @@ judge can be talked into it; a user would pay nothing. Logged as `judge/degenera
 distillation term still trains on every rollout.
 
 **Some criteria only** (optional, `criteria`): the judge grades, and the reward scores, only the criteria whose
-title, category or a tag is listed ([`Rubric.select`]). For hybrid RGSD: a cheap reward on what the teacher's token
+title, text, category or a tag is listed ([`Rubric.select`]). For hybrid RGSD: a cheap reward on what the teacher's token
 signal does not carry (a row's key term), while the distillation term teaches the rest.
 
 **Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
@@ -159,10 +159,12 @@ def check_criteria(criteria: Sequence[str] | None) -> tuple[str, ...] | None:
     if criteria is None:
         return None
     if isinstance(criteria, str):
-        raise ValueError(f"criteria is the string {criteria!r}; expected a list of titles, categories or tags")
+        raise ValueError(f"criteria is the string {criteria!r}; expected a list of titles, texts, categories or tags")
     names = tuple(criteria)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-        raise ValueError(f"criteria is {list(names)!r}; expected a non-empty list of titles, categories or tags")
+        raise ValueError(
+            f"criteria is {list(names)!r}; expected a non-empty list of titles, texts, categories or tags"
+        )
     return names
 
 
@@ -230,7 +232,7 @@ class RubricReward:
         judge_share: Share of prompts, per call, whose rollouts are sent to the judge (1.0, the default, sends all);
             the rest get `None`. Which prompts is a function of `(dropout_seed, step, prompt)`
             ([`judged_prompts`]), so every rollout of a prompt is judged alike and a resumed run judges the same ones.
-        criteria: Titles, categories or tags of the only criteria to grade and score (`None`, the default, grades the
+        criteria: Titles, texts, categories or tags of the only criteria to grade and score (`None`, the default, grades the
             whole rubric); see [`Rubric.select`]. A row with none of them is an error, before training with
             [`validate_reward_criteria`].
     """

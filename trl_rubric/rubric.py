@@ -328,17 +328,20 @@ class Rubric:
         return cls(tuple(criteria))
 
     def select(self, names: Sequence[str]) -> Rubric:
-        """The criteria whose title, category or one of whose tags is in `names`, in their order (guidelines kept).
+        """The criteria whose title, text, category or one of whose tags is in `names`, in their order (guidelines
+        kept). Titles are what reports group by (`EvalMetrics.by_criterion`, the text when there is no title).
 
         Raises:
             RubricError: when no criterion matches, or none of those that match has a positive weight (a rubric
                 of penalties alone cannot be scored).
         """
         wanted = {names} if isinstance(names, str) else set(names)
-        kept = tuple(c for c in self.criteria if wanted & {c.title, c.category, *c.tags})
+        kept = tuple(c for c in self.criteria if wanted & {c.title, c.text, c.category, *c.tags})
         if not kept:
             titles = [c.title or c.text for c in self.criteria]
-            raise RubricError(f"no criterion has a title, category or tag in {sorted(wanted)}; its criteria: {titles}")
+            raise RubricError(
+                f"no criterion has a title, text, category or tag in {sorted(wanted)}; its criteria: {titles}"
+            )
         if not any(c.weight > 0 for c in kept):
             raise RubricError(
                 f"the criteria matching {sorted(wanted)} are all penalties ({[c.title or c.text for c in kept]}); "

@@ -273,7 +273,7 @@ class RGSDConfig(GRPOConfig):
             drawn per prompt from the seed and step, so resume is exact). The rest get no reward and train on the
             distillation term alone; use it when the judge is what costs. `judge/judged_frac` logs the share judged.
         reward_criteria (`list[str]` or `None`, *optional*, defaults to `None`):
-            Hybrid mode: the titles, categories or tags of the only criteria the judge grades and the reward scores
+            Hybrid mode: the titles, texts, categories or tags of the only criteria the judge grades and the reward scores
             (`RubricReward(criteria=...)`), e.g. `["key term"]`: a cheap reward on the content the teacher's token
             signal does not carry, while the distillation term teaches the rest. Every row must have one of them
             (checked before training). Set like `judge_share`; needs `distillation_weight` below 1.
@@ -416,7 +416,9 @@ class RGSDConfig(GRPOConfig):
     )
     reward_criteria: list[str] | None = field(
         default=None,
-        metadata={"help": "Hybrid: titles, categories or tags of the only criteria the reward grades (None = all)."},
+        metadata={
+            "help": "Hybrid: titles, texts, categories or tags of the only criteria the reward grades (None = all)."
+        },
     )
     teacher_no_repeat_ngram_size: int | None = field(
         default=None,
