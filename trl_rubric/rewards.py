@@ -19,8 +19,8 @@ judge can be talked into it; a user would pay nothing. Logged as `judge/degenera
 distillation term still trains on every rollout.
 
 **Some criteria only** (optional, `criteria`): the judge grades, and the reward scores, only the criteria whose
-title, text, category or a tag is listed ([`Rubric.select`]). For hybrid RGSD: a cheap reward on what the teacher's token
-signal does not carry (a row's key term), while the distillation term teaches the rest.
+title, text, category or a tag is listed ([`Rubric.select`]). For hybrid RGSD: a cheap reward on what the teacher's
+token signal does not carry (a row's key term), while the distillation term teaches the rest.
 
 **Criterion diagnostics**: every call logs `criteria/*` (pass rate, within-group std, saturated / unreachable /
 contrasting counts, strict completion; [`trl_rubric.criterion_diagnostics`]) and keeps them in `last_diagnostics`.
@@ -173,8 +173,8 @@ def validate_reward_criteria(reward_funcs, dataset: Any, name: str, column: str 
     grades; a `RubricDatasetError` names the dataset, the row and the names otherwise."""
     funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     selective = [f for f in funcs if isinstance(f, RubricReward) and f.criteria is not None]
-    rows = getattr(dataset, "__len__", None) and getattr(dataset, "column_names", None)
-    if not selective or not rows or column not in rows:
+    columns = getattr(dataset, "column_names", None) if hasattr(dataset, "__len__") else None  # not iterable ones
+    if not selective or not columns or column not in columns:
         return
     for index, value in enumerate(dataset[column]):
         for reward in selective:
@@ -232,9 +232,9 @@ class RubricReward:
         judge_share: Share of prompts, per call, whose rollouts are sent to the judge (1.0, the default, sends all);
             the rest get `None`. Which prompts is a function of `(dropout_seed, step, prompt)`
             ([`judged_prompts`]), so every rollout of a prompt is judged alike and a resumed run judges the same ones.
-        criteria: Titles, texts, categories or tags of the only criteria to grade and score (`None`, the default, grades the
-            whole rubric); see [`Rubric.select`]. A row with none of them is an error, before training with
-            [`validate_reward_criteria`].
+        criteria: Titles, texts, categories or tags of the only criteria to grade and score (`None`, the default,
+            grades the whole rubric); see [`Rubric.select`]. A row with none of them is an error, checked before
+            training by [`validate_reward_criteria`].
     """
 
     def __init__(

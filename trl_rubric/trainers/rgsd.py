@@ -150,7 +150,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
         self._rgsd_has_rewards = reward_funcs is not None
-        if self._rgsd_has_rewards:  # the config's degenerate_reward / judge_share reach the user's RubricRewards
+        if self._rgsd_has_rewards:  # the config's reward settings reach the user's RubricRewards
             apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share, args.reward_criteria)
         self._rgsd_hybrid = self._rgsd_has_rewards and args.distillation_weight < 1.0
         if args.distillation_weight < 1.0 and not self._rgsd_has_rewards:

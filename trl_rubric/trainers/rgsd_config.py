@@ -273,10 +273,11 @@ class RGSDConfig(GRPOConfig):
             drawn per prompt from the seed and step, so resume is exact). The rest get no reward and train on the
             distillation term alone; use it when the judge is what costs. `judge/judged_frac` logs the share judged.
         reward_criteria (`list[str]` or `None`, *optional*, defaults to `None`):
-            Hybrid mode: the titles, texts, categories or tags of the only criteria the judge grades and the reward scores
-            (`RubricReward(criteria=...)`), e.g. `["key term"]`: a cheap reward on the content the teacher's token
-            signal does not carry, while the distillation term teaches the rest. Every row must have one of them
-            (checked before training). Set like `judge_share`; needs `distillation_weight` below 1.
+            Hybrid mode: the titles, texts, categories or tags of the only criteria the judge grades and the reward
+            scores (`RubricReward(criteria=...)`), e.g. `["key term"]`: a cheap reward on the content the teacher's
+            token signal does not carry, while the distillation term teaches the rest. Every row must have one of
+            them (checked before training). Like `judge_share`, it reaches every default-built `RubricReward` in
+            `reward_funcs` and the reward `trl-rubric rgsd` builds; needs `distillation_weight` below 1.
     """
 
     num_generations: int | None = field(
