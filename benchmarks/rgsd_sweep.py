@@ -16,6 +16,11 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
+`seed=<int>` (an `RGSDConfig` field) sets one setting's training seed (LoRA init, rollout sampling, data order) while
+the prompts, sets and sampling seeds of the scoring follow `--seed`: `"a_s0:...,seed=0" "a_s1:...,seed=1"` are two
+training runs of one setting scored on the same answers, paired. One hybrid run can differ from the next by tens of
+points of the gap (docs/benchmarks.md, "Flagged rollouts paid −1 in the hybrid"), so compare settings over several.
+
 Every student trains on SmolLM2-135M-Instruct for the same steps, prompts per step and seed, and is then scored on
 the same train and held-out prompts, `--eval_samples` answers each, with the same sampling seeds as the base, so each
 difference is paired (bootstrap over prompts). Reported per setting: train and held-out score, the paired difference
@@ -370,7 +375,7 @@ def main(argv=None) -> dict[str, Any]:
             results["runs"][name] = {"skipped": str(e)}
             continue
         lora = None if full else lora_config(r)
-        torch.manual_seed(args.seed)
+        torch.manual_seed(config.seed)  # --seed unless the setting names its own training seed
         print(f"{name}: {pairs or 'defaults'} ...", flush=True)
         reference_context = config.teacher_context in ("reference", "rubric+reference")
         refs = train_refs

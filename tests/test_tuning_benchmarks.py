@@ -34,6 +34,15 @@ def test_setting_parses_name_and_typed_config_overrides():
     assert sweep.config_overrides({"token_clip": "0.1"}) == {"token_clip": 0.1}
 
 
+def test_a_settings_own_training_seed_reaches_the_config_as_int():
+    # replicates of one setting: `seed=` is the training seed, the scoring sets follow --seed
+    from trl_rubric import RGSDConfig
+
+    overrides = sweep.config_overrides({"seed": "3", "learning_rate": "2e-3"})
+    assert overrides == {"seed": 3, "learning_rate": 2e-3} and isinstance(overrides["seed"], int)
+    assert RGSDConfig(output_dir="unused", use_cpu=True, **overrides).seed == 3
+
+
 def test_optional_whole_number_fields_reach_the_config_as_int():
     # teacher_no_repeat_ngram_size defaults to None and RGSDConfig refuses 5.0: the sweep must pass 5
     from trl_rubric import RGSDConfig
