@@ -18,14 +18,16 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
 
 `seed=<int>` (an `RGSDConfig` field) sets one setting's training seed (LoRA init, rollout sampling, data order) while
 the prompts, sets and sampling seeds of the scoring follow `--seed`: `"a_s0:...,seed=0" "a_s1:...,seed=1"` are two
-training runs of one setting scored on the same answers, paired. One hybrid run can differ from the next by tens of
-points of the gap (docs/benchmarks.md, "Flagged rollouts paid −1 in the hybrid"), so compare settings over several.
+training runs of one setting scored on the same prompts with the same sampling seeds, paired. One hybrid run can
+differ from the next by tens of points of the gap (docs/benchmarks.md, "Flagged rollouts paid −1 in the hybrid"), so
+compare settings over several.
 
-Every student trains on SmolLM2-135M-Instruct for the same steps, prompts per step and seed, and is then scored on
-the same train and held-out prompts, `--eval_samples` answers each, with the same sampling seeds as the base, so each
-difference is paired (bootstrap over prompts). Reported per setting: train and held-out score, the paired difference
-with its 95% interval, the fraction of the train conditioning gap closed, answer length, each criterion's pass rate,
-and the training log (loss, clipped fraction, length per step). `results.json` is rewritten after every setting.
+Every student trains on SmolLM2-135M-Instruct for the same steps, prompts per step and seed (unless the setting names
+its own `seed`), and is then scored on the same train and held-out prompts, `--eval_samples` answers each, with the
+same sampling seeds as the base, so each difference is paired (bootstrap over prompts). Reported per setting: train
+and held-out score, the paired difference with its 95% interval, the fraction of the train conditioning gap closed,
+answer length, each criterion's pass rate, and the training log (loss, clipped fraction, length per step).
+`results.json` is rewritten after every setting.
 
 `--decode name:key=value,...` also scores the base model and every student with extra `model.generate` arguments
 (`--decode ngram4:no_repeat_ngram_size=4`; `degeneration_guard=3` decodes with
