@@ -521,3 +521,107 @@ def test_criterion_deltas_read_verdicts_by_title_and_list_every_comparison():
         ("s, v2 (rescore)", "train", "b2", "s2"),
         ("s, v2 (rescore)", "heldout", "bh2", "sh2"),
     ]
+
+
+compare = _load("compare_runs")
+SCORING = {"world": "health", "seed": 1, "eval_prompts": 3, "heldout_prompts": 2, "eval_samples": 2,
+           "max_completion_length": 64, "temperature": 0.7}  # fmt: skip
+
+
+def _sweep_folder(path, runs, base, decoded_base=None, seed=1):
+    """A `results.json` as rgsd_sweep.py writes it: `runs` maps a setting name to `{split: (scores, answers)}`."""
+
+    def block(scores, answers):
+        known = [x for x in scores if x is not None]
+        after = sum(known) / len(known)
+        return {"before": 0.1, "after": after, "delta": after - 0.1, "delta_ci": [after - 0.15, after - 0.05],
+                "scores": scores, "responses": answers, "length": 40.0}  # fmt: skip
+
+    out = {"settings": {**SCORING, "seed": seed}, "gap_train": 0.25, "runs": {},
+           "responses": {f"base_{split}": answers for split, answers in base.items()}}  # fmt: skip
+    for name, splits in runs.items():
+        out["runs"][name] = {split: block(*splits[split]) for split in ("train", "heldout")}
+        if decoded_base is not None:
+            out["runs"][name]["decoded"] = {"g": {split: block(*splits[split]) for split in ("train", "heldout")}}
+    if decoded_base is not None:
+        out["decoded"] = {"g": {split: {"responses": answers} for split, answers in decoded_base.items()}}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps(out))
+    return str(path)
+
+
+def test_compare_runs_rows_spread_and_pairs_match_a_plain_reference(tmp_path, capsys):
+    import re
+
+    from trl_rubric.evaluation.degeneration import degeneration_rates
+    from trl_rubric.real.worlds import make_named_world
+
+    sets = sweep.scored_sets(make_named_world("health", seed=1), 1, 3, 2, 2)
+    key = {s: [[c for c in r if c["title"] == "key term"][0] for r in sets[s][0]["rubric"]] for s in sets}
+    names = {s: [c["text"] for c in key[s]] for s in sets}  # "Mentions antacids.": meets its own key term
+    n = {s: len(names[s]) for s in sets}
+    base = {s: ["I am not sure."] * n[s] for s in sets}
+    loop = "1. Rest.\n1. Rest.\n1. Rest.\n1. Rest."
+    a = {s: ([0.5] * n[s], names[s]) for s in sets}
+    b = {s: ([0.2, None] + [0.3] * (n[s] - 2), [loop] + base[s][1:]) for s in sets}
+    c = {s: ([0.4] * n[s], names[s][:1] + base[s][1:]) for s in sets}
+    one = _sweep_folder(tmp_path / "one", {"sa": a, "sb": b}, base, decoded_base=base)
+    two = _sweep_folder(tmp_path / "two", {"sc": c}, base)
+    out = compare.main([f"{one}:sa", f"{one}:sb", two, "--labels", "A", "B", "C",
+                        "--groups", "x=A,B", "y=C,A", "--output", str(tmp_path / "o.json")])  # fmt: skip
+    assert list(out["decodings"]) == ["plain"]  # "g" is missing from run C
+    report = out["decodings"]["plain"]
+    rows = {r["label"]: r for r in report["runs"]}
+    assert rows["A"]["gap_closed"] == pytest.approx(0.4 / 0.25)
+    assert rows["A"]["criteria"]["key term"] == 1.0 and rows["B"]["criteria"]["key term"] == 0.0
+    assert rows["C"]["criteria"]["key term"] == pytest.approx(1 / 6)
+    rubrics = list(sets["train"][0]["rubric"])
+    assert rows["B"]["degenerate"]["train"] == degeneration_rates(b["train"][1], rubrics)["degenerate"] > 0
+    # pairs: mean of per-answer differences over the answers both runs scored
+    ab = report["pairs"]["A - B"]
+    ref = [x - y for x, y in zip(a["train"][0], b["train"][0], strict=True) if y is not None]
+    assert ab["train"]["delta"] == pytest.approx(sum(ref) / len(ref)) and ab["train"]["n"] == len(ref) == 5
+    low, high = ab["train"]["delta_ci"]
+    assert low <= ab["train"]["delta"] <= high
+    pattern = re.compile(key["train"][0]["tags"][0].removeprefix("rule:regex:"), re.I)
+    assert pattern.search(names["train"][0])
+    assert report["pairs"]["A - C"]["key term"]["delta"] == pytest.approx(5 / 6)
+    # groups: spread of the gap closed; the i-th run of one group paired with the i-th of the other
+    x = report["groups"]["x"]["gap_closed"]
+    assert x["mean"] == pytest.approx((0.4 + rows["B"]["train"]["delta"]) / 2 / 0.25)
+    assert x["min"] == pytest.approx(rows["B"]["gap_closed"]) and x["sd"] > 0
+    assert report["groups"]["x"]["criteria_change"]["key term"]["delta"] == pytest.approx(0.5)  # A 1.0, B 0.0, base 0
+    xy = report["group_pairs"]["x - y"]["train"]
+    pooled = [p - q for p, q in zip(a["train"][0] + b["train"][0], c["train"][0] + a["train"][0], strict=True)
+              if q is not None and p is not None]  # fmt: skip
+    assert xy["delta"] == pytest.approx(sum(pooled) / len(pooled)) and xy["n"] == len(pooled)
+    assert json.loads((tmp_path / "o.json").read_text())["labels"] == ["A", "B", "C"]
+    assert "gap closed mean" in capsys.readouterr().out
+
+
+def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
+    base = {"train": ["x"] * 6, "heldout": ["x"] * 4}
+    runs = {
+        "sa": {s: ([0.1] * len(v), v) for s, v in base.items()},
+        "sb": {s: ([0.1] * len(v), v) for s, v in base.items()},
+    }
+    one = _sweep_folder(tmp_path / "one", runs, base)
+    other_seed = _sweep_folder(tmp_path / "two", {"sa": runs["sa"]}, base, seed=2)
+    with pytest.raises(ValueError, match="holds 2 trained settings"):
+        compare.load_run(one)
+    with pytest.raises(ValueError, match="no trained setting 'sc'.*'sa', 'sb'"):
+        compare.load_run(f"{one}:sc")
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        compare.load_run(str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"seed=2, but .* has seed=1"):
+        compare.main([f"{one}:sa", other_seed])
+    with pytest.raises(ValueError, match="no run labelled 'C'"):
+        compare.main([f"{one}:sa", f"{one}:sb", "--labels", "A", "B", "--groups", "g=A,C"])
+    with pytest.raises(ValueError, match="distinct labels"):
+        compare.main([f"{one}:sa", f"{one}:sb", "--labels", "A", "A"])
+    same_name = _sweep_folder(tmp_path / "three", {"sa": runs["sa"]}, base)
+    labels = compare.main([f"{one}:sa", same_name, "--criteria"])["labels"]
+    assert labels == [f"{one}:sa", same_name]  # one setting name in two folders: the runs as given
+    with pytest.raises(ValueError, match="must pair up"):
+        compare.paired_difference([1.0], [1.0, 0.0])
+    assert compare.paired_difference([None], [1.0]) == {"delta": None, "delta_ci": None, "n": 0}
