@@ -8,7 +8,8 @@ This script takes such runs and reports, plain and under every `--decode` settin
 
 - per run: train score base → student, the share of the train gap closed, the held-out gain with its interval, the
   share of degenerate answers (rechecked with the current checks, base and student), the pass rate of the criteria
-  named in `--criteria` (graded again with the world's rule judge, by criterion title), the mean answer length;
+  named in `--criteria` (graded again with the world's rule judge, by criterion title), the mean answer length in
+  tokens;
 - per group (`--groups`): the mean, range and standard deviation of the gap closed over the group's runs, the base →
   student change of each named criterion pooled over them; and between two groups of equal size, the i-th run of one
   paired with the i-th of the other (same training seed), per-answer differences pooled over the pairs;
