@@ -231,7 +231,7 @@ def main(argv=None) -> dict[str, Any]:
             }
             rows.append(row)
             print(f"| {label} | {t['before']:.3f} → {t['after']:.3f} | {row['gap_closed'] * 100:.0f}% | "
-                  f"{_fmt({'delta': h['delta'], 'delta_ci': h['delta_ci']})} | "
+                  f"{_fmt(h)} | "
                   f"{row['degenerate']['train'] * 100:.1f}% / {row['degenerate']['heldout'] * 100:.1f}% | "
                   + " | ".join(f"{row['criteria'][c]:.2f}" for c in args.criteria)
                   + f" | {row['length'] or float('nan'):.0f} |")  # fmt: skip
@@ -239,8 +239,8 @@ def main(argv=None) -> dict[str, Any]:
         for name, index in groups.items():
             pooled = {}
             for c in args.criteria:
-                before = [base_verdicts["train"][k][c] for _ in index for k in range(len(base_verdicts["train"]))]
-                after = [verdicts[i]["train"][k][c] for i in index for k in range(len(verdicts[i]["train"]))]
+                before = [row[c] for row in base_verdicts["train"]] * len(index)  # each run against the same base
+                after = [row[c] for i in index for row in verdicts[i]["train"]]
                 pooled[c] = paired_difference(after, before)
             g = {"gap_closed": spread([rows[i]["gap_closed"] for i in index]), "criteria_change": pooled}
             report["groups"][name] = g
