@@ -10,9 +10,12 @@ This script takes such runs and reports, plain and under every `--decode` settin
   share of degenerate answers (rechecked with the current checks, base and student), the pass rate of the criteria
   named in `--criteria` (graded again with the world's rule judge, by criterion title), the mean answer length in
   tokens;
+- the teacher's pass rate of each named criterion on the same train prompts (its sampled answers, which the sweep
+  saves, graded alike; plain sampling only): what distillation can carry at most;
 - per group (`--groups`): the mean, range and standard deviation of the gap closed over the group's runs, the base →
-  student change of each named criterion pooled over them; and between two groups of equal size, the i-th run of one
-  paired with the i-th of the other (same training seed), per-answer differences pooled over the pairs;
+  student change of each named criterion pooled over them, and that change as a share of the teacher's lead over the
+  base model on the criterion (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of equal size, the i-th
+  run of one paired with the i-th of the other (same training seed), per-answer differences pooled over the pairs;
 - every pair of runs: the paired per-answer difference of scores (train, held-out) and of each named criterion.
 
 Intervals are 95% paired bootstraps over answers. They say how sure one run's (or one pool's) answers are, not how
@@ -44,6 +47,9 @@ from trl_rubric.testing import OFFLINE_ENV
 SCORING_SETTINGS = ("world", "seed", "eval_prompts", "heldout_prompts", "eval_samples", "max_completion_length",
                     "temperature")  # fmt: skip
 SPLITS = ("train", "heldout")
+#: The smallest teacher lead over the base model (in pass rate) that a share learned is reported against: below it
+#: the share is mostly noise (a 2-point lead makes a 1-point change 50%).
+MIN_LEAD = 0.05
 
 
 def _load(name: str):
@@ -147,6 +153,23 @@ def parse_groups(items: Sequence[str], labels: Sequence[str]) -> dict[str, list[
     return groups
 
 
+def lead_learned(change: float | None, base: float | None, teacher: float | None) -> float | None:
+    """`change` (student − base pass rate) as a share of the teacher's lead `teacher − base`; `None` where the teacher
+    is less than [`MIN_LEAD`] ahead of the base model (little or nothing for distillation to carry) or a rate is
+    unknown."""
+    if change is None or base is None or teacher is None or teacher - base < MIN_LEAD:
+        return None
+    return change / (teacher - base)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return f"n/a (teacher < {MIN_LEAD * 100:.0f} points ahead)" if value is None else f"{value * 100:.0f}%"
+
+
 def _fmt(d: dict[str, Any]) -> str:
     if d["delta"] is None:
         return "n/a"
@@ -215,6 +238,12 @@ def main(argv=None) -> dict[str, Any]:
         print(f"\n## {decoding}: train gap {gap * 100:+.1f}pp; base model degenerate "
               f"{base_degenerate['train'] * 100:.1f}% / {base_degenerate['heldout'] * 100:.1f}% (train / held-out); "
               + ", ".join(f"{t} {rate(base_verdicts['train'], t):.2f}" for t in args.criteria))  # fmt: skip
+        teacher_answers = results[0].get("responses", {}).get("teacher_train") if decoding == "plain" else None
+        teacher = {}
+        if teacher_answers:
+            teacher_verdicts = graded("train", teacher_answers)
+            teacher = {c: rate(teacher_verdicts, c) for c in args.criteria}
+            print("teacher (rubric shown), train: " + ", ".join(f"{c} {_rate(v)}" for c, v in teacher.items()))
         print("| run | train score | gap closed | held-out Δ, pp [95%] | degenerate | "
               + " | ".join(args.criteria) + " | tokens |")  # fmt: skip
         rows = []
@@ -235,7 +264,8 @@ def main(argv=None) -> dict[str, Any]:
                   f"{row['degenerate']['train'] * 100:.1f}% / {row['degenerate']['heldout'] * 100:.1f}% | "
                   + " | ".join(f"{row['criteria'][c]:.2f}" for c in args.criteria)
                   + f" | {row['length'] or float('nan'):.0f} |")  # fmt: skip
-        report: dict[str, Any] = {"runs": rows, "groups": {}, "group_pairs": {}, "pairs": {}}
+        report: dict[str, Any] = {"runs": rows, "teacher": teacher, "groups": {}, "group_pairs": {}, "pairs": {}}
+        base_rates = {c: rate(base_verdicts["train"], c) for c in args.criteria}
         for name, index in groups.items():
             pooled = {}
             for c in args.criteria:
@@ -243,12 +273,18 @@ def main(argv=None) -> dict[str, Any]:
                 after = [row[c] for i in index for row in verdicts[i]["train"]]
                 pooled[c] = paired_difference(after, before)
             g = {"gap_closed": spread([rows[i]["gap_closed"] for i in index]), "criteria_change": pooled}
+            if teacher:
+                g["teacher_lead_learned"] = {c: lead_learned(pooled[c]["delta"], base_rates[c], teacher[c])
+                                             for c in args.criteria}  # fmt: skip
             report["groups"][name] = g
             gc = g["gap_closed"]
             print(f"{name} ({len(index)} run{'s' if len(index) > 1 else ''}): gap closed mean {gc['mean'] * 100:.0f}%, range "
                   f"{gc['min'] * 100:.0f}–{gc['max'] * 100:.0f}%"
                   + (f", sd {gc['sd'] * 100:.0f}" if gc["sd"] is not None else "")
                   + "; base → student, pooled: " + ", ".join(f"{c} {_fmt(d)}" for c, d in pooled.items()))  # fmt: skip
+            if teacher:
+                print(f"{name}: share of the teacher's lead learned: "
+                      + ", ".join(f"{c} {_share(v)}" for c, v in g["teacher_lead_learned"].items()))  # fmt: skip
         for (na, ia), (nb, ib) in itertools.combinations(groups.items(), 2):
             if len(ia) != len(ib):
                 continue

@@ -528,8 +528,9 @@ SCORING = {"world": "health", "seed": 1, "eval_prompts": 3, "heldout_prompts": 2
            "max_completion_length": 64, "temperature": 0.7}  # fmt: skip
 
 
-def _sweep_folder(path, runs, base, decoded_base=None, seed=1):
-    """A `results.json` as rgsd_sweep.py writes it: `runs` maps a setting name to `{split: (scores, answers)}`."""
+def _sweep_folder(path, runs, base, decoded_base=None, seed=1, teacher=None):
+    """A `results.json` as rgsd_sweep.py writes it: `runs` maps a setting name to `{split: (scores, answers)}`;
+    `teacher`: the teacher's train answers."""
 
     def block(scores, answers):
         known = [x for x in scores if x is not None]
@@ -539,6 +540,8 @@ def _sweep_folder(path, runs, base, decoded_base=None, seed=1):
 
     out = {"settings": {**SCORING, "seed": seed}, "gap_train": 0.25, "runs": {},
            "responses": {f"base_{split}": answers for split, answers in base.items()}}  # fmt: skip
+    if teacher is not None:
+        out["responses"]["teacher_train"] = teacher
     for name, splits in runs.items():
         out["runs"][name] = {split: block(*splits[split]) for split in ("train", "heldout")}
         if decoded_base is not None:
@@ -597,6 +600,30 @@ def test_compare_runs_rows_spread_and_pairs_match_a_plain_reference(tmp_path, ca
     assert xy["delta"] == pytest.approx(sum(pooled) / len(pooled)) and xy["n"] == len(pooled)
     assert json.loads((tmp_path / "o.json").read_text())["labels"] == ["A", "B", "C"]
     assert "gap closed mean" in capsys.readouterr().out
+    assert report["teacher"] == {} and "teacher_lead_learned" not in report["groups"]["x"]  # no teacher answers saved
+
+
+def test_compare_runs_reports_the_teachers_rate_and_the_share_of_its_lead_learned(tmp_path, capsys):
+    from trl_rubric.real.worlds import make_named_world
+
+    sets = sweep.scored_sets(make_named_world("health", seed=1), 1, 3, 2, 2)
+    names = {s: [[c["text"] for c in r if c["title"] == "key term"][0] for r in sets[s][0]["rubric"]] for s in sets}
+    n = len(names["train"])
+    base = {s: ["I am not sure."] * len(names[s]) for s in sets}
+    teacher = names["train"][:4] + base["train"][4:]  # the teacher names the key term on 4 of 6
+    student = {s: ([0.3] * len(names[s]), names[s][:1] + base[s][1:]) for s in sets}  # on 1 of 6
+    folder = _sweep_folder(tmp_path / "t", {"s": student}, base, teacher=teacher)
+    out = compare.main([folder, "--groups", "g=s", "--criteria", "key term", "short"])
+    report = out["decodings"]["plain"]
+    assert report["teacher"]["key term"] == pytest.approx(4 / n)
+    learned = report["groups"]["g"]["teacher_lead_learned"]
+    assert learned["key term"] == pytest.approx((1 / n) / (4 / n))  # +1/6 of a +4/6 lead: a quarter
+    assert learned["short"] is None  # base and teacher answers are all short: no lead to learn
+    printed = capsys.readouterr().out
+    assert "key term 25%" in printed and "short n/a (teacher < 5 points ahead)" in printed
+    assert compare.lead_learned(0.1, 0.3, 0.2) is None and compare.lead_learned(None, 0.1, 0.5) is None
+    assert compare.lead_learned(0.02, 0.03, 0.05) is None  # a 2-point lead: too small to share out
+    assert compare.lead_learned(0.03, 0.1, 0.16) == pytest.approx(0.5)
 
 
 def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
