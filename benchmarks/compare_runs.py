@@ -14,8 +14,9 @@ This script takes such runs and reports, plain and under every `--decode` settin
   saves, graded alike; plain sampling only): what distillation can carry at most;
 - per group (`--groups`): the mean, range and standard deviation of the gap closed over the group's runs, the base →
   student change of each named criterion pooled over them, and that change as a share of the teacher's lead over the
-  base model on the criterion (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of equal size, the i-th
-  run of one paired with the i-th of the other (same training seed), per-answer differences pooled over the pairs;
+  base model on the criterion (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of
+  equal size, the i-th run of one paired with the i-th of the other (same training seed), per-answer differences
+  pooled over the pairs;
 - every pair of runs: the paired per-answer difference of scores (train, held-out) and of each named criterion.
 
 Intervals are 95% paired bootstraps over answers. They say how sure one run's (or one pool's) answers are, not how
@@ -157,7 +158,7 @@ def lead_learned(change: float | None, base: float | None, teacher: float | None
     """`change` (student − base pass rate) as a share of the teacher's lead `teacher − base`; `None` where the teacher
     is less than [`MIN_LEAD`] ahead of the base model (little or nothing for distillation to carry) or a rate is
     unknown."""
-    if change is None or base is None or teacher is None or teacher - base < MIN_LEAD:
+    if change is None or base is None or teacher is None or teacher - base < MIN_LEAD - 1e-9:  # 0.35 - 0.30 counts
         return None
     return change / (teacher - base)
 

@@ -624,6 +624,7 @@ def test_compare_runs_reports_the_teachers_rate_and_the_share_of_its_lead_learne
     assert compare.lead_learned(0.1, 0.3, 0.2) is None and compare.lead_learned(None, 0.1, 0.5) is None
     assert compare.lead_learned(0.02, 0.03, 0.05) is None  # a 2-point lead: too small to share out
     assert compare.lead_learned(0.03, 0.1, 0.16) == pytest.approx(0.5)
+    assert compare.lead_learned(0.05, 0.30, 0.35) == pytest.approx(1.0)  # exactly 5 points, in floating point
 
 
 def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
