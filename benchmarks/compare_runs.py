@@ -236,9 +236,10 @@ def main(argv=None) -> dict[str, Any]:
         base_verdicts = {split: graded(split, base[split]["base"]) for split in SPLITS}
         verdicts = [{split: graded(split, v[split]["responses"]) for split in SPLITS} for v in views]
         base_degenerate = {sp: degeneration_rates(base[sp]["base"], rubrics[sp])["degenerate"] for sp in SPLITS}
+        base_rates = {c: rate(base_verdicts["train"], c) for c in args.criteria}
         print(f"\n## {decoding}: train gap {gap * 100:+.1f}pp; base model degenerate "
               f"{base_degenerate['train'] * 100:.1f}% / {base_degenerate['heldout'] * 100:.1f}% (train / held-out); "
-              + ", ".join(f"{t} {rate(base_verdicts['train'], t):.2f}" for t in args.criteria))  # fmt: skip
+              + ", ".join(f"{c} {_rate(v)}" for c, v in base_rates.items()))  # fmt: skip
         teacher_answers = results[0].get("responses", {}).get("teacher_train") if decoding == "plain" else None
         teacher = {}
         if teacher_answers:
@@ -266,7 +267,6 @@ def main(argv=None) -> dict[str, Any]:
                   + " | ".join(f"{row['criteria'][c]:.2f}" for c in args.criteria)
                   + f" | {row['length'] or float('nan'):.0f} |")  # fmt: skip
         report: dict[str, Any] = {"runs": rows, "teacher": teacher, "groups": {}, "group_pairs": {}, "pairs": {}}
-        base_rates = {c: rate(base_verdicts["train"], c) for c in args.criteria}
         for name, index in groups.items():
             pooled = {}
             for c in args.criteria:
