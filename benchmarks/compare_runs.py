@@ -11,7 +11,9 @@ This script takes such runs and reports, plain and under every `--decode` settin
   named in `--criteria` (graded again with the world's rule judge, by criterion title), the mean answer length in
   tokens;
 - the teacher's pass rate of each named criterion on the same train prompts (its sampled answers, which the sweep
-  saves, graded alike; plain sampling only): what distillation can carry at most;
+  saves, graded alike; plain sampling only): what distillation can carry at most. Each group is measured against the
+  teacher its runs learned from: a setting with its own teacher view (`template=`, ...) against that view's answers
+  (`own_view_teacher_train`; `benchmarks/own_view_teacher.py` adds them to runs trained before the sweep saved them);
 - per group (`--groups`): the mean, range and standard deviation of the gap closed over the group's runs, the base →
   student change of each named criterion pooled over them, and that change as a share of the teacher's lead over the
   base model on the criterion (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of
@@ -110,6 +112,17 @@ def view(results: dict[str, Any], run: dict[str, Any], decoding: str) -> dict[st
     return out
 
 
+def teacher_answers(results: dict[str, Any], run: dict[str, Any]) -> list[str] | None:
+    """The train answers of the teacher `run` learned from: its own view's where the setting changed the view (saved
+    by the sweep, or added by `benchmarks/own_view_teacher.py`), else the sweep's world-view teacher's; `None` where
+    the run's view differs from the world's and its teacher's answers were not saved."""
+    if "own_view_teacher_train" in run:
+        return run["own_view_teacher_train"]
+    if "own_view_gap_train" in run:  # another view than the world's, trained before the sweep kept its answers
+        return None
+    return results.get("responses", {}).get("teacher_train")
+
+
 def paired_difference(a: Sequence[float | None], b: Sequence[float | None], seed: int = 0) -> dict[str, Any]:
     """Mean of `a - b` over the pairs where both are known, with its 95% paired bootstrap interval."""
     from trl_rubric.evaluation import bootstrap_ci
@@ -193,6 +206,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def group_teacher(index, own, teacher_verdicts, decoding: str, labels, name: str):
+    """The verdicts on the teacher answers a group's runs learned from, pooled over its distinct teachers (runs of
+    one view share them); `None` under a decoding other than plain, or, with a note, where a run's are not saved."""
+    if decoding != "plain":
+        return None
+    missing = [labels[i] for i in index if not own[i]]
+    if missing:
+        print(f"{name}: no teacher's lead: the teacher answers of {', '.join(missing)} were not saved (for a "
+              "setting with its own view, trained before the sweep kept them, benchmarks/own_view_teacher.py adds "
+              "them)")  # fmt: skip
+        return None
+    distinct = dict.fromkeys(tuple(own[i]) for i in index)
+    return [row for answers in distinct for row in teacher_verdicts[answers]]
+
+
 def main(argv=None) -> dict[str, Any]:
     os.environ.update(OFFLINE_ENV)
     from trl_rubric.evaluation.degeneration import degeneration_rates
@@ -240,12 +268,16 @@ def main(argv=None) -> dict[str, Any]:
         print(f"\n## {decoding}: train gap {gap * 100:+.1f}pp; base model degenerate "
               f"{base_degenerate['train'] * 100:.1f}% / {base_degenerate['heldout'] * 100:.1f}% (train / held-out); "
               + ", ".join(f"{c} {_rate(v)}" for c, v in base_rates.items()))  # fmt: skip
-        teacher_answers = results[0].get("responses", {}).get("teacher_train") if decoding == "plain" else None
+        # The teacher's answers are sampled plainly; each run's is its own view's, graded once per distinct set.
+        own = [teacher_answers(r, run) if decoding == "plain" else None for r, run in zip(results, runs, strict=True)]
+        teacher_verdicts = {tuple(a): graded("train", a) for a in own if a}
+        world_answers = results[0].get("responses", {}).get("teacher_train") if decoding == "plain" else None
         teacher = {}
-        if teacher_answers:
-            teacher_verdicts = graded("train", teacher_answers)
-            teacher = {c: rate(teacher_verdicts, c) for c in args.criteria}
-            print("teacher (rubric shown), train: " + ", ".join(f"{c} {_rate(v)}" for c, v in teacher.items()))
+        if world_answers:
+            world_verdicts = teacher_verdicts.get(tuple(world_answers)) or graded("train", world_answers)
+            teacher = {c: rate(world_verdicts, c) for c in args.criteria}
+            print("teacher (rubric shown, the world's view), train: "
+                  + ", ".join(f"{c} {_rate(v)}" for c, v in teacher.items()))  # fmt: skip
         print("| run | train score | gap closed | held-out Δ, pp [95%] | degenerate | "
               + " | ".join(args.criteria) + " | tokens |")  # fmt: skip
         rows = []
@@ -274,8 +306,10 @@ def main(argv=None) -> dict[str, Any]:
                 after = [row[c] for i in index for row in verdicts[i]["train"]]
                 pooled[c] = paired_difference(after, before)
             g = {"gap_closed": spread([rows[i]["gap_closed"] for i in index]), "criteria_change": pooled}
-            if teacher:
-                g["teacher_lead_learned"] = {c: lead_learned(pooled[c]["delta"], base_rates[c], teacher[c])
+            mine = group_teacher(index, own, teacher_verdicts, decoding, labels, name)
+            if mine is not None:
+                g["teacher"] = {c: rate(mine, c) for c in args.criteria}
+                g["teacher_lead_learned"] = {c: lead_learned(pooled[c]["delta"], base_rates[c], g["teacher"][c])
                                              for c in args.criteria}  # fmt: skip
             report["groups"][name] = g
             gc = g["gap_closed"]
@@ -283,7 +317,10 @@ def main(argv=None) -> dict[str, Any]:
                   f"{gc['min'] * 100:.0f}–{gc['max'] * 100:.0f}%"
                   + (f", sd {gc['sd'] * 100:.0f}" if gc["sd"] is not None else "")
                   + "; base → student, pooled: " + ", ".join(f"{c} {_fmt(d)}" for c, d in pooled.items()))  # fmt: skip
-            if teacher:
+            if mine is not None:
+                if g["teacher"] != teacher:
+                    print(f"{name}: its teacher (rubric shown, its own view), train: "
+                          + ", ".join(f"{c} {_rate(v)}" for c, v in g["teacher"].items()))  # fmt: skip
                 print(f"{name}: share of the teacher's lead learned: "
                       + ", ".join(f"{c} {_share(v)}" for c, v in g["teacher_lead_learned"].items()))  # fmt: skip
         for (na, ia), (nb, ib) in itertools.combinations(groups.items(), 2):

@@ -264,6 +264,50 @@ def scored_sets(world, seed: int, eval_prompts: int, heldout_prompts: int, eval_
             "heldout": (repeated(world.heldout_dataset(), heldout_prompts), seed + 2)}  # fmt: skip
 
 
+def generation_settings(args) -> dict[str, Any]:
+    """The sampling every answer of a sweep is scored with (base, teacher, students)."""
+    return dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
+
+
+def setting_kwargs(args, name: str, pairs: dict[str, str]) -> dict[str, Any]:
+    """The `RGSDConfig` keyword arguments of one setting: the sweep's sizes, the world's teacher view, the setting's
+    own fields, and its `template=` choice."""
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+
+    kwargs = dict(
+        output_dir=os.path.join(args.output_dir, name), use_cpu=True, bf16=False, seed=args.seed,
+        max_steps=args.steps, learning_rate=5e-4, lr_scheduler_type="constant",
+        per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
+        temperature=args.temperature, logging_steps=1, **REAL_TEACHER_VIEW,
+        save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
+    )  # fmt: skip
+    kwargs.update(config_overrides(pairs))
+    template = pairs.get("template", "direct")
+    if template == "default":
+        kwargs.pop("teacher_prompt_template")
+    elif template != "direct":
+        kwargs["teacher_prompt_template"] = CANDIDATE_TEMPLATES[template]
+    return kwargs
+
+
+def own_teacher_view(config) -> dict[str, Any] | None:
+    """The teacher view (template, render style, penalties) a rubric-context setting trains with, or `None` where it
+    is the world's own (whose gap and answers the sweep already has) or the teacher is not shown the rubric alone."""
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+
+    view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
+    return view if view != dict(REAL_TEACHER_VIEW) and config.teacher_context == "rubric" else None
+
+
+def own_view_gap(base, tokenizer, world, sets, view: dict[str, Any], gen: dict[str, Any]):
+    """The conditioning gap of `view`'s teacher on the scored train prompts, sampled with the sweep's train seed: the
+    same answers for the same view, whichever run asks (`benchmarks/own_view_teacher.py` relies on it)."""
+    from trl_rubric.evaluation import conditioning_gap
+
+    return conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer, n_samples=None,
+                            seed=sets["train"][1], **view, **gen)  # fmt: skip
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
@@ -272,7 +316,7 @@ def main(argv=None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_rubric import RGSDConfig, RGSDTrainer
-    from trl_rubric.evaluation import conditioning_gap, evaluate
+    from trl_rubric.evaluation import evaluate
     from trl_rubric.real import lora_config, smollm2_path
     from trl_rubric.real.demo import paired_delta
     from trl_rubric.real.world import REAL_TEACHER_VIEW
@@ -285,11 +329,10 @@ def main(argv=None) -> dict[str, Any]:
     sets = scored_sets(world, args.seed, args.eval_prompts, args.heldout_prompts, args.eval_samples)
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    gen = dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
+    gen = generation_settings(args)
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     began = time.perf_counter()
-    gap = conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer, n_samples=None,
-                           seed=sets["train"][1], **REAL_TEACHER_VIEW, **gen)  # fmt: skip
+    gap = own_view_gap(base, tokenizer, world, sets, dict(REAL_TEACHER_VIEW), gen)
     base_eval = {"train": gap.without_rubric}
     base_eval["heldout"] = evaluate(base, sets["heldout"][0], world.judge(), tokenizer=tokenizer,
                                     seed=sets["heldout"][1], **gen)  # fmt: skip
@@ -352,24 +395,11 @@ def main(argv=None) -> dict[str, Any]:
                                       "seconds": time.perf_counter() - t}  # fmt: skip
         print(f"self-references: {refs.stats}", flush=True)
     _write(results, args.output_dir)
-    teacher_scores: dict[str, float] = {}
+    teacher_views: dict[str, Any] = {}
     for name, pairs in args.parsed:
-        overrides = config_overrides(pairs)
         full = pairs.get("finetune", "lora") == "full"
         r = int(pairs.get("lora_r", 16))
-        kwargs = dict(
-            output_dir=os.path.join(args.output_dir, name), use_cpu=True, bf16=False, seed=args.seed,
-            max_steps=args.steps, learning_rate=5e-4, lr_scheduler_type="constant",
-            per_device_train_batch_size=args.prompts_per_step, max_completion_length=args.max_completion_length,
-            temperature=args.temperature, logging_steps=1, **REAL_TEACHER_VIEW,
-            save_strategy="no", report_to="none", disable_tqdm=True, gradient_checkpointing=False,
-        )  # fmt: skip
-        kwargs.update(overrides)
-        template = pairs.get("template", "direct")
-        if template == "default":
-            kwargs.pop("teacher_prompt_template")
-        elif template != "direct":
-            kwargs["teacher_prompt_template"] = CANDIDATE_TEMPLATES[template]
+        kwargs = setting_kwargs(args, name, pairs)
         try:
             config = RGSDConfig(**kwargs)
         except ValueError as e:
@@ -425,17 +455,17 @@ def main(argv=None) -> dict[str, Any]:
                   f"closed {decoded['gap_closed_train']:.2f}), held-out {decoded['heldout']['delta']:+.3f} "
                   f"{decoded['heldout']['delta_ci']}; degenerate {decoded['train']['degeneration']['degenerate']:.2f} / "
                   f"{decoded['heldout']['degeneration']['degenerate']:.2f}", flush=True)  # fmt: skip
-        view = {k: getattr(config, k) for k in REAL_TEACHER_VIEW}
-        if view != dict(REAL_TEACHER_VIEW) and config.teacher_context == "rubric":
-            # The student learns from this view's teacher: also report the gap that teacher leaves.
+        view = own_teacher_view(config)
+        if view is not None:
+            # The student learns from this view's teacher: also report the gap that teacher leaves, and keep its
+            # answers (benchmarks/compare_runs.py grades them for the teacher's lead on each criterion).
             key = json.dumps(view, sort_keys=True)
-            if key not in teacher_scores:
-                teacher_scores[key] = conditioning_gap(base, sets["train"][0], world.judge(), tokenizer=tokenizer,
-                                                       n_samples=None, seed=sets["train"][1], **view, **gen).gap  # fmt: skip
-            row["own_view_gap_train"] = teacher_scores[key]
-            row["own_view_gap_closed_train"] = (
-                row["train"]["delta"] / teacher_scores[key] if teacher_scores[key] else None
-            )
+            if key not in teacher_views:
+                teacher_views[key] = own_view_gap(base, tokenizer, world, sets, view, gen)
+            own = teacher_views[key]
+            row["own_view_gap_train"] = own.gap
+            row["own_view_gap_closed_train"] = row["train"]["delta"] / own.gap if own.gap else None
+            row["own_view_teacher_train"] = [ex["response"] for ex in own.with_rubric.examples]
         keep = ("loss", "grad_norm", "rgsd/clipped_frac", "completions/mean_length", "rgsd/teacher_logratio",
                 "rgsd/degenerate", "rgsd/teacher_focus_omitted", "rgsd/teacher_focus_rows")  # fmt: skip
         row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]

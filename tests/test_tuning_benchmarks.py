@@ -1,5 +1,6 @@
 """The helpers of the RGSD tuning benchmarks (`benchmarks/rgsd_sweep.py`, `benchmarks/teacher_signal.py`)."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -625,6 +626,76 @@ def test_compare_runs_reports_the_teachers_rate_and_the_share_of_its_lead_learne
     assert compare.lead_learned(0.02, 0.03, 0.05) is None  # a 2-point lead: too small to share out
     assert compare.lead_learned(0.03, 0.1, 0.16) == pytest.approx(0.5)
     assert compare.lead_learned(0.05, 0.30, 0.35) == pytest.approx(1.0)  # exactly 5 points, in floating point
+
+
+def test_compare_runs_measures_each_group_against_the_teacher_its_runs_learned_from(tmp_path, capsys):
+    # A setting with its own teacher view (template=...) learns from that view's answers, not the world's: its share
+    # of the lead is against them; a run whose own-view answers were not saved gets no share at all.
+    from trl_rubric.real.worlds import make_named_world
+
+    sets = sweep.scored_sets(make_named_world("health", seed=1), 1, 3, 2, 2)
+    names = {s: [[c["text"] for c in r if c["title"] == "key term"][0] for r in sets[s][0]["rubric"]] for s in sets}
+    n = len(names["train"])
+    base = {s: ["I am not sure."] * len(names[s]) for s in sets}
+    student = {s: ([0.3] * len(names[s]), names[s][:2] + base[s][2:]) for s in sets}  # key term on 2 of 6
+    world_teacher = names["train"][:4] + base["train"][4:]  # 4 of 6
+    folder = _sweep_folder(tmp_path / "t", {"w": student, "o": student, "old": student}, base, teacher=world_teacher)
+    results = json.loads((tmp_path / "t" / "results.json").read_text())
+    results["runs"]["o"].update(own_view_gap_train=0.3, own_view_teacher_train=list(names["train"]))  # 6 of 6
+    results["runs"]["old"]["own_view_gap_train"] = 0.3  # another view, trained before its answers were kept
+    (tmp_path / "t" / "results.json").write_text(json.dumps(results))
+    out = compare.main([f"{folder}:w", f"{folder}:o", f"{folder}:old", "--labels", "w", "o", "old",
+                        "--groups", "world=w", "own=o", "old=old", "--criteria", "key term"])  # fmt: skip
+    report = out["decodings"]["plain"]
+    assert report["teacher"]["key term"] == pytest.approx(4 / n)  # the world's view, printed first
+    assert report["groups"]["world"]["teacher"]["key term"] == pytest.approx(4 / n)
+    assert report["groups"]["world"]["teacher_lead_learned"]["key term"] == pytest.approx(0.5)  # +2/6 of +4/6
+    assert report["groups"]["own"]["teacher"]["key term"] == pytest.approx(1.0)
+    assert report["groups"]["own"]["teacher_lead_learned"]["key term"] == pytest.approx(2 / 6)  # +2/6 of +6/6
+    assert "teacher" not in report["groups"]["old"] and "teacher_lead_learned" not in report["groups"]["old"]
+    printed = capsys.readouterr().out
+    assert "own: its teacher (rubric shown, its own view), train: key term 1.00" in printed
+    assert "old: no teacher's lead: the teacher answers of old were not saved" in printed
+    assert compare.teacher_answers(results, results["runs"]["old"]) is None
+    assert compare.teacher_answers(results, results["runs"]["w"]) == world_teacher
+
+
+def test_own_view_teacher_adds_the_answers_the_run_learned_from_and_refuses_ones_it_cannot_match(tmp_path):
+    from trl_rubric.real.world import REAL_TEACHER_VIEW
+    from trl_rubric.real.worlds import make_named_world
+    from trl_rubric.testing import make_tiny_model, make_tokenizer
+
+    backfill = _load("own_view_teacher")
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "model", tokenizer=tokenizer)).eval()
+    settings = {"world": "health", "seed": 1, "eval_prompts": 2, "heldout_prompts": 1, "eval_samples": 1,
+                "max_completion_length": 6, "temperature": 0.7, "steps": 1, "prompts_per_step": 2,
+                "output_dir": str(tmp_path), "settings": ["req:template=requirements,learning_rate=2e-3",
+                                                         "plain:learning_rate=2e-3"]}  # fmt: skip
+    view = backfill.run_view({"settings": settings}, "req")
+    assert view["teacher_prompt_template"] == sweep.CANDIDATE_TEMPLATES["requirements"]
+    assert backfill.run_view({"settings": settings}, "plain") is None  # the world's own view
+    world = make_named_world("health", seed=1)
+    sets = sweep.scored_sets(world, 1, 2, 1, 1)
+    gen = sweep.generation_settings(argparse.Namespace(**settings))
+    own = sweep.own_view_gap(model, tokenizer, world, sets, view, gen)
+    world_gap = sweep.own_view_gap(model, tokenizer, world, sets, dict(REAL_TEACHER_VIEW), gen)
+    results = {"settings": settings, "runs": {"req": {"own_view_gap_train": own.gap}, "plain": {}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    done = backfill.backfill([f"{tmp_path}:req", f"{tmp_path}:plain"], model, tokenizer)
+    saved = json.loads((tmp_path / "results.json").read_text())["runs"]
+    answers = [ex["response"] for ex in own.with_rubric.examples]
+    assert saved["req"]["own_view_teacher_train"] == answers
+    assert answers != [ex["response"] for ex in world_gap.with_rubric.examples]  # another view, other answers
+    assert "wrote 2 teacher answers" in done[f"{tmp_path}:req"] and "world's view" in done[f"{tmp_path}:plain"]
+    assert "has its teacher's answers" in backfill.backfill([f"{tmp_path}:req"], model, tokenizer)[f"{tmp_path}:req"]
+    results["runs"]["req"]["own_view_gap_train"] = own.gap + 0.01  # another model's run: refuse, write nothing
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ValueError, match="not the run's teacher answers"):
+        backfill.backfill([f"{tmp_path}:req"], model, tokenizer)
+    assert "own_view_teacher_train" not in json.loads((tmp_path / "results.json").read_text())["runs"]["req"]
 
 
 def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
