@@ -141,7 +141,7 @@ def config_overrides(pairs: dict[str, str]) -> dict[str, Any]:
         if value.lower() == "none":
             out[key] = None
             continue
-        if key == "reward_criteria":  # a list: names joined by "|" ("key term|numbered list")
+        if key in ("reward_criteria", "span_criteria"):  # a list: names joined by "|" ("key term|numbered list")
             out[key] = [name.strip() for name in value.split("|")]
             continue
         default = fields[key].default

@@ -63,6 +63,7 @@ from .rgsd_rollouts import (
     teacher_pass_unread,
     teacher_rollout_rows,
 )
+from .rgsd_spans import add_span_mask, validate_span_criteria, weight_spans
 from .rgsd_teacher import build_teacher, check_teacher_prompt_lengths
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
@@ -188,6 +189,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             teacher_context.validate(dataset, name)
             validate_reward_criteria(reward_funcs, dataset, name, args.rubric_column)
+            validate_span_criteria(args, dataset, name, teacher_context.num_contexts)
         self._teacher_focus = build_teacher_focus(args, reward_funcs, teacher_context)  # "unlearned": rgsd_focus.py
         # What the "base" teacher must reproduce: a path is reloaded, an in-memory model (maybe changed since it was
         # loaded) is copied, and a PEFT model passed in already carries an adapter that did not start at zero.
@@ -240,14 +242,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             if teacher_model is not None
             else f"{args.teacher_model_kind} (the policy's own {'initial' if args.teacher_model_kind == 'base' else args.teacher_model_kind} weights)"
         )
-        self._thinking_ids = (
-            (
-                self._tokenizer.encode(args.thinking_start, add_special_tokens=False),
-                self._tokenizer.encode(args.thinking_end, add_special_tokens=False),
-            )
-            if args.mask_thinking
-            else None
-        )
+        encode = lambda text: self._tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self._thinking_ids = (encode(args.thinking_start), encode(args.thinking_end)) if args.mask_thinking else None
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
             check_teacher_prompt_lengths(self, train_dataset)
         check_teacher_rollouts(self, tools, rollout_func)
@@ -401,6 +397,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 self._tokenizer, output["completion_ids"], output["completion_mask"], loss_mask, degenerate, rubrics
             )
             output["rgsd_unlikelihood_mask"] = unlikely
+        add_span_mask(self, output, loss_mask, inputs, self._metrics[mode])  # span_weight's tokens (rgsd_spans.py)
         loss_mask = loss_mask * (~(dropped | degenerate | filtered))[:, None]
         self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
@@ -540,9 +537,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         mask = mask & ~nll_mask
         k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
         gated = self.args.teacher_combine == "sgsd_gate"  # the gate applies to one teacher as well
-        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token` and the SGSD gate
-        # they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
-        want_logps = self.args.distillation_support == "sampled_token" or gated or self._logged_step()
+        # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token`, the SGSD gate and
+        # `span_weight` they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
+        want_logps = self.args.distillation_support == "sampled_token" or gated or self.args.span_weight != 1
+        want_logps = want_logps or self._logged_step()
         s_tokens, t_tokens, target_ids = (
             s_hidden[mask],
             t_hidden[mask] if k == 1 else None,
@@ -612,6 +610,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
+        per_token, span_stats = weight_spans(per_token, mask, out, inputs, self.args.span_weight)
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
         per_token, anchor_stats = self._add_anchor(
@@ -669,6 +668,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 *unlikelihood_stats.to(out.divergence.dtype),
                 *anchor_stats.to(out.divergence.dtype),
                 *nll_stats.to(out.divergence.dtype),
+                *span_stats.to(out.divergence.dtype),
             ]
         )
         return loss, stats
@@ -716,9 +716,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         totals = self.accelerator.reduce(stats.detach().float(), reduction="sum")
         n = totals[4].clamp(min=1.0)
         metrics = self._metrics[mode]
-        if (
-            totals[4] > 0
-        ):  # no distilled token (every answer the teacher's under NLL, or all dropped): nothing measured
+        if totals[4] > 0:  # else no distilled token (all answers the teacher's under NLL, or all dropped)
             metrics["rgsd/divergence"].append((totals[0] / n).item())
             metrics["entropy"].append((totals[3] / n).item())
         if totals[9] > 0:  # per_entry measures it on logged steps only
@@ -735,6 +733,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             metrics["rgsd/anchor_tokens"].append(totals[13].item())
         if totals[15] > 0:  # teacher_rollout_loss="nll": the mean NLL of the teacher-sampled answers' tokens
             metrics["rgsd/teacher_rollout_nll"].append((totals[14] / totals[15]).item())
+        if totals[16] > 0:  # span_weight: the share of the span tokens the teacher prefers (those weighted)
+            metrics["rgsd/span_preferred_frac"].append((totals[17] / totals[16]).item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())

@@ -25,6 +25,7 @@ from ..teacher import (
 )
 from ..teacher_context import TEACHER_CONTEXT_PRESETS, apply_preset
 from ..teacher_focus import TEACHER_FOCUS_MODES, check_teacher_focus_settings
+from .rgsd_spans import check_span_settings
 from .teacher_shaping import DEFAULT_TEACHER_TOP_K_FLOOR, check_teacher_shaping
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,15 @@ class RGSDConfig(GRPOConfig):
             added on the anchored tokens; 0 = off. Needs `teacher_model_kind="base"` and no separate teacher model.
         anchor_tokens (`str`, *optional*, defaults to `"content"`):
             Which distilled tokens carry the anchor: `"content"` (the student wrote a word there) or `"all"`.
+        span_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the distillation loss on the tokens where a rollout meets a criterion named in `span_criteria`
+            (the characters its `rule:regex:` / `rule:contains:` tag matches) and the teacher gives the sampled token
+            a higher log-prob than the student (`trl_rubric/trainers/rgsd_spans.py`): more pull toward the content
+            the teacher prefers, which otherwise weighs as one token among the list's and the length's. No judge is
+            called. 1.0 = off; one teacher context, no SGSD gate.
+        span_criteria (`list[str]` or `None`, *optional*, defaults to `None`):
+            The titles, texts, categories or tags of those criteria (e.g. `["key term"]`); every row needs a positive
+            one with such a tag (checked before training).
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
@@ -555,6 +565,12 @@ class RGSDConfig(GRPOConfig):
             "rgsd_anchor.py)."
         },
     )
+    span_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight on span_criteria's matched tokens the teacher prefers (1 = off)."}
+    )
+    span_criteria: list[str] | None = field(
+        default=None, metadata={"help": "Titles, texts, categories or tags of the criteria span_weight weighs."}
+    )
     anchor_tokens: Literal["content", "all"] = field(
         default="content",
         metadata={
@@ -601,12 +617,8 @@ class RGSDConfig(GRPOConfig):
             raise ValueError(
                 f"vllm_importance_sampling_clip_min ({lo}) must be less than vllm_importance_sampling_clip_max ({hi})."
             )
-        if (
-            self.vllm_importance_sampling_correction
-            and self.vllm_importance_sampling_mode in ("token_truncate", "sequence_truncate")
-            and lo is None
-            and hi is None
-        ):
+        truncate = self.vllm_importance_sampling_mode in ("token_truncate", "sequence_truncate")
+        if self.vllm_importance_sampling_correction and truncate and lo is None and hi is None:
             raise ValueError(
                 "At least one of `vllm_importance_sampling_clip_min` or `vllm_importance_sampling_clip_max` "
                 "must be set when `vllm_importance_sampling_mode` is a `*_truncate` mode."
@@ -728,9 +740,7 @@ class RGSDConfig(GRPOConfig):
         guard = self.rollout_degeneration_guard
         if guard is not None:
             if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
-                raise ValueError(
-                    f"rollout_degeneration_guard is {guard!r}; expected None (off) or an n-gram size >= 0"
-                )
+                raise ValueError(f"rollout_degeneration_guard is {guard!r}; expected None or an n-gram size >= 0")
             if self.use_vllm or self.use_transformers_continuous_batching:
                 raise ValueError(
                     f"rollout_degeneration_guard is {guard}: the guard is a transformers logits processor, which vLLM "
@@ -751,17 +761,14 @@ class RGSDConfig(GRPOConfig):
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")
         choice("anchor_tokens", ("content", "all"))
+        self.span_criteria = check_span_settings(self.span_weight, self.span_criteria)
         if anchor > 0 and self.teacher_model_kind != "base":
             raise ValueError(
                 f"anchor_weight is {anchor}, which anchors the student to the initial policy, but teacher_model_kind "
                 f"is {self.teacher_model_kind!r}: only the frozen 'base' teacher is the initial policy. Use "
                 "teacher_model_kind='base', or set anchor_weight=0."
             )
-        if teacher_penalties_on(self) and self.teacher_context in (
-            "skills",
-            "sgsd",
-            "criteria",
-        ):
+        if teacher_penalties_on(self) and self.teacher_context in ("skills", "sgsd", "criteria"):
             raise ValueError(
                 f"teacher n-gram penalties support one teacher context per rollout; teacher_context="
                 f"{self.teacher_context!r} has several. Unset teacher_no_repeat_ngram_size, teacher_copy_ngram_size, "

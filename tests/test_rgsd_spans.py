@@ -1,0 +1,193 @@
+"""RGSDConfig.span_weight / span_criteria: the named criteria's rule-tag spans found in an answer, mapped to tokens,
+and the distillation loss weighted on those the teacher prefers, against a plain reference (values and gradients);
+the refusals before training; its effect and its logs in a run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _rgsd_reference import assert_matches_reference, completion_log_softmax, student_log_softmax
+
+from trl_rubric.data import RubricDatasetError
+from trl_rubric.rubric import Rubric
+from trl_rubric.testing import make_rubric_rows, rgsd_test_config
+from trl_rubric.trainers.rgsd_spans import criterion_spans
+
+
+def _criterion(text, weight=2.0, title=None, tags=()):
+    return {"text": text, "weight": weight, "category": "essential", "title": title, "tags": list(tags)}
+
+
+def test_criterion_spans_are_the_named_positive_criteria_rule_matches():
+    rubric = Rubric.from_any(
+        [
+            _criterion(
+                "Mentions seven to nine hours.", title="key term", tags=[r"rule:regex:7\s*-\s*9|seven to nine"]
+            ),
+            _criterion("Mentions rest.", title="key term", tags=["rule:contains:rest"]),
+            _criterion("Under 60 words.", title="short", tags=["rule:max_words:60"]),
+            _criterion("Says 'obviously'.", weight=-1.0, title="key term", tags=["rule:contains:obviously"]),
+            _criterion("Mentions sleep.", title="other", tags=["rule:contains:sleep"]),
+        ]
+    )
+    text = "Adults need 7-9 hours of sleep; REST well, obviously. Seven to nine is typical. Restless? Rest."
+    spans = sorted(criterion_spans(text, rubric, ["key term"]))
+    assert [text[a:b] for a, b in spans] == ["7-9", "REST", "Seven to nine", "Rest"]  # "Restless" is another word
+    assert [text[a:b] for a, b in criterion_spans(text, rubric, ["other"])] == ["sleep"]
+    assert criterion_spans(text, rubric, ["short"]) == []  # a word limit has no span
+    assert criterion_spans("nothing here", rubric, ["key term"]) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(span_weight=-1.0), "span_weight is -1.0"),
+        (dict(span_weight=float("nan"), span_criteria=["key term"]), "span_weight is nan"),
+        (dict(span_weight=4.0), "span_criteria, which is empty"),
+        (dict(span_weight=4.0, span_criteria="key term"), "criteria is the string 'key term'"),
+        (dict(span_weight=4.0, span_criteria=[]), "non-empty list"),
+    ],
+)
+def test_config_refuses_bad_span_settings(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        rgsd_test_config(tmp_path, **overrides)
+    assert rgsd_test_config(tmp_path, span_weight=4.0, span_criteria=("key term",)).span_criteria == ["key term"]
+
+
+def _rows(n=4, tag=r"rule:regex:[a-z]{2}"):
+    rows = make_rubric_rows(n)
+    for row in rows:
+        row["rubric"] = [*row["rubric"], _criterion("Mentions the key term.", title="key term", tags=[tag])]
+    return rows
+
+
+def test_trainer_refuses_a_row_without_a_span_criterion_before_training(tiny_model_path, tmp_path):
+    from datasets import Dataset
+
+    from trl_rubric import RGSDTrainer
+
+    rows = _rows()
+    rows[2]["rubric"] = rows[2]["rubric"][:-1]  # row 2 lost its key term
+    args = rgsd_test_config(tmp_path, span_weight=4.0, span_criteria=["key term"])
+    with pytest.raises(
+        RubricDatasetError, match=r"train_dataset row 2: column 'rubric': span_criteria=\['key term'\]"
+    ):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    rows = _rows(tag="rule:max_words:10")  # a rule with no span is no span criterion
+    with pytest.raises(RubricDatasetError, match="row 0"):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    args = rgsd_test_config(tmp_path, span_weight=4.0, span_criteria=["key term"], teacher_context="criteria")
+    with pytest.raises(ValueError, match="one ungated teacher per rollout"):
+        RGSDTrainer(
+            tiny_model_path, args=args, train_dataset=Dataset.from_list([{**r, "skills": ["x"]} for r in _rows()])
+        )
+
+
+def _trainer(tiny_model_path, tmp_path, monkeypatch, n_rows=4, spans=True, **overrides):
+    """An RGSD trainer with span weighting on the key term; with `spans`, each answer's span is a quarter to half of
+    its decoded text (the tiny model writes random tokens, so a real term would rarely occur)."""
+    from datasets import Dataset
+
+    import trl_rubric.trainers.rgsd as rgsd
+    import trl_rubric.trainers.rgsd_spans as rgsd_spans
+
+    if spans:
+        monkeypatch.setattr(
+            rgsd_spans, "criterion_spans", lambda text, rubric, names: [(len(text) // 4, len(text) // 2)]
+        )
+    config = dict(token_clip=None, max_completion_length=16, span_weight=5.0, span_criteria=["key term"])
+    args = rgsd_test_config(tmp_path / "out", **{**config, **overrides})
+    trainer = rgsd.RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(_rows(n_rows)))
+    trainer.model.train()
+    return trainer, _rows(n_rows)
+
+
+def _reference(trainer, batch):
+    """Per-token beta-0.5 JSD from plain full softmaxes, and whether the teacher prefers each sampled token."""
+    s_logp = student_log_softmax(trainer.model, batch)
+    with torch.no_grad():
+        t_logp = completion_log_softmax(trainer.model, *trainer._teacher_inputs(batch))  # step 0: the frozen teacher
+    p_s, p_t = s_logp.exp(), t_logp.exp()
+    m = 0.5 * p_s + 0.5 * p_t
+    jsd = (0.5 * torch.xlogy(p_t, p_t / m) + 0.5 * p_s * (s_logp - m.log())).sum(-1)
+    ids = batch["completion_ids"][..., None]
+    prefers = t_logp.gather(-1, ids).squeeze(-1) > s_logp.detach().gather(-1, ids).squeeze(-1)
+    return jsd, prefers
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
+def test_span_weight_matches_a_plain_reference_in_value_and_gradient(
+    tiny_model_path, tmp_path, monkeypatch, loss_type
+):
+    torch.manual_seed(0)
+    weight = 5.0
+    trainer, rows = _trainer(tiny_model_path, tmp_path, monkeypatch, loss_type=loss_type, span_weight=weight)
+    batch = trainer._generate_and_score_completions(rows)
+    kept, spans = batch["rgsd_loss_mask"].bool(), batch["rgsd_span_mask"]
+    assert spans.any() and not (spans & ~kept).any()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer._compute_loss(trainer.model, batch)
+    grads = torch.autograd.grad(loss, params)
+    jsd, prefers = _reference(trainer, batch)
+    weighted = spans & prefers & kept
+    assert weighted.any() and (spans & ~prefers & kept).any()  # both kinds of span token occur in this batch
+    per_token = torch.where(kept, jsd, 0.0) * torch.where(weighted, weight, 1.0)
+    assert_matches_reference(trainer, batch, loss, grads, params, per_token, kept, loss_type)
+    # The same batch at weight 1 is the plain distillation loss.
+    trainer.args.span_weight = 1.0
+    plain = trainer._compute_loss(trainer.model, batch)
+    assert loss.item() > 1.02 * plain.item() > 0  # weight > 1 on a divergence >= 0: more loss, never less
+    metrics = trainer._metrics["train"]
+    assert metrics["rgsd/span_tokens"] == [spans.sum().item()]
+    assert metrics["rgsd/span_preferred_frac"][0] == pytest.approx((weighted.sum() / spans.sum()).item())
+
+
+def _span_gap(trainer, batch, tokens):
+    """The teacher's log-prob of the sampled tokens minus the student's, summed over `tokens`."""
+    jsd, _ = _reference(trainer, batch)
+    with torch.no_grad():
+        ids = batch["completion_ids"][..., None]
+        s = student_log_softmax(trainer.model, batch).gather(-1, ids).squeeze(-1)
+        t = completion_log_softmax(trainer.model, *trainer._teacher_inputs(batch)).gather(-1, ids).squeeze(-1)
+    return (t - s)[tokens].sum().item(), jsd.detach()[tokens].sum().item()
+
+
+def test_span_weight_pulls_the_student_to_the_teacher_faster_on_the_preferred_span_tokens(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    left = {}
+    for weight in (1.0, 8.0):
+        torch.manual_seed(0)
+        trainer, rows = _trainer(tiny_model_path, tmp_path, monkeypatch, span_weight=weight)
+        if weight == 1.0:  # no span mask at weight 1: the same tokens in both runs, set by hand
+            batch = trainer._generate_and_score_completions(rows)
+            _, prefers = _reference(trainer, batch)
+            tokens = batch["rgsd_loss_mask"].bool() & prefers
+            tokens[:, : tokens.size(1) // 2] = False  # a fixed set of preferred tokens: "the span"
+            first_batch = batch
+        batch = {**first_batch, "rgsd_span_mask": tokens}
+        optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5)
+        before = _span_gap(trainer, batch, tokens)
+        for _ in range(3):
+            trainer._compute_loss(trainer.model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        after = _span_gap(trainer, batch, tokens)
+        left[weight] = (after[0] / before[0], after[1] / before[1])
+    # Measured: weight 1 closes about 6% of the log-prob gap (13% of the JSD) in three steps, weight 8 about 12% (28%).
+    for i in range(2):
+        assert 1 - left[8.0][i] > 1.5 * (1 - left[1.0][i]) > 0, left
+
+
+def test_a_training_run_finds_real_spans_and_logs_them(tiny_model_path, tmp_path, monkeypatch):
+    # Unpatched: the key term's regex (two letters) is found in the tiny model's decoded answers; with accumulation
+    # the span mask is shuffled and split with the batch.
+    trainer, _ = _trainer(
+        tiny_model_path, tmp_path, monkeypatch, n_rows=8, spans=False, gradient_accumulation_steps=2,
+        steps_per_generation=2,
+    )  # fmt: skip
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "rgsd/span_tokens" in e]
+    assert logs and all(e["rgsd/span_tokens"] > 0 for e in logs)
+    assert all(0 <= e["rgsd/span_preferred_frac"] <= 1 for e in logs if "rgsd/span_preferred_frac" in e)
+    assert any("rgsd/span_preferred_frac" in e for e in logs)
