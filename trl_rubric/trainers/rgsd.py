@@ -397,7 +397,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
                 self._tokenizer, output["completion_ids"], output["completion_mask"], loss_mask, degenerate, rubrics
             )
             output["rgsd_unlikelihood_mask"] = unlikely
-        add_span_mask(self, output, loss_mask, inputs, self._metrics[mode])  # span_weight's tokens (rgsd_spans.py)
+        add_span_mask(self, output, loss_mask, inputs, self._metrics[mode])  # span_criteria's tokens (rgsd_spans.py)
         loss_mask = loss_mask * (~(dropped | degenerate | filtered))[:, None]
         self._metrics[mode]["rgsd/teacher_context_failed"].append(self.accelerator.gather(dropped.sum()).sum().item())
         output["rgsd_loss_mask"] = loss_mask.to(output["completion_mask"].dtype)
@@ -538,8 +538,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         k = inputs["teacher_prompt_ids"].size(1) if inputs["teacher_prompt_ids"].dim() == 3 else 1
         gated = self.args.teacher_combine == "sgsd_gate"  # the gate applies to one teacher as well
         # The sampled tokens' log-probs cost two more vocabulary passes; outside `sampled_token`, the SGSD gate and
-        # `span_weight` they only feed the `rgsd/teacher_logratio` metric, so they are computed on the steps that get logged.
-        want_logps = self.args.distillation_support == "sampled_token" or gated or self.args.span_weight != 1
+        # `span_criteria` they only feed `rgsd/teacher_logratio`, so they are computed on the steps that get logged.
+        want_logps = self.args.distillation_support == "sampled_token" or gated or self.args.span_criteria is not None
         want_logps = want_logps or self._logged_step()
         s_tokens, t_tokens, target_ids = (
             s_hidden[mask],
@@ -610,21 +610,20 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         finite = out.finite
         per_token = s_hidden.new_zeros(mask.shape, dtype=clipped.dtype)
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
-        per_token, span_stats = weight_spans(per_token, mask, out, inputs, self.args.span_weight)
+        student_logits = dict(temperature=self.temperature, logit_scale=self._student_logits[0], chunk_size=chunk_size,
+                              final_logit_softcapping=self._student_logits[1])  # fmt: skip
+        per_token, span_stats = weight_spans(per_token, mask, out, inputs, self.args, s_hidden, head, **student_logits)
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
         per_token, anchor_stats = self._add_anchor(
             unwrapped, inputs, per_token, loss_mask, s_hidden, head, divergence_args
         )
         per_token, loss_mask, unlikelihood_stats = add_unlikelihood(
-            per_token, loss_mask, s_hidden, head, inputs, self.args.degenerate_unlikelihood_weight,
-            temperature=self.temperature, logit_scale=self._student_logits[0],
-            final_logit_softcapping=self._student_logits[1], chunk_size=chunk_size,
-        )  # fmt: skip
+            per_token, loss_mask, s_hidden, head, inputs, self.args.degenerate_unlikelihood_weight, **student_logits
+        )
         per_token, loss_mask, nll_stats = add_teacher_nll(
-            per_token, loss_mask, s_hidden, head, inputs["completion_ids"], nll_mask, temperature=self.temperature,
-            logit_scale=self._student_logits[0], final_logit_softcapping=self._student_logits[1], chunk_size=chunk_size,
-        )  # fmt: skip
+            per_token, loss_mask, s_hidden, head, inputs["completion_ids"], nll_mask, **student_logits
+        )
         loss = losses.reduce_token_loss(
             per_token,
             loss_mask.to(per_token.dtype),
@@ -733,7 +732,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             metrics["rgsd/anchor_tokens"].append(totals[13].item())
         if totals[15] > 0:  # teacher_rollout_loss="nll": the mean NLL of the teacher-sampled answers' tokens
             metrics["rgsd/teacher_rollout_nll"].append((totals[14] / totals[15]).item())
-        if totals[16] > 0:  # span_weight: the share of the span tokens the teacher prefers (those weighted)
+        if totals[16] > 0:  # span_criteria: the share of the span tokens the teacher prefers (those weighted)
             metrics["rgsd/span_preferred_frac"].append((totals[17] / totals[16]).item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it

@@ -257,15 +257,15 @@ class RGSDConfig(GRPOConfig):
             added on the anchored tokens; 0 = off. Needs `teacher_model_kind="base"` and no separate teacher model.
         anchor_tokens (`str`, *optional*, defaults to `"content"`):
             Which distilled tokens carry the anchor: `"content"` (the student wrote a word there) or `"all"`.
-        span_weight (`float`, *optional*, defaults to `1.0`):
-            Weight of the distillation loss on the tokens where a rollout meets a criterion named in `span_criteria`
-            (the characters its `rule:regex:` / `rule:contains:` tag matches) and the teacher gives the sampled token
-            a higher log-prob than the student (`trl_rubric/trainers/rgsd_spans.py`): more pull toward the content
-            the teacher prefers, which otherwise weighs as one token among the list's and the length's. No judge is
-            called. 1.0 = off; one teacher context, no SGSD gate.
         span_criteria (`list[str]` or `None`, *optional*, defaults to `None`):
-            The titles, texts, categories or tags of those criteria (e.g. `["key term"]`); every row needs a positive
-            one with such a tag (checked before training).
+            Titles, texts, categories or tags of criteria (e.g. `["key term"]`) whose met spans get more pull: the
+            tokens of a rollout where one is met (what its `rule:regex:` / `rule:contains:` tag matches; every row
+            needs one, checked before training) and where the teacher gives the sampled token a higher log-prob than
+            the student (`trl_rubric/trainers/rgsd_spans.py`). No judge call; one teacher context, no SGSD gate.
+        span_weight (`float`, *optional*, defaults to `1.0`):
+            With `span_criteria`: the factor on those tokens' distillation loss (it speeds the way to the teacher).
+        span_nll_weight (`float`, *optional*, defaults to `0.0`):
+            With `span_criteria`: weight of the student's NLL of those tokens, added (it can go past the teacher).
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
@@ -565,12 +565,12 @@ class RGSDConfig(GRPOConfig):
             "rgsd_anchor.py)."
         },
     )
-    span_weight: float = field(
-        default=1.0, metadata={"help": "Loss weight on span_criteria's matched tokens the teacher prefers (1 = off)."}
-    )
     span_criteria: list[str] | None = field(
-        default=None, metadata={"help": "Titles, texts, categories or tags of the criteria span_weight weighs."}
+        default=None,
+        metadata={"help": "Criteria whose rule-tag spans the teacher prefers get more pull (None = off)."},
     )
+    span_weight: float = field(default=1.0, metadata={"help": "Factor on the span tokens' distillation loss."})
+    span_nll_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL added on the span tokens."})
     anchor_tokens: Literal["content", "all"] = field(
         default="content",
         metadata={
@@ -761,7 +761,7 @@ class RGSDConfig(GRPOConfig):
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")
         choice("anchor_tokens", ("content", "all"))
-        self.span_criteria = check_span_settings(self.span_weight, self.span_criteria)
+        self.span_criteria = check_span_settings(self.span_weight, self.span_nll_weight, self.span_criteria)
         if anchor > 0 and self.teacher_model_kind != "base":
             raise ValueError(
                 f"anchor_weight is {anchor}, which anchors the student to the initial policy, but teacher_model_kind "
