@@ -56,6 +56,9 @@ def test_optional_whole_number_fields_reach_the_config_as_int():
     # a list field: names joined by "|", spaces inside a name kept
     overrides = sweep.config_overrides({"reward_criteria": "key term| numbered steps", "distillation_weight": "0.5"})
     assert overrides == {"reward_criteria": ["key term", "numbered steps"], "distillation_weight": 0.5}
+    overrides = sweep.config_overrides({"span_criteria": "key term", "span_weight": "8", "span_nll_weight": "1"})
+    assert overrides == {"span_criteria": ["key term"], "span_weight": 8.0, "span_nll_weight": 1.0}
+    assert RGSDConfig(output_dir="unused", use_cpu=True, bf16=False, **overrides).span_criteria == ["key term"]
 
 
 @pytest.mark.parametrize("bad", [":learning_rate=1", "x:learning_rate"])
