@@ -565,12 +565,6 @@ class RGSDConfig(GRPOConfig):
             "rgsd_anchor.py)."
         },
     )
-    span_criteria: list[str] | None = field(
-        default=None,
-        metadata={"help": "Criteria whose rule-tag spans the teacher prefers get more pull (None = off)."},
-    )
-    span_weight: float = field(default=1.0, metadata={"help": "Factor on the span tokens' distillation loss."})
-    span_nll_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL added on the span tokens."})
     anchor_tokens: Literal["content", "all"] = field(
         default="content",
         metadata={
@@ -579,6 +573,12 @@ class RGSDConfig(GRPOConfig):
             "'all' every distilled token."
         },
     )
+    span_criteria: list[str] | None = field(
+        default=None,
+        metadata={"help": "Criteria whose rule-tag spans the teacher prefers get more pull (None = off)."},
+    )
+    span_weight: float = field(default=1.0, metadata={"help": "Factor on the span tokens' distillation loss."})
+    span_nll_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL added on the span tokens."})
 
     teacher_temperature: float = field(
         default=1.0, metadata={"help": "Teacher logits divided by this (on top of temperature); 1.0 = unchanged."}
