@@ -104,6 +104,10 @@ class Criterion:
     title: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
 
+    def is_named(self, names: Sequence[str]) -> bool:
+        """Whether its title, text, category or one of its tags is in `names` (how [`Rubric.select`] picks)."""
+        return bool(set(names) & {self.title, self.text, self.category, *self.tags})
+
     def to_dict(self) -> dict[str, Any]:
         """The normalised dict form stored in datasets: `{text, weight, category, title, tags}`."""
         return {
@@ -336,7 +340,7 @@ class Rubric:
                 of penalties alone cannot be scored).
         """
         wanted = {names} if isinstance(names, str) else set(names)
-        kept = tuple(c for c in self.criteria if wanted & {c.title, c.text, c.category, *c.tags})
+        kept = tuple(c for c in self.criteria if c.is_named(wanted))
         if not kept:
             titles = [c.title or c.text for c in self.criteria]
             raise RubricError(

@@ -32,8 +32,7 @@ SPAN_RULE_KINDS = ("regex", "contains")
 
 
 def _named(criterion: Criterion, names: Sequence[str]) -> bool:
-    c = criterion
-    return c.weight > 0 and bool(set(names) & {c.title, c.text, c.category, *c.tags})
+    return criterion.weight > 0 and criterion.is_named(names)
 
 
 def _span_rules(criterion: Criterion) -> list[tuple[str, str]]:
