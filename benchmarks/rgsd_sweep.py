@@ -13,6 +13,10 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   teacher is measured against (same steps, prompts per step, learning rate, LoRA and seed; RGSD fields are ignored);
 - `max_list_items=<int>`: train only on the references whose list (if any) has at most this many items (lines
   opening with `1.`, `-`, `*`, ...): does a student taught short lists loop less?
+- `teacher_omit=<title>|<title>`: train on rubrics without these criteria (a criterion's title, text, category or
+  tag, as `Rubric.select` names them), so pure RGSD's teacher never sees them (`teacher_omit=short`: a teacher not
+  asked for a word limit); the students and the teacher's own answers in that view are scored against the whole
+  rubric (the teacher's answers are kept as `own_view_teacher_train` for `benchmarks/compare_runs.py`);
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -57,7 +61,7 @@ from trl_rubric.testing import OFFLINE_ENV
 #: A list item: a line opening with a number and `.` or `)`, or a bullet.
 LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s", re.M)
 
-OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items")
+OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit")
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
 #: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
@@ -230,6 +234,9 @@ def parse_args(argv=None):
             config_overrides(pairs)
             if needs_references(pairs) and not (args.self_references or args.reuse_references):
                 raise ValueError(f"{pairs} trains on references: add --self_references K or --reuse_references")
+            if "teacher_omit" in pairs and ("judge" in pairs or "trainer" in pairs):
+                raise ValueError(f"{pairs}: teacher_omit drops criteria from the training rubrics, which a judge or "
+                                 "SFT would read too; use it with pure RGSD")  # fmt: skip
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
                 raise ValueError(
@@ -238,6 +245,20 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def omit_criteria(dataset, names: list[str]):
+    """`dataset` with the criteria named in `names` (title, text, category or tag) removed from every rubric."""
+    from trl_rubric.rubric import Rubric
+
+    def drop(row):
+        rubric = Rubric.from_any(row["rubric"])
+        kept = Rubric(tuple(c for c in rubric.criteria if not c.is_named(names)), guidelines=rubric.guidelines)
+        if len(kept.criteria) == len(rubric.criteria):
+            raise ValueError(f"teacher_omit={'|'.join(names)}: no such criterion in {[c.title for c in rubric]}")
+        return {"rubric": [c.to_dict() for c in kept.criteria]}
+
+    return dataset.map(drop)
 
 
 def criterion_rates(examples) -> dict[str, float]:
@@ -418,7 +439,9 @@ def main(argv=None) -> dict[str, Any]:
         if pairs.get("trainer") == "sft":
             trainer = sft_trainer(path, kwargs, refs, tokenizer, lora)
         else:
-            trainer = RGSDTrainer(path, args=config, train_dataset=refs if reference_context else train_all,
+            omitted = pairs["teacher_omit"].split("|") if "teacher_omit" in pairs else None
+            train_ds = refs if reference_context else train_all
+            trainer = RGSDTrainer(path, args=config, train_dataset=omit_criteria(train_ds, omitted) if omitted else train_ds,
                                   processing_class=tokenizer, peft_config=lora,
                                   reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
@@ -456,7 +479,19 @@ def main(argv=None) -> dict[str, Any]:
                   f"{decoded['heldout']['delta_ci']}; degenerate {decoded['train']['degeneration']['degenerate']:.2f} / "
                   f"{decoded['heldout']['degeneration']['degenerate']:.2f}", flush=True)  # fmt: skip
         view = own_teacher_view(config)
-        if view is not None:
+        if "teacher_omit" in pairs:
+            # The teacher's answers in the view it trained with (rubrics without the omitted criteria); the gap
+            # closed stays against the world's teacher, the yardstick of every other row.
+            key = json.dumps([view, pairs["teacher_omit"]], sort_keys=True)
+            if key not in teacher_views:
+                reduced = {
+                    "train": (omit_criteria(sets["train"][0], pairs["teacher_omit"].split("|")), sets["train"][1])
+                }
+                teacher_views[key] = own_view_gap(
+                    base, tokenizer, world, reduced, view or dict(REAL_TEACHER_VIEW), gen
+                )
+            row["own_view_teacher_train"] = [ex["response"] for ex in teacher_views[key].with_rubric.examples]
+        elif view is not None:
             # The student learns from this view's teacher: also report the gap that teacher leaves, and keep its
             # answers (benchmarks/compare_runs.py grades them for the teacher's lead on each criterion).
             key = json.dumps(view, sort_keys=True)
