@@ -74,6 +74,25 @@ def test_unknown_config_field_is_named():
         sweep.parse_args(["--settings", "a:lr=1e-3"])
 
 
+def test_teacher_omit_drops_the_named_criteria_from_every_training_rubric_only():
+    from trl_rubric.real.worlds import make_named_world
+    from trl_rubric.rubric import Rubric
+
+    rows = make_named_world("health", seed=0).train_dataset().select(range(4))
+    reduced = sweep.omit_criteria(rows, ["short"])
+    for before, after in zip(rows["rubric"], reduced["rubric"], strict=True):
+        titles = [c.title for c in Rubric.from_any(before)]
+        assert "short" in titles
+        assert [c.title for c in Rubric.from_any(after)] == [t for t in titles if t != "short"]
+    assert reduced["prompt"] == rows["prompt"]
+    with pytest.raises(ValueError, match="no such criterion"):
+        sweep.omit_criteria(rows, ["no such title"])
+    # a judge or SFT would read the reduced rubrics too: refused before any model loads
+    for setting in ("a:teacher_omit=short,judge=rule", "a:teacher_omit=short,trainer=sft"):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--settings", setting, "--reuse_references", "unused.json"])
+
+
 def _naive_agreement(groups):
     agree = total = 0.0
     for g in groups:
