@@ -226,3 +226,192 @@ def test_span_nll_takes_the_student_past_the_teacher_on_the_span_tokens(
     after = _span_gap(trainer, batch, tokens)[0]
     assert before > 0
     assert (after < 0) if nll_weight else (0 < after < before), (before, after)
+
+
+# ------------------------------------------------------------------ span_onset_weight: the pull to start the term
+
+
+@pytest.mark.parametrize(
+    ("kind", "arg", "starts"),
+    [
+        ("regex", r"\bfluids?\b|\bwater\b", ("fluid", "fluids", "water")),
+        ("regex", "igneous|sedimentary|rock cycle", ("igneous", "sedimentary", "rock cycle")),
+        ("regex", r"(?:blue light|screen)s?", ("blue light", "blue lights", "screen", "screens")),
+        ("regex", "[Rr]est", ("Rest", "rest")),
+        ("regex", r"seven to nine|7\s*-\s*9", ("seven to nine",)),  # "7" alone is too short to pull on
+        ("regex", r"\d+ hours", ()),  # opens with a class: nothing to spell out
+        ("regex", "unbalanced(", ()),
+        ("contains", "rest", ("rest",)),
+    ],
+)
+def test_term_starts_spell_out_what_a_rule_tag_can_start_with(kind, arg, starts):
+    from trl_rubric.trainers.rgsd_spans import term_starts
+
+    assert term_starts(kind, arg) == starts
+
+
+def test_onset_token_ids_are_the_first_tokens_of_each_casing_and_spacing(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from trl_rubric.trainers.rgsd_spans import onset_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    rubric = Rubric.from_any(
+        [
+            _criterion("Mentions a doctor.", title="key term", tags=[r"rule:regex:\bdoctors?\b"]),
+            _criterion("Mentions sleep.", title="other", tags=["rule:contains:sleep"]),
+        ]
+    )
+    ids = onset_token_ids(tok, rubric, ["key term"])
+    expected = set()
+    for text in ("doctor", " doctor", "Doctor", " Doctor", "doctors", " doctors", "Doctors", " Doctors"):
+        first = tok.encode(text, add_special_tokens=False)[0]
+        if len(tok.decode([first]).strip()) >= 2 or tok.decode([first]).strip() in ("doctor", "doctors"):
+            expected.add(first)
+    assert ids == sorted(expected) and ids
+    assert tok.encode(" sleep", add_special_tokens=False)[0] not in ids or tok.encode(" sleep")[0] in expected
+    assert onset_token_ids(tok, rubric, ["nothing named"]) == []
+
+
+def _plain_onset(hidden, weight, ids, temperature=1.0, top_k=None):
+    logp = torch.log_softmax((hidden.float() @ weight.float().t()) / temperature, -1)
+    if top_k is not None:
+        from trl_rubric.losses import teacher_top_k_logps
+
+        logp = teacher_top_k_logps(hidden.float() @ weight.float().t() / temperature, *top_k)[0]
+    return torch.stack(
+        [logp[n, [i for i in row.tolist() if i >= 0]].logsumexp(-1) if (row >= 0).any() else logp.new_tensor(-1e9)
+         for n, row in enumerate(ids)]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("top_k", [None, (5, -10.0)])
+def test_onset_logprob_matches_a_full_softmax_in_value_and_gradient(chunk, top_k):
+    from trl_rubric.trainers.rgsd_spans import onset_logprob
+
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 8, requires_grad=True)
+    weight = torch.randn(40, 8, requires_grad=True)
+    ids = torch.tensor([[1, 5, -1], [2, -1, -1], [3, 4, 30], [0, 9, -1], [7, -1, -1], [11, 12, 13], [39, -1, -1]])
+    got = onset_logprob(hidden, weight, None, ids, temperature=0.7, chunk_size=chunk, top_k=top_k)
+    ref = _plain_onset(hidden, weight, ids, 0.7, top_k)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if top_k is None:  # the student's side: gradients through the recomputed chunks
+        g_got = torch.autograd.grad(got.sum(), (hidden, weight))
+        g_ref = torch.autograd.grad(ref.sum(), (hidden, weight))
+        for a, b in zip(g_got, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_onset_divergence_is_the_bernoulli_kl_and_zero_without_ids():
+    from trl_rubric.trainers.rgsd_spans import onset_divergence
+
+    torch.manual_seed(1)
+    s_h, t_h = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+    w = torch.randn(30, 8)
+    ids = torch.tensor([[1, 2], [3, -1], [-1, -1], [4, 5]])
+    kw = dict(temperature=1.0, logit_scale=1.0, final_logit_softcapping=None, chunk_size=None)
+    kl, q_t, q_s = onset_divergence(s_h, w, None, t_h, w, None, ids, kw, {**kw, "top_k": None})
+    pt, ps = _plain_onset(t_h, w, ids).exp(), _plain_onset(s_h, w, ids).exp()
+    ref = pt * (pt / ps).log() + (1 - pt) * ((1 - pt) / (1 - ps)).log()
+    keep = torch.tensor([True, True, False, True])
+    torch.testing.assert_close(kl[keep], ref[keep])
+    assert kl[2] == 0 and q_t[2] == 0 and q_s[2] == 0  # a row with no term
+    (grad,) = torch.autograd.grad(kl.sum(), s_h)
+    assert torch.isfinite(grad).all() and grad[2].abs().sum() == 0 and grad[0].abs().sum() > 0
+    same, _, _ = onset_divergence(s_h, w, None, s_h.detach(), w, None, ids, kw, {**kw, "top_k": None})
+    torch.testing.assert_close(same, torch.zeros(4), atol=1e-6, rtol=0)  # teacher = student: nothing to learn
+
+
+def _onset_trainer(tiny_model_path, tmp_path, monkeypatch, n_rows=4, **overrides):
+    from datasets import Dataset
+
+    import trl_rubric.trainers.rgsd as rgsd
+
+    rows = _rows(n_rows, tag=r"rule:regex:\bdoctor\b|fever")
+    config = dict(token_clip=None, max_completion_length=16, span_weight=1.0, span_onset_weight=20.0,
+                  span_criteria=["key term"])  # fmt: skip
+    args = rgsd_test_config(tmp_path / "out", **{**config, **overrides})
+    trainer = rgsd.RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    trainer.model.train()
+    return trainer, rows
+
+
+def _reference_onset(trainer, batch):
+    """Per token, the Bernoulli KL of starting the term from plain full softmaxes, and the two probabilities."""
+    s_logp = student_log_softmax(trainer.model, batch)
+    with torch.no_grad():
+        t_logp = completion_log_softmax(trainer.model, *trainer._teacher_inputs(batch))
+    ids = batch["rgsd_onset_ids"]
+    pick = lambda logp: torch.stack([logp[b][:, ids[b][ids[b] >= 0]].logsumexp(-1) for b in range(len(ids))])  # noqa: E731
+    q_s, q_t = pick(s_logp).exp(), pick(t_logp).exp()
+    kl = q_t * (q_t.log() - q_s.log()) + (1 - q_t) * ((1 - q_t).log() - (1 - q_s).log())
+    return kl, q_t, q_s
+
+
+@pytest.mark.parametrize(("loss_type", "chunk"), [("dapo", None), ("grpo", 2), ("bnpo", None)])
+def test_span_onset_matches_a_plain_reference_in_value_and_gradient(
+    tiny_model_path, tmp_path, monkeypatch, loss_type, chunk
+):
+    torch.manual_seed(0)
+    trainer, rows = _onset_trainer(
+        tiny_model_path, tmp_path, monkeypatch, loss_type=loss_type, distillation_chunk_size=chunk
+    )
+    batch = trainer._generate_and_score_completions(rows)
+    assert (batch["rgsd_onset_ids"] >= 0).sum(-1).min() >= 1  # every row has its term's first tokens
+    kept = batch["rgsd_loss_mask"].bool()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer._compute_loss(trainer.model, batch)
+    grads = torch.autograd.grad(loss, params)
+    jsd, _ = _reference(trainer, batch)
+    kl, q_t, q_s = _reference_onset(trainer, batch)
+    per_token = torch.where(kept, jsd + 20.0 * kl, 0.0)
+    assert_matches_reference(trainer, batch, loss, grads, params, per_token, kept, loss_type)
+    metrics = trainer._metrics["train"]
+    assert metrics["rgsd/onset_teacher_prob"][0] == pytest.approx(q_t[kept].mean().item(), rel=1e-4)
+    assert metrics["rgsd/onset_student_prob"][0] == pytest.approx(q_s[kept].mean().item(), rel=1e-4)
+
+
+def test_span_onset_brings_the_students_term_probability_to_the_teachers(tiny_model_path, tmp_path, monkeypatch):
+    # Measured: ten SGD steps of plain distillation leave the summed onset KL at 0.84 of its start, with the onset
+    # term at weight 20 at 0.32.
+    left = {}
+    for weight in (0.0, 20.0):
+        torch.manual_seed(0)
+        trainer, rows = _onset_trainer(tiny_model_path, tmp_path, monkeypatch, span_onset_weight=20.0)
+        batch = trainer._generate_and_score_completions(rows)
+        trainer.args.span_onset_weight = weight
+        kept = batch["rgsd_loss_mask"].bool()
+        before = _reference_onset(trainer, batch)[0][kept].sum().item()
+        optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5)
+        for _ in range(10):
+            trainer._compute_loss(trainer.model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        left[weight] = _reference_onset(trainer, batch)[0][kept].sum().item() / before
+    assert left[20.0] < 0.5 * left[0.0], left
+
+
+def test_span_onset_refusals(tiny_model_path, tmp_path):
+    from datasets import Dataset
+
+    from trl_rubric import RGSDTrainer
+
+    with pytest.raises(ValueError, match="span_onset_weight=0.5 act on the criteria named in span_criteria"):
+        rgsd_test_config(tmp_path, span_onset_weight=0.5)
+    with pytest.raises(ValueError, match="span_onset_weight is -1"):
+        rgsd_test_config(tmp_path, span_onset_weight=-1, span_criteria=["key term"])
+    args = rgsd_test_config(tmp_path, span_onset_weight=1.0, span_criteria=["key term"])
+    rows = _rows(tag=r"rule:regex:\d+ hours")  # nothing the start of the term could be read from
+    with pytest.raises(RubricDatasetError, match=r"row 0: column 'rubric': span_onset_weight needs a term"):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+
+
+def test_a_training_run_with_the_onset_term_logs_both_probabilities(tiny_model_path, tmp_path, monkeypatch):
+    trainer, _ = _onset_trainer(
+        tiny_model_path, tmp_path, monkeypatch, n_rows=8, gradient_accumulation_steps=2, steps_per_generation=2
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "rgsd/onset_teacher_prob" in e]
+    assert logs and all(0 < e["rgsd/onset_teacher_prob"] < 1 and 0 < e["rgsd/onset_student_prob"] < 1 for e in logs)

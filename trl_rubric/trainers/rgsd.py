@@ -612,7 +612,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         per_token = per_token.masked_scatter(mask, torch.where(finite, clipped, torch.zeros_like(clipped)))
         student_logits = dict(temperature=self.temperature, logit_scale=self._student_logits[0], chunk_size=chunk_size,
                               final_logit_softcapping=self._student_logits[1])  # fmt: skip
-        per_token, span_stats = weight_spans(per_token, mask, out, inputs, self.args, s_hidden, head, **student_logits)
+        spans_args = (self.args, s_hidden, head, (t_hidden, t_weight, t_bias, *self._teacher_logits))  # onset: teacher
+        per_token, span_stats = weight_spans(per_token, mask, out, inputs, *spans_args, **student_logits)
         loss_mask = torch.zeros_like(mask)
         loss_mask = loss_mask.masked_scatter(mask, finite)
         per_token, anchor_stats = self._add_anchor(
@@ -734,6 +735,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             metrics["rgsd/teacher_rollout_nll"].append((totals[14] / totals[15]).item())
         if totals[16] > 0:  # span_criteria: the share of the span tokens the teacher prefers (those weighted)
             metrics["rgsd/span_preferred_frac"].append((totals[17] / totals[16]).item())
+        if self.args.span_onset_weight > 0:  # mean per distilled token of the probability of starting the term
+            metrics["rgsd/onset_teacher_prob"].append((totals[18] / n).item())
+            metrics["rgsd/onset_student_prob"].append((totals[19] / n).item())
         metrics["rgsd/loss"].append((totals[6] / self.accelerator.num_processes).item())
         if self._rgsd_aux_loss is not None and not self._rgsd_hybrid:  # in hybrid mode GRPO's term logs it
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(self._rgsd_aux_loss).mean().item())

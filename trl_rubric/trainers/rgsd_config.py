@@ -266,6 +266,9 @@ class RGSDConfig(GRPOConfig):
             With `span_criteria`: the factor on those tokens' distillation loss (it speeds the way to the teacher).
         span_nll_weight (`float`, *optional*, defaults to `0.0`):
             With `span_criteria`: weight of the student's NLL of those tokens, added (it can go past the teacher).
+        span_onset_weight (`float`, *optional*, defaults to `0.0`):
+            With `span_criteria`: at every distilled token, this times the KL between the teacher's and the student's
+            probability of starting one of those criteria's terms next (their rule tags' first words' first tokens).
         distillation_weight (`float`, *optional*, defaults to `1.0`):
             Hybrid mode. With reward functions and `num_generations >= 2`, the loss is
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
@@ -291,13 +294,9 @@ class RGSDConfig(GRPOConfig):
     """
 
     num_generations: int | None = field(
-        default=1,
-        metadata={"help": "Completions sampled per prompt. RGSD needs one; hybrid mode needs at least 2."},
+        default=1, metadata={"help": "Completions per prompt: 1, or 2+ in hybrid mode."}
     )
-    teacher_model_kind: Literal["base", "ema", "live"] = field(
-        default="base",
-        metadata={"help": "Teacher weights: 'base' (frozen initial policy), 'ema' or 'live'."},
-    )
+    teacher_model_kind: Literal["base", "ema", "live"] = field(default="base", metadata={"help": "Teacher weights."})
     teacher_update_rate: float = field(default=0.05, metadata={"help": "EMA rate for teacher_model_kind='ema'."})
     teacher_sync_steps: int = field(default=1, metadata={"help": "Optimizer steps between EMA teacher updates."})
     teacher_model_name_or_path: str | None = field(
@@ -310,9 +309,7 @@ class RGSDConfig(GRPOConfig):
             "help": "Teacher context preset: rubric, reference, rubric+reference, rcsd, skills, sgsd or criteria."
         },
     )
-    reference_column: str = field(
-        default="reference", metadata={"help": "Dataset column holding the reference answer."}
-    )
+    reference_column: str = field(default="reference", metadata={"help": "Dataset column of the reference answer."})
     skill_bank: str | None = field(default=None, metadata={"help": "Skill file for the skills / sgsd contexts."})
     num_teacher_contexts: int = field(
         default=4, metadata={"help": "Teachers per rollout: skills retrieved, or criterion groups (criteria)."}
@@ -579,6 +576,7 @@ class RGSDConfig(GRPOConfig):
     )
     span_weight: float = field(default=1.0, metadata={"help": "Factor on the span tokens' distillation loss."})
     span_nll_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL added on the span tokens."})
+    span_onset_weight: float = field(default=0.0, metadata={"help": "Weight of the term-onset Bernoulli KL."})
 
     teacher_temperature: float = field(
         default=1.0, metadata={"help": "Teacher logits divided by this (on top of temperature); 1.0 = unchanged."}
@@ -761,7 +759,8 @@ class RGSDConfig(GRPOConfig):
         if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not 0 <= anchor < float("inf"):
             raise ValueError(f"anchor_weight is {anchor!r}; expected a finite number >= 0")
         choice("anchor_tokens", ("content", "all"))
-        self.span_criteria = check_span_settings(self.span_weight, self.span_nll_weight, self.span_criteria)
+        spans = (self.span_weight, self.span_nll_weight, self.span_onset_weight, self.span_criteria)
+        self.span_criteria = check_span_settings(*spans)
         if anchor > 0 and self.teacher_model_kind != "base":
             raise ValueError(
                 f"anchor_weight is {anchor}, which anchors the student to the initial policy, but teacher_model_kind "

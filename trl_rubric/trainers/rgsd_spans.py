@@ -11,18 +11,36 @@ judge is called: the spans come from the criteria's own rule tags, which the row
 
 The spans are found on the text decoded from each row's completion tokens, as the unlikelihood spans are
 (`rgsd_unlikelihood.py`), and mapped back to token positions.
+
+Span weighting acts only where a rollout already names the term. `span_onset_weight` acts where it could: at every
+distilled token, the teacher's and the student's probability of *starting* one of the named criteria's terms next
+(the first tokens of the words their rule tags match: `\bfluids?\b|\bwater\b` starts with " fluid", " water",
+"Water", ...) are compared as two Bernoulli events, and their KL(teacher || student) times `span_onset_weight` is added
+to the token's loss. The full-vocabulary divergence holds the same event, but as a few thousandths of probability
+among a whole distribution whose list and length tokens dominate it; this term isolates it. It pulls both ways: up
+where the teacher would name the term and the student would not, down where the student repeats it and the teacher
+would not.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+try:  # the standard library's regex parser (a private module since Python 3.11)
+    from re import _parser as _sre
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _sre
 
 from ..data import RubricDatasetError
+from ..losses import teacher_top_k_logps, transform_logits
+from ..losses.chunked_head import _gather_zero3, _project, _token_chunks
 from ..losses.unlikelihood import char_spans_to_token_mask, sampled_token_logps
 from ..rewards import check_criteria
 from ..rubric import Criterion, Rubric, RubricError, split_rule_tag
@@ -54,22 +72,104 @@ def criterion_spans(text: str, rubric: Rubric, names: Sequence[str]) -> list[tup
     return spans
 
 
-def check_span_settings(weight: Any, nll_weight: Any, names: Any) -> list[str] | None:
+#: At most this many start strings per tag (a pattern of many alternatives keeps its first ones).
+_MAX_STARTS = 32
+#: A start whose text is shorter than this (one digit or letter) says too little about the term to pull on.
+MIN_START_CHARS = 2
+
+
+def _read_sequence(items) -> tuple[list[str], bool]:
+    # The strings a parsed pattern sequence can start with, and whether it was read to its end: reading stops at the
+    # first part it cannot spell out (a class of many characters, an open repeat), enough for a term's first word.
+    out = [""]
+    for op, arg in items:
+        if op is _sre.AT:  # \b, ^, $: no characters
+            continue
+        alternatives, whole = _read_item(op, arg)
+        if alternatives is None:
+            return out, False
+        out = [a + b for a in out for b in alternatives][:_MAX_STARTS]
+        if not whole:
+            return out, False
+    return out, True
+
+
+def _read_item(op, arg) -> tuple[list[str] | None, bool]:
+    if op is _sre.LITERAL:
+        return [chr(arg)], True
+    if op is _sre.IN and len(arg) <= 4 and all(o is _sre.LITERAL for o, _ in arg):  # [sS]
+        return [chr(v) for _, v in arg], True
+    if op is _sre.SUBPATTERN:
+        return _read_sequence(arg[-1])
+    if op is _sre.BRANCH:
+        read = [_read_sequence(branch) for branch in arg[1]]
+        return [x for strings, _ in read for x in strings], all(whole for _, whole in read)
+    if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT):
+        low, high, sub = arg
+        strings, whole = _read_sequence(sub)
+        if low == 0 and high == 1:  # s?
+            return ["", *strings], whole
+        return (strings, False) if low >= 1 else (None, False)  # one copy, then stop reading
+    return None, False
+
+
+@functools.lru_cache(maxsize=4096)
+def term_starts(kind: str, arg: str) -> tuple[str, ...]:
+    """The texts a `rule:regex:` (or `rule:contains:`) tag's matches can start with, spelt out as far as the pattern
+    allows and at least [`MIN_START_CHARS`] long: `"\\bfluids?\\b|\\bwater\\b"` gives `("fluid", "fluids",
+    "water")`; a pattern that opens with a class of characters (`\\d+ hours`) gives none."""
+    if kind == "contains":
+        strings = [arg]
+    else:
+        try:
+            strings = _read_sequence(_sre.parse(arg))[0]
+        except (re.error, RecursionError):
+            return ()
+    return tuple(dict.fromkeys(x.strip() for x in strings if len(x.strip()) >= MIN_START_CHARS))
+
+
+def criterion_starts(criterion: Criterion) -> list[str]:
+    """[`term_starts`] of each of `criterion`'s span rules."""
+    return [x for kind, arg in _span_rules(criterion) for x in term_starts(kind, arg)]
+
+
+def onset_token_ids(tokenizer, rubric: Rubric, names: Sequence[str]) -> list[int]:
+    """The first tokens of the named positive criteria's terms (as [`criterion_starts`] spells them), cased as written,
+    lower-case and capitalised, with and without a leading space; a first token shorter than [`MIN_START_CHARS`]
+    characters is left out unless it is the whole term."""
+    ids = set()
+    for criterion in rubric:
+        if not _named(criterion, names):
+            continue
+        for start in criterion_starts(criterion):
+            for form in {start, start.lower(), start[0].upper() + start[1:]}:
+                for text in (form, " " + form):
+                    tokens = tokenizer.encode(text, add_special_tokens=False)
+                    first = tokenizer.decode(tokens[:1]).strip() if tokens else ""
+                    if len(first) >= MIN_START_CHARS or first == start:
+                        ids.add(tokens[0])
+    return sorted(ids)
+
+
+def check_span_settings(weight: Any, nll_weight: Any, onset_weight: Any, names: Any) -> list[str] | None:
     """`span_criteria` as a list (or `None`); a `ValueError` names a bad `span_weight` / `span_nll_weight` /
-    `span_criteria` setting."""
+    `span_onset_weight` / `span_criteria` setting."""
     names = check_criteria(names)
-    for field, value in (("span_weight", weight), ("span_nll_weight", nll_weight)):
+    weights = {"span_weight": weight, "span_nll_weight": nll_weight, "span_onset_weight": onset_weight}
+    for field, value in weights.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
             raise ValueError(f"{field} is {value!r}; expected a finite number >= 0")
-    if (weight != 1.0 or nll_weight != 0.0) and names is None:
+    neutral = weight == 1.0 and nll_weight == 0.0 and onset_weight == 0.0
+    settings = ", ".join(f"{k}={v}" for k, v in weights.items())
+    if not neutral and names is None:
         raise ValueError(
-            f"span_weight={weight} and span_nll_weight={nll_weight} act on the spans of the criteria named in "
-            'span_criteria, which is None: name them there (e.g. span_criteria=["key term"])'
+            f"{settings} act on the criteria named in span_criteria, which is None: name them there (e.g. "
+            'span_criteria=["key term"])'
         )
-    if names is not None and weight == 1.0 and nll_weight == 0.0:
+    if names is not None and neutral:
         raise ValueError(
-            f"span_criteria={list(names)} with span_weight=1.0 and span_nll_weight=0.0 changes nothing: set "
-            "span_weight above 1 or span_nll_weight above 0, or drop span_criteria"
+            f"span_criteria={list(names)} with {settings} changes nothing: set span_weight above 1, or "
+            "span_nll_weight or span_onset_weight above 0, or drop span_criteria"
         )
     return None if names is None else list(names)
 
@@ -91,12 +191,19 @@ def validate_span_criteria(args, dataset: Any, name: str, num_contexts: int) -> 
         return
     for index, value in enumerate(dataset[args.rubric_column]):
         rubric = Rubric.from_any(value, pitfall_polarity=args.pitfall_polarity)
-        if not any(_named(c, args.span_criteria) and _span_rules(c) for c in rubric):
-            titles = [c.title or c.text for c in rubric]
+        named = [c for c in rubric if _named(c, args.span_criteria) and _span_rules(c)]
+        titles = [c.title or c.text for c in rubric]
+        if not named:
             raise RubricDatasetError(
                 f"{name} row {index}: column {args.rubric_column!r}: span_criteria={args.span_criteria} names no "
                 f"positive criterion with a rule:regex: or rule:contains: tag (whose matches are the spans); its "
                 f"criteria: {titles}"
+            )
+        if args.span_onset_weight and not any(criterion_starts(c) for c in named):
+            raise RubricDatasetError(
+                f"{name} row {index}: column {args.rubric_column!r}: span_onset_weight needs a term whose start the "
+                f"rule tags spell out ({MIN_START_CHARS}+ characters), and the tags of {[c.title or c.text for c in named]} "
+                f"give none: {[t for c in named for t in c.tags]}"
             )
 
 
@@ -108,10 +215,12 @@ def add_span_mask(trainer, output: dict, loss_mask: Tensor, inputs: list[dict[st
         return
     ids, completion_mask = output["completion_ids"], output["completion_mask"]
     out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    onsets: list[list[int]] = []
     for row, x in enumerate(inputs):
         try:
             rubric = Rubric.from_any(x[args.rubric_column], pitfall_polarity=args.pitfall_polarity)
         except (KeyError, RubricError):
+            onsets.append([])
             continue  # validated before training; an eval row without a rubric has no spans
         positions = completion_mask[row].bool().nonzero().flatten()
         row_ids = ids[row, positions].tolist()
@@ -120,21 +229,45 @@ def add_span_mask(trainer, output: dict, loss_mask: Tensor, inputs: list[dict[st
         if spans:
             hit = char_spans_to_token_mask(trainer._tokenizer, row_ids, spans)
             out[row, positions] = torch.tensor(hit, dtype=torch.bool, device=out.device)
+        onsets.append(
+            onset_token_ids(trainer._tokenizer, rubric, args.span_criteria) if args.span_onset_weight else []
+        )
+    if args.span_onset_weight:  # [B, K] first tokens of each row's terms, -1 where a row has fewer
+        width = max(1, *map(len, onsets))
+        padded = [ids + [-1] * (width - len(ids)) for ids in onsets]
+        output["rgsd_onset_ids"] = torch.tensor(padded, dtype=torch.long, device=ids.device)
     output["rgsd_span_mask"] = out & loss_mask.bool()
     metrics["rgsd/span_tokens"].append(trainer.accelerator.gather(output["rgsd_span_mask"].sum()).sum().item())
 
 
 def weight_spans(
-    per_token: Tensor, mask: Tensor, out, inputs: dict, args, student_hidden: Tensor, head, **logits_kwargs
+    per_token: Tensor, mask: Tensor, out, inputs: dict, args, student_hidden: Tensor, head, teacher, **logits_kwargs
 ) -> tuple[Tensor, Tensor]:
     """`per_token` (`[B, T]`, the distillation loss scattered from the `mask` tokens) on the span tokens where the
     teacher's log-prob of the sampled token is above the student's (`out`: the `TokenDivergence` of the `mask` tokens,
     with log-probs): times `args.span_weight`, plus `args.span_nll_weight * -log p_student(token)` (from
-    `student_hidden` and `head`; `logits_kwargs` go to [`~trl_rubric.losses.unlikelihood.sampled_token_logps`]).
-    Returns it with `[span tokens, of which the teacher prefers]` for the logs."""
+    `student_hidden` and `head`; `logits_kwargs` go to [`~trl_rubric.losses.unlikelihood.sampled_token_logps`]);
+    plus `args.span_onset_weight` times [`onset_divergence`] on every `mask` token (`teacher`: the teacher's
+    `(hidden [B, T, H], head weight, head bias, logit scale, soft-capping)`). Returns it with `[span
+    tokens, of which the teacher prefers, summed teacher onset probability, summed student onset probability]` for the
+    logs."""
     spans = inputs.get("rgsd_span_mask")
     if spans is None or args.span_criteria is None:
-        return per_token, per_token.new_zeros(2).detach()
+        return per_token, per_token.new_zeros(4).detach()
+    onset_stats = per_token.new_zeros(2)
+    if args.span_onset_weight > 0:
+        t_hidden, t_weight, t_bias, t_scale, t_softcap = teacher
+        rows = mask.nonzero(as_tuple=True)[0]
+        temperature = logits_kwargs.get("temperature", 1.0)
+        top_k = (args.teacher_top_k, args.teacher_top_k_floor) if args.teacher_top_k is not None else None
+        kl, q_t, q_s = onset_divergence(
+            student_hidden[mask], head.weight, head.bias, t_hidden[mask], t_weight, t_bias,
+            inputs["rgsd_onset_ids"][rows], student_logits={**logits_kwargs, "temperature": temperature},
+            teacher_logits=dict(temperature=temperature * args.teacher_temperature, logit_scale=t_scale,
+                                final_logit_softcapping=t_softcap, top_k=top_k),
+        )  # fmt: skip
+        per_token = per_token + torch.zeros_like(per_token).masked_scatter(mask, args.span_onset_weight * kl)
+        onset_stats = torch.stack([q_t.sum(), q_s.detach().sum()]).to(per_token.dtype)
     prefers = torch.zeros_like(mask)
     prefers = prefers.masked_scatter(mask, (out.teacher_logps > out.student_logps) & out.finite)
     on_span = spans.bool() & mask
@@ -146,4 +279,66 @@ def weight_spans(
         logps = sampled_token_logps(student_hidden[weighted], head.weight, head.bias, ids, **logits_kwargs)
         nll = torch.where(torch.isfinite(logps), -logps, torch.zeros_like(logps)).to(per_token.dtype)
         per_token = per_token + torch.zeros_like(per_token).masked_scatter(weighted, args.span_nll_weight * nll)
-    return per_token, stats
+    return per_token, torch.cat([stats, onset_stats.detach()])
+
+
+def onset_logprob(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ids: Tensor,
+    *,
+    temperature: float = 1.0,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+    chunk_size: int | None = 128,
+    top_k: tuple[int, float] | None = None,
+) -> Tensor:
+    """`log sum_{v in ids[n]} p(v | hidden[n])` for each of `N` tokens (`ids`: `[N, K]`, `-1` pads), from logits
+    transformed as the model samples them (or the top-k renormalised log-probs with `top_k = (k, floor)`), a chunk of
+    tokens at a time; with gradients, each chunk's `[chunk, V]` logits are recomputed in the backward pass instead of
+    kept, so memory stays one tile whatever `N` is. A row of pads only reads `-inf`."""
+
+    def chunk(h: Tensor, rows_ids: Tensor) -> Tensor:
+        z = transform_logits(_project(h, weight, bias), temperature, logit_scale, final_logit_softcapping)
+        logp = teacher_top_k_logps(z, *top_k)[0] if top_k is not None else z.log_softmax(-1)
+        picked = logp.gather(-1, rows_ids.clamp(min=0))
+        return picked.masked_fill(rows_ids < 0, float("-inf")).logsumexp(-1)
+
+    parts = []
+    with _gather_zero3(weight, bias):
+        for rows in _token_chunks(hidden.shape[0], chunk_size):
+            if hidden.requires_grad and torch.is_grad_enabled():
+                parts.append(checkpoint(chunk, hidden[rows], ids[rows], use_reentrant=False))
+            else:
+                parts.append(chunk(hidden[rows], ids[rows]))
+    return torch.cat(parts)
+
+
+def onset_divergence(
+    s_hidden: Tensor,
+    s_weight: Tensor,
+    s_bias: Tensor | None,
+    t_hidden: Tensor,
+    t_weight: Tensor,
+    t_bias: Tensor | None,
+    ids: Tensor,
+    student_logits: dict[str, Any],
+    teacher_logits: dict[str, Any],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token: `KL(Bernoulli(q_t) || Bernoulli(q_s))`, where `q_t` / `q_s` are the teacher's / student's probability
+    of the next token being one of `ids` (`[N, K]`, see [`onset_logprob`]), with gradients through the student only;
+    returns `(kl [N], q_t [N], q_s [N])`. Zero where the two agree; zero, with no gradient, where a row has no ids."""
+    has = (ids >= 0).any(-1)
+    zeros = s_hidden.new_zeros(ids.shape[0], dtype=torch.float32)
+    if not has.any():
+        return zeros + 0.0 * s_hidden.sum(), zeros, zeros  # attached to the graph, as an empty selection is
+    with torch.no_grad():
+        log_t = onset_logprob(t_hidden[has].detach(), t_weight.detach(), t_bias, ids[has], **teacher_logits).float()
+    log_s = onset_logprob(s_hidden[has], s_weight, s_bias, ids[has], **student_logits).float()
+    q_t, q_s = log_t.exp(), log_s.exp()
+    # log(1 - q) from log q, stable on both ends; a student sure of the term (q_s = 1) gets a large, finite loss
+    log1m_s = torch.log(-torch.expm1(log_s.clamp(max=-1e-6)))
+    kl = torch.xlogy(q_t, q_t) - q_t * log_s + torch.xlogy(1 - q_t, 1 - q_t) - (1 - q_t) * log1m_s
+    scatter = lambda values: zeros.masked_scatter(has, values)  # noqa: E731
+    return scatter(kl), scatter(q_t), scatter(q_s.detach())
