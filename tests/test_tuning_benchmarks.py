@@ -746,3 +746,20 @@ def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
     with pytest.raises(ValueError, match="must pair up"):
         compare.paired_difference([1.0], [1.0, 0.0])
     assert compare.paired_difference([None], [1.0]) == {"delta": None, "delta_ci": None, "n": 0}
+
+
+def test_onset_signal_cuts_at_the_first_naming_and_summarises_both_groups():
+    from trl_rubric.rubric import Rubric
+
+    onset = _load("onset_signal")
+    rubric = Rubric.from_any(
+        [{"text": "Mentions rest.", "weight": 2.0, "title": "key term", "tags": [r"rule:regex:\brest\b|fluids?"]}]
+    )
+    assert onset.first_match("Drink fluids and rest.", rubric, ["key term"]) == len("Drink ")
+    assert onset.first_match("Sleep well.", rubric, ["key term"]) is None
+    rows = [{"met": True, "student": 0.2, "teacher": 0.4, "teacher_above": 1.0},
+            {"met": False, "student": 0.1, "teacher": 0.1, "teacher_above": 0.0}]  # fmt: skip
+    summary = onset.summarise(rows)
+    assert summary == {"n": 2, "student_sum": pytest.approx(0.15), "teacher_sum": pytest.approx(0.25),
+                       "teacher_above_positions": 0.5, "teacher_1_5x": 1}  # fmt: skip
+    assert onset.summarise([]) == {"n": 0}
