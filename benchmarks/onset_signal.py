@@ -48,7 +48,7 @@ def onset_sums(model, tokenizer, prompt, teacher_prompt, answer: str, ids: list[
     sums = []
     for messages in (prompt, teacher_prompt):
         p = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        p = p["input_ids"] if isinstance(p, dict) else list(p)
+        p = list(p) if isinstance(p, list) else list(p["input_ids"])
         with torch.no_grad():
             logits = model(torch.tensor([p + completion])).logits[0, len(p) - 1 : -1].float()
         q = logits.log_softmax(-1)[:, ids].exp().sum(-1)

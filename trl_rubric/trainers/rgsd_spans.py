@@ -192,8 +192,8 @@ def validate_span_criteria(args, dataset: Any, name: str, num_contexts: int) -> 
     for index, value in enumerate(dataset[args.rubric_column]):
         rubric = Rubric.from_any(value, pitfall_polarity=args.pitfall_polarity)
         named = [c for c in rubric if _named(c, args.span_criteria) and _span_rules(c)]
-        titles = [c.title or c.text for c in rubric]
         if not named:
+            titles = [c.title or c.text for c in rubric]
             raise RubricDatasetError(
                 f"{name} row {index}: column {args.rubric_column!r}: span_criteria={args.span_criteria} names no "
                 f"positive criterion with a rule:regex: or rule:contains: tag (whose matches are the spans); its "
@@ -202,8 +202,8 @@ def validate_span_criteria(args, dataset: Any, name: str, num_contexts: int) -> 
         if args.span_onset_weight and not any(criterion_starts(c) for c in named):
             raise RubricDatasetError(
                 f"{name} row {index}: column {args.rubric_column!r}: span_onset_weight needs a term whose start the "
-                f"rule tags spell out ({MIN_START_CHARS}+ characters), and the tags of {[c.title or c.text for c in named]} "
-                f"give none: {[t for c in named for t in c.tags]}"
+                f"rule tags spell out ({MIN_START_CHARS}+ characters), and the tags of "
+                f"{[c.title or c.text for c in named]} give none: {[t for c in named for t in c.tags]}"
             )
 
 
@@ -233,8 +233,8 @@ def add_span_mask(trainer, output: dict, loss_mask: Tensor, inputs: list[dict[st
             onset_token_ids(trainer._tokenizer, rubric, args.span_criteria) if args.span_onset_weight else []
         )
     if args.span_onset_weight:  # [B, K] first tokens of each row's terms, -1 where a row has fewer
-        width = max(1, *map(len, onsets))
-        padded = [ids + [-1] * (width - len(ids)) for ids in onsets]
+        width = max([1, *map(len, onsets)])
+        padded = [row_onsets + [-1] * (width - len(row_onsets)) for row_onsets in onsets]
         output["rgsd_onset_ids"] = torch.tensor(padded, dtype=torch.long, device=ids.device)
     output["rgsd_span_mask"] = out & loss_mask.bool()
     metrics["rgsd/span_tokens"].append(trainer.accelerator.gather(output["rgsd_span_mask"].sum()).sum().item())
