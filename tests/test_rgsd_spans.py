@@ -285,23 +285,41 @@ def _plain_onset(hidden, weight, ids, temperature=1.0, top_k=None):
     )  # fmt: skip
 
 
+def test_onset_logprob_of_the_teacher_top_k_matches_a_full_softmax():
+    from trl_rubric.trainers.rgsd_spans import onset_logprob
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(7, 8), torch.randn(40, 8)
+    ids = torch.tensor([[1, 5, -1], [2, -1, -1], [3, 4, 30], [0, 9, -1], [7, -1, -1], [11, 12, 13], [39, -1, -1]])
+    got = onset_logprob(hidden, weight, None, ids, temperature=0.7, chunk_size=3, top_k=(5, -10.0))
+    torch.testing.assert_close(got, _plain_onset(hidden, weight, ids, 0.7, (5, -10.0)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="top_k shapes the teacher"):
+        onset_logprob(hidden.requires_grad_(), weight, None, ids, top_k=(5, -10.0))
+
+
 @pytest.mark.parametrize("chunk", [None, 3])
-@pytest.mark.parametrize("top_k", [None, (5, -10.0)])
-def test_onset_logprob_matches_a_full_softmax_in_value_and_gradient(chunk, top_k):
+@pytest.mark.parametrize(("scale", "softcap", "bias"), [(1.0, None, False), (0.5, 3.0, True)])
+def test_onset_logprob_matches_a_full_softmax_in_value_and_gradient(chunk, scale, softcap, bias):
     from trl_rubric.trainers.rgsd_spans import onset_logprob
 
     torch.manual_seed(0)
     hidden = torch.randn(7, 8, requires_grad=True)
     weight = torch.randn(40, 8, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
     ids = torch.tensor([[1, 5, -1], [2, -1, -1], [3, 4, 30], [0, 9, -1], [7, -1, -1], [11, 12, 13], [39, -1, -1]])
-    got = onset_logprob(hidden, weight, None, ids, temperature=0.7, chunk_size=chunk, top_k=top_k)
-    ref = _plain_onset(hidden, weight, ids, 0.7, top_k)
+    got = onset_logprob(
+        hidden, weight, b, ids, temperature=0.7, logit_scale=scale, final_logit_softcapping=softcap, chunk_size=chunk
+    )
+    z = (hidden @ weight.t() + (b if bias else 0)) * scale
+    z = softcap * torch.tanh(z / softcap) if softcap else z
+    logp = torch.log_softmax(z / 0.7, -1)
+    ref = torch.stack([logp[n, row[row >= 0]].logsumexp(-1) for n, row in enumerate(ids)])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    if top_k is None:  # the student's side: gradients through the recomputed chunks
-        g_got = torch.autograd.grad(got.sum(), (hidden, weight))
-        g_ref = torch.autograd.grad(ref.sum(), (hidden, weight))
-        for a, b in zip(g_got, g_ref, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    upstream = torch.randn(7)  # each token's own weight, as the loss reduction gives it
+    params = (hidden, weight, b) if bias else (hidden, weight)
+    for a, r in zip(torch.autograd.grad((got * upstream).sum(), params),
+                    torch.autograd.grad((ref * upstream).sum(), params), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
 
 
 def test_onset_divergence_is_the_bernoulli_kl_and_zero_without_ids():

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 try:  # the standard library's regex parser (a private module since Python 3.11)
     from re import _parser as _sre
@@ -282,6 +281,59 @@ def weight_spans(
     return per_token, torch.cat([stats, onset_stats.detach()])
 
 
+def _onset_chunk(h: Tensor, ids: Tensor, weight, bias, logits: tuple, top_k) -> tuple[Tensor, Tensor, Tensor]:
+    # One chunk of tokens: the transformed logits, their log-normaliser, and log q (the mass of `ids`; pads read -inf)
+    z = transform_logits(_project(h, weight, bias), *logits)
+    logp = teacher_top_k_logps(z, *top_k)[0] if top_k is not None else None
+    log_z = z.logsumexp(-1) if logp is None else z.new_zeros(z.shape[0])
+    picked = (z if logp is None else logp).gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+    return z, log_z, picked.logsumexp(-1) - log_z
+
+
+class _OnsetLogProb(torch.autograd.Function):
+    """`log q` per token with gradients to the hidden states and the LM head, recomputed a tile at a time in the
+    backward pass (as TRL's chunked log-prob kernel does): no `[N, V]` logits are kept, and a ZeRO-3 partitioned head
+    is gathered once per pass, so every process makes the same collective calls whatever its token count."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids, logits: tuple, chunk_size):
+        with torch.no_grad(), _gather_zero3(weight, bias):
+            out = torch.cat([_onset_chunk(hidden[r], ids[r], weight, bias, logits, None)[2]
+                             for r in _token_chunks(hidden.shape[0], chunk_size)])  # fmt: skip
+        ctx.save_for_backward(hidden, weight, bias, ids, out)
+        ctx.logits, ctx.chunk_size = logits, chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, ids, out = ctx.saved_tensors
+        temperature, scale, softcap = ctx.logits
+        grads = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) if t is not None and ctx.needs_input_grad[i]
+                 else None for i, t in enumerate((hidden, weight, bias))]  # fmt: skip
+        with torch.no_grad(), _gather_zero3(weight, bias):
+            w = weight.float()
+            for r in _token_chunks(hidden.shape[0], ctx.chunk_size):
+                h = hidden[r].float()
+                z, log_z, log_q = _onset_chunk(h, ids[r], weight, bias, ctx.logits, None)
+                # d log q / d z_v = p_v (1[v in ids] / q - 1): -p everywhere, plus p_v / q on the ids (0 on pads)
+                index = ids[r].clamp(min=0)
+                g = -(z - log_z[:, None]).exp()
+                share = (z.gather(-1, index) - log_z[:, None] - log_q[:, None]).exp() * (ids[r] >= 0)
+                g = g.scatter_add_(-1, index, share) * grad_out[r].float()[:, None] / temperature
+                if softcap is not None:  # z = c tanh(raw * scale / c) / T
+                    raw = _project(h, w, bias)
+                    g = g * (1 - torch.tanh(raw * scale / softcap) ** 2)
+                g = g * scale
+                if grads[0] is not None:
+                    grads[0][r] = g @ w
+                if grads[1] is not None:
+                    grads[1] += g.t() @ h
+                if grads[2] is not None:
+                    grads[2] += g.sum(0)
+        cast = [None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, bias), strict=True)]
+        return (*cast, None, None, None)
+
+
 def onset_logprob(
     hidden: Tensor,
     weight: Tensor,
@@ -295,24 +347,17 @@ def onset_logprob(
     top_k: tuple[int, float] | None = None,
 ) -> Tensor:
     """`log sum_{v in ids[n]} p(v | hidden[n])` for each of `N` tokens (`ids`: `[N, K]`, `-1` pads), from logits
-    transformed as the model samples them (or the top-k renormalised log-probs with `top_k = (k, floor)`), a chunk of
-    tokens at a time; with gradients, each chunk's `[chunk, V]` logits are recomputed in the backward pass instead of
-    kept, so memory stays one tile whatever `N` is. A row of pads only reads `-inf`."""
-
-    def chunk(h: Tensor, rows_ids: Tensor) -> Tensor:
-        z = transform_logits(_project(h, weight, bias), temperature, logit_scale, final_logit_softcapping)
-        logp = teacher_top_k_logps(z, *top_k)[0] if top_k is not None else z.log_softmax(-1)
-        picked = logp.gather(-1, rows_ids.clamp(min=0))
-        return picked.masked_fill(rows_ids < 0, float("-inf")).logsumexp(-1)
-
-    parts = []
-    with _gather_zero3(weight, bias):
-        for rows in _token_chunks(hidden.shape[0], chunk_size):
-            if hidden.requires_grad and torch.is_grad_enabled():
-                parts.append(checkpoint(chunk, hidden[rows], ids[rows], use_reentrant=False))
-            else:
-                parts.append(chunk(hidden[rows], ids[rows]))
-    return torch.cat(parts)
+    transformed as the model samples them (or, without gradients, the top-k renormalised log-probs with
+    `top_k = (k, floor)`), a chunk of tokens at a time. With gradients, the tiles are recomputed in the backward pass
+    instead of kept, so memory stays one tile whatever `N` is. A row of pads only reads `-inf`."""
+    logits = (temperature, logit_scale, final_logit_softcapping)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        if top_k is not None:
+            raise ValueError("onset_logprob: top_k shapes the teacher's distribution, which takes no gradient")
+        return _OnsetLogProb.apply(hidden, weight, bias, ids, logits, chunk_size)
+    with torch.no_grad(), _gather_zero3(weight, bias):
+        return torch.cat([_onset_chunk(hidden[r], ids[r], weight, bias, logits, top_k)[2]
+                          for r in _token_chunks(hidden.shape[0], chunk_size)])  # fmt: skip
 
 
 def onset_divergence(
