@@ -181,16 +181,24 @@ def run_rgsd_bf16_ema(engine: str, model_path: str, out_dir: str) -> dict:
     }
 
 
-def run_head_gradient(engine: str, model_path: str, out_dir: str) -> dict:
+def run_head_gradient(engine: str, model_path: str, out_dir: str, onset: bool = False) -> dict:
     """One RGSD step with plain SGD at learning rate 1 (no momentum, weight decay or clipping): the LM head's change is
-    minus its gradient as the engine reduced it across processes. Returns it with the completions it came from."""
+    minus its gradient as the engine reduced it across processes. Returns it with the completions it came from. With
+    `onset`, the step also carries `span_onset_weight`'s term on a key term every row has (its student log-prob is an
+    autograd function of its own, which gathers a partitioned head in its backward pass)."""
     from datasets import Dataset
 
     from trl_rubric.trainers.rgsd import RGSDConfig, RGSDTrainer
 
     kw = dict(max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0)
+    rows = make_rubric_rows(8)
+    if onset:
+        kw.update(span_criteria=["key term"], span_onset_weight=20.0)
+        term = {"text": "Mentions a doctor.", "weight": 2.0, "category": "essential", "title": "key term",
+                "tags": [r"rule:regex:\bdoctor\b|fever"]}  # fmt: skip
+        rows = [{**row, "rubric": [*row["rubric"], term]} for row in rows]
     args = RGSDConfig(**common_args(out_dir, **engine_args(engine), **kw))
-    trainer = RGSDTrainer(model_path, args=args, train_dataset=Dataset.from_list(make_rubric_rows(8)))
+    trainer = RGSDTrainer(model_path, args=args, train_dataset=Dataset.from_list(rows))
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     head, embed = unwrapped.get_output_embeddings().weight, unwrapped.get_input_embeddings().weight
     head_name = next(n for n, p in trainer.model.named_parameters() if p is head)
@@ -248,8 +256,9 @@ def run_grpo(engine: str, model_path: str, out_dir: str) -> dict:
 def main(argv: list[str]) -> None:
     engine, model_path, out_dir, *only = argv
     rank = int(os.environ["RANK"])
-    if only == ["head"]:
-        result = {"rank": rank, "head": run_head_gradient(engine, model_path, os.path.join(out_dir, "head"))}
+    if only in (["head"], ["head_onset"]):
+        head = run_head_gradient(engine, model_path, os.path.join(out_dir, only[0]), onset=only == ["head_onset"])
+        result = {"rank": rank, "head": head}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
         return

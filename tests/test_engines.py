@@ -95,11 +95,12 @@ def head_gradients(tmp_path_factory):
     root = tmp_path_factory.mktemp("head")
     model = make_tiny_model(root / "untied", tie_word_embeddings=False)
     results = {}
-    for engine in ("zero3", "ddp"):
-        out = root / engine
-        out.mkdir()
-        torchrun(HERE / "engine_worker.py", engine, model, str(out), "head", env_extra={"DS_ACCELERATOR": "cpu"})
-        results[engine] = [r["head"] for r in read_ranks(out)]
+    for mode in ("head", "head_onset"):
+        for engine in ("zero3", "ddp"):
+            out = root / mode / engine
+            out.mkdir(parents=True)
+            torchrun(HERE / "engine_worker.py", engine, model, str(out), mode, env_extra={"DS_ACCELERATOR": "cpu"})
+            results[engine if mode == "head" else f"{engine}_onset"] = [r["head"] for r in read_ranks(out)]
     return results
 
 
@@ -114,6 +115,21 @@ def test_lm_head_gradient_under_zero3_is_non_zero_and_equals_ddps(head_gradients
     assert reference.abs().max() > 1e-5 and (reference != 0).float().mean() > 0.5, "DDP's step moved the LM head"
     error = (grad - reference).abs().max() / reference.abs().max()
     assert error < 1e-4, f"ZeRO-3's head gradient differs from DDP's by {error:.2e} of its largest entry"
+    assert torch.equal(torch.tensor(zero3[1]["head_grad"]), grad), "the gathered head agrees across ranks"
+
+
+@pytest.mark.slow
+def test_onset_term_under_zero3_gives_ddps_head_gradient(head_gradients):
+    # span_onset_weight's student log-prob gathers the partitioned head once in its own backward pass
+    zero3, ddp, plain = head_gradients["zero3_onset"], head_gradients["ddp_onset"], head_gradients["ddp"]
+    assert zero3[0]["head_partitioned"]
+    for z, d, p in zip(zero3, ddp, plain, strict=True):
+        assert z["completions"] == d["completions"] == p["completions"], "the same completions in all three runs"
+    grad, reference = torch.tensor(zero3[0]["head_grad"]), torch.tensor(ddp[0]["head_grad"])
+    without = torch.tensor(plain[0]["head_grad"])
+    assert (reference - without).abs().max() > 1e-3 * reference.abs().max(), "the onset term moved the head"
+    error = (grad - reference).abs().max() / reference.abs().max()
+    assert error < 1e-4, f"ZeRO-3's head gradient with the onset term differs from DDP's by {error:.2e}"
     assert torch.equal(torch.tensor(zero3[1]["head_grad"]), grad), "the gathered head agrees across ranks"
 
 

@@ -379,7 +379,8 @@ def onset_divergence(
     if not has.any():
         return zeros + 0.0 * s_hidden.sum(), zeros, zeros  # attached to the graph, as an empty selection is
     with torch.no_grad():
-        log_t = onset_logprob(t_hidden[has].detach(), t_weight.detach(), t_bias, ids[has], **teacher_logits).float()
+        # the head as it is (a ZeRO-3 partition is gathered by its parameter; no gradient flows under no_grad)
+        log_t = onset_logprob(t_hidden[has].detach(), t_weight, t_bias, ids[has], **teacher_logits).float()
     log_s = onset_logprob(s_hidden[has], s_weight, s_bias, ids[has], **student_logits).float()
     q_t, q_s = log_t.exp(), log_s.exp()
     # log(1 - q) from log q, stable on both ends; a student sure of the term (q_s = 1) gets a large, finite loss
