@@ -314,14 +314,16 @@ class _OnsetLogProb(torch.autograd.Function):
             w = weight.float()
             for r in _token_chunks(hidden.shape[0], ctx.chunk_size):
                 h = hidden[r].float()
-                z, log_z, log_q = _onset_chunk(h, ids[r], weight, bias, ctx.logits, None)
-                # d log q / d z_v = p_v (1[v in ids] / q - 1): -p everywhere, plus p_v / q on the ids (0 on pads)
+                raw = _project(h, w, bias)
+                z = transform_logits(raw, *ctx.logits)
+                log_z = z.logsumexp(-1)
+                # d log q / d z_v = p_v (1[v in ids] / q - 1): -p everywhere, plus p_v / q on the ids (0 on pads);
+                # log q is the forward's output
                 index = ids[r].clamp(min=0)
                 g = -(z - log_z[:, None]).exp()
-                share = (z.gather(-1, index) - log_z[:, None] - log_q[:, None]).exp() * (ids[r] >= 0)
+                share = (z.gather(-1, index) - log_z[:, None] - out[r].float()[:, None]).exp() * (ids[r] >= 0)
                 g = g.scatter_add_(-1, index, share) * grad_out[r].float()[:, None] / temperature
                 if softcap is not None:  # z = c tanh(raw * scale / c) / T
-                    raw = _project(h, w, bias)
                     g = g * (1 - torch.tanh(raw * scale / softcap) ** 2)
                 g = g * scale
                 if grads[0] is not None:
