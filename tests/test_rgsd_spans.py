@@ -426,6 +426,26 @@ def test_span_onset_refusals(tiny_model_path, tmp_path):
         RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
 
 
+def test_rows_whose_term_starts_with_a_one_character_token_are_named_before_training(
+    tiny_model_path, tmp_path, caplog
+):
+    from datasets import Dataset
+
+    from trl_rubric import RGSDTrainer
+
+    # In the test tokenizer "zqxv" starts with "z" (and " zqxv" with " "): too short to pull on; "doctor" with "do".
+    args = rgsd_test_config(tmp_path, span_onset_weight=1.0, span_criteria=["key term"])
+    rows = _rows(tag=r"rule:regex:\bdoctor\b")
+    for index in (1, 3):
+        rows[index] = _rows(1, tag=r"rule:regex:\bzqxv\b")[0]
+    with caplog.at_level("WARNING", logger="trl_rubric.trainers.rgsd_spans"):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    (warning,) = [r.getMessage() for r in caplog.records if "onset" in r.getMessage()]
+    assert "2 of 4 rows" in warning and "row 1: ['zqxv']; row 3: ['zqxv']" in warning, warning
+    with pytest.raises(ValueError, match="4 of 4 rows have no term whose first token .* would change nothing"):
+        RGSDTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(_rows(tag=r"rule:regex:\bzqxv\b")))
+
+
 def test_a_training_run_with_the_onset_term_logs_both_probabilities(tiny_model_path, tmp_path, monkeypatch):
     trainer, _ = _onset_trainer(
         tiny_model_path, tmp_path, monkeypatch, n_rows=8, gradient_accumulation_steps=2, steps_per_generation=2

@@ -63,7 +63,7 @@ from .rgsd_rollouts import (
     teacher_pass_unread,
     teacher_rollout_rows,
 )
-from .rgsd_spans import add_span_mask, validate_span_criteria, weight_spans
+from .rgsd_spans import add_span_mask, check_onset_tokens, validate_span_criteria, weight_spans
 from .rgsd_teacher import build_teacher, check_teacher_prompt_lengths
 from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
@@ -246,6 +246,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         self._thinking_ids = (encode(args.thinking_start), encode(args.thinking_end)) if args.mask_thinking else None
         if args.max_teacher_prompt_length is not None and isinstance(train_dataset, Dataset):
             check_teacher_prompt_lengths(self, train_dataset)
+        check_onset_tokens(self, train_dataset)  # the rows whose terms' first tokens are too short to pull on
         check_teacher_rollouts(self, tools, rollout_func)
         self._rollout_guard = (
             None

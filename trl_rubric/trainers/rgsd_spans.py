@@ -25,6 +25,7 @@ would not.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +44,8 @@ from ..losses.chunked_head import _gather_zero3, _project, _token_chunks
 from ..losses.unlikelihood import char_spans_to_token_mask, sampled_token_logps
 from ..rewards import check_criteria
 from ..rubric import Criterion, Rubric, RubricError, split_rule_tag
+
+logger = logging.getLogger(__name__)
 
 #: The rule kinds whose matches are character spans of the answer (the other kinds, e.g. `max_words`, are not).
 SPAN_RULE_KINDS = ("regex", "contains")
@@ -204,6 +207,35 @@ def validate_span_criteria(args, dataset: Any, name: str, num_contexts: int) -> 
                 f"rule tags spell out ({MIN_START_CHARS}+ characters), and the tags of "
                 f"{[c.title or c.text for c in named]} give none: {[t for c in named for t in c.tags]}"
             )
+
+
+def check_onset_tokens(trainer, dataset: Any, name: str = "train_dataset") -> None:
+    """Before training, with `span_onset_weight`: the rows of `dataset` whose terms have no first token of
+    [`MIN_START_CHARS`]+ characters in this tokenizer (" x" of "x-ray") get no onset pull; a warning names them and
+    their terms (their span weights still apply), and a `ValueError` says so when no row has one."""
+    args = trainer.args
+    columns = getattr(dataset, "column_names", None) if hasattr(dataset, "__len__") else None
+    if not args.span_onset_weight or not columns or args.rubric_column not in columns:
+        return
+    unpulled, memo = [], {}
+    for index, value in enumerate(dataset[args.rubric_column]):
+        rubric = Rubric.from_any(value, pitfall_polarity=args.pitfall_polarity)
+        key = tuple(start for c in rubric if _named(c, args.span_criteria) for start in criterion_starts(c))
+        if key not in memo:  # the first tokens depend on the spelt-out starts only
+            memo[key] = bool(onset_token_ids(trainer._tokenizer, rubric, args.span_criteria))
+        if not memo[key]:
+            unpulled.append((index, list(key)))
+    if not unpulled:
+        return
+    shown = "; ".join(f"row {i}: {starts}" for i, starts in unpulled[:5]) + ("; ..." if len(unpulled) > 5 else "")
+    message = (
+        f"{name}: span_onset_weight={args.span_onset_weight}: {len(unpulled)} of {len(dataset)} rows have no term "
+        f"whose first token in this tokenizer is {MIN_START_CHARS}+ characters ({shown}), so the onset term does not "
+        "act on them"
+    )
+    if len(unpulled) == len(dataset):
+        raise ValueError(f"{message}: it would change nothing. Drop span_onset_weight, or name longer terms.")
+    logger.warning("%s; their span weights still apply.", message)
 
 
 def add_span_mask(trainer, output: dict, loss_mask: Tensor, inputs: list[dict[str, Any]], metrics) -> None:
