@@ -763,3 +763,22 @@ def test_onset_signal_cuts_at_the_first_naming_and_summarises_both_groups():
     assert summary == {"n": 2, "student_sum": pytest.approx(0.15), "teacher_sum": pytest.approx(0.25),
                        "teacher_above_positions": 0.5, "teacher_1_5x": 1}  # fmt: skip
     assert onset.summarise([]) == {"n": 0}
+
+
+def test_criterion_voice_splits_a_met_criterion_by_the_line_that_meets_it():
+    voice = _load("criterion_voice")
+    rubric = [
+        {"text": "Mentions resting your voice.", "weight": 2.0, "title": "key term", "tags": [r"rule:regex:\brest"]},
+        {"text": "Advises seeing a doctor if symptoms persist.", "weight": 1.0, "title": "doctor"},
+    ]
+    in_words = "Sip warm tea.\n1. Rest your voice for a day."
+    echoed = "1. Drink water.\n2. Mentioning resting your voice."
+    pasted = "Try this: resting your voice helps, as resting your voice is good."  # 3 of 4 words as one run
+    assert voice.meeting_line(in_words, rubric, ["key term"]) == "1. Rest your voice for a day."
+    assert voice.meeting_line("Sip warm tea.", rubric, ["key term"]) is None
+    assert not voice.in_voice("1. Rest your voice for a day.", rubric)
+    assert voice.in_voice("2. Mentioning resting your voice.", rubric)
+    assert voice.in_voice("- Suggests a humidifier.", rubric) and not voice.in_voice("Use a humidifier.", rubric)
+    assert voice.in_voice(pasted, rubric)  # no criterion verb, but 3 of the criterion's 4 words in a row
+    split = voice.split_met([in_words, echoed, "Sip warm tea.", "Suggests tea."], [rubric] * 4, ["key term"])
+    assert split == {"n": 4, "met": 0.5, "met_in_voice": 0.25, "met_own_words": 0.25, "answers_in_voice": 0.5}
