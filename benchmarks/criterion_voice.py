@@ -15,7 +15,10 @@ line holding its first match opens (after a list marker) with a criterion verb i
 run of 3 or more (`trl_rubric.evaluation.degeneration.copied_rubric_fraction`).
 
     .venv/bin/python benchmarks/criterion_voice.py runs/tomit_health_ts0 runs/tspan_health_ts0 \\
-        --criteria "key term" [--output voice.json]
+        --criteria "key term" [--templates requirements] [--output voice.json]
+
+`--templates` adds the teacher of each named sweep template (`rgsd_sweep.CANDIDATE_TEMPLATES`), its answers sampled on the
+same prompts with the same seed as a sweep with `template=NAME` samples them (`rgsd_sweep.own_view_gap`).
 
 A run is `DIR` (a sweep folder with one setting) or `DIR:SETTING`, as in `benchmarks/compare_runs.py`.
 """
@@ -84,10 +87,40 @@ def split_met(answers: Sequence[str], rubrics: Sequence[Any], names: Sequence[st
             "answers_in_voice": voiced / n}  # fmt: skip
 
 
+def template_view(settings: dict[str, Any], template: str) -> dict[str, Any]:
+    """The teacher view a sweep with these `settings` trains a `template=` setting with."""
+    from trl_rubric import RGSDConfig
+
+    sweep = _load("rgsd_sweep")
+    args = argparse.Namespace(**{**settings, "output_dir": "."})
+    view = sweep.own_teacher_view(RGSDConfig(**sweep.setting_kwargs(args, template, {"template": template})))
+    if view is None:
+        raise ValueError(f"template {template!r} is the world's own view: its answers are the sweep's teacher_train")
+    return view
+
+
+def sample_template(results: dict[str, Any], sets, world, template: str) -> list[str]:
+    """The train answers of `template`'s teacher (SmolLM2, one torch thread), as a sweep would sample them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_rubric.real import smollm2_path
+
+    sweep = _load("rgsd_sweep")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = smollm2_path()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    view = template_view(results["settings"], template)
+    gen = sweep.generation_settings(argparse.Namespace(**results["settings"]))
+    own = sweep.own_view_gap(model, tokenizer, world, sets, view, gen)
+    return [ex["response"] for ex in own.with_rubric.examples]
+
+
 def main(argv=None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="DIR or DIR:SETTING, rgsd_sweep.py outputs scored on the same sets.")
     p.add_argument("--criteria", nargs="+", default=["key term"], help="Criterion titles (or tags) to read.")
+    p.add_argument("--templates", nargs="*", default=[], help="Sweep template names whose teachers to sample too.")
     p.add_argument("--output", default=None, help="Write the table here as JSON.")
     args = p.parse_args(argv)
     os.environ.update(OFFLINE_ENV)
@@ -105,6 +138,8 @@ def main(argv=None) -> dict[str, Any]:
     rubrics = list(sets["train"][0]["rubric"])
     sources = {"base model": results["responses"]["base_train"]}
     sources["teacher (world view)"] = results["responses"].get("teacher_train")
+    for template in args.templates:
+        sources[f"teacher, template {template}"] = sample_template(results, sets, world, template)
     for spec, (_, name, run) in zip(args.runs, loaded, strict=True):
         own = run.get("own_view_teacher_train")
         if own and not any(own == answers for answers in sources.values()):  # runs of one view share its answers

@@ -782,3 +782,12 @@ def test_criterion_voice_splits_a_met_criterion_by_the_line_that_meets_it():
     assert voice.in_voice(pasted, rubric)  # no criterion verb, but 3 of the criterion's 4 words in a row
     split = voice.split_met([in_words, echoed, "Sip warm tea.", "Suggests tea."], [rubric] * 4, ["key term"])
     assert split == {"n": 4, "met": 0.5, "met_in_voice": 0.25, "met_own_words": 0.25, "answers_in_voice": 0.5}
+
+
+def test_criterion_voice_samples_a_template_with_the_view_a_sweep_trains_it_with():
+    voice = _load("criterion_voice")
+    settings = {"steps": 4, "prompts_per_step": 2, "max_completion_length": 8, "temperature": 0.7, "seed": 0}
+    view = voice.template_view(settings, "requirements")
+    assert view["teacher_prompt_template"] == sweep.CANDIDATE_TEMPLATES["requirements"]
+    with pytest.raises(KeyError):
+        voice.template_view(settings, "no such template")
