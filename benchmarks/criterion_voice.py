@@ -11,8 +11,10 @@ teacher's where saved, and each student's.
 A criterion counts as met where one of its `rule:regex:` / `rule:contains:` tags matches (the spans
 `span_criteria` uses, `trl_rubric.trainers.rgsd_spans.criterion_spans`); it is met **in the rubric's voice** when the
 line holding its first match opens (after a list marker) with a criterion verb in the third person or as a gerund
-("Mentions", "Suggesting", "Advises", ...; [`VOICE`]) or repeats at least [`ECHO_SHARE`] of a criterion's words as one
-run of 3 or more (`trl_rubric.evaluation.degeneration.copied_rubric_fraction`).
+("Mentions", "Suggesting", "Advises", ...; [`VOICE`]) or repeats at least [`ECHO_SHARE`] of another criterion's words
+as one run of 3 or more (`trl_rubric.evaluation.degeneration.copied_rubric_fraction`; the named criterion's own text
+is left out of that check, since "Mentions the Moon's gravity." is mostly its term, and naming the term is not an
+echo).
 
     .venv/bin/python benchmarks/criterion_voice.py runs/tomit_health_ts0 runs/tspan_health_ts0 \\
         --criteria "key term" [--templates requirements] [--output voice.json]
@@ -53,11 +55,14 @@ def _load(name: str):
     return module
 
 
-def in_voice(line: str, rubric: Any) -> bool:
-    """Whether `line` speaks in the rubric's voice: a criterion verb opens it, or it echoes a criterion's words."""
+def in_voice(line: str, rubric: Any, names: Sequence[str]) -> bool:
+    """Whether `line` speaks in the rubric's voice: a criterion verb opens it, or it echoes the words of a criterion
+    other than those named in `names` (whose text is mostly the term the line is read for)."""
     from trl_rubric.evaluation.degeneration import copied_rubric_fraction
+    from trl_rubric.rubric import Rubric
 
-    return bool(VOICE.search(line)) or copied_rubric_fraction(line, rubric, min_words=3) >= ECHO_SHARE
+    others = [c.text for c in Rubric.from_any(rubric) if not c.is_named(names)]
+    return bool(VOICE.search(line)) or copied_rubric_fraction(line, others, min_words=3) >= ECHO_SHARE
 
 
 def meeting_line(answer: str, rubric: Any, names: Sequence[str]) -> str | None:
@@ -80,7 +85,7 @@ def split_met(answers: Sequence[str], rubrics: Sequence[Any], names: Sequence[st
     for answer, rubric in zip(answers, rubrics, strict=True):
         line = meeting_line(answer, rubric, names)
         met += line is not None
-        in_voice_met += line is not None and in_voice(line, rubric)
+        in_voice_met += line is not None and in_voice(line, rubric, names)
         voiced += any(VOICE.search(x) for x in answer.split("\n"))
     n = len(answers)
     return {"n": n, "met": met / n, "met_in_voice": in_voice_met / n, "met_own_words": (met - in_voice_met) / n,

@@ -773,14 +773,18 @@ def test_criterion_voice_splits_a_met_criterion_by_the_line_that_meets_it():
     ]
     in_words = "Sip warm tea.\n1. Rest your voice for a day."
     echoed = "1. Drink water.\n2. Mentioning resting your voice."
-    pasted = "Try this: resting your voice helps, as resting your voice is good."  # 3 of 4 words as one run
-    assert voice.meeting_line(in_words, rubric, ["key term"]) == "1. Rest your voice for a day."
-    assert voice.meeting_line("Sip warm tea.", rubric, ["key term"]) is None
-    assert not voice.in_voice("1. Rest your voice for a day.", rubric)
-    assert voice.in_voice("2. Mentioning resting your voice.", rubric)
-    assert voice.in_voice("- Suggests a humidifier.", rubric) and not voice.in_voice("Use a humidifier.", rubric)
-    assert voice.in_voice(pasted, rubric)  # no criterion verb, but 3 of the criterion's 4 words in a row
-    split = voice.split_met([in_words, echoed, "Sip warm tea.", "Suggests tea."], [rubric] * 4, ["key term"])
+    pasted = "Resting helps; see a doctor if symptoms persist."  # 5 of the doctor criterion's 7 words in a row
+    named = ["key term"]
+    assert voice.meeting_line(in_words, rubric, named) == "1. Rest your voice for a day."
+    assert voice.meeting_line("Sip warm tea.", rubric, named) is None
+    assert not voice.in_voice("1. Rest your voice for a day.", rubric, named)
+    assert voice.in_voice("2. Mentioning resting your voice.", rubric, named)
+    assert voice.in_voice("- Suggests a humidifier.", rubric, named)
+    assert not voice.in_voice("Use a humidifier.", rubric, named)
+    assert voice.in_voice(pasted, rubric, named)  # no criterion verb, but another criterion's words in a row
+    # The named criterion's own words are its term: naming it in a sentence is no echo.
+    assert not voice.in_voice("Resting your voice for a day helps.", rubric, named)
+    split = voice.split_met([in_words, echoed, "Sip warm tea.", "Suggests tea."], [rubric] * 4, named)
     assert split == {"n": 4, "met": 0.5, "met_in_voice": 0.25, "met_own_words": 0.25, "answers_in_voice": 0.5}
 
 
