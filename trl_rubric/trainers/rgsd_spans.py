@@ -139,18 +139,22 @@ def onset_token_ids(tokenizer, rubric: Rubric, names: Sequence[str]) -> list[int
     """The first tokens of the named positive criteria's terms (as [`criterion_starts`] spells them), cased as written,
     lower-case and capitalised, with and without a leading space; a first token shorter than [`MIN_START_CHARS`]
     characters is left out unless it is the whole term."""
+    starts = tuple(start for c in rubric if _named(c, names) for start in criterion_starts(c))
+    return list(_start_token_ids(tokenizer, starts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _start_token_ids(tokenizer, starts: tuple[str, ...]) -> tuple[int, ...]:
+    # Cached: every rollout of a row asks again at every step, and the answer depends on the starts alone.
     ids = set()
-    for criterion in rubric:
-        if not _named(criterion, names):
-            continue
-        for start in criterion_starts(criterion):
-            for form in {start, start.lower(), start[0].upper() + start[1:]}:
-                for text in (form, " " + form):
-                    tokens = tokenizer.encode(text, add_special_tokens=False)
-                    first = tokenizer.decode(tokens[:1]).strip() if tokens else ""
-                    if len(first) >= MIN_START_CHARS or first == start:
-                        ids.add(tokens[0])
-    return sorted(ids)
+    for start in starts:
+        for form in {start, start.lower(), start[0].upper() + start[1:]}:
+            for text in (form, " " + form):
+                tokens = tokenizer.encode(text, add_special_tokens=False)
+                first = tokenizer.decode(tokens[:1]).strip() if tokens else ""
+                if len(first) >= MIN_START_CHARS or first == start:
+                    ids.add(tokens[0])
+    return tuple(sorted(ids))
 
 
 def check_span_settings(weight: Any, nll_weight: Any, onset_weight: Any, names: Any) -> list[str] | None:
@@ -217,14 +221,11 @@ def check_onset_tokens(trainer, dataset: Any, name: str = "train_dataset") -> No
     columns = getattr(dataset, "column_names", None) if hasattr(dataset, "__len__") else None
     if not args.span_onset_weight or not columns or args.rubric_column not in columns:
         return
-    unpulled, memo = [], {}
+    unpulled = []
     for index, value in enumerate(dataset[args.rubric_column]):
         rubric = Rubric.from_any(value, pitfall_polarity=args.pitfall_polarity)
-        key = tuple(start for c in rubric if _named(c, args.span_criteria) for start in criterion_starts(c))
-        if key not in memo:  # the first tokens depend on the spelt-out starts only
-            memo[key] = bool(onset_token_ids(trainer._tokenizer, rubric, args.span_criteria))
-        if not memo[key]:
-            unpulled.append((index, list(key)))
+        if not onset_token_ids(trainer._tokenizer, rubric, args.span_criteria):
+            unpulled.append((index, [s for c in rubric if _named(c, args.span_criteria) for s in criterion_starts(c)]))
     if not unpulled:
         return
     shown = "; ".join(f"row {i}: {starts}" for i, starts in unpulled[:5]) + ("; ..." if len(unpulled) > 5 else "")
