@@ -17,6 +17,9 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   tag, as `Rubric.select` names them), so pure RGSD's teacher never sees them (`teacher_omit=short`: a teacher not
   asked for a word limit); the students and the teacher's own answers in that view are scored against the whole
   rubric (the teacher's answers are kept as `own_view_teacher_train` for `benchmarks/compare_runs.py`);
+- `train_prompts=scored`: train only on the train prompts the sweep scores (`--eval_prompts` of them, 48 by default,
+  instead of the whole train split): each is then rolled out about twice as often in the same steps, so the scored
+  train answers measure what more exposure per prompt teaches (the held-out prompts stay unseen). Pure RGSD only;
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -61,7 +64,7 @@ from trl_rubric.testing import OFFLINE_ENV
 #: A list item: a line opening with a number and `.` or `)`, or a bullet.
 LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s", re.M)
 
-OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit")
+OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit", "train_prompts")
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
 #: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
@@ -237,6 +240,10 @@ def parse_args(argv=None):
             if "teacher_omit" in pairs and ("judge" in pairs or "trainer" in pairs):
                 raise ValueError(f"{pairs}: teacher_omit drops criteria from the training rubrics, which a judge or "
                                  "SFT would read too; use it with pure RGSD")  # fmt: skip
+            if pairs.get("train_prompts", "all") not in ("all", "scored"):
+                raise ValueError(f"train_prompts={pairs['train_prompts']!r}: expected all or scored")
+            if pairs.get("train_prompts") == "scored" and needs_references(pairs):
+                raise ValueError(f"{pairs}: train_prompts=scored is for pure RGSD on the world's prompts")
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
                 raise ValueError(
@@ -245,6 +252,16 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def training_prompts(train_all, pairs: dict[str, str], args):
+    """The rows a setting trains on: the whole train split, or (`train_prompts=scored`) only the distinct train
+    prompts the sweep scores, the same choice `scored_sets` makes."""
+    from trl_rubric.evaluation import select_examples
+
+    if pairs.get("train_prompts") == "scored":
+        return select_examples(train_all, args.eval_prompts, args.seed)
+    return train_all
 
 
 def omit_criteria(dataset, names: list[str]):
@@ -440,7 +457,7 @@ def main(argv=None) -> dict[str, Any]:
             trainer = sft_trainer(path, kwargs, refs, tokenizer, lora)
         else:
             omitted = pairs["teacher_omit"].split("|") if "teacher_omit" in pairs else None
-            train_ds = refs if reference_context else train_all
+            train_ds = refs if reference_context else training_prompts(train_all, pairs, args)
             trainer = RGSDTrainer(path, args=config, train_dataset=omit_criteria(train_ds, omitted) if omitted else train_ds,
                                   processing_class=tokenizer, peft_config=lora,
                                   reward_funcs=judge_reward(pairs, world, config))  # fmt: skip

@@ -93,6 +93,22 @@ def test_teacher_omit_drops_the_named_criteria_from_every_training_rubric_only()
             sweep.parse_args(["--settings", setting, "--reuse_references", "unused.json"])
 
 
+def test_train_prompts_scored_trains_on_exactly_the_distinct_scored_train_prompts():
+    from trl_rubric.real.worlds import make_named_world
+
+    world = make_named_world("health", seed=0)
+    args = sweep.parse_args(["--settings", "a:train_prompts=scored", "--eval_prompts", "6", "--seed", "3"])
+    scored, _ = sweep.scored_sets(world, 3, 6, 2, 2)["train"]
+    rows = sweep.training_prompts(world.train_dataset(), args.parsed[0][1], args)
+    key = lambda prompts: sorted(json.dumps(p, sort_keys=True) for p in prompts)  # noqa: E731
+    assert len(rows) == 6 and key(rows["prompt"]) == sorted(set(key(scored["prompt"])))
+    # the default trains on the whole split
+    assert len(sweep.training_prompts(world.train_dataset(), {}, args)) == len(world.train_dataset())
+    for bad in ("a:train_prompts=some", "a:train_prompts=scored,trainer=sft"):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--settings", bad, "--reuse_references", "unused.json"])
+
+
 def _naive_agreement(groups):
     agree = total = 0.0
     for g in groups:
