@@ -5,9 +5,10 @@ by default the frozen initial policy, reads the prompt with the rubric woven in,
 tokens. The loss is a per-token divergence between the two next-token distributions on the completion. No judge is
 called during training.
 
-The trainer only orchestrates: its config and checks live in `rgsd_config.py`, teacher construction in
-`rgsd_teacher.py`, the EMA teacher's checkpoint state in `rgsd_checkpoint.py`, rubric parsing in `rubric.py`, the
-teacher context in `teacher_context.py` and `teacher.py`, and the loss math in the `losses` package.
+The trainer only orchestrates: its config and checks live in `rgsd_config.py`, the checks on its arguments in
+`rgsd_arguments.py`, teacher construction in `rgsd_teacher.py`, the EMA teacher's checkpoint state in
+`rgsd_checkpoint.py`, rubric parsing in `rubric.py`, the teacher context in `teacher_context.py` and `teacher.py`, and
+the loss math in the `losses` package.
 """
 
 from __future__ import annotations
@@ -34,14 +35,8 @@ from ..teacher_context import TeacherContextProvider, build_teacher_context
 from .hacking_monitor import RGSD_SIGNAL, bind_monitors
 from .metrics_file import MetricsFileCallback
 from .resume import ExactResumeMixin
-from .rgsd_anchor import (
-    ANCHOR_DIVERGENCE_KEYS,
-    add_anchor,
-    anchor_divergence,
-    anchor_token_mask,
-    check_anchor,
-    content_table,
-)
+from .rgsd_anchor import ANCHOR_DIVERGENCE_KEYS, add_anchor, anchor_divergence, anchor_token_mask, content_table
+from .rgsd_arguments import check_rgsd_arguments
 from .rgsd_checkpoint import TEACHER_SHADOW_FILE, TEACHER_STATE_FILE, load_teacher_state, save_teacher_state  # noqa: F401
 from .rgsd_config import (  # noqa: F401  (re-exported: these names were importable from here)
     DEFAULT_TOKEN_CLIP,
@@ -69,7 +64,7 @@ from .rgsd_unlikelihood import add_unlikelihood, unlikelihood_token_mask
 from .rgsd_view import auto_view_judge, check_auto_context, choose_teacher_penalties, provisional_args
 from .rollout_guard import build_rollout_guard, generate_with_guard
 from .teacher_shaping import penalize_teacher, teacher_shaping_kwargs
-from .vllm_mode import refuse_vllm_server_without_cuda, reload_weights_on_cpu
+from .vllm_mode import reload_weights_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -136,47 +131,15 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = RGSDConfig(f"{name.split('/')[-1]}-RGSD")
-        elif not isinstance(args, RGSDConfig):
-            raise TypeError(
-                f"RGSDTrainer needs an RGSDConfig, got {type(args).__name__}. Replace GRPOConfig with RGSDConfig "
-                "(it takes the same arguments)."
-            )
-        refuse_vllm_server_without_cuda(args, "RGSDTrainer")
-        if environment_factory is not None:
-            raise ValueError(
-                "RGSDTrainer does not take an environment_factory: its teacher needs each row's rubric, and rollouts "
-                "from an environment carry none. Use GRPOTrainer with the environment and a RubricReward among "
-                "reward_funcs, or RGSDTrainer on a rubric dataset"
-            )
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
+        check_rgsd_arguments(args, reward_funcs, teacher_model, environment_factory)  # before any model loads
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
         self._rgsd_has_rewards = reward_funcs is not None
         if self._rgsd_has_rewards:  # the config's reward settings reach the user's RubricRewards
             apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share, args.reward_criteria)
         self._rgsd_hybrid = self._rgsd_has_rewards and args.distillation_weight < 1.0
-        if args.distillation_weight < 1.0 and not self._rgsd_has_rewards:
-            raise ValueError(
-                f"distillation_weight is {args.distillation_weight}, which mixes in a GRPO loss, but no reward_funcs "
-                "were given. Pass reward functions, or set distillation_weight=1.0 for pure RGSD."
-            )
-        if self._rgsd_hybrid and args.num_generations < 2:
-            raise ValueError(
-                f"hybrid mode (distillation_weight={args.distillation_weight}) needs group advantages, so "
-                f"num_generations must be at least 2; got {args.num_generations}."
-            )
-        if args.teacher_combine == "sgsd_gate" and not self._rgsd_has_rewards:
-            raise ValueError(
-                "teacher_combine='sgsd_gate' gates each teacher by the rollout's verifier outcome, but no reward_funcs "
-                "were given. Pass a verifier reward function, or use teacher_combine='mean'."
-            )
-        if teacher_model is None:
-            teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
-        check_anchor(args, separate_teacher_given=teacher_model is not None)
-        if teacher_model is not None and args.teacher_model_kind != "base":
-            raise ValueError(
-                f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
-                "applies to the policy's own weights. Leave teacher_model_kind='base' or drop teacher_model."
-            )
         # What the teacher sees comes from one provider (`teacher_context.py`); it checks its own columns.
         # teacher_penalties="auto" is chosen before step 0 (rgsd_view.py); until then the context holds the default.
         self._view_judge = auto_view_judge(args, reward_funcs, teacher_view_judge)
