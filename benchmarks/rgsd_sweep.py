@@ -19,7 +19,8 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   rubric (the teacher's answers are kept as `own_view_teacher_train` for `benchmarks/compare_runs.py`);
 - `train_prompts=scored`: train only on the train prompts the sweep scores (`--eval_prompts` of them, 48 by default,
   instead of the whole train split): each is then rolled out about twice as often in the same steps, so the scored
-  train answers measure what more exposure per prompt teaches (the held-out prompts stay unseen). Pure RGSD only;
+  train answers measure what more exposure per prompt teaches (the held-out prompts stay unseen). Not with the
+  settings that train on references (their rows are the references);
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -243,7 +244,8 @@ def parse_args(argv=None):
             if pairs.get("train_prompts", "all") not in ("all", "scored"):
                 raise ValueError(f"train_prompts={pairs['train_prompts']!r}: expected all or scored")
             if pairs.get("train_prompts") == "scored" and needs_references(pairs):
-                raise ValueError(f"{pairs}: train_prompts=scored is for pure RGSD on the world's prompts")
+                raise ValueError(f"{pairs}: train_prompts=scored picks the world's prompts; this setting trains on "
+                                 "the references")  # fmt: skip
             template = pairs.get("template", "direct")
             if template not in ("direct", "default", *CANDIDATE_TEMPLATES):
                 raise ValueError(
