@@ -397,6 +397,7 @@ def main(argv=None) -> dict[str, Any]:
         "criteria": {
             "base_train": criterion_rates(gap.without_rubric.examples),
             "teacher_train": criterion_rates(gap.with_rubric.examples),
+            "base_heldout": criterion_rates(base_eval["heldout"].examples),
         },  # fmt: skip
         "reference_seconds": time.perf_counter() - began,
         "runs": {},
