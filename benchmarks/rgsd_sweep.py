@@ -291,6 +291,20 @@ def criterion_rates(examples) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
+def reference_answers(base_train, teacher_train, base_heldout) -> dict[str, dict[str, Any]]:
+    """What the sweep records once of the answers every setting is compared with (the base model's on the scored train
+    and held-out prompts, the teacher's on the train prompts; `evaluate` results): `responses`, `degeneration` (shares
+    of answers that repeat a line, copy rubric text, talk about the requirements, as `trl_rubric.evaluation.degeneration`
+    defines them: the teacher's own rate is what RGSD distils) and `criteria` (pass rate per criterion title), each
+    keyed `base_train`, `teacher_train`, `base_heldout`."""
+    answers = {"base_train": base_train, "teacher_train": teacher_train, "base_heldout": base_heldout}
+    return {
+        "responses": {name: [ex["response"] for ex in r.examples] for name, r in answers.items()},
+        "degeneration": {name: r.metrics.degeneration for name, r in answers.items()},
+        "criteria": {name: criterion_rates(r.examples) for name, r in answers.items()},
+    }
+
+
 def scored_sets(world, seed: int, eval_prompts: int, heldout_prompts: int, eval_samples: int) -> dict[str, tuple]:
     """`{"train" | "heldout": (dataset, sampling seed)}`: a seeded choice of prompts, each `eval_samples` times."""
     from datasets import concatenate_datasets
@@ -382,23 +396,7 @@ def main(argv=None) -> dict[str, Any]:
         "teacher_train": gap.score_with_rubric,
         "gap_train": gap.gap,
         "gap_train_ci": gap.gap_ci,
-        "responses": {
-            "base_train": [ex["response"] for ex in gap.without_rubric.examples],
-            "teacher_train": [ex["response"] for ex in gap.with_rubric.examples],
-            "base_heldout": [ex["response"] for ex in base_eval["heldout"].examples],
-        },
-        # Shares of answers that repeat a line, copy rubric text, talk about the requirements (one definition:
-        # trl_rubric.evaluation.degeneration): the teacher's own rate is what RGSD distils.
-        "degeneration": {
-            "base_train": gap.without_rubric.metrics.degeneration,
-            "teacher_train": gap.with_rubric.metrics.degeneration,
-            "base_heldout": base_eval["heldout"].metrics.degeneration,
-        },
-        "criteria": {
-            "base_train": criterion_rates(gap.without_rubric.examples),
-            "teacher_train": criterion_rates(gap.with_rubric.examples),
-            "base_heldout": criterion_rates(base_eval["heldout"].examples),
-        },  # fmt: skip
+        **reference_answers(gap.without_rubric, gap.with_rubric, base_eval["heldout"]),
         "reference_seconds": time.perf_counter() - began,
         "runs": {},
     }

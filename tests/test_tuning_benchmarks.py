@@ -811,3 +811,25 @@ def test_criterion_voice_samples_a_template_with_the_view_a_sweep_trains_it_with
     assert view["teacher_prompt_template"] == sweep.CANDIDATE_TEMPLATES["requirements"]
     with pytest.raises(KeyError):
         voice.template_view(settings, "no such template")
+
+
+def test_sweep_records_each_reference_answer_sets_answers_degeneration_and_criterion_rates():
+    from types import SimpleNamespace
+
+    def result(verdicts, degeneration):
+        examples = [{"response": f"answer {i}", "criteria": [{"text": "Mentions rest.", "verdict": v},
+                                                             {"text": "Uses a numbered list.", "verdict": True}]}
+                    for i, v in enumerate(verdicts)]  # fmt: skip
+        return SimpleNamespace(examples=examples, metrics=SimpleNamespace(degeneration=degeneration))
+
+    record = sweep.reference_answers(result([True, False], {"degenerate": 0.0}), result([True, True], {"degenerate": 0.5}),
+                                     result([False, False, None], {"degenerate": 0.25}))  # fmt: skip
+    for part in ("responses", "degeneration", "criteria"):
+        assert set(record[part]) == {"base_train", "teacher_train", "base_heldout"}
+    assert record["responses"]["base_heldout"] == ["answer 0", "answer 1", "answer 2"]
+    assert record["degeneration"]["teacher_train"] == {"degenerate": 0.5}
+    # the held-out rates come from the held-out answers (an unjudged verdict is left out), not from the train ones
+    assert record["criteria"]["base_heldout"]["key term"] == 0.0
+    assert record["criteria"]["base_train"]["key term"] == 0.5
+    assert record["criteria"]["teacher_train"]["key term"] == 1.0
+    assert record["criteria"]["base_heldout"]["Uses a numbered list."] == 1.0
