@@ -362,6 +362,29 @@ def own_view_gap(base, tokenizer, world, sets, view: dict[str, Any], gen: dict[s
                             seed=sets["train"][1], **view, **gen)  # fmt: skip
 
 
+def _share(value: float | None) -> str:
+    # The share of the gap closed is None where the teacher left no gap (a --smoke run, or a teacher no better
+    # than the base model): say so instead of failing to format it after the training is done.
+    return "n/a (no gap)" if value is None else f"{value:.2f}"
+
+
+def run_summary(name: str, row: dict, seconds: float) -> str:
+    """The line printed for a finished setting: train and held-out change, the gap closed, length and degeneration."""
+    d, h = row["train"], row["heldout"]
+    return (f"{name}: train {d['before']:.3f} -> {d['after']:.3f} {d['delta']:+.3f} {d['delta_ci']} "
+            f"(gap closed {_share(row['gap_closed_train'])}); held-out {h['before']:.3f} -> {h['after']:.3f} "
+            f"{h['delta']:+.3f} {h['delta_ci']}; length {d['length']:.1f}; "
+            f"degenerate {d['degeneration']['degenerate']:.2f}; {seconds:.0f} s")  # fmt: skip
+
+
+def decoded_summary(name: str, decoding: str, decoded: dict) -> str:
+    """The line printed for a setting's student scored under one of the `--decode` decodings."""
+    t, h = decoded["train"], decoded["heldout"]
+    return (f"{name} decoded {decoding}: train {t['delta']:+.3f} {t['delta_ci']} (gap closed "
+            f"{_share(decoded['gap_closed_train'])}), held-out {h['delta']:+.3f} {h['delta_ci']}; "
+            f"degenerate {t['degeneration']['degenerate']:.2f} / {h['degeneration']['degenerate']:.2f}")  # fmt: skip
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.update(OFFLINE_ENV)
@@ -492,10 +515,7 @@ def main(argv=None) -> dict[str, Any]:
                                   "responses": [ex["response"] for ex in res.examples],
                                   "degeneration": res.metrics.degeneration, "criteria": criterion_rates(res.examples)}  # fmt: skip
             decoded["gap_closed_train"] = decoded["train"]["delta"] / gap.gap if gap.gap else None
-            print(f"{name} decoded {dname}: train {decoded['train']['delta']:+.3f} {decoded['train']['delta_ci']} (gap "
-                  f"closed {decoded['gap_closed_train']:.2f}), held-out {decoded['heldout']['delta']:+.3f} "
-                  f"{decoded['heldout']['delta_ci']}; degenerate {decoded['train']['degeneration']['degenerate']:.2f} / "
-                  f"{decoded['heldout']['degeneration']['degenerate']:.2f}", flush=True)  # fmt: skip
+            print(decoded_summary(name, dname, decoded), flush=True)
         view = own_teacher_view(config)
         if "teacher_omit" in pairs:
             # The teacher's answers in the view it trained with (rubrics without the omitted criteria); the gap
@@ -523,11 +543,7 @@ def main(argv=None) -> dict[str, Any]:
                 "rgsd/degenerate", "rgsd/teacher_focus_omitted", "rgsd/teacher_focus_rows")  # fmt: skip
         row["log"] = [{k: h[k] for k in keep if k in h} for h in trainer.state.log_history if "loss" in h]
         results["runs"][name] = row
-        d, h = row["train"], row["heldout"]
-        print(f"{name}: train {d['before']:.3f} -> {d['after']:.3f} {d['delta']:+.3f} {d['delta_ci']} "
-              f"(gap closed {row['gap_closed_train']:.2f}); held-out {h['before']:.3f} -> {h['after']:.3f} "
-              f"{h['delta']:+.3f} {h['delta_ci']}; length {d['length']:.1f}; degenerate {d['degeneration']['degenerate']:.2f}; "
-              f"{seconds:.0f} s", flush=True)  # fmt: skip
+        print(run_summary(name, row, seconds), flush=True)
         _write(results, args.output_dir)
         del trainer, model
     return results

@@ -833,3 +833,19 @@ def test_sweep_records_each_reference_answer_sets_answers_degeneration_and_crite
     assert record["criteria"]["base_train"]["key term"] == 0.5
     assert record["criteria"]["teacher_train"]["key term"] == 1.0
     assert record["criteria"]["base_heldout"]["Uses a numbered list."] == 1.0
+
+
+def _split(before, after, degenerate):
+    return {"before": before, "after": after, "delta": after - before, "delta_ci": [0.0, 0.1], "length": 12.0,
+            "degeneration": {"degenerate": degenerate}}  # fmt: skip
+
+
+@pytest.mark.parametrize("closed, shown", [(None, "gap closed n/a (no gap)"), (0.714, "gap closed 0.71")])
+def test_sweep_summary_lines_print_a_missing_gap_share_instead_of_failing(closed, shown):
+    # A teacher that leaves no gap (every --smoke run on the instructions world) made the share None, and formatting
+    # it with :.2f raised TypeError after the training, before results.json was written.
+    row = {"train": _split(0.1, 0.3, 0.25), "heldout": _split(0.2, 0.25, 0.0), "gap_closed_train": closed}
+    line = sweep.run_summary("s", row, 12.4)
+    assert shown in line and line.startswith("s: train 0.100 -> 0.300 +0.200") and line.endswith("degenerate 0.25; 12 s")
+    decoded = sweep.decoded_summary("s", "guard", row)
+    assert shown in decoded and decoded.startswith("s decoded guard: train +0.200") and "0.25 / 0.00" in decoded
