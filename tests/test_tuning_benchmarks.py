@@ -846,6 +846,8 @@ def test_sweep_summary_lines_print_a_missing_gap_share_instead_of_failing(closed
     # it with :.2f raised TypeError after the training, before results.json was written.
     row = {"train": _split(0.1, 0.3, 0.25), "heldout": _split(0.2, 0.25, 0.0), "gap_closed_train": closed}
     line = sweep.run_summary("s", row, 12.4)
-    assert shown in line and line.startswith("s: train 0.100 -> 0.300 +0.200") and line.endswith("degenerate 0.25; 12 s")
+    assert (
+        shown in line and line.startswith("s: train 0.100 -> 0.300 +0.200") and line.endswith("degenerate 0.25; 12 s")
+    )
     decoded = sweep.decoded_summary("s", "guard", row)
     assert shown in decoded and decoded.startswith("s decoded guard: train +0.200") and "0.25 / 0.00" in decoded
