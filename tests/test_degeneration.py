@@ -613,3 +613,34 @@ def test_repeated_line_spans_agree_with_the_flag_on_random_lists():
             lines.append(f"{rng.choice(['', f'{i + 1}. ', '- ', '* ', f'{i + 1}. **'])}{words}.")
         answer = rng.choice(["\n", " ", "\n\n"]).join(lines)
         assert bool(repeated_line_spans(answer)) == repeats_line(answer), answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Hugging FaceFaceFaceFaceFace",
+        "huggingFacefacesheetsheetshades aedaaedaaedaaedaeateateateateat",
+        "ggumumumumumumumumumum",
+        "aaaaaaaa",
+    ],
+)
+def test_a_word_that_loops_on_a_piece_of_itself_is_a_repeat_with_its_span(answer):
+    # A policy collapsed by GRPO wrote these (one run, docs/benchmarks.md): no line, sentence or phrase repeats, so
+    # before this check none of them was flagged.
+    assert repeats_line(answer)
+    spans = repeated_line_spans(answer)
+    assert spans and all(0 <= a < b <= len(answer) for a, b in spans)
+    assert degeneration_flags(answer).degenerate
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Mississippi is a state. Hmmm, a bookkeeper on the committee.",
+        "hahaha",
+        "Call 1-800-000-0000 now.",
+        "The sky is blue because of Rayleigh scattering.",
+    ],  # fmt: skip
+)
+def test_ordinary_words_with_doubled_letters_are_not_piece_loops(answer):
+    assert not repeats_line(answer) and repeated_line_spans(answer) == []

@@ -14,8 +14,9 @@ logs and the benchmarks share.
   scrambled eggs."), or when the answer holds `min_empty_items` or more list markers with nothing after them
   ("1.1. 2.1 3.1"), when a shorter unit occurs three times ("Saturday!" / "1st!" / "1st!" / "1st!"), or when a unit
   loops on a phrase ("of the growth of the growth of the growth", a phrase three
-  times in a row, or one word five times). One trailing empty marker (an answer cut off at the token limit) is not
-  enough.
+  times in a row, or one word five times), or a word loops on a piece of itself ("FaceFaceFaceFace", "ateateateate":
+  a piece of 1 to 8 letters four or more times in a row, 8 letters or more in all; case ignored). One trailing empty
+  marker (an answer cut off at the token limit) is not enough.
 - **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
   normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
   criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
@@ -178,6 +179,17 @@ def line_units(text: str) -> list[tuple[str, ...]]:
     return [*units, *(words for words in lines if words)]
 
 
+# A word that loops on a piece of itself: 1-8 letters, four or more times in a row ("facefaceface", "ateateateate").
+_PIECE_LOOP = re.compile(r"([^\W\d_]{1,8}?)\1{3,}")
+_PIECE_LOOP_MIN_CHARS = 8
+
+
+def _piece_loops(word: str) -> bool:
+    """Whether `word` (lower-cased) holds a piece of 1-8 letters repeated four or more times in a row, 8 letters or
+    more in all: a model stuck on word pieces writes them with no space between, one 'word' the phrase loop misses."""
+    return any(len(m.group(0)) >= _PIECE_LOOP_MIN_CHARS for m in _PIECE_LOOP.finditer(word))
+
+
 def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:
     """Whether a phrase repeats three times in a row ("of the growth of the growth of the growth"), or one word five
     times: a stretch where `words[i] == words[i + p]` holds for at least `max(2 p, 4)` consecutive `i`."""
@@ -211,7 +223,7 @@ def repeats_line(
     short: dict[tuple[str, ...], int] = {}
     near: dict[tuple[Any, ...], None] = {}
     for words in units:
-        if _loops(words):
+        if _loops(words) or any(_piece_loops(word) for word in words):
             return True
         if len(words) >= min_words:
             if words in seen:
@@ -489,6 +501,7 @@ def repeated_line_spans(
         whole = (word_spans[0][0], end)
         for i, j in _loop_spans(words):
             spans.append((word_spans[i][0], word_spans[j - 1][1]))
+        spans.extend(span for word, span in zip(words, word_spans, strict=False) if _piece_loops(word))
         repeated = False
         if len(words) >= min_words:
             repeated = words in seen
