@@ -622,6 +622,7 @@ def test_repeated_line_spans_agree_with_the_flag_on_random_lists():
         "huggingFacefacesheetsheetshades aedaaedaaedaaedaeateateateateat",
         "ggumumumumumumumumumum",
         "aaaaaaaa",
+        "aaaabcabcabcabc",  # a short loop first must not hide the long one that starts inside it
     ],
 )
 def test_a_word_that_loops_on_a_piece_of_itself_is_a_repeat_with_its_span(answer):
