@@ -132,7 +132,9 @@ class PageRun:
 
     def __init__(self, page: str):
         self.page = page
-        self.workdir = tempfile.mkdtemp(prefix="trl-rubric-docs-")
+        # Removed when the run is dropped or the process ends (a plain mkdtemp left one folder per block in /tmp).
+        self._tmp = tempfile.TemporaryDirectory(prefix="trl-rubric-docs-")
+        self.workdir = self._tmp.name
         self.namespace: dict = {"__name__": "__main__"}
         self.done = 0  # blocks of the page run so far, in order
         self.failed: Block | None = None
@@ -190,10 +192,10 @@ def _page_blocks(page: str) -> list[Block]:
 
 def _run_up_to(block: Block) -> None:
     """Run the page's blocks before `block` that have not run in this process, then `block` itself."""
-    run = _RUNS.setdefault(block.page, PageRun(block.page))
-    blocks = _page_blocks(block.page)
-    if block.index < run.done:  # re-run of the same test in one process (e.g. --count): start the page afresh
+    run = _RUNS.get(block.page)
+    if run is None or block.index < run.done:  # a new page, or a re-run in one process (--count): start afresh
         run = _RUNS[block.page] = PageRun(block.page)
+    blocks = _page_blocks(block.page)
     while run.done < block.index:
         earlier = blocks[run.done]
         if run.failed is None:
@@ -235,6 +237,22 @@ def test_skipped_block_says_why(block):
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.skip_reason is None], ids=lambda b: b.test_id)
 def test_doc_block_runs(block):
     _run_up_to(block)
+
+
+def test_a_page_run_makes_one_working_folder_and_removes_it(monkeypatch):
+    page = "docs/_folder_check.md"
+    blocks = [Block(page, i, "python", f"x = {i}", 1 + 4 * i, None) for i in range(3)]
+    monkeypatch.setattr(sys.modules[__name__], "BLOCKS", blocks)
+    made = []
+    monkeypatch.setattr(
+        tempfile, "mkdtemp", lambda *a, _real=tempfile.mkdtemp, **k: made.append(_real(*a, **k)) or made[-1]
+    )
+    for block in blocks:
+        _run_up_to(block)
+    run = _RUNS.pop(page)
+    assert len(made) == 1 and run.workdir == made[0] and run.namespace["x"] == 2
+    run._tmp.cleanup()
+    assert not os.path.exists(made[0])
 
 
 def test_parser_reads_reasons_and_languages():
