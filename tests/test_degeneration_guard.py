@@ -98,7 +98,7 @@ def test_guard_options_are_checked():
         DegenerationGuard(TextTokenizer(TEXTS), no_repeat_ngram_size=-1)
     with pytest.raises(EvaluationError, match="does nothing"):
         DegenerationGuard(TextTokenizer(TEXTS), 0, ban_empty_items=False, ban_doubled_markers=False,
-                          ban_repeated_lines=False)  # fmt: skip
+                          ban_repeated_lines=False, ban_piece_loops=False)  # fmt: skip
 
 
 PROMPTS = ["hi", "explain the fever dose risk for the patient in detail", "why does the gene matter"]
@@ -151,7 +151,7 @@ def test_evaluate_and_the_cli_decode_with_the_guard_and_record_it(tiny, tiny_mod
     # Recorded with every option spelled out: a later change of the defaults cannot pass for the same decoding.
     assert result.config["degeneration_guard"] == {"no_repeat_ngram_size": 2, "ban_empty_items": True,
                                                    "ban_doubled_markers": True, "ban_repeated_lines": True,
-                                                   "ignore_case": True}  # fmt: skip
+                                                   "ignore_case": True, "ban_piece_loops": True}  # fmt: skip
     expected = generate_responses(model, tokenizer, PROMPTS, 30, 8, temperature=0, progress=False,
                                   degeneration_guard=2).texts  # fmt: skip
     assert [ex["response"] for ex in result.examples] == expected
@@ -249,11 +249,11 @@ def test_build_guard_takes_a_size_or_its_options_and_refuses_unknown_ones():
     tok = EosTokenizer(LINE_TEXTS)
     guard = build_guard(tok, {"no_repeat_ngram_size": 4, "ban_repeated_lines": True}, eos_token_ids=[11])
     assert guard.settings() == {"no_repeat_ngram_size": 4, "ban_empty_items": True, "ban_doubled_markers": True,
-                                "ban_repeated_lines": True, "ignore_case": True}  # fmt: skip
+                                "ban_repeated_lines": True, "ignore_case": True, "ban_piece_loops": True}  # fmt: skip
     assert 11 in guard.line_enders
     assert build_guard(tok, 2).settings() == {"no_repeat_ngram_size": 2, "ban_empty_items": True,
                                               "ban_doubled_markers": True, "ban_repeated_lines": True,
-                                              "ignore_case": True}  # fmt: skip
+                                              "ignore_case": True, "ban_piece_loops": True}  # fmt: skip
     with pytest.raises(EvaluationError, match="unknown option"):
         build_guard(tok, {"no_repeat_ngram_size": 3, "ban_loops": True})
     with pytest.raises(EvaluationError, match="expected an n-gram size"):
@@ -281,3 +281,52 @@ def test_ids_past_the_tokenizer_vocabulary_are_their_own_class():
     far = len(LINE_TEXTS) + 5
     assert guard.bans([8, far, 9, 10, far, 9]) == set()  # " Oh" ? "," " oh" ? ",": one word per trigram
     assert guard.bans([8, 10, far, 8, 10]) == {far}  # "Oh oh ? Oh oh" -> "?" would repeat "oh oh ?"
+
+
+def _leading_letters(text):
+    return re.match(r"[^\W\d_]*", text).group(0)
+
+
+def test_piece_loop_bans_equal_the_check_on_the_word_being_written():
+    """A token (up to three letters, as a looping model writes them) is banned iff, appended, the word being written
+    loops on a piece of itself as `repeats_line` counts it, and that word did not loop before."""
+    from trl_rubric.evaluation.degeneration import _piece_loops
+    from trl_rubric.evaluation.guard import letter_tail
+
+    texts = ["a", "b", "ab", "ba", "aba", "bab", "A", "Ab", "abb", " a", " ab", ".", "a.", "ab ", "\n", "1", "a1"]
+    guard = DegenerationGuard(TextTokenizer(texts), no_repeat_ngram_size=0, ban_empty_items=False,
+                              ban_doubled_markers=False, ban_repeated_lines=False, ban_piece_loops=True)  # fmt: skip
+    rng = random.Random(0)
+    checked = banned_seen = 0
+    for _ in range(600):
+        # random tokens, then (often) one piece repeated: the words that come near a loop
+        answer = [rng.randrange(len(texts)) for _ in range(rng.randrange(0, 6))]
+        answer += [rng.randrange(6)] * rng.choice([0, 2, 3, 4, 5, 7])
+        answer += [rng.randrange(len(texts)) for _ in range(rng.randrange(0, 3))]
+        word = letter_tail("".join(texts[i] for i in answer))
+        if _piece_loops(word):
+            continue
+        checked += 1
+        expected = {tok for tok, text in enumerate(texts) if _piece_loops(word + _leading_letters(text).lower())}
+        assert guard.bans(answer) == expected, (word, [texts[i] for i in expected])
+        banned_seen += bool(expected)
+    assert checked > 300 and banned_seen > 30
+
+
+def test_piece_loop_bans_stop_a_word_looping_and_leave_words_alone():
+    texts = ["Hug", "ging", " Face", "Face", "face", "Faces", "F", "ace", " face", ".", "ate", " a"]
+    guard = DegenerationGuard(TextTokenizer(texts), no_repeat_ngram_size=0)
+    hug, ging, sp_face, face, lface, faces, f, ace, sp_lface, dot, ate, sp_a = range(len(texts))
+    # "Hugging FaceFaceFace": a fourth piece, however it is spelled or split, is banned; a space or a stop is not.
+    written = [hug, ging, sp_face, face, lface]
+    assert guard.bans(written) == {face, lface, faces}
+    assert guard.bans([*written, f]) == {ace}  # "F" starts the fourth piece; "ace" would finish it
+    assert not guard.bans([hug, ging, sp_face]) & {face, lface, faces, sp_lface}
+    # the teacher-side bans (teacher_guard) read the same guard at every position
+    from trl_rubric.trainers.teacher_shaping import guard_bans
+
+    assert {(5, face), (5, lface), (5, faces)} <= set(guard_bans(guard, [*written, sp_lface]))
+    # "ateateate" then "ate" loops; off, nothing is banned
+    assert ate in guard.bans([sp_a, ate, ate, ate])
+    off = DegenerationGuard(TextTokenizer(texts), no_repeat_ngram_size=0, ban_piece_loops=False)
+    assert off.bans(written) == set() and off.settings()["ban_piece_loops"] is False

@@ -851,3 +851,39 @@ def test_sweep_summary_lines_print_a_missing_gap_share_instead_of_failing(closed
     )
     decoded = sweep.decoded_summary("s", "guard", row)
     assert shown in decoded and decoded.startswith("s decoded guard: train +0.200") and "0.25 / 0.00" in decoded
+
+
+def test_guard_replay_counts_the_answers_the_piece_loop_ban_would_have_stopped():
+    from trl_rubric.evaluation import DegenerationGuard
+
+    replay_mod = _load("guard_replay")
+    texts = ["Hug", "ging", " Face", "Face", "face", " rest", ".", " the", " sun"]
+
+    class Tok:
+        def __len__(self):
+            return len(texts)
+
+        def decode(self, ids, **_):
+            return "".join(texts[i] for i in ids)
+
+        def __call__(self, text, add_special_tokens=False):
+            ids, rest = [], text
+            while rest:  # greedy longest match over the small vocabulary
+                i = max((i for i, t in enumerate(texts) if rest.startswith(t)), key=lambda i: len(texts[i]))
+                ids.append(i)
+                rest = rest[len(texts[i]) :]
+            return {"input_ids": ids}
+
+    options, flagged = replay_mod.BANS["piece_loops"]
+    guard = DegenerationGuard(Tok(), **options)
+    results = {
+        "responses": {"base_train": ["Hugging Face rest.", " the sun."]},
+        "runs": {"x": {"train": {"responses": ["Hugging FaceFacefaceFace."]}, "heldout": {"responses": [" sun."]}}},
+    }
+    answers = list(replay_mod.saved_answers(results))
+    assert answers == ["Hugging Face rest.", " the sun.", "Hugging FaceFacefaceFace.", " sun."]
+    counts = replay_mod.replay(guard, Tok(), answers, flagged)
+    assert counts == {"answers": 4, "flagged": 1, "flagged_stopped": 1, "unflagged_stopped": 0,
+                      "unflagged_stopped_examples": []}  # fmt: skip
+    # the fourth piece is where the ban falls
+    assert replay_mod.first_banned(guard, Tok()("Hugging FaceFacefaceFace.")["input_ids"]) == 5

@@ -181,14 +181,14 @@ def line_units(text: str) -> list[tuple[str, ...]]:
 
 # A word that loops on a piece of itself: 1-8 letters, four or more times in a row ("facefaceface", "ateateateate").
 # A lookahead, so that a short loop ("aaaa") does not hide a longer one that starts inside it ("aaaabcabcabcabc").
-_PIECE_LOOP = re.compile(r"(?=(([^\W\d_]{1,8}?)\2{3,}))")
-_PIECE_LOOP_MIN_CHARS = 8
+PIECE_LOOP_MAX_PIECE, PIECE_LOOP_MIN_REPEATS, PIECE_LOOP_MIN_CHARS = 8, 4, 8
+_PIECE_LOOP = re.compile(rf"(?=(([^\W\d_]{{1,{PIECE_LOOP_MAX_PIECE}}}?)\2{{{PIECE_LOOP_MIN_REPEATS - 1},}}))")
 
 
 def _piece_loops(word: str) -> bool:
     """Whether `word` (lower-cased) holds a piece of 1-8 letters repeated four or more times in a row, 8 letters or
     more in all: a model stuck on word pieces writes them with no space between, one 'word' the phrase loop misses."""
-    return any(len(m.group(1)) >= _PIECE_LOOP_MIN_CHARS for m in _PIECE_LOOP.finditer(word))
+    return any(len(m.group(1)) >= PIECE_LOOP_MIN_CHARS for m in _PIECE_LOOP.finditer(word))
 
 
 def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:

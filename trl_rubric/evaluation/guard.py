@@ -14,7 +14,12 @@ the next tokens that would
 - end a line (or the answer) that repeats an earlier line, list item or sentence, or that holds list markers and no
   word ("1. Never." / "2. Never.", "3. (IV)"), compared the way the degeneration checks compare them
   (`trl_rubric.evaluation.degeneration`: markers, emphasis, punctuation and case stripped), so short items the
-  n-gram bans cannot reach are covered.
+  n-gram bans cannot reach are covered;
+- make the word being written loop on a piece of itself ("FaceFaceFaceFace", "ateateateate": a piece of 1-8 letters
+  four or more times in a row, 8 letters or more, case ignored), the check `degeneration.repeats_line` applies to
+  words. A policy collapsed by a reward writes these with no space between; a loop whose pieces split into tokens
+  differently each time ("Face", "face", "F" + "ace") repeats no token n-gram, and it is one line, so neither the
+  n-gram nor the line bans reach it. Letters split over byte tokens (rare characters) are not seen.
 
 The n-gram bans treat tokens that differ only in case or surrounding spaces (" Oh" / "oh" / " OH") as one token.
 
@@ -27,12 +32,19 @@ one decode of the vocabulary when built.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from transformers import LogitsProcessor
 
 from ..losses import teacher_bias
-from .degeneration import line_units, stripped_words
+from .degeneration import (
+    PIECE_LOOP_MAX_PIECE,
+    PIECE_LOOP_MIN_CHARS,
+    PIECE_LOOP_MIN_REPEATS,
+    line_units,
+    stripped_words,
+)
 from .errors import EvaluationError
 
 
@@ -70,6 +82,47 @@ def line_end_banned(text: str) -> bool:
     return words in set(line_units(earlier))
 
 
+def letter_tail(text: str) -> str:
+    """The letters at the end of `text` (lower case): the word being written, up to its last non-letter."""
+    i = len(text)
+    while i and text[i - 1].isalpha():
+        i -= 1
+    return text[i:].lower()
+
+
+def piece_loop_continuations(word: str) -> set[str]:
+    """The shortest strings that, written right after `word` (lower-case letters), make it loop on a piece of itself
+    as `degeneration.repeats_line` counts a loop: for each piece length L (1-8), the word's last L letters continued
+    periodically until a run of period L holds `max(4, ceil(8 / L))` whole pieces. Empty when `word` is empty; a
+    word that already loops gets no continuation for that length (the check flags it whatever comes next)."""
+    out: set[str] = set()
+    n = len(word)
+    for size in range(1, min(PIECE_LOOP_MAX_PIECE, n) + 1):
+        run = size  # the longest suffix of `word` with period `size`
+        while run < n and word[n - run - 1] == word[n - run - 1 + size]:
+            run += 1
+        need = size * max(PIECE_LOOP_MIN_REPEATS, -(-PIECE_LOOP_MIN_CHARS // size))
+        if run < need:
+            out.add("".join(word[n - size + j % size] for j in range(need - run)))
+    return out
+
+
+class _PrefixIndex:
+    """Token ids by lower-cased text, for "every token whose text starts with s" by binary search."""
+
+    def __init__(self, texts: list[str]):
+        pairs = sorted((text.lower(), i) for i, text in enumerate(texts) if text[:1].isalpha())
+        self.keys = [key for key, _ in pairs]
+        self.ids = [i for _, i in pairs]
+
+    def starting_with(self, prefix: str) -> list[int]:
+        lo = bisect.bisect_left(self.keys, prefix)
+        hi = lo
+        while hi < len(self.keys) and self.keys[hi].startswith(prefix):
+            hi += 1
+        return self.ids[lo:hi]
+
+
 def _case_classes(texts: list[str]) -> list[int]:
     """Each token's class id: the smallest id with the same text once case and surrounding spaces are dropped
     (tokens that are all spaces keep their own id)."""
@@ -94,6 +147,8 @@ class DegenerationGuard(LogitsProcessor):
         ban_repeated_lines: Forbid ending a line, or the answer, where the line repeats an earlier line, item or
             sentence, or holds markers and no word ([`line_end_banned`]).
         ignore_case: Compare n-grams on tokens with case and surrounding spaces dropped.
+        ban_piece_loops: Forbid tokens that continue the word being written (no space before them) so that it loops
+            on a piece of itself ([`piece_loop_continuations`]).
         eos_token_ids: The ids that end the answer, banned with the line ends under `ban_repeated_lines` (default:
             the tokenizer's `eos_token_id`).
 
@@ -110,17 +165,21 @@ class DegenerationGuard(LogitsProcessor):
         ban_doubled_markers: bool = True,
         ban_repeated_lines: bool = True,
         ignore_case: bool = True,
+        ban_piece_loops: bool = True,
         eos_token_ids: list[int] | None = None,
     ):
         if no_repeat_ngram_size < 0:
             raise EvaluationError(f"no_repeat_ngram_size is {no_repeat_ngram_size}; expected 0 (off) or more")
-        if not (no_repeat_ngram_size or ban_empty_items or ban_doubled_markers or ban_repeated_lines):
+        if not (
+            no_repeat_ngram_size or ban_empty_items or ban_doubled_markers or ban_repeated_lines or ban_piece_loops
+        ):
             raise EvaluationError("DegenerationGuard with every ban off does nothing; turn one on")
         texts, content, enders, starts = _tables(tokenizer)
         self.no_repeat_ngram_size = no_repeat_ngram_size
         self.ban_repeated_lines = ban_repeated_lines
         self.ignore_case = ignore_case
         self.texts = texts
+        self.piece_index = _PrefixIndex(texts) if ban_piece_loops else None
         if eos_token_ids is None:
             eos = getattr(tokenizer, "eos_token_id", None)
             eos_token_ids = [] if eos is None else [eos]
@@ -152,6 +211,7 @@ class DegenerationGuard(LogitsProcessor):
             "ban_doubled_markers": bool(self.empty_items and self.empty_items[2]),
             "ban_repeated_lines": self.ban_repeated_lines,
             "ignore_case": self.ignore_case,
+            "ban_piece_loops": self.piece_index is not None,
         }
 
     def bans(self, completion: list[int]) -> set[int]:
@@ -165,10 +225,13 @@ class DegenerationGuard(LogitsProcessor):
                 classes = [self.classes[tok] if tok < len(self.classes) else tok for tok in completion]
                 for c in next_token_bans(classes, self.no_repeat_ngram_size, self.content_tokens, None):
                     banned.update(self.members.get(c, (c,)))
-        if self.ban_repeated_lines and line_end_banned(
-            "".join(self.texts[tok] for tok in completion if tok < len(self.texts))
-        ):
-            banned.update(self.line_enders)
+        if self.ban_repeated_lines or self.piece_index is not None:
+            text = "".join(self.texts[tok] for tok in completion if tok < len(self.texts))
+            if self.ban_repeated_lines and line_end_banned(text):
+                banned.update(self.line_enders)
+            if self.piece_index is not None:
+                for tail in piece_loop_continuations(letter_tail(text)):
+                    banned.update(self.piece_index.starting_with(tail))
         return banned
 
     def reset(self) -> None:
