@@ -32,13 +32,17 @@ BANS = {
 
 
 def saved_answers(results: dict[str, Any]) -> Iterator[str]:
-    """Every answer text a sweep's `results.json` holds: base and teacher answers, then each run's train and
-    held-out student answers."""
+    """Every answer text a sweep's `results.json` holds: base and teacher answers, the base model's answers under
+    each `--decode` setting, then each run's train and held-out student answers, plain and under each setting."""
     for answers in results.get("responses", {}).values():
         yield from answers
-    for run in results.get("runs", {}).values():
+    for decoded in results.get("decoded", {}).values():
         for split in ("train", "heldout"):
-            yield from run.get(split, {}).get("responses", [])
+            yield from decoded.get(split, {}).get("responses", [])
+    for run in results.get("runs", {}).values():
+        for part in (run, *run.get("decoded", {}).values()):
+            for split in ("train", "heldout"):
+                yield from part.get(split, {}).get("responses", [])
 
 
 def first_banned(guard: Any, ids: list[int]) -> int | None:

@@ -878,12 +878,15 @@ def test_guard_replay_counts_the_answers_the_piece_loop_ban_would_have_stopped()
     guard = DegenerationGuard(Tok(), **options)
     results = {
         "responses": {"base_train": ["Hugging Face rest.", " the sun."]},
-        "runs": {"x": {"train": {"responses": ["Hugging FaceFacefaceFace."]}, "heldout": {"responses": [" sun."]}}},
-    }
+        "decoded": {"g": {"train": {"responses": [" the rest."]}, "heldout": {"responses": []}}},
+        "runs": {"x": {"train": {"responses": ["Hugging FaceFacefaceFace."]}, "heldout": {"responses": [" sun."]},
+                       "decoded": {"g": {"train": {"responses": ["Face rest."]}}}}},
+    }  # fmt: skip
     answers = list(replay_mod.saved_answers(results))
-    assert answers == ["Hugging Face rest.", " the sun.", "Hugging FaceFacefaceFace.", " sun."]
+    assert answers == ["Hugging Face rest.", " the sun.", " the rest.", "Hugging FaceFacefaceFace.", " sun.",
+                       "Face rest."]  # fmt: skip
     counts = replay_mod.replay(guard, Tok(), answers, flagged)
-    assert counts == {"answers": 4, "flagged": 1, "flagged_stopped": 1, "unflagged_stopped": 0,
+    assert counts == {"answers": 6, "flagged": 1, "flagged_stopped": 1, "unflagged_stopped": 0,
                       "unflagged_stopped_examples": []}  # fmt: skip
     # the fourth piece is where the ban falls
     assert replay_mod.first_banned(guard, Tok()("Hugging FaceFacefaceFace.")["input_ids"]) == 5
