@@ -15,10 +15,10 @@ This script takes such runs and reports, plain and under every `--decode` settin
   teacher its runs learned from: a setting with its own teacher view (`template=`, ...) against that view's answers
   (`own_view_teacher_train`; `benchmarks/own_view_teacher.py` adds them to runs trained before the sweep saved them);
 - per group (`--groups`): the mean, range and standard deviation of the gap closed over the group's runs, the base →
-  student change of each named criterion pooled over them, and that change as a share of the teacher's lead over the
-  base model on the criterion (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of
-  equal size, the i-th run of one paired with the i-th of the other (same training seed), per-answer differences
-  pooled over the pairs;
+  student change of each named criterion pooled over them (on the train answers, and on the held-out answers, where
+  no teacher is sampled), and the train change as a share of the teacher's lead over the base model on the criterion
+  (none where the teacher is less than `MIN_LEAD` ahead); and between two groups of equal size, the i-th run of one
+  paired with the i-th of the other (same training seed), per-answer differences pooled over the pairs;
 - every pair of runs: the paired per-answer difference of scores (train, held-out) and of each named criterion.
 
 Intervals are 95% paired bootstraps over answers. They say how sure one run's (or one pool's) answers are, not how
@@ -300,12 +300,14 @@ def main(argv=None) -> dict[str, Any]:
                   + f" | {row['length'] or float('nan'):.0f} |")  # fmt: skip
         report: dict[str, Any] = {"runs": rows, "teacher": teacher, "groups": {}, "group_pairs": {}, "pairs": {}}
         for name, index in groups.items():
-            pooled = {}
+            pooled, pooled_heldout = {}, {}
             for c in args.criteria:
-                before = [row[c] for row in base_verdicts["train"]] * len(index)  # each run against the same base
-                after = [row[c] for i in index for row in verdicts[i]["train"]]
-                pooled[c] = paired_difference(after, before)
-            g = {"gap_closed": spread([rows[i]["gap_closed"] for i in index]), "criteria_change": pooled}
+                for split, into in (("train", pooled), ("heldout", pooled_heldout)):
+                    before = [row[c] for row in base_verdicts[split]] * len(index)  # each run against the same base
+                    after = [row[c] for i in index for row in verdicts[i][split]]
+                    into[c] = paired_difference(after, before)
+            g = {"gap_closed": spread([rows[i]["gap_closed"] for i in index]), "criteria_change": pooled,
+                 "criteria_change_heldout": pooled_heldout}  # fmt: skip
             mine = group_teacher(index, own, teacher_verdicts, decoding, labels, name)
             if mine is not None:
                 g["teacher"] = {c: rate(mine, c) for c in args.criteria}
@@ -316,7 +318,8 @@ def main(argv=None) -> dict[str, Any]:
             print(f"{name} ({len(index)} run{'s' if len(index) > 1 else ''}): gap closed mean {gc['mean'] * 100:.0f}%, range "
                   f"{gc['min'] * 100:.0f}–{gc['max'] * 100:.0f}%"
                   + (f", sd {gc['sd'] * 100:.0f}" if gc["sd"] is not None else "")
-                  + "; base → student, pooled: " + ", ".join(f"{c} {_fmt(d)}" for c, d in pooled.items()))  # fmt: skip
+                  + "; base → student, pooled: " + ", ".join(f"{c} {_fmt(d)}" for c, d in pooled.items())
+                  + "; held-out: " + ", ".join(f"{c} {_fmt(d)}" for c, d in pooled_heldout.items()))  # fmt: skip
             if mine is not None:
                 if g["teacher"] != teacher:
                     print(f"{name}: its teacher (rubric shown, its own view), train: "

@@ -633,6 +633,11 @@ def test_compare_runs_rows_spread_and_pairs_match_a_plain_reference(tmp_path, ca
     assert x["mean"] == pytest.approx((0.4 + rows["B"]["train"]["delta"]) / 2 / 0.25)
     assert x["min"] == pytest.approx(rows["B"]["gap_closed"]) and x["sd"] > 0
     assert report["groups"]["x"]["criteria_change"]["key term"]["delta"] == pytest.approx(0.5)  # A 1.0, B 0.0, base 0
+    # held-out: A names every held-out key term, B none, base none
+    assert report["groups"]["x"]["criteria_change_heldout"]["key term"]["delta"] == pytest.approx(0.5)
+    assert report["groups"]["y"]["criteria_change_heldout"]["key term"]["delta"] == pytest.approx(
+        (1 / n["heldout"] + 1) / 2
+    )
     xy = report["group_pairs"]["x - y"]["train"]
     pooled = [p - q for p, q in zip(a["train"][0] + b["train"][0], c["train"][0] + a["train"][0], strict=True)
               if q is not None and p is not None]  # fmt: skip
@@ -890,3 +895,41 @@ def test_guard_replay_counts_the_answers_the_piece_loop_ban_would_have_stopped()
                       "unflagged_stopped_examples": []}  # fmt: skip
     # the fourth piece is where the ban falls
     assert replay_mod.first_banned(guard, Tok()("Hugging FaceFacefaceFace.")["input_ids"]) == 5
+
+
+def test_rollout_log_windows_change_slope_and_group_shares_match_a_plain_reference(tmp_path, capsys):
+    import statistics
+
+    log_mod = _load("rollout_log")
+    rates = [0.25, 0.5, 0.0, 0.5, 0.75, 0.5, 1.0, 0.75, 0.5, 1.0]
+    sat = [0, 0, 0, 0, 1, 0, 2, 1, 0, 2]
+    unr = [1, 0, 2, 1, 0, 0, 0, 0, 0, 0]
+    lines = [{"step": 10 - i, "reward": str(rates[9 - i]), "criteria/key_term/pass_rate": str(rates[9 - i]),
+              "criteria/key_term/saturated": sat[9 - i], "criteria/key_term/unreachable": unr[9 - i],
+              "criteria/key_term/contrasting": 2 - sat[9 - i] - unr[9 - i],
+              "frac_reward_zero_std": 1.0 if i == 7 else 0.5, "completions/mean_length": 90,
+              "completions/clipped_ratio": 0.5} for i in range(10)]  # written out of order  # fmt: skip
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n" + json.dumps({"step": 10, "train_loss": 0.1}))
+    out = log_mod.main([str(tmp_path), "--criterion", "key term", "--window", "4", "--labels", "r"])["r"]
+    assert out["steps"] == 10
+    assert out["windows"] == pytest.approx([statistics.mean(rates[:4]), statistics.mean(rates[4:8]),
+                                            statistics.mean(rates[8:])])  # fmt: skip
+    assert out["first_to_last"]["delta"] == pytest.approx(statistics.mean(rates[-4:]) - statistics.mean(rates[:4]))
+    low, high = out["first_to_last"]["delta_ci"]
+    assert low <= out["first_to_last"]["delta"] <= high
+    assert out["slope_per_10_steps"] == pytest.approx(10 * statistics.linear_regression(range(1, 11), rates).slope)
+    total = 2 * 10
+    assert out["groups"] == pytest.approx({"saturated": sum(sat) / total, "unreachable": sum(unr) / total,
+                                           "contrasting": (total - sum(sat) - sum(unr)) / total})  # fmt: skip
+    assert out["groups_first"]["unreachable"] == pytest.approx(sum(unr[:4]) / 8)
+    assert out["groups_last"]["saturated"] == pytest.approx(sum(sat[-4:]) / 8)
+    assert out["steps_with_contrast"] == pytest.approx(0.9)
+    assert "pass rate 0.57" in capsys.readouterr().out
+    # a run shorter than two windows compares its halves
+    short = log_mod.summarize(log_mod.read_log(str(path))[:6], "key_term", 8)
+    assert short["first_to_last"]["delta"] == pytest.approx(statistics.mean(rates[3:6]) - statistics.mean(rates[:3]))
+    with pytest.raises(ValueError, match="criteria logged are \\['key_term'\\]"):
+        log_mod.summarize(log_mod.read_log(str(path)), "short", 4)
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        log_mod.read_log(str(tmp_path / "nowhere"))
