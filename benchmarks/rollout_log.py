@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,10 @@ def window_change(first: Sequence[float], last: Sequence[float], seed: int = 0, 
 
 
 def slope(steps: Sequence[float], values: Sequence[float]) -> float | None:
-    """The least-squares slope of `values` against `steps` (per step); `None` under two points."""
-    if len(values) < 2:
+    """The least-squares slope of `values` against `steps` (per step); `None` under two distinct steps."""
+    if len(set(steps)) < 2:
         return None
-    mx, my = _mean(steps), _mean(values)
-    sxx = sum((x - mx) ** 2 for x in steps)
-    return sum((x - mx) * (y - my) for x, y in zip(steps, values, strict=True)) / sxx if sxx else None
+    return statistics.linear_regression(steps, values).slope
 
 
 def status_shares(rows: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
