@@ -21,6 +21,10 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   instead of the whole train split): each is then rolled out about twice as often in the same steps, so the scored
   train answers measure what more exposure per prompt teaches (the held-out prompts stay unseen). Not with the
   settings that train on references (their rows are the references);
+- `init_from=<folder>`: train from a saved student instead of SmolLM2 itself (a LoRA adapter folder as
+  `--save_students` writes, merged into the base, or a full model folder): a second phase after another sweep's run
+  (reward first, then RGSD). The frozen teacher is the policy with the new adapter disabled, so it is that student
+  shown the rubric; the base scored against, and the gap, stay SmolLM2's, the yardstick of every other row;
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -65,7 +69,9 @@ from trl_rubric.testing import OFFLINE_ENV
 #: A list item: a line opening with a number and `.` or `)`, or a bullet.
 LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s", re.M)
 
-OWN_KEYS = ("finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit", "train_prompts")
+OWN_KEYS = (
+    "finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit", "train_prompts", "init_from",
+)  # fmt: skip
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
 #: "requirements"; `notes_first` is now the world's own), and the world's template before them. `docs/benchmarks.md`
@@ -323,6 +329,23 @@ def generation_settings(args) -> dict[str, Any]:
     return dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
 
 
+def starting_model(path: str, pairs: dict[str, str]):
+    """What a setting trains from: the base model's folder `path`, or (`init_from=<folder>`) a saved student loaded
+    as a plain model: a LoRA adapter folder is put on the base at `path` and merged, a full model folder loaded."""
+    from transformers import AutoModelForCausalLM
+
+    source = pairs.get("init_from")
+    if not source:
+        return path
+    if not os.path.isdir(source):
+        raise SystemExit(f"init_from={source!r}: not a folder (a student saved with --save_students)")
+    if not os.path.exists(os.path.join(source, "adapter_config.json")):
+        return AutoModelForCausalLM.from_pretrained(source)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), source).merge_and_unload()
+
+
 def setting_kwargs(args, name: str, pairs: dict[str, str]) -> dict[str, Any]:
     """The `RGSDConfig` keyword arguments of one setting: the sweep's sizes, the world's teacher view, the setting's
     own fields, and its `template=` choice."""
@@ -477,12 +500,13 @@ def main(argv=None) -> dict[str, Any]:
             limit = int(pairs["max_list_items"])
             refs = refs.filter(lambda r, limit=limit: len(LIST_ITEM.findall(r["reference"])) <= limit)
             print(f"{name}: {len(refs)} of {len(train_refs)} references have at most {limit} list items", flush=True)
+        start = starting_model(path, pairs)
         if pairs.get("trainer") == "sft":
-            trainer = sft_trainer(path, kwargs, refs, tokenizer, lora)
+            trainer = sft_trainer(start, kwargs, refs, tokenizer, lora)
         else:
             omitted = pairs["teacher_omit"].split("|") if "teacher_omit" in pairs else None
             train_ds = refs if reference_context else training_prompts(train_all, pairs, args)
-            trainer = RGSDTrainer(path, args=config, train_dataset=omit_criteria(train_ds, omitted) if omitted else train_ds,
+            trainer = RGSDTrainer(start, args=config, train_dataset=omit_criteria(train_ds, omitted) if omitted else train_ds,
                                   processing_class=tokenizer, peft_config=lora,
                                   reward_funcs=judge_reward(pairs, world, config))  # fmt: skip
         t = time.perf_counter()
@@ -549,7 +573,7 @@ def main(argv=None) -> dict[str, Any]:
     return results
 
 
-def sft_trainer(path, kwargs: dict[str, Any], references, tokenizer, lora):
+def sft_trainer(model, kwargs: dict[str, Any], references, tokenizer, lora):
     """TRL's SFTTrainer on `(prompt, reference)` rows, with the run's shared training settings."""
     from trl import SFTConfig, SFTTrainer
 
@@ -561,7 +585,7 @@ def sft_trainer(path, kwargs: dict[str, Any], references, tokenizer, lora):
         lambda r: {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["reference"]}]},
         remove_columns=[c for c in references.column_names if c != "prompt"],
     )
-    return SFTTrainer(path, args=config, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
+    return SFTTrainer(model, args=config, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
 
 
 def _write(results: dict[str, Any], output_dir: str) -> None:

@@ -933,3 +933,33 @@ def test_rollout_log_windows_change_slope_and_group_shares_match_a_plain_referen
         log_mod.summarize(log_mod.read_log(str(path)), "short", 4)
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         log_mod.read_log(str(tmp_path / "nowhere"))
+
+
+def test_sweep_init_from_starts_at_a_saved_student_merged_into_the_base(tiny_model_path, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    assert sweep.starting_model(tiny_model_path, {}) == tiny_model_path  # no init_from: the base folder, as before
+    torch.manual_seed(0)
+    student = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(r=4, lora_alpha=8))
+    with torch.no_grad():  # a trained adapter: B is zero at init, which would hide a lost adapter
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    student.save_pretrained(tmp_path / "student")
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), tmp_path / "student")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        want, plain = reference(ids).logits, base(ids).logits
+        got = sweep.starting_model(tiny_model_path, {"init_from": str(tmp_path / "student")})
+        assert not hasattr(got, "peft_config")  # merged: the new run's LoRA goes on a plain model
+        assert torch.allclose(got(ids).logits, want, atol=1e-4)
+        assert not torch.allclose(want, plain, atol=1e-3)
+        got.save_pretrained(tmp_path / "full")
+        full = sweep.starting_model(tiny_model_path, {"init_from": str(tmp_path / "full")})
+        assert torch.allclose(full(ids).logits, want, atol=1e-4)
+    with pytest.raises(SystemExit, match="init_from='/nowhere'"):
+        sweep.starting_model(tiny_model_path, {"init_from": "/nowhere"})
+    assert sweep.config_overrides({"init_from": "x", "learning_rate": "1e-3"}) == {"learning_rate": 1e-3}
