@@ -257,6 +257,10 @@ def parse_args(argv=None):
                 raise ValueError(
                     f"template={template!r}: expected direct, default or one of {list(CANDIDATE_TEMPLATES)}"
                 )
+            if "init_from" in pairs and not os.path.isdir(pairs["init_from"]):  # before minutes of base scoring
+                raise ValueError(
+                    f"init_from={pairs['init_from']!r}: not a folder (a student saved with --save_students)"
+                )
     except ValueError as e:
         p.error(str(e))
     return args

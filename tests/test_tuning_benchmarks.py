@@ -963,3 +963,6 @@ def test_sweep_init_from_starts_at_a_saved_student_merged_into_the_base(tiny_mod
     with pytest.raises(SystemExit, match="init_from='/nowhere'"):
         sweep.starting_model(tiny_model_path, {"init_from": "/nowhere"})
     assert sweep.config_overrides({"init_from": "x", "learning_rate": "1e-3"}) == {"learning_rate": 1e-3}
+    with pytest.raises(SystemExit):  # refused when the arguments are read, before the base model is scored
+        sweep.parse_args(["--settings", "two:init_from=/nowhere"])
+    assert sweep.parse_args(["--settings", f"two:init_from={tmp_path / 'student'}"]).parsed[0][1]["init_from"]
