@@ -44,6 +44,7 @@ SECTIONS = [
             "summarize",
             "generate_responses",
             "load_model_and_tokenizer",
+            "merge_adapter",
             "EvalResult",
             "EvalMetrics",
             "GapResult",

@@ -41,6 +41,7 @@ _EXPORTS = {
     "generate_responses": ".evaluation",
     "token_logratio_view": ".evaluation",
     "load_model_and_tokenizer": ".evaluation",
+    "merge_adapter": ".evaluation",
     "EvalResult": ".evaluation",
     "EvalMetrics": ".evaluation",
     "GapResult": ".evaluation",
@@ -82,6 +83,7 @@ __all__ = [
     "generate_responses",
     "load_model_and_tokenizer",
     "load_rubric_dataset",
+    "merge_adapter",
     "summarize",
     "token_logratio_view",
 ]
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
         evaluate,
         generate_responses,
         load_model_and_tokenizer,
+        merge_adapter,
         summarize,
         token_logratio_view,
     )

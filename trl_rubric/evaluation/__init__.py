@@ -15,7 +15,7 @@ Three questions, three entry points:
 Scores follow [`Rubric.score`]: per example, the sum of the weights of met criteria (penalties included) over the sum of
 positive weights, leaving unknown verdicts out; dataset means are clipped to [0, 1] as HealthBench does.
 
-The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters), `grading`
+The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters, [`merge_adapter`]), `grading`
 ([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `guard`
 ([`DegenerationGuard`]: decoding without list loops), `stats` (bootstrap), `gap` ([`conditioning_gap`]), `views`
 ([`compare_teacher_views`]: which teacher view to train with), `verdict` (its plain-language reading), `token_view`
@@ -45,7 +45,7 @@ from .generation import (
 )
 from .grading import EvalResult, evaluate, select_examples
 from .guard import DegenerationGuard
-from .loading import check_model_path, load_model_and_tokenizer
+from .loading import adapter_base, check_model_path, load_model_and_tokenizer, merge_adapter
 from .metrics import UNCATEGORIZED, EvalMetrics, strict_outcome, summarize
 from .plots import plot_length_histogram, plot_score_by_category, plot_token_views
 from .report import metrics_markdown, write_eval_outputs, write_gap_outputs
@@ -73,6 +73,7 @@ __all__ = [
     "TokenView",
     "VLLMGenerator",
     "ViewComparison",
+    "adapter_base",
     "bootstrap_ci",
     "candidate_views",
     "check_model_path",
@@ -86,6 +87,7 @@ __all__ = [
     "gap_verdict",
     "generate_responses",
     "load_model_and_tokenizer",
+    "merge_adapter",
     "metrics_markdown",
     "plot_length_histogram",
     "plot_score_by_category",

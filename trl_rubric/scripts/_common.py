@@ -218,6 +218,38 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+#: Where a run that starts from a PEFT adapter keeps the adapter merged into its base, under its `output_dir`. The
+#: leading underscore keeps it out of Hub pushes (`Trainer.push_to_hub` skips `_*`).
+START_MODEL_DIR = "_start_model"
+
+
+def start_from_adapter(path: str, model_args, training_args) -> str:
+    """`path` itself, or, when it is a PEFT adapter folder (a first training phase's output), that adapter merged into
+    its base at `output_dir/_start_model` (`trl_rubric.evaluation.merge_adapter`), so training goes on from the
+    adapter's weights and RGSD's teacher is that model shown the rubric. One process per machine merges while the
+    others wait; a resumed run reuses the merged folder."""
+    from ..evaluation import EvaluationError
+    from ..evaluation.loading import adapter_base, merge_adapter
+
+    try:
+        base = adapter_base(path)
+        if base is None:
+            return path
+        from accelerate import PartialState
+
+        target = os.path.join(training_args.output_dir, START_MODEL_DIR)
+        state = PartialState()
+        if state.is_local_main_process:
+            print(f"model_name_or_path {path!r} is a PEFT adapter on {base!r}: training starts from it merged into "
+                  f"its base, in {target}")  # fmt: skip
+        with state.local_main_process_first():
+            return merge_adapter(
+                path, target, dtype=model_args.dtype or "auto", trust_remote_code=training_args.trust_remote_code
+            )
+    except EvaluationError as e:
+        raise UsageError(f"model_name_or_path: {e}") from None
+
+
 def prepare_model_init(model_args, training_args) -> None:
     """Fill `training_args.model_init_kwargs` from `ModelConfig`, as TRL's own scripts do."""
     if not model_args.model_name_or_path:
@@ -228,6 +260,7 @@ def prepare_model_init(model_args, training_args) -> None:
         os.path.expanduser(path)
     ):
         raise UsageError(f"model_name_or_path {path!r} does not exist")
+    model_args.model_name_or_path = start_from_adapter(path, model_args, training_args)
     kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,

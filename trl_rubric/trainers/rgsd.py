@@ -27,6 +27,7 @@ from trl.trainer.utils import get_config_model_id, pad, use_adapter
 
 from .. import losses, multi_teacher
 from ..data import named_datasets
+from ..evaluation.loading import refuse_adapter_model
 from ..judges.base import RubricJudge
 from ..losses import teacher_bias
 from ..model_card import RubricModelCardMixin
@@ -134,6 +135,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
         check_rgsd_arguments(args, reward_funcs, teacher_model, environment_factory)  # before any model loads
+        refuse_adapter_model(model, "model", "RGSDTrainer")
+        refuse_adapter_model(teacher_model or args.teacher_model_name_or_path, "teacher_model", "RGSDTrainer")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
         self._rgsd_has_rewards = reward_funcs is not None

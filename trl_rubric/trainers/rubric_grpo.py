@@ -26,6 +26,7 @@ from trl.trainer.utils import get_config_model_id
 from ..adaptive.callback import adaptive_callback_from
 from ..data import named_datasets, validate_rubric_column
 from ..evaluation.degeneration import log_degeneration
+from ..evaluation.loading import refuse_adapter_model
 from ..judges.base import RubricJudge
 from ..judges.factory import JudgeArguments, build_judge
 from ..model_card import RubricModelCardMixin
@@ -370,6 +371,7 @@ class RubricGRPOTrainer(JudgeAheadMixin, ExactResumeMixin, RubricModelCardMixin,
                 "fields) or pass judge=..."
             )
         refuse_vllm_server_without_cuda(args, "RubricGRPOTrainer")
+        refuse_adapter_model(model, "model", "RubricGRPOTrainer")
         if args.remove_unused_columns:
             raise ValueError(
                 f"remove_unused_columns=True would drop the {_setting(args, 'rubric_column')!r} column the judge "
