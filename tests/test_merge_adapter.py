@@ -53,7 +53,10 @@ def test_merge_adapter_writes_the_adapters_model_and_tokenizer(tiny_model_path, 
     merged, reference = _logits(out), _peft_logits(tiny_model_path, adapter)
     assert torch.allclose(merged, reference, atol=1e-5)
     assert not torch.allclose(merged, _logits(tiny_model_path), atol=1e-3)  # the adapter's weights, not the base's
-    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_model_path).chat_template
+    assert (
+        AutoTokenizer.from_pretrained(out).chat_template
+        == AutoTokenizer.from_pretrained(tiny_model_path).chat_template
+    )
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".merging-")]  # staging folder renamed
 
 
@@ -110,7 +113,9 @@ def test_trainers_refuse_an_adapter_folder_with_the_fix(tiny_model_path, tmp_pat
         RubricGRPOTrainer(adapter, args=grpo_args, train_dataset=_rows())
 
 
-def test_rgsd_command_starts_from_an_adapter_merged_and_its_teacher_is_that_model(tiny_model_path, tmp_path):
+def test_rgsd_command_starts_from_an_adapter_merged_and_its_teacher_is_that_model(
+    tiny_model_path, tmp_path, monkeypatch
+):
     """`trl-rubric rgsd --model_name_or_path <adapter>` trains on from the adapter: the policy starts at the adapter's
     weights, and the frozen teacher (the LoRA policy with its adapters disabled) is the adapter's model, not the base
     the adapter was trained on."""
@@ -120,8 +125,9 @@ def test_rgsd_command_starts_from_an_adapter_merged_and_its_teacher_is_that_mode
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in make_rubric_rows(4)))
     out = tmp_path / "phase2"
+    monkeypatch.chdir(tmp_path)  # a relative output_dir: the adapters saved later name the merged folder absolutely
     argv = [
-        "--model_name_or_path", adapter, "--dataset_name", str(rows), "--output_dir", str(out), "--use_cpu",
+        "--model_name_or_path", adapter, "--dataset_name", str(rows), "--output_dir", "phase2", "--use_cpu",
         "--bf16", "false", "--report_to", "none", "--max_completion_length", "8", "--per_device_train_batch_size", "2",
         "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
     ]  # fmt: skip

@@ -237,7 +237,8 @@ def start_from_adapter(path: str, model_args, training_args) -> str:
             return path
         from accelerate import PartialState
 
-        target = os.path.join(training_args.output_dir, START_MODEL_DIR)
+        # absolute: the adapters this run saves name it as their base, and are loaded from anywhere
+        target = os.path.abspath(os.path.join(training_args.output_dir, START_MODEL_DIR))
         state = PartialState()
         if state.is_local_main_process:
             print(f"model_name_or_path {path!r} is a PEFT adapter on {base!r}: training starts from it merged into "
