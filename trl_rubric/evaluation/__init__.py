@@ -15,11 +15,11 @@ Three questions, three entry points:
 Scores follow [`Rubric.score`]: per example, the sum of the weights of met criteria (penalties included) over the sum of
 positive weights, leaving unknown verdicts out; dataset means are clipped to [0, 1] as HealthBench does.
 
-The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters, [`merge_adapter`]), `grading`
-([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric text, meta-talk), `guard`
-([`DegenerationGuard`]: decoding without list loops), `stats` (bootstrap), `gap` ([`conditioning_gap`]), `views`
-([`compare_teacher_views`]: which teacher view to train with), `verdict` (its plain-language reading), `token_view`
-(per-token log-ratios), `token_view_html`, `plots` and `report` (output files).
+The package has one module per job: `generation` (transformers and vLLM), `loading` (models and adapters;
+[`merge_adapter`]), `grading` ([`evaluate`]), `metrics` ([`summarize`]), `degeneration` (repeated lines, copied rubric
+text, meta-talk), `guard` ([`DegenerationGuard`]: decoding without list loops), `stats` (bootstrap), `gap`
+([`conditioning_gap`]), `views` ([`compare_teacher_views`]: which teacher view to train with), `verdict` (its
+plain-language reading), `token_view` (per-token log-ratios), `token_view_html`, `plots` and `report` (output files).
 Everything is importable from `trl_rubric.evaluation` as before.
 """
 

@@ -115,7 +115,10 @@ def adapter_base(path: str | os.PathLike) -> str | None:
     with open(config, encoding="utf-8") as f:
         base = json.load(f).get("base_model_name_or_path")
     if not base:
-        raise EvaluationError(f"{config} names no base_model_name_or_path; pass --base_model_name_or_path")
+        raise EvaluationError(
+            f"{config} names no base_model_name_or_path; set it there (trl-rubric eval also takes "
+            "--base_model_name_or_path)"
+        )
     return base
 
 
