@@ -135,10 +135,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0:
             reward_funcs = None
         check_rgsd_arguments(args, reward_funcs, teacher_model, environment_factory)  # before any model loads
-        refuse_adapter_model(model, "model", "RGSDTrainer")
-        refuse_adapter_model(teacher_model or args.teacher_model_name_or_path, "teacher_model", "RGSDTrainer")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path  # the config's way to a separate teacher (recipes, CLI)
+        refuse_adapter_model(model, "model", "RGSDTrainer")
+        refuse_adapter_model(teacher_model, "teacher_model", "RGSDTrainer")
         self._rgsd_has_rewards = reward_funcs is not None
         if self._rgsd_has_rewards:  # the config's reward settings reach the user's RubricRewards
             apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share, args.reward_criteria)
