@@ -8,8 +8,8 @@ This script takes such runs and reports, plain and under every `--decode` settin
 
 - per run: train score base → student, the share of the train gap closed, the held-out gain with its interval, the
   share of degenerate answers (rechecked with the current checks, base and student), the pass rate of the criteria
-  named in `--criteria` (graded again with the world's rule judge, by criterion title), the mean answer length in
-  tokens;
+  named in `--criteria` (graded again with the world's rule judge, by criterion title) on train and on held-out
+  (one "held-out rates" line, the base model's first), the mean answer length in tokens;
 - the teacher's pass rate of each named criterion on the same train prompts (its sampled answers, which the sweep
   saves, graded alike; plain sampling only): what distillation can carry at most. Each group is measured against the
   teacher its runs learned from: a setting with its own teacher view (`template=`, ...) against that view's answers
@@ -290,6 +290,7 @@ def main(argv=None) -> dict[str, Any]:
                 "gap_closed": t["delta"] / gap,
                 "degenerate": {sp: degeneration_rates(v[sp]["responses"], rubrics[sp])["degenerate"] for sp in SPLITS},
                 "criteria": {c: rate(ver["train"], c) for c in args.criteria},
+                "criteria_heldout": {c: rate(ver["heldout"], c) for c in args.criteria},
                 "length": t.get("length"),
             }
             rows.append(row)
@@ -298,7 +299,12 @@ def main(argv=None) -> dict[str, Any]:
                   f"{row['degenerate']['train'] * 100:.1f}% / {row['degenerate']['heldout'] * 100:.1f}% | "
                   + " | ".join(f"{row['criteria'][c]:.2f}" for c in args.criteria)
                   + f" | {row['length'] or float('nan'):.0f} |")  # fmt: skip
-        report: dict[str, Any] = {"runs": rows, "teacher": teacher, "groups": {}, "group_pairs": {}, "pairs": {}}
+        base_heldout = {c: rate(base_verdicts["heldout"], c) for c in args.criteria}
+        print("held-out rates: base " + ", ".join(f"{c} {_rate(v)}" for c, v in base_heldout.items()) + "; "
+              + "; ".join(f"{r['label']} " + ", ".join(f"{c} {_rate(v)}" for c, v in r["criteria_heldout"].items())
+                          for r in rows))  # fmt: skip
+        report: dict[str, Any] = {"runs": rows, "teacher": teacher, "base_heldout": base_heldout, "groups": {},
+                                  "group_pairs": {}, "pairs": {}}  # fmt: skip
         for name, index in groups.items():
             pooled, pooled_heldout = {}, {}
             for c in args.criteria:

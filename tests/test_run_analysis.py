@@ -133,6 +133,10 @@ def test_compare_runs_rows_spread_and_pairs_match_a_plain_reference(tmp_path, ca
     assert rows["A"]["gap_closed"] == pytest.approx(0.4 / 0.25)
     assert rows["A"]["criteria"]["key term"] == 1.0 and rows["B"]["criteria"]["key term"] == 0.0
     assert rows["C"]["criteria"]["key term"] == pytest.approx(1 / 6)
+    # held-out rates per run: A names every held-out key term, B and the base none, C the first
+    assert rows["A"]["criteria_heldout"]["key term"] == 1.0 and rows["B"]["criteria_heldout"]["key term"] == 0.0
+    assert rows["C"]["criteria_heldout"]["key term"] == pytest.approx(1 / n["heldout"])
+    assert report["base_heldout"]["key term"] == 0.0
     rubrics = list(sets["train"][0]["rubric"])
     assert rows["B"]["degenerate"]["train"] == degeneration_rates(b["train"][1], rubrics)["degenerate"] > 0
     # pairs: mean of per-answer differences over the answers both runs scored
