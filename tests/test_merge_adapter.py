@@ -157,3 +157,20 @@ def test_command_line_refuses_a_bad_adapter_in_one_line(tiny_model_path, tmp_pat
     assert rgsd.main([*argv, "--use_cpu", "--bf16", "false"]) == 2
     err = capsys.readouterr().err
     assert "model_name_or_path" in err and "was not written by merge_adapter" in err
+
+
+def test_merged_folder_names_the_root_model_for_model_cards(tiny_model_path, tmp_path):
+    """A card of a run that starts from the merged folder names the model the base came from (its README's
+    `base_model`, as `smollm2://` writes it), not the local merged folder."""
+    import shutil
+
+    from trl_rubric.evaluation.loading import named_source
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_path, base)
+    (base / "README.md").write_text("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n\nA copy.\n")
+    adapter = _save_adapter(str(base), tmp_path / "adapter", seed=1)
+    out = merge_adapter(adapter, tmp_path / "merged")
+    assert named_source(out) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    plain = merge_adapter(_save_adapter(tiny_model_path, tmp_path / "plain", seed=1), tmp_path / "merged_plain")
+    assert named_source(plain) == tiny_model_path  # no name to carry: the base folder itself

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from huggingface_hub import ModelCard, ModelCardData
 
 from .criterion_diagnostics import METRIC_PREFIX
+from .evaluation.loading import named_source
 from .trainers.teacher_shaping import teacher_facts
 
 STRICT_METRIC = f"{METRIC_PREFIX}/strict_completion"
@@ -50,20 +51,6 @@ def _penalties_fact(trainer) -> str:
         return trainer.args.teacher_penalties
     gaps = ", ".join(f"{v['name']} gap {v['gap']:+.3f}" for v in choice["views"] if v["gap"] is not None)
     return f"auto: {choice['teacher_penalties']} ({gaps}; {choice['n_examples']} prompts)"
-
-
-def named_source(path: str | None) -> str | None:
-    """The Hub id a local model folder says it was made from (`base_model` in its README.md metadata, the Hub's own
-    convention), so a card names the real model rather than a cache path; `None` if it names none."""
-    readme = os.path.join(path, "README.md") if path and os.path.isdir(path) else None
-    if readme is None or not os.path.isfile(readme):
-        return None
-    try:
-        base = ModelCard.load(readme).data.base_model
-    except Exception:  # an unreadable card is no reason to fail a save
-        return None
-    base = base[0] if isinstance(base, list) and base else base
-    return base if isinstance(base, str) and base else None
 
 
 def _adapter_fact(model) -> str | None:

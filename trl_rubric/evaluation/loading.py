@@ -98,6 +98,22 @@ def _resolve_model(model, tokenizer):
     return model, tokenizer
 
 
+def named_source(path: str | None) -> str | None:
+    """The Hub id a local model folder says it was made from (`base_model` in its README.md metadata, the Hub's own
+    convention), so a card names the real model rather than a cache path; `None` if it names none."""
+    readme = os.path.join(path, "README.md") if path and os.path.isdir(path) else None
+    if readme is None or not os.path.isfile(readme):
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        base = ModelCard.load(readme).data.base_model
+    except Exception:  # an unreadable card is no reason to fail a save
+        return None
+    base = base[0] if isinstance(base, list) and base else base
+    return base if isinstance(base, str) and base else None
+
+
 #: Written into a folder made by [`merge_adapter`]: which adapter it holds, so a later call can reuse or redo it.
 MERGED_FROM_FILE = "merged_from.json"
 
@@ -150,6 +166,17 @@ def _adapter_fingerprint(adapter: str) -> str:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+def _write_merged_card(folder: str, adapter: str) -> None:
+    # The card of a run that starts here names the model at the root ([`named_source`]), not this local folder.
+    base = adapter_base(adapter)
+    root = named_source(base) or base
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(
+            f"---\nbase_model: {json.dumps(root)}\n---\n\n{root} with the PEFT adapter {adapter} merged into it "
+            "(trl_rubric.merge_adapter).\n"
+        )
 
 
 def merge_adapter(
@@ -207,6 +234,7 @@ def merge_adapter(
         tokenizer.save_pretrained(staging)
         with open(os.path.join(staging, MERGED_FROM_FILE), "w", encoding="utf-8") as f:
             json.dump({"adapter": os.path.abspath(adapter), "fingerprint": fingerprint}, f, indent=2)
+        _write_merged_card(staging, adapter)
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)  # an older merge of another adapter (checked above)
         os.rename(staging, output_dir)

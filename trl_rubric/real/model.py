@@ -125,7 +125,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, force: bool = False
 
 
 #: The Hub model the wheel's GGUF file was quantised from; named in the converted folder's README.md so that model
-#: cards of runs on `smollm2://` name it instead of the cache path (trl_rubric.model_card.named_source).
+#: cards of runs on `smollm2://` name it instead of the cache path (trl_rubric.evaluation.loading.named_source).
 SOURCE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
