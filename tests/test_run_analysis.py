@@ -3,24 +3,13 @@ against the base and each other (`benchmarks/compare_runs.py`), and the rollouts
 (`benchmarks/rollout_log.py`)."""
 
 import argparse
-import importlib.util
 import json
-import os
 
 import pytest
+from benchmark_modules import load_benchmark  # this folder is on sys.path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load("rgsd_sweep")
-deltas = _load("criterion_deltas")
+sweep = load_benchmark("rgsd_sweep")
+deltas = load_benchmark("criterion_deltas")
 
 
 def test_criterion_deltas_pair_answers_per_title_and_match_a_plain_reference():
@@ -78,7 +67,7 @@ def test_criterion_deltas_read_verdicts_by_title_and_list_every_comparison():
     ]
 
 
-compare = _load("compare_runs")
+compare = load_benchmark("compare_runs")
 SCORING = {"world": "health", "seed": 1, "eval_prompts": 3, "heldout_prompts": 2, "eval_samples": 2,
            "max_completion_length": 64, "temperature": 0.7}  # fmt: skip
 
@@ -228,7 +217,7 @@ def test_own_view_teacher_adds_the_answers_the_run_learned_from_and_refuses_ones
     from trl_rubric.real.worlds import make_named_world
     from trl_rubric.testing import make_tiny_model, make_tokenizer
 
-    backfill = _load("own_view_teacher")
+    backfill = load_benchmark("own_view_teacher")
     from transformers import AutoModelForCausalLM
 
     tokenizer = make_tokenizer()
@@ -292,7 +281,7 @@ def test_compare_runs_refuses_runs_it_cannot_pair(tmp_path):
 def test_rollout_log_windows_change_slope_and_group_shares_match_a_plain_reference(tmp_path, capsys):
     import statistics
 
-    log_mod = _load("rollout_log")
+    log_mod = load_benchmark("rollout_log")
     rates = [0.25, 0.5, 0.0, 0.5, 0.75, 0.5, 1.0, 0.75, 0.5, 1.0]
     sat = [0, 0, 0, 0, 1, 0, 2, 1, 0, 2]
     unr = [1, 0, 2, 1, 0, 0, 0, 0, 0, 0]

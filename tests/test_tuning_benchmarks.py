@@ -1,26 +1,16 @@
 """The helpers of the RGSD tuning benchmarks (`benchmarks/rgsd_sweep.py`, `benchmarks/teacher_signal.py`)."""
 
 import argparse
-import importlib.util
 import json
 import os
 from itertools import combinations
 
 import pytest
+from benchmark_modules import ROOT, load_benchmark  # this folder is on sys.path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load("rgsd_sweep")
-signal = _load("teacher_signal")
-ceiling = _load("teacher_clean_ceiling")
+sweep = load_benchmark("rgsd_sweep")
+signal = load_benchmark("teacher_signal")
+ceiling = load_benchmark("teacher_clean_ceiling")
 
 
 def test_setting_parses_name_and_typed_config_overrides():
@@ -214,7 +204,7 @@ def test_real_world_process_arm_is_grpo4_with_line_process_rewards(tiny_model_pa
     from trl_rubric.judges import RuleJudge
     from trl_rubric.testing import make_rubric_rows
 
-    real_world = _load("real_world")
+    real_world = load_benchmark("real_world")
     assert set(real_world.GROUP) | {"base", "rgsd"} == set(real_world.ARMS) == set(real_world.LABELS)
     args = argparse.Namespace(prompts_per_step=2, seed=0, budget_s=0, steps=1, lr=1e-3, max_completion_length=8,
                               temperature=1.0)  # fmt: skip
@@ -258,7 +248,7 @@ def _budget_run(path, lr, arms, seed=0):
 
 
 def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
-    summary = _load("real_world_summary")
+    summary = load_benchmark("real_world_summary")
     _budget_run(tmp_path / "a", 2e-3, {"rgsd": [0.5, 0.5, 0.5], "grpo8": [0.1, 0.2, 0.3]})
     _budget_run(tmp_path / "b", 5e-4, {"grpo8": [0.3, 0.4, 0.5]})
     dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
@@ -277,7 +267,7 @@ def test_budget_summary_keeps_one_arm_at_two_rates_apart_with_tag_lr(tmp_path):
 def test_budget_summary_merges_runs_of_one_seed_unless_their_base_references_differ(tmp_path, capsys):
     import json
 
-    summary = _load("real_world_summary")
+    summary = load_benchmark("real_world_summary")
     _budget_run(tmp_path / "a", 2e-3, {"grpo8": [0.1, 0.2, 0.3]})
     _budget_run(tmp_path / "b", 2e-3, {"rgsd": [0.5, 0.5, 0.5]})
     _budget_run(tmp_path / "c", 2e-3, {"hybrid": [0.5, 0.5, 0.5]})
@@ -294,7 +284,7 @@ def test_budget_summary_merges_runs_of_one_seed_unless_their_base_references_dif
 
 
 def test_budget_summary_clean_scores_pay_nothing_for_flagged_answers(tmp_path):
-    summary = _load("real_world_summary")
+    summary = load_benchmark("real_world_summary")
     _budget_run(tmp_path / "a", 2e-3, {"rgsd": [0.5, 0.5, 0.5], "grpo8": [0.9, 0.2, 0.3]})
     raw = summary.main([str(tmp_path / "a")])
     clean = summary.main([str(tmp_path / "a"), "--clean"])
@@ -374,7 +364,7 @@ def test_clean_ceiling_refuses_what_it_cannot_measure(rows, gap, match):
 
 
 def test_clean_rescore_pays_flagged_answers_nothing_and_pairs_against_base_and_teachers():
-    rescore = _load("clean_rescore")
+    rescore = load_benchmark("clean_rescore")
     assert rescore.clean([0.6, -0.2, 0.4, -0.5], [True, True, False, False]).tolist() == [0.0, -0.2, 0.4, -0.5]
     loop = "1. Drink water and rest today.\n2. Drink water and rest today.\n3. Drink water and rest today."
     results = {
@@ -457,7 +447,7 @@ def test_sweep_decodings_parse_typed_and_refuse_what_evaluation_sets_itself():
 
 
 def test_decode_rescore_reads_decodings_and_refuses_a_folder_without_a_demo(tmp_path, capsys):
-    rescore = _load("decode_rescore")
+    rescore = load_benchmark("decode_rescore")
     with pytest.raises(SystemExit):
         rescore.parse_args(["--demo_dir", str(tmp_path)])
     assert "results.json" in capsys.readouterr().err
@@ -483,7 +473,7 @@ def test_sweep_decodings_fold_guard_options_into_the_guard():
 def test_decode_rescore_scores_a_sweep_student_on_the_sweeps_own_sets(tmp_path, capsys):
     from trl_rubric.real.worlds import make_named_world
 
-    rescore = _load("decode_rescore")
+    rescore = load_benchmark("decode_rescore")
     with pytest.raises(SystemExit):
         rescore.parse_args(["--sweep_dir", str(tmp_path)])
     assert "--run" in capsys.readouterr().err
@@ -506,7 +496,7 @@ def test_decode_rescore_scores_a_sweep_student_on_the_sweeps_own_sets(tmp_path, 
 def test_onset_signal_cuts_at_the_first_naming_and_summarises_both_groups():
     from trl_rubric.rubric import Rubric
 
-    onset = _load("onset_signal")
+    onset = load_benchmark("onset_signal")
     rubric = Rubric.from_any(
         [{"text": "Mentions rest.", "weight": 2.0, "title": "key term", "tags": [r"rule:regex:\brest\b|fluids?"]}]
     )
@@ -521,7 +511,7 @@ def test_onset_signal_cuts_at_the_first_naming_and_summarises_both_groups():
 
 
 def test_criterion_voice_splits_a_met_criterion_by_the_line_that_meets_it():
-    voice = _load("criterion_voice")
+    voice = load_benchmark("criterion_voice")
     rubric = [
         {"text": "Mentions resting your voice.", "weight": 2.0, "title": "key term", "tags": [r"rule:regex:\brest"]},
         {"text": "Advises seeing a doctor if symptoms persist.", "weight": 1.0, "title": "doctor"},
@@ -544,7 +534,7 @@ def test_criterion_voice_splits_a_met_criterion_by_the_line_that_meets_it():
 
 
 def test_criterion_voice_samples_a_template_with_the_view_a_sweep_trains_it_with():
-    voice = _load("criterion_voice")
+    voice = load_benchmark("criterion_voice")
     settings = {"steps": 4, "prompts_per_step": 2, "max_completion_length": 8, "temperature": 0.7, "seed": 0}
     view = voice.template_view(settings, "requirements")
     assert view["teacher_prompt_template"] == sweep.CANDIDATE_TEMPLATES["requirements"]
@@ -595,7 +585,7 @@ def test_sweep_summary_lines_print_a_missing_gap_share_instead_of_failing(closed
 def test_guard_replay_counts_the_answers_the_piece_loop_ban_would_have_stopped():
     from trl_rubric.evaluation import DegenerationGuard
 
-    replay_mod = _load("guard_replay")
+    replay_mod = load_benchmark("guard_replay")
     texts = ["Hug", "ging", " Face", "Face", "face", " rest", ".", " the", " sun"]
 
     class Tok:
