@@ -373,6 +373,42 @@ def test_hybrid_mode_mixes_grpo_and_distillation(tiny_model_path, tmp_path):
         )
 
 
+def test_reward_only_mode_is_grpo_without_the_teacher_pass(tiny_model_path, tmp_path, monkeypatch):
+    # distillation_weight=0.0 (the reward phase of "reward first, then RGSD"): GRPO's loss and gradients, and the
+    # teacher and distillation passes, whose weight is 0, never run.
+    def reward_len(completions, **kwargs):
+        return [float(len(c[0]["content"])) for c in completions]
+
+    args = _config(tmp_path, num_generations=2, distillation_weight=0.0)
+    trainer = RGSDTrainer(tiny_model_path, reward_funcs=reward_len, args=args, train_dataset=_dataset())
+    batch = trainer._generate_and_score_completions(list(_dataset(2)) * 2)
+    assert batch["advantages"].abs().sum() > 0
+
+    def grads(compute):
+        trainer.model.zero_grad()
+        loss = compute()
+        loss.backward()
+        named = trainer.model.named_parameters()
+        return loss.detach(), {n: p.grad.clone() for n, p in named if p.grad is not None}
+
+    reference_loss, reference = grads(lambda: GRPOTrainer._compute_loss(trainer, trainer.model, batch))
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the teacher or distillation pass ran")
+
+    monkeypatch.setattr(trainer, "_rgsd_loss", refuse)
+    monkeypatch.setattr(trainer, "_self_teacher_hidden", refuse)
+    loss, got = grads(lambda: trainer._compute_loss(trainer.model, batch))
+    assert calls == []
+    assert torch.equal(loss, reference_loss) and reference.keys() == got.keys() and len(got) > 0
+    for name, grad in reference.items():
+        assert torch.equal(got[name], grad), name
+    trainer.train()  # a whole run in this mode
+    assert trainer.state.global_step == args.max_steps and calls == []
+
+
 def test_rgsd_metrics_are_prefixed(tiny_model_path, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     trainer = RGSDTrainer(tiny_model_path, args=_config(tmp_path, max_steps=1), train_dataset=_dataset())

@@ -671,6 +671,10 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
 
     def _compute_loss(self, model, inputs):
+        if self._rgsd_hybrid and self.args.distillation_weight == 0.0:
+            # Reward only (a reward phase before RGSD): the distillation term's weight is 0, so neither the teacher
+            # pass nor the distillation pass runs; the loss and its gradients are GRPO's (tests/test_rgsd.py).
+            return GRPOTrainer._compute_loss(self, model, inputs)
         mode = "train" if self.model.training else "eval"
         separate = self.teacher_model is not None and not teacher_pass_unread(self.args, inputs)
         teacher = self._separate_teacher_hidden(inputs)[0] if separate else None

@@ -274,7 +274,7 @@ class RGSDConfig(GRPOConfig):
             `(1 - w) * GRPO loss + w * distillation loss`. The default 1.0 is pure RGSD; rewards are then only logged,
             and the GRPO-only work is skipped: the old log-prob forward, vLLM's importance-sampling correction, and
             the reference model of GRPO's `beta` (which pure RGSD refuses; the divergence's beta is
-            `distillation_beta`).
+            `distillation_beta`). 0.0 is GRPO alone (a reward phase before RGSD): no teacher or distillation pass.
         degenerate_reward (`float` or `None`, *optional*, defaults to `None`):
             Hybrid mode: the reward of a rollout the degeneration checks flag (a repeated line, pasted criterion text,
             talk about the requirements), given without calling the judge. `None` grades it like any other; `0.0`
