@@ -2,6 +2,7 @@
 `teacher_combine="sgsd_gate"` and `teacher_penalties="auto"` take one from the `judge_*` options, and say so clearly
 when it is missing or dead. Also: an EMA teacher with LoRA through the CLI, and the model card's judge-call count."""
 
+import asyncio
 import json
 import logging
 
@@ -161,3 +162,31 @@ def test_ema_teacher_with_lora_trains_from_the_cli(rule_rows, tiny_model_path, t
     )  # fmt: skip
     assert code == 0
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_the_key_term_reward_recipe_is_grpo_on_that_criterion_alone(tiny_model_path, tmp_path):
+    # recipes/rgsd_smollm2_key_term_reward.yaml, the first phase of "reward first, then RGSD", on the tiny model and
+    # rows whose criteria carry the worlds' "key term" title: the rule judge pays for that criterion only.
+    import os
+
+    rubric = [
+        {"title": "key term", "text": "mentions alpha", "weight": 2.0, "tags": ["rule:contains:alpha"]},
+        {"title": "short", "text": "under 50 words", "weight": 1.0, "tags": ["rule:max_words:50"]},
+    ]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"question {i}", "rubric": rubric}) + "\n" for i in range(4)))
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "rgsd_smollm2_key_term_reward.yaml")
+    trainer = build(
+        "rgsd", "--config", recipe, "--model_name_or_path", tiny_model_path, "--dataset_name", str(rows),
+        "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "8", "--max_steps", "1",
+        "--max_completion_length", "4", "--disable_tqdm", "true",
+    )  # fmt: skip
+    assert trainer._rgsd_hybrid and trainer.args.distillation_weight == 0.0
+    assert trainer.args.num_generations == 8 and trainer.args.rollout_degeneration_guard == 3
+    rewards = [f for f in trainer.reward_funcs if isinstance(f, RubricReward)]
+    assert [type(f.judge) for f in rewards] == [RuleJudge] and rewards[0].criteria == ("key term",)
+    answers = ["alpha " + "word " * 60, "beta"]
+    scores = asyncio.run(rewards[0](prompts=["question 0"] * 2, completions=answers, rubric=[rubric, rubric]))
+    assert scores == [1.0, 0.0]  # the long answer with the term is paid in full; "short" counts for nothing
+    trainer.train()
+    assert trainer.state.global_step == 1
