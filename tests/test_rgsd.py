@@ -381,8 +381,15 @@ def test_reward_only_mode_is_grpo_without_the_teacher_pass(tiny_model_path, tmp_
 
     args = _config(tmp_path, num_generations=2, distillation_weight=0.0)
     trainer = RGSDTrainer(tiny_model_path, reward_funcs=reward_len, args=args, train_dataset=_dataset())
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the teacher or distillation pass ran")
+
+    monkeypatch.setattr(trainer, "_teacher_contexts", refuse)  # no teacher prompt (nor critique call) is built
     batch = trainer._generate_and_score_completions(list(_dataset(2)) * 2)
-    assert batch["advantages"].abs().sum() > 0
+    assert batch["advantages"].abs().sum() > 0 and "teacher_prompt_ids" not in batch
 
     def grads(compute):
         trainer.model.zero_grad()
@@ -392,12 +399,6 @@ def test_reward_only_mode_is_grpo_without_the_teacher_pass(tiny_model_path, tmp_
         return loss.detach(), {n: p.grad.clone() for n, p in named if p.grad is not None}
 
     reference_loss, reference = grads(lambda: GRPOTrainer._compute_loss(trainer, trainer.model, batch))
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("the teacher or distillation pass ran")
-
     monkeypatch.setattr(trainer, "_rgsd_loss", refuse)
     monkeypatch.setattr(trainer, "_self_teacher_hidden", refuse)
     loss, got = grads(lambda: trainer._compute_loss(trainer.model, batch))
@@ -405,8 +406,10 @@ def test_reward_only_mode_is_grpo_without_the_teacher_pass(tiny_model_path, tmp_
     assert torch.equal(loss, reference_loss) and reference.keys() == got.keys() and len(got) > 0
     for name, grad in reference.items():
         assert torch.equal(got[name], grad), name
-    trainer.train()  # a whole run in this mode
+    trainer.train()  # a whole run in this mode, which still logs the rollouts' degeneration checks
     assert trainer.state.global_step == args.max_steps and calls == []
+    keys = set().union(*(e.keys() for e in trainer.state.log_history))
+    assert "rgsd/degenerate" in keys and "rgsd/teacher_token_ratio" not in keys and "rgsd/divergence" not in keys
 
 
 def test_rgsd_metrics_are_prefixed(tiny_model_path, tmp_path, caplog):

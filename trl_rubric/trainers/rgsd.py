@@ -143,6 +143,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         if self._rgsd_has_rewards:  # the config's reward settings reach the user's RubricRewards
             apply_reward_settings(reward_funcs, args.degenerate_reward, args.judge_share, args.reward_criteria)
         self._rgsd_hybrid = self._rgsd_has_rewards and args.distillation_weight < 1.0
+        # distillation_weight=0.0: GRPO alone (a reward phase before RGSD); no teacher pass, no teacher context
+        self._rgsd_reward_only = self._rgsd_hybrid and args.distillation_weight == 0.0
         # What the teacher sees comes from one provider (`teacher_context.py`); it checks its own columns.
         # teacher_penalties="auto" is chosen before step 0 (rgsd_view.py); until then the context holds the default.
         self._view_judge = auto_view_judge(args, reward_funcs, teacher_view_judge)
@@ -288,6 +290,9 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
             self._rgsd_skip_grpo_logps = False
             self._rgsd_rollout_plan = None
 
+        if self._rgsd_reward_only:  # no teacher reads this batch (no critique call either): only the checks are logged
+            self._log_degeneration(output, inputs, mode)
+            return output
         completions = None
         if self.teacher_context.needs_completion:
             completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
@@ -328,13 +333,8 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         student_tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
         cost = self.accelerator.gather(torch.stack([teacher_tokens, student_tokens]).float()[None]).sum(0)
         self._metrics[mode]["rgsd/teacher_token_ratio"].append((cost[0] / cost[1].clamp(min=1)).item())
-        # rgsd/degenerate, /repeats_line, /copies_rubric, /meta_talk: string checks on this batch's completions, which
-        # show a student that learns the teacher's repeated lists or rubric talk before any evaluation does.
-        if completions is None:
-            completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        flags, total = self._log_degeneration(output, inputs, mode, completions, rows)
         rubrics = [x.get("rubric") for x in inputs]
-        total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
-        flags = log_split_degeneration(self._metrics[mode], completions, rubrics, rows, reduce=total)
         flagged = torch.tensor([f["degenerate"] for f in flags], device=device, dtype=torch.bool)
         from_teacher = torch.tensor(rows if rows is not None else [False] * len(flags), device=device)
         degenerate = torch.zeros_like(dropped)
@@ -377,6 +377,18 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         prompt_lengths = self.accelerator.gather(output["teacher_prompt_mask"].sum(-1).float().flatten())
         self._metrics[mode]["rgsd/teacher_prompt_length"].append(prompt_lengths.mean().item())
         return output
+
+    def _log_degeneration(self, output, inputs, mode, completions=None, rows=None):
+        """rgsd/degenerate, /repeats_line, /copies_rubric, /meta_talk: string checks on this batch's completions, which
+        show a student that learns the teacher's repeated lists or rubric talk before any evaluation does. Returns
+        the per-completion flags and the cross-process sum it used."""
+        if completions is None:
+            completions = self._tokenizer.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        device = self.accelerator.device
+        total = lambda c: self.accelerator.reduce(torch.tensor(c, device=device), reduction="sum").tolist()  # noqa: E731
+        rubrics = [x.get("rubric") for x in inputs]
+        flags = log_split_degeneration(self._metrics[mode], completions, rubrics, rows, reduce=total)
+        return flags, total
 
     def _thinking_keep_mask(self, prompt_ids, prompt_mask, completion_ids):
         """Loss mask without thinking blocks (`losses.completion_thinking_mask`)."""
@@ -671,9 +683,7 @@ class RGSDTrainer(ExactResumeMixin, RubricModelCardMixin, GRPOTrainer):
         return getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
 
     def _compute_loss(self, model, inputs):
-        if self._rgsd_hybrid and self.args.distillation_weight == 0.0:
-            # Reward only (a reward phase before RGSD): the distillation term's weight is 0, so neither the teacher
-            # pass nor the distillation pass runs; the loss and its gradients are GRPO's (tests/test_rgsd.py).
+        if self._rgsd_reward_only:  # the distillation term's weight is 0: GRPO's loss and gradients, as they are
             return GRPOTrainer._compute_loss(self, model, inputs)
         mode = "train" if self.model.training else "eval"
         separate = self.teacher_model is not None and not teacher_pass_unread(self.args, inputs)
