@@ -182,11 +182,13 @@ def test_the_key_term_reward_recipe_is_grpo_on_that_criterion_alone(tiny_model_p
         "--max_completion_length", "4", "--disable_tqdm", "true",
     )  # fmt: skip
     assert trainer._rgsd_hybrid and trainer.args.distillation_weight == 0.0
-    assert trainer.args.num_generations == 8 and trainer.args.rollout_degeneration_guard == 3
+    assert trainer.args.num_generations == 8 and trainer.args.rollout_degeneration_guard is None
     rewards = [f for f in trainer.reward_funcs if isinstance(f, RubricReward)]
     assert [type(f.judge) for f in rewards] == [RuleJudge] and rewards[0].criteria == ("key term",)
-    answers = ["alpha " + "word " * 60, "beta"]
-    scores = asyncio.run(rewards[0](prompts=["question 0"] * 2, completions=answers, rubric=[rubric, rubric]))
-    assert scores == [1.0, 0.0]  # the long answer with the term is paid in full; "short" counts for nothing
+    looped = "alpha is here.\nalpha is here.\nalpha is here."
+    answers = ["alpha " + " ".join(f"word{i}" for i in range(60)), "beta", looped]
+    scores = asyncio.run(rewards[0](prompts=["question 0"] * 3, completions=answers, rubric=[rubric] * 3))
+    # the long answer with the term is paid in full ("short" counts for nothing); a looped one is paid 0
+    assert scores == [1.0, 0.0, 0.0]
     trainer.train()
     assert trainer.state.global_step == 1
