@@ -39,3 +39,19 @@ def test_unusable_combinations_are_refused_before_the_model_loads(tmp_path, over
     args = rgsd_test_config(tmp_path / "out", **overrides)
     with pytest.raises(ValueError, match=message):
         RGSDTrainer(missing, args=args, train_dataset=Dataset.from_list(make_rubric_rows(4)), **trainer_kwargs)
+
+
+def test_a_separate_teacher_in_a_reward_phase_is_named_as_unused(tmp_path, caplog):
+    import logging
+
+    from trl_rubric.trainers.rgsd_arguments import check_rgsd_arguments
+
+    reward_phase = rgsd_test_config(tmp_path / "out", distillation_weight=0.0, num_generations=2)
+    caplog.set_level(logging.WARNING, logger="trl_rubric.trainers.rgsd_arguments")
+    check_rgsd_arguments(reward_phase, [_reward], "some/teacher", None)
+    assert "never runs a teacher, but a separate teacher_model was given" in caplog.text
+    caplog.clear()
+    check_rgsd_arguments(reward_phase, [_reward], None, None)  # the policy's own teacher costs nothing unused
+    hybrid = rgsd_test_config(tmp_path / "out", distillation_weight=0.5, num_generations=2)
+    check_rgsd_arguments(hybrid, [_reward], "some/teacher", None)  # read in hybrid mode
+    assert caplog.text == ""

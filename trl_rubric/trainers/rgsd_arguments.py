@@ -8,17 +8,21 @@ rollouts) live beside what they check (`rgsd_teacher.py`, `rgsd_spans.py`, `rgsd
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .rgsd_anchor import check_anchor
 from .rgsd_config import RGSDConfig
 from .vllm_mode import refuse_vllm_server_without_cuda
 
+logger = logging.getLogger(__name__)
+
 
 def check_rgsd_arguments(args: Any, reward_funcs: Any, teacher_model: Any, environment_factory: Any) -> None:
     """Refuse what RGSD cannot train with: another config class, a vLLM server without CUDA, an environment factory,
     a hybrid loss without rewards or without groups, an SGSD gate without a verifier, an anchor or a teacher kind that
-    a separate teacher model rules out. `reward_funcs` is `None` when there are none; `teacher_model` is the trainer's
+    a separate teacher model rules out; and warn of a separate teacher that a reward phase (`distillation_weight=0.0`)
+    loads but never runs. `reward_funcs` is `None` when there are none; `teacher_model` is the trainer's
     argument (`None`: the config's `teacher_model_name_or_path`, if any)."""
     if not isinstance(args, RGSDConfig):
         raise TypeError(
@@ -51,6 +55,12 @@ def check_rgsd_arguments(args: Any, reward_funcs: Any, teacher_model: Any, envir
     if teacher_model is None:
         teacher_model = args.teacher_model_name_or_path
     check_anchor(args, separate_teacher_given=teacher_model is not None)
+    if teacher_model is not None and has_rewards and args.distillation_weight == 0.0:
+        logger.warning(
+            "distillation_weight=0.0 trains on the reward alone (GRPO's loss) and never runs a teacher, but a "
+            "separate teacher_model was given: it is loaded and held in memory for nothing. Drop teacher_model (and "
+            "teacher_model_name_or_path) for a reward phase."
+        )
     if teacher_model is not None and args.teacher_model_kind != "base":
         raise ValueError(
             f"a separate teacher_model is always frozen; teacher_model_kind={args.teacher_model_kind!r} "
