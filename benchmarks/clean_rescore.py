@@ -11,10 +11,15 @@ the degeneration checks, and reports per trained setting:
 - the paired clean difference from the frozen teacher's own answers on the same train prompts: the sweep's reference
   teacher (the world's earlier view), and, with `--teacher`, the answers `benchmarks/teacher_clean_ceiling.py` saved
   for another view (the world's template 2), matched by world and seed;
-- the share of degenerate answers.
+- the share of degenerate answers;
+- with `--versus RESULTS[:SETTING]`, every other run's paired clean difference from that one run, on train and
+  held-out (runs scored on the same sets only): one method against another answer by answer, e.g. RGSD against GRPO
+  + judge, where the raw rule score pays GRPO for what the clean score does not.
 
     .venv/bin/python benchmarks/clean_rescore.py /work/runs/w1_notes_first/results.json \\
         --teacher /work/runs/teacher_clean/health.json --output clean.json
+    .venv/bin/python benchmarks/clean_rescore.py /work/runs/route/results.json /work/runs/grpo/results.json \\
+        --versus /work/runs/grpo/results.json
 """
 
 from __future__ import annotations
@@ -106,12 +111,48 @@ def rescore(results: dict[str, Any], teacher_rows: list[dict[str, Any]] | None =
             flagged = _flags(sets[split], run[split]["responses"])
             scores = clean(run[split]["scores"], flagged)
             row[split] = {"clean": float(scores.mean()), "minus_base": paired(scores, ref[base]),
-                          "degenerate": float(flagged.mean())}  # fmt: skip
+                          "degenerate": float(flagged.mean()), "clean_scores": scores.tolist()}  # fmt: skip
             if split == "train":
                 row["minus_teacher"] = paired(scores, ref["teacher_train"])
                 row["minus_teacher_view"] = None if teacher_view is None else paired(scores, teacher_view)
         out["runs"][name] = row
     return out
+
+
+#: Settings that decide which answers a sweep scored (as `compare_runs.py` checks): runs paired answer by answer
+#: must agree on all of them.
+SCORING_SETTINGS = ("world", "seed", "eval_prompts", "heldout_prompts", "eval_samples", "max_completion_length",
+                    "temperature")  # fmt: skip
+
+
+def versus(rescored: list[dict[str, Any]], ref: dict[str, Any], setting: str | None = None) -> dict[str, Any]:
+    """Every run of `rescored` (but the reference itself) against one run of `ref` (a [`rescore`] output; `setting`
+    names the run where it holds several): `{setting: {split: [mean, low, high]}}`, the paired clean difference.
+    Refuses runs scored on other sets than the reference."""
+    runs = ref["runs"]
+    if setting is None:
+        if len(runs) != 1:
+            raise ValueError(f"--versus: the file holds {len(runs)} runs {sorted(runs)}; name one as PATH:SETTING")
+        setting = next(iter(runs))
+    if setting not in runs:
+        raise ValueError(f"--versus: no run {setting!r}; the file has {sorted(runs)}")
+    against = runs[setting]
+    out = {}
+    for r in rescored:
+        for key in SCORING_SETTINGS:
+            if r["settings"].get(key) != ref["settings"].get(key):
+                raise ValueError(
+                    f"--versus: {key}={r['settings'].get(key)!r} in {sorted(r['runs'])}, but the reference has "
+                    f"{key}={ref['settings'].get(key)!r}; only runs scored on the same sets pair up"
+                )
+        for name, row in r["runs"].items():
+            if row is against:
+                continue
+            out[name] = {
+                split: paired(np.array(row[split]["clean_scores"]), np.array(against[split]["clean_scores"]))
+                for split in ("train", "heldout")
+            }
+    return {"setting": setting, "runs": out}
 
 
 def _pp(x: list[float] | None) -> str:
@@ -138,23 +179,40 @@ def markdown(rescored: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def versus_markdown(pairs: dict[str, Any]) -> str:
+    lines = [f"| setting | clean − {pairs['setting']}, train | clean − {pairs['setting']}, held-out |", "|---|---|---|"]
+    lines += [f"| {name} | {_pp(d['train'])} | {_pp(d['heldout'])} |" for name, d in pairs["runs"].items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="rgsd_sweep.py results.json files")
     p.add_argument("--teacher", nargs="*", default=[],
                    help="teacher_clean_ceiling.py outputs (another teacher view's answers), matched by world and seed")  # fmt: skip
+    p.add_argument("--versus", default=None,
+                   help="PATH[:SETTING]: one of the results files, whose run every other run is paired against")  # fmt: skip
     p.add_argument("--output", default=None, help="write the rescored numbers here (JSON)")
     args = p.parse_args(argv)
     teachers = {}
     for path in args.teacher:
         saved = json.load(open(path))
         teachers[(saved["settings"]["world"], saved["settings"]["seed"])] = saved["rows"]
-    rescored = []
+    ref_path, _, ref_setting = (args.versus or "").partition(":")
+    if ref_path and os.path.abspath(ref_path) not in {os.path.abspath(p) for p in args.results}:
+        raise ValueError(f"--versus {args.versus!r}: name one of the results files given")
+    rescored, ref = [], None
     for path in args.results:
         results = json.load(open(path))
         s = results["settings"]
         rescored.append(rescore(results, teachers.get((s.get("world", "health"), s.get("seed", 0)))))
+        if ref_path and os.path.abspath(path) == os.path.abspath(ref_path):
+            ref = rescored[-1]
     print(markdown(rescored))
+    if ref is not None:
+        pairs = versus(rescored, ref, ref_setting or None)
+        print("\n" + versus_markdown(pairs))
+        ref["versus"] = pairs  # saved with the reference's entry
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

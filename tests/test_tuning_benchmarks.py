@@ -652,3 +652,38 @@ def test_sweep_init_from_starts_at_a_saved_student_merged_into_the_base(tiny_mod
     with pytest.raises(SystemExit):  # refused when the arguments are read, before the base model is scored
         sweep.parse_args(["--settings", "two:init_from=/nowhere"])
     assert sweep.parse_args(["--settings", f"two:init_from={tmp_path / 'student'}"]).parsed[0][1]["init_from"]
+
+
+def test_clean_rescore_pairs_every_run_against_one_run_on_the_clean_score(tmp_path, capsys):
+    rescore = load_benchmark("clean_rescore")
+    loop = "1. Drink water and rest today.\n2. Drink water and rest today.\n3. Drink water and rest today."
+    settings = {"world": "health", "seed": 0, "eval_prompts": 2, "heldout_prompts": 2, "eval_samples": 1}
+    base = {"base_train": ["Rest.", "Drink water."], "teacher_train": ["Rest.", "Rest and drink water."],
+            "base_heldout": ["Rest.", "Sleep."]}  # fmt: skip
+
+    def sweep(name, train_scores, train_answers, heldout_scores):
+        return {"settings": dict(settings), "responses": base,
+                "runs": {name: {"gap_closed_train": 1.0,
+                                "train": {"scores": train_scores, "responses": train_answers},
+                                "heldout": {"scores": heldout_scores, "responses": ["Rest.", "Sleep well."]}}}}  # fmt: skip
+
+    paths = []
+    for name, run in (("grpo", sweep("grpo", [0.9, 0.5], [loop, "Rest well."], [0.4, 0.2])),
+                      ("route", sweep("route", [0.3, 0.4], ["Rest well.", "Drink water."], [0.1, 0.3]))):  # fmt: skip
+        (tmp_path / name).mkdir()
+        paths.append(str(tmp_path / name / "results.json"))
+        (tmp_path / name / "results.json").write_text(json.dumps(run))
+    out = rescore.main([*paths, "--versus", paths[0]])
+    pairs = out[0]["versus"]
+    # The looping GRPO answer earns nothing: route − GRPO = mean([0.3 - 0, 0.4 - 0.5]) on train.
+    assert pairs["setting"] == "grpo" and list(pairs["runs"]) == ["route"]
+    assert pairs["runs"]["route"]["train"][0] == pytest.approx((0.3 + (0.4 - 0.5)) / 2)
+    assert pairs["runs"]["route"]["heldout"][0] == pytest.approx(((0.1 - 0.4) + (0.3 - 0.2)) / 2)
+    assert "| route | +10.0 [" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="name one of the results files"):
+        rescore.main([paths[1], "--versus", paths[0]])
+    other = json.loads((tmp_path / "route" / "results.json").read_text())
+    other["settings"]["seed"] = 1
+    (tmp_path / "route" / "results.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="seed=1 .* only runs scored on the same sets pair up"):
+        rescore.main([*paths, "--versus", paths[0]])
