@@ -180,7 +180,10 @@ def markdown(rescored: list[dict[str, Any]]) -> str:
 
 
 def versus_markdown(pairs: dict[str, Any]) -> str:
-    lines = [f"| setting | clean − {pairs['setting']}, train | clean − {pairs['setting']}, held-out |", "|---|---|---|"]
+    lines = [
+        f"| setting | clean − {pairs['setting']}, train | clean − {pairs['setting']}, held-out |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {_pp(d['train'])} | {_pp(d['heldout'])} |" for name, d in pairs["runs"].items()]
     return "\n".join(lines)
 
