@@ -73,6 +73,24 @@ LABELLED = [
     ("Please provide the requested information.", False, False, True),
     # SmolLM2 student, full demo on the everyday-instructions world: the criterion "Uses the word ..." as a plan.
     ("1. I'll include a list of the steps\n2. I'll use the word \"baking\" twice.", False, False, True),
+    # GRPO paid by the rule judge on SmolLM2: forms of empty fields, and stacked "Subject:" lines (docs/benchmarks.md,
+    # "Against GRPO at equal wall-clock"); none was flagged before the form checks.
+    ("1. Electrical:\n\n2. Human factor:\n\n3. Weather:\n\n4. Other explanation:", True, False, False),
+    ("- Plan:\n    - Date:\n    - Time:\n    - Occasion:\n    - App:", True, False, False),
+    ("- Steps:\n- Save: $4 each month\n- Budget:\n- Total: $10\n- Cost:\n- Time: Monday", True, False, False),
+    (
+        "Subject: Please Don't Tell\nSubject: After the Interview\nSubject: HR\nSubject: Thank You\nHi Ann,",
+        True,
+        False,
+        False,
+    ),
+    # Forms that are not empty: headings with their lists under them, a label with its value, three stacked lines.
+    ("Ingredients:\n- 2 eggs\n- Salt\nInstructions:\n1. Whisk.\n2. Cook slowly.", False, False, False),
+    ("Overnight Oats:\nIngredients:\n* Oats\n* Honey\n\nInstructions:\n1. Mix.\n2. Chill.", False, False, False),
+    ("1. Yoga stretches:\na. Cobra pose\nb. Child's pose\n2. Walking:\n- Ten minutes a day", False, False, False),
+    ("1. Budget: $50\n2. Date: Saturday\n3. Time: 6 pm\n4. Guests: six friends", False, False, False),
+    ("Morning:\n- Walk.\nAfternoon:\n- Read.\nEvening:\n- Sleep early.", False, False, False),
+    ("Tip: rest.\nTip: drink water.\nTip: see a doctor if it gets worse.", False, False, False),
     # Clean answers that must not be flagged.
     (
         "Without water, plants cannot survive. It's a fundamental requirement for any living organism.",
@@ -645,3 +663,21 @@ def test_a_word_that_loops_on_a_piece_of_itself_is_a_repeat_with_its_span(answer
 )
 def test_ordinary_words_with_doubled_letters_are_not_piece_loops(answer):
     assert not repeats_line(answer) and repeated_line_spans(answer) == []
+
+
+def test_form_checks_can_be_turned_off_and_their_thresholds_hold():
+    two_empty = "- Date:\n- Time:\n- Place: the park"
+    assert not repeats_line(two_empty) and repeats_line(two_empty, min_empty_fields=2)
+    form = "- Date:\n- Time:\n- Occasion:\n- App: calendar"
+    assert repeats_line(form) and not repeats_line(form, min_empty_fields=0)
+    stack = "Subject: A\nSubject: B\nSubject: C\nSubject: D"
+    assert repeats_line(stack) and not repeats_line(stack, stacked_labels=0)
+    assert not repeats_line(stack, stacked_labels=5)
+
+
+def test_spans_of_a_form_are_its_empty_fields_and_the_stacked_lines_after_the_first():
+    form = "Plan:\n- Date:\n- Time:\n- Occasion:\n- App: calendar"
+    spans = repeated_line_spans(form)
+    assert [form[s:e] for s, e in spans] == ["- Date:", "- Time:", "- Occasion:"]  # not "Plan:", its heading
+    stack = "Hi.\nSubject: A\nSubject: B\nSubject: C\nSubject: D"
+    assert [stack[s:e] for s, e in repeated_line_spans(stack)] == ["Subject: B", "Subject: C", "Subject: D"]

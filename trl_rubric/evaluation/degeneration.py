@@ -17,6 +17,15 @@ logs and the benchmarks share.
   times in a row, or one word five times), or a word loops on a piece of itself ("FaceFaceFaceFace", "ateateateate":
   a piece of 1 to 8 letters four or more times in a row, 8 letters or more in all; case ignored). One trailing empty
   marker (an answer cut off at the token limit) is not enough.
+  Also a **form of empty fields**: `min_empty_fields` (3) or more lines that are only a label of 1 to 4 words and a
+  colon ("- Date:", "2. Human factor:") followed by a sibling with nothing in between: the next line at the same or a
+  shallower indent with the same kind of list marker (bullet, number, letter, none) that is itself such a label, or
+  a list item when the label is one ("- Steps:" / "- Save: $4"). A heading with its list under it is not empty
+  ("Ingredients:" / "- 2 eggs"; "1. Yoga stretches:" / "a. Cobra"). And **stacked labels**: the same label (1 to 4
+  words and a colon) opening `stacked_labels` (4) or more lines in a row ("Subject: ..." four times). GRPO paid by a
+  rule judge on SmolLM2 wrote both (docs/benchmarks.md, "Against GRPO at equal wall-clock"): forms of labels whose
+  fields stay empty or hold whatever a rule matches, and emails of stacked "Subject:" lines; on the saved answers of
+  every sweep, 1 of 2,914 RGSD students' answers and 1 of 310 base answers are flagged by these two checks alone.
 - **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
   normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
   criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
@@ -203,8 +212,105 @@ def _loops(words: tuple[str, ...], max_period: int = 8) -> bool:
     return False
 
 
+# A line that is only a label: 1-4 words (checked after the match) and a colon, nothing after it.
+_LABEL_ONLY = re.compile(r"^([^\W\d_][^:\n]{0,40}?)\s*:\s*$")
+# The label that opens a line: up to the first colon, starting with a letter.
+_LEADING_LABEL = re.compile(r"^([^\W\d_][^:\n]{0,40}?)\s*:")
+_MAX_LABEL_WORDS = 4
+
+
+@dataclass(frozen=True)
+class _FormLine:
+    start: int  # character offsets of the line's text (without its line break) in the answer
+    end: int
+    indent: int
+    marker: str  # the kind of its leading list marker: "bullet", "number", "letter", "heading" or "none"
+    label_only: bool
+    label: tuple[str, ...] | None  # the words of the label that opens it, if any
+
+
+def _marker_kind(marker: str) -> str:
+    marker = marker.strip().strip("*").lstrip("(")
+    if not marker:
+        return "none"
+    if marker[0] == "#":
+        return "heading"
+    if marker[0].isdigit():
+        return "number"
+    return "letter" if marker[0].isalpha() else "bullet"
+
+
+def _form_lines(answer: str) -> list[_FormLine]:
+    """The answer's non-blank lines as the form checks see them."""
+    out, offset = [], 0
+    for raw in answer.splitlines(keepends=True):
+        line = raw.splitlines()[0]
+        if line.strip():
+            text = line.strip().replace("**", "").replace("__", "")
+            m = _MARKER.match(text)
+            marker = m.group(0) if m else ""
+            rest = text[len(marker) :].strip()
+            only, lead = _LABEL_ONLY.match(rest), _LEADING_LABEL.match(rest)
+            lead_words = tuple(_words(lead.group(1))) if lead else ()
+            lead_start = len(line) - len(line.lstrip())
+            out.append(
+                _FormLine(
+                    start=offset + lead_start,
+                    end=offset + len(line.rstrip()),
+                    indent=lead_start,
+                    marker=_marker_kind(marker),
+                    label_only=bool(only) and 1 <= len(_words(only.group(1))) <= _MAX_LABEL_WORDS,
+                    label=lead_words if 1 <= len(lead_words) <= _MAX_LABEL_WORDS else None,
+                )
+            )
+        offset += len(raw)
+    return out
+
+
+def _empty_fields(lines: list[_FormLine]) -> list[_FormLine]:
+    """Label-only lines followed by a sibling (same or shallower indent, same marker kind) that is itself a label, or
+    a list item when the label is one: fields left empty (see the module docstring)."""
+    return [
+        line
+        for line, after in zip(lines, lines[1:], strict=False)
+        if line.label_only
+        and after.indent <= line.indent
+        and after.marker == line.marker
+        and (after.label_only or line.marker != "none")
+    ]
+
+
+def _stacks(lines: list[_FormLine], stacked_labels: int) -> list[list[_FormLine]]:
+    """Runs of `stacked_labels` or more consecutive lines opened by the same label."""
+    runs: list[list[_FormLine]] = []
+    current: list[_FormLine] = []
+    for line in lines:
+        if current and line.label is not None and line.label == current[-1].label:
+            current.append(line)
+        else:
+            current = [line] if line.label is not None else []
+            runs.append(current)
+    return [run for run in runs if len(run) >= stacked_labels]
+
+
+def _form_spans(answer: str, min_empty_fields: int, stacked_labels: int) -> list[Span]:
+    """The empty fields (when there are `min_empty_fields` of them) and every stacked line after a stack's first."""
+    lines = _form_lines(answer)
+    empty = _empty_fields(lines) if min_empty_fields else []
+    spans = [(line.start, line.end) for line in empty] if len(empty) >= min_empty_fields > 0 else []
+    if stacked_labels:
+        spans += [(line.start, line.end) for run in _stacks(lines, stacked_labels) for line in run[1:]]
+    return spans
+
+
 def repeats_line(
-    answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2, short_repeats: int = 3
+    answer: str,
+    min_words: int = 3,
+    near_min_words: int = 5,
+    min_empty_items: int = 2,
+    short_repeats: int = 3,
+    min_empty_fields: int = 3,
+    stacked_labels: int = 4,
 ) -> bool:
     """Whether the answer repeats a line, list item or sentence, or lists empty items (see the module docstring).
 
@@ -216,9 +322,13 @@ def repeats_line(
         min_empty_items: Empty list items needed to flag (one trailing marker of a truncated answer is not enough).
         short_repeats: A unit shorter than `min_words` counts when it occurs this many times ("1st!" as items 9 to
             12); `0` turns it off.
+        min_empty_fields: Empty fields of a form ("- Date:" then "- Time:") needed to flag; `0` turns it off.
+        stacked_labels: Lines in a row opened by the same label ("Subject: ...") needed to flag; `0` turns it off.
     """
     units, empty = _units(answer)
     if min_empty_items and empty >= min_empty_items:
+        return True
+    if (min_empty_fields or stacked_labels) and _form_spans(answer, min_empty_fields, stacked_labels):
         return True
     seen: set[tuple[str, ...]] = set()
     short: dict[tuple[str, ...], int] = {}
@@ -483,15 +593,23 @@ _UNIT_END = frozenset(".!?;:,)*\"'")
 
 
 def repeated_line_spans(
-    answer: str, min_words: int = 3, near_min_words: int = 5, min_empty_items: int = 2, short_repeats: int = 3
+    answer: str,
+    min_words: int = 3,
+    near_min_words: int = 5,
+    min_empty_items: int = 2,
+    short_repeats: int = 3,
+    min_empty_fields: int = 3,
+    stacked_labels: int = 4,
 ) -> list[Span]:
     """Character spans of what [`repeats_line`] flags (same arguments): the second and later occurrences of a repeated
     (or near-repeated) unit, every occurrence but the first of a short unit seen `short_repeats` times, the repeated
-    part of a looping phrase, and every empty list item (markers included) when there are `min_empty_items` of them.
+    part of a looping phrase, every empty list item (markers included) when there are `min_empty_items` of them,
+    every empty field of a form when there are `min_empty_fields`, and each stacked line after a stack's first.
     Empty exactly when `repeats_line` is false."""
     units, empty = _unit_spans(answer)
     n_empty = sum(n for _, n in empty)
     spans: list[Span] = [span for span, _ in empty] if min_empty_items and n_empty >= min_empty_items else []
+    spans += _form_spans(answer, min_empty_fields, stacked_labels)
     seen: set[tuple[str, ...]] = set()
     short: dict[tuple[str, ...], list[Span]] = {}
     near: dict[tuple[Any, ...], None] = {}
