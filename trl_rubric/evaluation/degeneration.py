@@ -25,7 +25,8 @@ logs and the benchmarks share.
   words and a colon) opening `stacked_labels` (4) or more lines in a row ("Subject: ..." four times). GRPO paid by a
   rule judge on SmolLM2 wrote both (docs/benchmarks.md, "Against GRPO at equal wall-clock"): forms of labels whose
   fields stay empty or hold whatever a rule matches, and emails of stacked "Subject:" lines; on the saved answers of
-  every sweep, 1 of 2,914 RGSD students' answers and 1 of 310 base answers are flagged by these two checks alone.
+  every sweep, 1 of 2,914 RGSD students' answers sampled plainly (7 of 2,142 decoded under the guard, all lists of
+  labels or label loops) and 1 of 310 base answers are flagged by these two checks alone.
 - **copies_rubric**: the longest run of consecutive words that the answer shares with one criterion text (same
   normalisation, every word counted) is at least `copy_min_words` long and covers at least `copy_threshold` of that
   criterion's words. Why a run and not any shared n-gram: criteria name the key terms a good answer uses ("mentions
