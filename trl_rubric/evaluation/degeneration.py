@@ -297,8 +297,8 @@ def _stacks(lines: list[_FormLine], stacked_labels: int) -> list[list[_FormLine]
 def _form_spans(answer: str, min_empty_fields: int, stacked_labels: int) -> list[Span]:
     """The empty fields (when there are `min_empty_fields` of them) and every stacked line after a stack's first."""
     lines = _form_lines(answer)
-    empty = _empty_fields(lines) if min_empty_fields else []
-    spans = [(line.start, line.end) for line in empty] if len(empty) >= min_empty_fields > 0 else []
+    empty = _empty_fields(lines)
+    spans = [(line.start, line.end) for line in empty] if min_empty_fields and len(empty) >= min_empty_fields else []
     if stacked_labels:
         spans += [(line.start, line.end) for run in _stacks(lines, stacked_labels) for line in run[1:]]
     return spans
