@@ -25,6 +25,9 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   `--save_students` writes, merged into the base, or a full model folder): a second phase after another sweep's run
   (reward first, then RGSD). The frozen teacher is the policy with the new adapter disabled, so it is that student
   shown the rubric; the base scored against, and the gap, stay SmolLM2's, the yardstick of every other row;
+- `teacher=base` (with `init_from=`): the frozen teacher is SmolLM2 itself shown the rubric, a separate model
+  (`teacher_model_name_or_path`), instead of the saved student: a second phase that starts from the first phase's
+  student but distills the teacher the one-phase recipe has;
 - `judge=rule`: the world's rule judge as a `RubricReward` among `reward_funcs`, for the settings that need one
   (`teacher_focus=unlearned`, where it only observes; `distillation_weight<1`, hybrid RGSD). Default: no judge.
 
@@ -71,6 +74,7 @@ LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s", re.M)
 
 OWN_KEYS = (
     "finetune", "lora_r", "template", "judge", "trainer", "max_list_items", "teacher_omit", "train_prompts", "init_from",
+    "teacher",
 )  # fmt: skip
 
 #: Teacher templates for `template=<name>`: three worded so the teacher does not talk about what it was shown (no
@@ -257,6 +261,9 @@ def parse_args(argv=None):
                 raise ValueError(
                     f"template={template!r}: expected direct, default or one of {list(CANDIDATE_TEMPLATES)}"
                 )
+            if "teacher" in pairs and (pairs["teacher"] != "base" or "init_from" not in pairs):
+                raise ValueError(f"teacher={pairs['teacher']!r}: only teacher=base, with init_from= (without "
+                                 "init_from the teacher already is SmolLM2 shown the rubric)")  # fmt: skip
             if "init_from" in pairs and not os.path.isdir(pairs["init_from"]):  # before minutes of base scoring
                 raise ValueError(
                     f"init_from={pairs['init_from']!r}: not a folder (a student saved with --save_students)"
@@ -350,9 +357,9 @@ def starting_model(path: str, pairs: dict[str, str]):
     return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), source).merge_and_unload()
 
 
-def setting_kwargs(args, name: str, pairs: dict[str, str]) -> dict[str, Any]:
+def setting_kwargs(args, name: str, pairs: dict[str, str], base_path: str | None = None) -> dict[str, Any]:
     """The `RGSDConfig` keyword arguments of one setting: the sweep's sizes, the world's teacher view, the setting's
-    own fields, and its `template=` choice."""
+    own fields, its `template=` choice, and (`teacher=base`) the base model at `base_path` as a separate teacher."""
     from trl_rubric.real.world import REAL_TEACHER_VIEW
 
     kwargs = dict(
@@ -368,6 +375,10 @@ def setting_kwargs(args, name: str, pairs: dict[str, str]) -> dict[str, Any]:
         kwargs.pop("teacher_prompt_template")
     elif template != "direct":
         kwargs["teacher_prompt_template"] = CANDIDATE_TEMPLATES[template]
+    if pairs.get("teacher") == "base":
+        if base_path is None:
+            raise ValueError("teacher=base needs the base model's folder")
+        kwargs["teacher_model_name_or_path"] = base_path
     return kwargs
 
 
@@ -488,7 +499,7 @@ def main(argv=None) -> dict[str, Any]:
     for name, pairs in args.parsed:
         full = pairs.get("finetune", "lora") == "full"
         r = int(pairs.get("lora_r", 16))
-        kwargs = setting_kwargs(args, name, pairs)
+        kwargs = setting_kwargs(args, name, pairs, base_path=path)
         try:
             config = RGSDConfig(**kwargs)
         except ValueError as e:

@@ -687,3 +687,41 @@ def test_clean_rescore_pairs_every_run_against_one_run_on_the_clean_score(tmp_pa
     (tmp_path / "route" / "results.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="seed=1 .* only runs scored on the same sets pair up"):
         rescore.main([*paths, "--versus", paths[0]])
+
+
+def test_sweep_teacher_base_makes_smollm2_the_teacher_of_a_second_phase(tiny_model_path, tmp_path):
+    # teacher=base: the run starts at the saved student but its frozen teacher is the base model, a separate model
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_rubric import RGSDConfig, RGSDTrainer
+    from trl_rubric.testing import make_rubric_rows
+
+    torch.manual_seed(0)
+    student = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    student.save_pretrained(tmp_path / "student")
+    pairs = {"init_from": str(tmp_path / "student"), "teacher": "base", "learning_rate": "1e-3"}
+    args = sweep.parse_args(["--settings", "two:" + ",".join(f"{k}={v}" for k, v in pairs.items()), "--steps", "1",
+                             "--prompts_per_step", "2", "--output_dir", str(tmp_path / "sweep")])  # fmt: skip
+    kwargs = sweep.setting_kwargs(args, "two", args.parsed[0][1], base_path=tiny_model_path)
+    assert kwargs["teacher_model_name_or_path"] == tiny_model_path
+    assert "teacher_model_name_or_path" not in sweep.setting_kwargs(args, "two", {"init_from": "x"}, tiny_model_path)
+    config = RGSDConfig(**{**kwargs, "max_completion_length": 4})
+    trainer = RGSDTrainer(sweep.starting_model(tiny_model_path, pairs), args=config, processing_class=AutoTokenizer.
+                          from_pretrained(tiny_model_path), train_dataset=Dataset.from_list(make_rubric_rows(2)),
+                          peft_config=LoraConfig(r=4, lora_alpha=8))  # fmt: skip
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    with torch.no_grad():
+        assert torch.allclose(teacher(ids).logits, base(ids).logits, atol=1e-5)  # the base, not the student
+        assert not torch.allclose(trainer.model(ids).logits, base(ids).logits, atol=1e-3)
+    for bad in ("two:teacher=base", f"two:teacher=student,init_from={tmp_path / 'student'}"):
+        with pytest.raises(SystemExit):  # without init_from the teacher already is the base; no other value
+            sweep.parse_args(["--settings", bad])
