@@ -169,3 +169,15 @@ def test_judge_that_does_not_answer_at_start_up_stops_the_cli(files, tiny_model_
     )
     line = the_error_line("grpo", code, err, tmp_path)
     assert f"judge endpoint {dead} did not answer the start-up probe" in line and "judge_probe=False" in line
+
+
+def test_cli_teacher_alias_is_resolved_to_its_local_folder(files, tiny_model_path, tmp_path, capfd):
+    # `--teacher_model_name_or_path smollm2://` names the packaged model as the student's does; unresolved, loading
+    # "smollm2://" fails as a Hub id. Here its tokenizer differs from the tiny student's, and the error names the folder.
+    from trl_rubric.real import smollm2_path
+
+    code, err = run(
+        "rgsd", files["good"], tiny_model_path, tmp_path, capfd, "--teacher_model_name_or_path", "smollm2://"
+    )
+    line = the_error_line("rgsd", code, err, tmp_path)
+    assert f"teacher_model {smollm2_path()!r}: the teacher's tokenizer differs from the student's" in line

@@ -24,6 +24,7 @@ from ._common import (
     finish_training,
     load_datasets,
     prepare_model_init,
+    resolve_model_path,
     trl_parser,
 )
 
@@ -141,6 +142,8 @@ def build_trainer(data_args, judge_args, training_args, model_args):
     from ..trainers.rgsd import RGSDTrainer
 
     prepare_model_init(model_args, training_args)
+    if training_args.teacher_model_name_or_path:  # smollm2:// and toy:// name a separate teacher too
+        training_args.teacher_model_name_or_path = resolve_model_path(training_args.teacher_model_name_or_path)
     train, evaluation = load_datasets(
         data_args, want_eval=training_args.eval_strategy != "no", pitfall_polarity=training_args.pitfall_polarity
     )

@@ -68,7 +68,8 @@ class RGSDConfig(GRPOConfig):
         teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A separate, frozen teacher model (path or Hub id) with the student's tokenizer, e.g. a larger model of the
             same family; as TRL's `GKDConfig`. The trainer's `teacher_model` argument takes precedence. Lets recipes
-            and the `trl-rubric rgsd` command use a separate teacher.
+            and the `trl-rubric rgsd` command use a separate teacher (there `smollm2://` and `toy://` name the packaged
+            models, as `model_name_or_path` does).
 
     > Parameters that control the teacher context
 
