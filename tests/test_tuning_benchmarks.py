@@ -713,9 +713,9 @@ def test_sweep_teacher_base_makes_smollm2_the_teacher_of_a_second_phase(tiny_mod
     assert kwargs["teacher_model_name_or_path"] == tiny_model_path
     assert "teacher_model_name_or_path" not in sweep.setting_kwargs(args, "two", {"init_from": "x"}, tiny_model_path)
     config = RGSDConfig(**{**kwargs, "max_completion_length": 4})
-    trainer = RGSDTrainer(sweep.starting_model(tiny_model_path, pairs), args=config, processing_class=AutoTokenizer.
-                          from_pretrained(tiny_model_path), train_dataset=Dataset.from_list(make_rubric_rows(2)),
-                          peft_config=LoraConfig(r=4, lora_alpha=8))  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    trainer = RGSDTrainer(sweep.starting_model(tiny_model_path, pairs), args=config, processing_class=tokenizer,
+                          train_dataset=Dataset.from_list(make_rubric_rows(2)), peft_config=LoraConfig(r=4, lora_alpha=8))  # fmt: skip
     ids = torch.tensor([[1, 5, 9, 3, 7]])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
