@@ -93,14 +93,33 @@ def sweep_setup(sweep_dir: str, run: str) -> dict[str, Any]:
     sweep = json.load(open(os.path.join(sweep_dir, "results.json")))
     settings = sweep["settings"]
     seed = settings["seed"]
+    pairs = next((p for name, p in map(_sweep().parse_setting, settings.get("settings", [])) if name == run), {})
     world = make_named_world(settings["world"], seed=seed)
     sets = _sweep().scored_sets(world, seed, settings["eval_prompts"], settings["heldout_prompts"],
                                 settings["eval_samples"])  # fmt: skip
     return {
         "world": settings["world"], "seed": seed, "judge": world.judge(), "sets": sets,
         "gap": sweep["gap_train"], "student": os.path.join(sweep_dir, run, "student"),
+        "init_from": pairs.get("init_from"),
         "generation": {"max_new_tokens": settings["max_completion_length"], "temperature": settings["temperature"]},
     }  # fmt: skip
+
+
+def load_student(student: str, init_from: str | None = None):
+    """The saved student as it was trained: an adapter on the base its `adapter_config.json` names; or, for a sweep
+    setting with `init_from=`, an adapter saved before the sweep merged its start into a folder (it names SmolLM2,
+    though it was trained on `init_from`'s model, merged in memory) put on `init_from`'s model."""
+    from trl_rubric.evaluation import adapter_base, load_model_and_tokenizer
+    from trl_rubric.evaluation.loading import MERGED_FROM_FILE
+
+    named = adapter_base(student)
+    if init_from and named is not None and not os.path.isfile(os.path.join(named, MERGED_FROM_FILE)):
+        from peft import PeftModel
+
+        start, _ = load_model_and_tokenizer(init_from, dtype="float32", device="cpu")
+        model = PeftModel.from_pretrained(start, student).merge_and_unload()
+        return model.eval()
+    return load_model_and_tokenizer(student, dtype="float32", device="cpu")[0]
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -116,8 +135,7 @@ def main(argv=None) -> dict[str, Any]:
     setup = demo_setup(args.demo_dir) if args.demo_dir else sweep_setup(args.sweep_dir, args.run)
     judge, sets, gap, seed = setup["judge"], setup["sets"], setup["gap"], setup["seed"]
     base, tokenizer = load_model_and_tokenizer(smollm2_path(), dtype="float32", device="cpu")
-    # The LoRA adapter that was saved, merged into its base (the path adapter_config.json names).
-    student, _ = load_model_and_tokenizer(setup["student"], dtype="float32", device="cpu")
+    student = load_student(setup["student"], setup.get("init_from"))
     sweep = _sweep()
     decode_args = sweep.decode_args
     # Criterion pass rates as the source run computed them (a sweep groups every "Mentions ..." as "key term").

@@ -22,7 +22,8 @@ Each setting is `name:key=value,key=value`, where a key is any `RGSDConfig` fiel
   train answers measure what more exposure per prompt teaches (the held-out prompts stay unseen). Not with the
   settings that train on references (their rows are the references);
 - `init_from=<folder>`: train from a saved student instead of SmolLM2 itself (a LoRA adapter folder as
-  `--save_students` writes, merged into the base, or a full model folder): a second phase after another sweep's run
+  `--save_students` writes, merged into its base at `<output_dir>/<setting>/_start_model`, which the run's own saved
+  adapter then names as its base; or a full model folder): a second phase after another sweep's run
   (reward first, then RGSD). The frozen teacher is the policy with the new adapter disabled, so it is that student
   shown the rubric; the base scored against, and the gap, stay SmolLM2's, the yardstick of every other row;
 - `teacher=base` (with `init_from=`): the frozen teacher is SmolLM2 itself shown the rubric, a separate model
@@ -66,6 +67,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from trl_rubric.scripts._common import START_MODEL_DIR
 from trl_rubric.teacher_context import EXAMPLE_REFERENCE_TEACHER_PROMPT_TEMPLATE
 from trl_rubric.testing import OFFLINE_ENV
 
@@ -340,10 +342,13 @@ def generation_settings(args) -> dict[str, Any]:
     return dict(max_new_tokens=args.max_completion_length, batch_size=16, temperature=args.temperature, progress=False)
 
 
-def starting_model(path: str, pairs: dict[str, str]):
-    """What a setting trains from: the base model's folder `path`, or (`init_from=<folder>`) a saved student loaded
-    as a plain model: a LoRA adapter folder is put on the base at `path` and merged, a full model folder loaded."""
-    from transformers import AutoModelForCausalLM
+def starting_model(path: str, pairs: dict[str, str], start_dir: str | None = None) -> str:
+    """The folder a setting trains from: the base model's `path`, or (`init_from=<folder>`) a saved student: a full
+    model folder as it is, a LoRA adapter folder merged into the base it names at `start_dir`
+    (`trl_rubric.evaluation.merge_adapter`, as `trl-rubric rgsd` merges into `<output_dir>/_start_model`). A folder,
+    not a model in memory: the adapter the run saves then names the merged start as its base, so it loads as the
+    model it is (an adapter trained on a start merged in memory names SmolLM2 and loads without the first phase)."""
+    from trl_rubric.evaluation import merge_adapter
 
     source = pairs.get("init_from")
     if not source:
@@ -351,10 +356,10 @@ def starting_model(path: str, pairs: dict[str, str]):
     if not os.path.isdir(source):
         raise SystemExit(f"init_from={source!r}: not a folder (a student saved with --save_students)")
     if not os.path.exists(os.path.join(source, "adapter_config.json")):
-        return AutoModelForCausalLM.from_pretrained(source)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), source).merge_and_unload()
+        return source
+    if start_dir is None:
+        raise ValueError("starting_model: init_from names an adapter; pass start_dir, where it is merged")
+    return merge_adapter(source, start_dir, dtype="float32")
 
 
 def setting_kwargs(args, name: str, pairs: dict[str, str], base_path: str | None = None) -> dict[str, Any]:
@@ -515,7 +520,7 @@ def main(argv=None) -> dict[str, Any]:
             limit = int(pairs["max_list_items"])
             refs = refs.filter(lambda r, limit=limit: len(LIST_ITEM.findall(r["reference"])) <= limit)
             print(f"{name}: {len(refs)} of {len(train_refs)} references have at most {limit} list items", flush=True)
-        start = starting_model(path, pairs)
+        start = starting_model(path, pairs, os.path.join(args.output_dir, name, START_MODEL_DIR))
         if pairs.get("trainer") == "sft":
             trainer = sft_trainer(start, kwargs, refs, tokenizer, lora)
         else:
