@@ -14,7 +14,11 @@ the degeneration checks, and reports per trained setting:
 - the share of degenerate answers;
 - with `--versus RESULTS[:SETTING]`, every other run's paired clean difference from that one run, on train and
   held-out (runs scored on the same sets only): one method against another answer by answer, e.g. RGSD against GRPO
-  + judge, where the raw rule score pays GRPO for what the clean score does not.
+  + judge, where the raw rule score pays GRPO for what the clean score does not;
+- with `--regrade "TITLE=RULE"`, every saved answer (base, teacher and runs) graded again with the rule of the
+  criteria titled TITLE replaced by RULE (`rule:regex:...`, as the world's rubrics write them): a check read again
+  after reading answers that pass it without meeting it (a "warning sign" met by "Call emergency services
+  immediately." alone). The report then says which criteria were regraded; the sweep's own scores are not used.
 
     .venv/bin/python benchmarks/clean_rescore.py /work/runs/w1_notes_first/results.json \\
         --teacher /work/runs/teacher_clean/health.json --output clean.json
@@ -46,6 +50,37 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 4000) -
     idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
     low, high = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
     return [float(d.mean()), float(low), float(high)]
+
+
+def parse_regrade(texts: list[str]) -> dict[str, str]:
+    """`["TITLE=rule:...", ...]` -> `{title: rule}`; refuses an entry without `=` or whose rule is not a `rule:` check."""
+    out = {}
+    for text in texts:
+        title, eq, rule = text.partition("=")
+        if not eq or not title.strip() or not rule.startswith("rule:"):
+            raise ValueError(f'--regrade {text!r}: expected TITLE=rule:KIND:ARG (e.g. "short=rule:max_words:40")')
+        out[title.strip()] = rule
+    return out
+
+
+def regraded(dataset, rules: dict[str, str]):
+    """`dataset` with the `rule:` tag of every criterion titled as a key of `rules` replaced by that rule; refuses a
+    title no row's rubric has."""
+    seen = set()
+
+    def swap(row):
+        rubric = []
+        for c in row["rubric"]:
+            if c.get("title") in rules:
+                seen.add(c["title"])
+                c = {**c, "tags": [rules[c["title"]] if t.startswith("rule:") else t for t in c["tags"]]}
+            rubric.append(c)
+        return {"rubric": rubric}
+
+    out = dataset.map(swap, load_from_cache_file=False)
+    if rules and not seen:
+        raise ValueError(f"--regrade: no criterion titled {sorted(rules)} in these rubrics")
+    return out
 
 
 def _eval_sets(settings: dict[str, Any]):
@@ -83,10 +118,17 @@ def _flags(dataset, texts: list[str]) -> np.ndarray:
     return np.array([degeneration_flags(t, r).degenerate for t, r in zip(texts, dataset["rubric"], strict=True)])
 
 
-def rescore(results: dict[str, Any], teacher_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def rescore(
+    results: dict[str, Any], teacher_rows: list[dict[str, Any]] | None = None, rules: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One sweep's `results.json` under the clean score (see the module docstring); `teacher_rows` are another teacher
-    view's graded, checked answers on the same train set (`teacher_clean_ceiling.py`'s `rows`)."""
+    view's graded, checked answers on the same train set (`teacher_clean_ceiling.py`'s `rows`); `rules`
+    ([`parse_regrade`]) grades every answer again with those criteria's checks replaced."""
     world, sets = _eval_sets(results["settings"])
+    if rules:
+        if teacher_rows is not None:
+            raise ValueError("--regrade with --teacher: the other view's saved scores cannot be graded again")
+        sets = {split: regraded(ds, rules) for split, ds in sets.items()}
     ref = {}
     for name, split in (("base_train", "train"), ("teacher_train", "train"), ("base_heldout", "heldout")):
         texts = results["responses"][name]
@@ -103,13 +145,15 @@ def rescore(results: dict[str, Any], teacher_rows: list[dict[str, Any]] | None =
         "base_clean": {"train": float(ref["base_train"].mean()), "heldout": float(ref["base_heldout"].mean())},
         "teacher_clean": float(ref["teacher_train"].mean()),
         "teacher_view_clean": None if teacher_view is None else float(teacher_view.mean()),
+        "regraded": dict(rules or {}),
         "runs": {},
     }
     for name, run in results["runs"].items():
         row: dict[str, Any] = {"gap_closed_raw": run.get("gap_closed_train")}
         for split, base in (("train", "base_train"), ("heldout", "base_heldout")):
-            flagged = _flags(sets[split], run[split]["responses"])
-            scores = clean(run[split]["scores"], flagged)
+            texts = run[split]["responses"]
+            flagged = _flags(sets[split], texts)
+            scores = clean(_grade(world, sets[split], texts) if rules else run[split]["scores"], flagged)
             row[split] = {"clean": float(scores.mean()), "minus_base": paired(scores, ref[base]),
                           "degenerate": float(flagged.mean()), "clean_scores": scores.tolist()}  # fmt: skip
             if split == "train":
@@ -195,8 +239,11 @@ def main(argv=None) -> list[dict[str, Any]]:
                    help="teacher_clean_ceiling.py outputs (another teacher view's answers), matched by world and seed")  # fmt: skip
     p.add_argument("--versus", default=None,
                    help="PATH[:SETTING]: one of the results files, whose run every other run is paired against")  # fmt: skip
+    p.add_argument("--regrade", nargs="*", default=[],
+                   help="TITLE=RULE: grade every saved answer again with the criteria titled TITLE checked by RULE")  # fmt: skip
     p.add_argument("--output", default=None, help="write the rescored numbers here (JSON)")
     args = p.parse_args(argv)
+    rules = parse_regrade(args.regrade)
     teachers = {}
     for path in args.teacher:
         saved = json.load(open(path))
@@ -208,9 +255,11 @@ def main(argv=None) -> list[dict[str, Any]]:
     for path in args.results:
         results = json.load(open(path))
         s = results["settings"]
-        rescored.append(rescore(results, teachers.get((s.get("world", "health"), s.get("seed", 0)))))
+        rescored.append(rescore(results, teachers.get((s.get("world", "health"), s.get("seed", 0))), rules))
         if ref_path and os.path.abspath(path) == os.path.abspath(ref_path):
             ref = rescored[-1]
+    if rules:
+        print("regraded: " + "; ".join(f"{t} = {r}" for t, r in rules.items()))
     print(markdown(rescored))
     if ref is not None:
         pairs = versus(rescored, ref, ref_setting or None)

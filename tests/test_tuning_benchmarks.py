@@ -392,6 +392,42 @@ def test_clean_rescore_pays_flagged_answers_nothing_and_pairs_against_base_and_t
         rescore.rescore(results, teacher_rows=[{"score": 0.5, "degenerate": False}])
 
 
+def test_clean_rescore_regrades_every_answer_with_the_named_criterions_rule_replaced():
+    rescore = load_benchmark("clean_rescore")
+    settings = {"world": "health", "seed": 0, "eval_prompts": 2, "heldout_prompts": 2, "eval_samples": 1}
+    world, sets = rescore._eval_sets(settings)
+    loose = "1. Identify the burn.\n2. Call emergency services immediately."  # the world's rule: met
+    named = "1. Cool the burn.\n2. Call 911 if the skin turns white or the pain spreads."
+    texts = {"train": [loose, named], "heldout": [named, loose]}
+    saved = {split: rescore._grade(world, sets[split], t).tolist() for split, t in texts.items()}
+    results = {
+        "settings": settings,
+        "responses": {"base_train": texts["train"], "teacher_train": texts["train"], "base_heldout": texts["heldout"]},
+        "runs": {"s": {"gap_closed_train": 0.5, **{split: {"scores": [9.0, 9.0], "responses": texts[split]}
+                                                   for split in ("train", "heldout")}}},
+    }  # fmt: skip
+    assert rescore.rescore(results)["runs"]["s"]["train"]["clean"] == 9.0  # without --regrade, the sweep's scores
+    # A warning sign met only where the emergency line names a condition ("if", "when", "signs of").
+    rule = r"rule:regex:(?im)^(?=.*\b(if|when|signs? of)\b).*\b(emergency|911|immediately)\b"
+    rules = rescore.parse_regrade([f"urgent warning sign={rule}"])
+    out = rescore.rescore(results, rules=rules)
+    row = out["runs"]["s"]
+    assert out["regraded"] == {"urgent warning sign": rule}
+    redone = {split: rescore._grade(world, rescore.regraded(sets[split], rules), texts[split]) for split in texts}
+    assert row["train"]["clean_scores"] == pytest.approx(redone["train"].tolist())
+    # Both held-out rubrics have the criterion: "Call emergency services immediately." alone no longer pays for it, a
+    # named sign still does.
+    assert redone["heldout"][1] < saved["heldout"][1] and redone["heldout"][0] == pytest.approx(saved["heldout"][0])
+    assert row["heldout"]["clean_scores"] == pytest.approx(redone["heldout"].tolist())
+    assert out["base_clean"]["train"] == pytest.approx(redone["train"].mean())  # the base graded alike
+    assert row["train"]["minus_base"][0] == pytest.approx(0.0)
+    for bad in ("urgent warning sign", "x=regex:a", "=rule:regex:a"):
+        with pytest.raises(ValueError, match="--regrade"):
+            rescore.parse_regrade([bad])
+    with pytest.raises(ValueError, match="no criterion titled"):
+        rescore.rescore(results, rules={"nothing like it": "rule:regex:a"})
+
+
 @pytest.mark.parametrize(
     "setting",
     ["a:trainer=sft", "a:teacher_context=reference,template=ref_example", "a:max_list_items=3"],
